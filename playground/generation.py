@@ -1,0 +1,358 @@
+"""Three arms for one prompt, streamed token by token: base, SFT, and preference-tuned (SFT + DPO LoRA adapter).
+
+One copy of the SFT weights serves two arms. The SFT and preference rows run as ONE batched `generate` call with
+PEFT's mixed-adapter batches (`adapter_names=["__base__", "v3"]`): the SFT row never touches the adapter, and no
+global adapter switch happens that another request could observe. The base model runs concurrently in its own
+thread. Each model has a lock, held for a whole generation and for adapter swaps, because PEFT's per-call adapter
+routing and adapter loading both mutate the model's modules.
+
+Sampling uses one seeded `torch.Generator` per row (`SeededSampler`), so an answer depends only on its seed, not
+on which other rows shared its batch or which thread drew random numbers first. The SFT and preference arms share
+the request's seed: with the same sampling noise, whatever differs between those two columns is the adapter's doing.
+"""
+
+from __future__ import annotations
+
+import copy
+import queue
+import random
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterator
+
+import torch
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.generation.streamers import BaseStreamer
+
+from .models import LoadedModel, Preset, load_model
+from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt, cut_at_stop
+
+ARMS = ("base", "sft", "pref")
+ARM_TITLES = {"base": "Base", "sft": "SFT", "pref": "Preference-tuned"}
+MAX_NEW_TOKENS_LIMIT = 1024
+
+
+class AdapterError(RuntimeError):
+    """An adapter folder could not be loaded; the previous adapter keeps serving."""
+
+
+@dataclass
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 0.9
+    max_new_tokens: int = 128
+    seed: int | None = None  # None: a fresh random seed, recorded with the answers
+
+    def checked(self) -> "Sampling":
+        """A copy with a concrete seed; raises ValueError with a readable message on nonsense settings."""
+        if not 0 <= self.temperature <= 5:
+            raise ValueError(f"temperature must be between 0 and 5 (got {self.temperature}); 0 means greedy.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p}).")
+        if not 1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
+            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens}).")
+        seed = self.seed if self.seed is not None else random.randrange(2**31)
+        return Sampling(float(self.temperature), float(self.top_p), int(self.max_new_tokens), int(seed))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Answer:
+    """One arm's answer and everything that produced it. Mutated while streaming; `done` when final."""
+
+    arm: str
+    model: str
+    adapter_version: int
+    settings: dict
+    seed: int
+    text: str = ""
+    prompt_tokens: int = 0
+    new_tokens: int = 0
+    seconds: float = 0.0
+    ttft: float | None = None  # seconds to the first token
+    finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"
+    done: bool = False
+    note: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_second(self) -> float:
+        decode_time = self.seconds - (self.ttft or 0)
+        return (self.new_tokens - 1) / decode_time if self.new_tokens > 1 and decode_time > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        row = asdict(self)
+        row["tokens_per_second"] = round(self.tokens_per_second, 2)
+        return row
+
+
+class SeededSampler(LogitsProcessor):
+    """Temperature + top-p sampling with one generator per row, expressed as a logits processor.
+
+    It masks every token but the sampled one, so `generate` runs in greedy mode and simply takes it. Drawing
+    from per-row generators (instead of torch's global RNG, which `generate` uses) keeps answers reproducible
+    when several generations run in parallel threads and when rows are batched together.
+    """
+
+    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)]
+        if top_p < 1:
+            self.warpers.append(TopPLogitsWarper(top_p))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for warper in self.warpers:
+            scores = warper(input_ids, scores)
+        probs = torch.softmax(scores.float(), dim=-1).cpu()
+        chosen = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        masked = torch.full_like(scores, float("-inf"))
+        return masked.scatter_(1, chosen.to(scores.device), 0.0)
+
+
+class AnswerBoundary(StoppingCriteria):
+    """Stops a row where its answer ends (see prompting.cut_at_stop); also stops everything when cancelled."""
+
+    def __init__(self, tokenizer, prompt_len: int, stops: tuple[str, ...], cancel: threading.Event):
+        self.tokenizer, self.prompt_len, self.stops, self.cancel = tokenizer, prompt_len, stops, cancel
+
+    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
+        if self.cancel.is_set():
+            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        if not self.stops:
+            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        return torch.tensor([cut_at_stop(t, self.stops)[1] for t in texts], device=input_ids.device)
+
+
+class RowStreamer(BaseStreamer):
+    """Turns `generate`'s per-step token tensors into per-arm text events on a queue."""
+
+    def __init__(self, events: queue.Queue, arms: list[str], tokenizer, stops: tuple[str, ...], eos_ids: set[int]):
+        self.events, self.arms, self.tokenizer, self.stops, self.eos_ids = events, arms, tokenizer, stops, eos_ids
+        self.tokens: list[list[int]] = [[] for _ in arms]
+        self.finished = [False] * len(arms)
+        self.prompt_seen = False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self.prompt_seen:  # generate first hands over the prompt ids
+            self.prompt_seen = True
+            return
+        step = value.reshape(len(self.arms), -1)[:, -1].tolist()
+        for row, token in enumerate(step):
+            if self.finished[row]:
+                continue  # a finished row is padded until the batch ends
+            if token in self.eos_ids:
+                self._finish(row, "eos")
+                continue
+            self.tokens[row].append(token)
+            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+            text, stopped = cut_at_stop(text, self.stops) if self.stops else (text, False)
+            self.events.put(("text", self.arms[row], text, len(self.tokens[row])))
+            if stopped:
+                self._finish(row, "stop")
+
+    def _finish(self, row: int, reason: str) -> None:
+        self.finished[row] = True
+        self.events.put(("done", self.arms[row], reason, len(self.tokens[row]) + (reason == "eos")))
+
+    def end(self) -> None:
+        for row in range(len(self.arms)):
+            if not self.finished[row]:
+                self._finish(row, "length")
+
+
+class Engine:
+    """Owns the loaded models and the serving adapter; streams answers for any number of callers."""
+
+    def __init__(self, base: LoadedModel, sft: LoadedModel):
+        self.base, self.sft = base, sft
+        self._locks = {"base": threading.Lock(), "sft": threading.Lock()}
+        self._peft = None  # the PeftModel around sft.model, created when the first adapter arrives
+        self._adapter_name: str | None = None
+        self.adapter_version = 0
+        self.adapter_path: str | None = None
+
+    @classmethod
+    def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu") -> "Engine":
+        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device)
+        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device)
+        return cls(base, sft)
+
+    # ---- adapters (hot swap) -------------------------------------------------------------------------------
+    def use_adapter(self, version: int, path: str | None) -> None:
+        """Serve adapter `version` from `path` (0/None: no adapter). Waits for running generations; atomic for callers."""
+        from peft import PeftModel
+
+        name = f"v{version}"
+        with self._locks["sft"]:
+            if version == self.adapter_version and (version == 0 or name == self._adapter_name):
+                return
+            if version and path:
+                try:
+                    if self._peft is None:
+                        self._peft = PeftModel.from_pretrained(self.sft.model, path, adapter_name=name)
+                    else:
+                        self._peft.load_adapter(path, adapter_name=name)
+                except Exception as error:
+                    if self._peft is not None and name in self._peft.peft_config and name != self._adapter_name:
+                        self._peft.delete_adapter(name)
+                    raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}") from error
+                self._peft.eval()
+            old, self._adapter_name = self._adapter_name, (name if version else None)
+            if old and old != self._adapter_name:
+                self._peft.delete_adapter(old)  # frees its weights
+            self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
+
+    # ---- generation ----------------------------------------------------------------------------------------
+    def stream(self, prompt: str, sampling: Sampling | None = None, arms=ARMS) -> Iterator[dict[str, Answer]]:
+        """Yield {arm: Answer} each time any arm's text grows, until every arm is done.
+
+        The yielded dict and its Answers are updated in place: copy them to keep a snapshot.
+        """
+        prompt = check_prompt(prompt)
+        sampling = (sampling or Sampling()).checked()
+        arms = [arm for arm in ARMS if arm in arms]
+        events: queue.Queue = queue.Queue()
+        cancel = threading.Event()
+        start = time.perf_counter()
+        answers: dict[str, Answer] = {}
+        workers = []
+        if "base" in arms:
+            answers["base"] = self._new_answer("base", sampling, 0)
+            workers.append(threading.Thread(target=self._run_base, args=(prompt, sampling, events, cancel), daemon=True))
+        chat_arms = [arm for arm in arms if arm != "base"]
+        if chat_arms:
+            with self._locks["sft"]:  # the adapter version we record is the one the rows will run with
+                version, adapter = self.adapter_version, self._adapter_name
+            for arm in chat_arms:
+                answers[arm] = self._new_answer(arm, sampling, version if arm == "pref" else 0)
+            workers.append(
+                threading.Thread(
+                    target=self._run_chat, args=(prompt, sampling, chat_arms, version, events, cancel), daemon=True
+                )
+            )
+        for worker in workers:
+            worker.start()
+        pending = set(answers)
+        try:
+            while pending:
+                event = events.get()
+                if event[0] == "error":
+                    raise event[2]
+                kind, arm, *payload = event
+                answer = answers[arm]
+                now = time.perf_counter() - start
+                if kind == "prompt_tokens":
+                    answer.prompt_tokens = payload[0]
+                    continue
+                if kind == "version":  # the adapter changed between our read and the lock: record the truth
+                    answer.adapter_version = payload[0]
+                    continue
+                if kind == "text":
+                    answer.text, answer.new_tokens = payload
+                    if answer.ttft is None:
+                        answer.ttft = now
+                elif kind == "done":
+                    answer.finish_reason, answer.new_tokens = payload
+                    answer.text = answer.text.strip()
+                    answer.done = True
+                    pending.discard(arm)
+                answer.seconds = now
+                yield answers
+        finally:
+            cancel.set()  # a consumer that stops reading (closed browser tab) frees the models quickly
+            for worker in workers:
+                worker.join()
+
+    def generate(self, prompt: str, sampling: Sampling | None = None, arms=ARMS) -> dict[str, Answer]:
+        answers = {}
+        for answers in self.stream(prompt, sampling, arms):
+            pass
+        return answers
+
+    def _new_answer(self, arm: str, sampling: Sampling, version: int) -> Answer:
+        model = self.base if arm == "base" else self.sft
+        note = None
+        if arm == "pref" and version == 0:
+            note = "version 0: no DPO round has run yet, so this is the SFT model itself"
+        return Answer(arm, model.name, version, sampling.as_dict(), sampling.seed, note=note)
+
+    def _run_base(self, prompt, sampling, events, cancel):
+        try:
+            with self._locks["base"]:
+                text = base_prompt(prompt)
+                self._generate(self.base, text, ["base"], sampling, events, cancel, BASE_STOP_STRINGS, {})
+        except BaseException as error:
+            events.put(("error", "base", error))
+
+    def _run_chat(self, prompt, sampling, arms, version_seen, events, cancel):
+        try:
+            with self._locks["sft"]:
+                if self.adapter_version != version_seen and "pref" in arms:
+                    events.put(("version", "pref", self.adapter_version))
+                adapter = self._adapter_name
+                text = chat_prompt(self.sft.tokenizer, prompt)
+                if adapter is None:
+                    # No adapter: the preference arm IS the SFT model; with the same seed it would repeat the
+                    # SFT row token for token, so run one row and copy it.
+                    rows = ["sft"] if "sft" in arms else ["pref"]
+                    mirror = "pref" if ("pref" in arms and "sft" in arms) else None
+                    self._generate(self.sft, text, rows, sampling, events, cancel, (), {}, mirror=mirror)
+                else:
+                    names = ["__base__" if arm == "sft" else adapter for arm in arms]
+                    self._generate(
+                        self.sft, text, arms, sampling, events, cancel, (), {"adapter_names": names}, model=self._peft
+                    )
+        except BaseException as error:
+            events.put(("error", arms[0], error))
+
+    def _generate(self, loaded, text, arms, sampling, events, cancel, stops, extra_kwargs, model=None, mirror=None):
+        tokenizer = loaded.tokenizer
+        inputs = tokenizer([text] * len(arms), return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
+        inputs = inputs.to(loaded.model.device)
+        prompt_len = inputs["input_ids"].shape[1]
+        for arm in arms + ([mirror] if mirror else []):
+            events.put(("prompt_tokens", arm, prompt_len))
+        eos = loaded.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+        eos_ids.discard(None)
+        sink = _Mirror(events, mirror, arms[0]) if mirror else events
+        streamer = RowStreamer(sink, list(arms), tokenizer, stops, eos_ids)
+        processors = LogitsProcessorList()
+        if not sampling.greedy:
+            processors.append(SeededSampler([sampling.seed] * len(arms), sampling.temperature, sampling.top_p))
+        with torch.inference_mode():
+            (model or loaded.model).generate(
+                **inputs,
+                **extra_kwargs,
+                do_sample=False,  # sampling happens in SeededSampler
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                max_new_tokens=sampling.max_new_tokens,
+                logits_processor=processors,
+                stopping_criteria=StoppingCriteriaList([AnswerBoundary(tokenizer, prompt_len, stops, cancel)]),
+                streamer=streamer,
+                pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=sorted(eos_ids),
+            )
+
+
+class _Mirror:
+    """A queue proxy that repeats one arm's events for a second arm (the preference arm at version 0)."""
+
+    def __init__(self, events: queue.Queue, mirror: str, source: str):
+        self.events, self.mirror, self.source = events, mirror, source
+
+    def put(self, event) -> None:
+        self.events.put(event)
+        if event[1] == self.source:
+            self.events.put((event[0], self.mirror, *copy.copy(event[2:])))
