@@ -260,8 +260,8 @@ def _statements(script: str) -> Iterator[str]:
         if sqlite3.complete_statement(buf):
             yield buf
             buf = ""
-    if buf.strip() and not all(l.strip().startswith("--") or not l.strip() for l in buf.splitlines()):
-        raise StoreError(f"Incomplete SQL statement in migration: {buf.strip()[:80]}")
+    if buf.strip():
+        yield buf  # trailing comments are harmless; an unfinished statement makes SQLite raise
 
 
 def _plural(n: int, word: str) -> str:
@@ -306,7 +306,8 @@ class Store:
             try:
                 yield conn
             except BaseException:
-                conn.execute("ROLLBACK")
+                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
+                    conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
         finally:
