@@ -205,6 +205,8 @@ class Engine:
                     if self._peft is not None and name in self._peft.peft_config and name != self._adapter_name:
                         self._peft.delete_adapter(name)
                     raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}") from error
+                # Rows pick their adapter per call (adapter_names), but PEFT still needs a valid active one.
+                self._peft.set_adapter(name)
                 self._peft.eval()
             old, self._adapter_name = self._adapter_name, (name if version else None)
             if old and old != self._adapter_name:

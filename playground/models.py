@@ -178,21 +178,25 @@ def cached_copy(spec: str, data_dir: Path) -> Path | None:
     return cache if cache is not None and cache.is_dir() else None
 
 
-def _convert_gguf(gguf: Path, target: Path, trust_remote_code: bool) -> None:
-    """De-quantize a GGUF file into a transformers folder, atomically: a half-written copy is never used."""
+def _load_gguf(gguf: Path, trust_remote_code: bool):
+    """transformers de-quantizes GGUF weights to fp32 while loading (the slow part)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=trust_remote_code)
+    # The weights are plain fp32 now; without this the saved config would still claim GGUF quantization.
+    model.hf_quantizer.remove_quantization_config(model)
+    return model, tokenizer
+
+
+def _convert_gguf(gguf: Path, target: Path, trust_remote_code: bool) -> None:
+    """Convert a GGUF file into a transformers folder, atomically: a half-written copy is never used."""
     target.parent.mkdir(parents=True, exist_ok=True)
     log.info("Converting %s once into %s (a minute or two; later starts take seconds)...", gguf.name, target)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, trust_remote_code=trust_remote_code
-        )
-        # The de-quantized weights are plain fp32; without this the saved config claims GGUF quantization.
-        model.hf_quantizer.remove_quantization_config(model)
+        model, tokenizer = _load_gguf(gguf, trust_remote_code)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         if target.exists():  # another process finished first; its copy is as good as ours

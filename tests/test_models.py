@@ -1,0 +1,131 @@
+"""Presets, model specs, load errors, and the atomic GGUF conversion cache."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from playground import models
+from playground.models import ModelLoadError, load_model, resolve_preset
+
+
+def test_auto_preset_prefers_embedded_when_installed(monkeypatch):
+    monkeypatch.setattr(models, "embedded_available", lambda: True)
+    assert resolve_preset("auto").name == "embedded"
+    assert resolve_preset(None).base == "embedded:gemma-3-270m"
+    monkeypatch.setattr(models, "embedded_available", lambda: False)
+    assert resolve_preset("auto").name == "smollm2-135m"
+    assert resolve_preset("auto").sft == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_overrides_replace_one_side_or_both():
+    one = resolve_preset("qwen2.5-0.5b", sft="/models/my-sft")
+    assert (one.base, one.sft) == ("Qwen/Qwen2.5-0.5B", "/models/my-sft")
+    both = resolve_preset("qwen2.5-0.5b", base="a/b", sft="c/d")
+    assert (both.name, both.base, both.sft) == ("custom", "a/b", "c/d")
+
+
+def test_unknown_preset_lists_the_choices():
+    with pytest.raises(ModelLoadError, match="Unknown preset 'tiny-llama'.*smollm2-360m"):
+        resolve_preset("tiny-llama")
+
+
+def test_missing_folder_says_what_was_tried(tmp_path):
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(tmp_path / "nope" / "model"), tmp_path, "sft")
+    assert "No such model folder" in str(error.value)
+
+
+def test_missing_gguf_file(tmp_path):
+    with pytest.raises(ModelLoadError, match="No such GGUF file"):
+        load_model(str(tmp_path / "x.gguf"), tmp_path, "base")
+
+
+def test_hub_id_offline_explains_the_fix(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError) as error:
+        load_model("someone/does-not-exist-model", tmp_path, "sft")
+    message = str(error.value)
+    assert "'someone/does-not-exist-model'" in message and "Hub id" in message
+    assert "Offline mode" in message and "--sft" in message
+    assert "Traceback" not in message
+
+
+def test_corrupt_folder_is_a_clear_error(tmp_path, tiny_models):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (broken / name).write_bytes((tiny_models["sft"] / name).read_bytes())
+    (broken / "model.safetensors").write_bytes(b"\x00garbage")
+    with pytest.raises(ModelLoadError, match="Could not load the base model.*local folder"):
+        load_model(str(broken), tmp_path, "base")
+
+
+def test_unsupported_architecture_mentions_remote_code(tmp_path, tiny_models):
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (odd / name).write_bytes((tiny_models["sft"] / name).read_bytes())
+    config = json.loads((tiny_models["sft"] / "config.json").read_text())
+    config["model_type"] = "frobnicator-9000"
+    (odd / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ModelLoadError) as error:
+        load_model(str(odd), tmp_path, "sft")
+    assert "--trust-remote-code" in str(error.value)
+
+
+def test_local_folder_loads_in_eval_mode_with_pad_token(tiny_models, tmp_path):
+    loaded = load_model(str(tiny_models["base"]), tmp_path, "base")
+    assert not loaded.model.training
+    assert loaded.tokenizer.pad_token_id is not None
+    assert loaded.source == str(tiny_models["base"])
+
+
+def _fake_gguf_loader(tiny_dir: Path, fail_on_save: bool):
+    """Stands in for transformers' GGUF de-quantization (slow, tested in the integration tests): what is
+    tested here is our conversion cache around it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    def load(gguf, trust_remote_code):
+        model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+        if fail_on_save:
+            def half_written(folder, *args, **kwargs):
+                (Path(folder) / "model.safetensors").write_bytes(b"half")
+                raise OSError("No space left on device")
+
+            model.save_pretrained = half_written
+        return model, tokenizer
+
+    return load
+
+
+@pytest.fixture()
+def gguf_file(tmp_path) -> Path:
+    path = tmp_path / "src" / "tiny.gguf"
+    path.parent.mkdir()
+    path.write_bytes(b"GGUF-not-really")
+    return path
+
+
+def test_gguf_conversion_is_cached_and_atomic(monkeypatch, tmp_path, tiny_models, gguf_file):
+    data_dir = tmp_path / "data"
+    monkeypatch.setattr(models, "_load_gguf", _fake_gguf_loader(tiny_models["sft"], fail_on_save=True))
+    with pytest.raises(ModelLoadError, match="Could not load the sft model.*No space left"):
+        load_model(str(gguf_file), data_dir, "sft")
+    leftovers = list(models.models_dir(data_dir).iterdir())
+    assert leftovers == [], f"a failed conversion must leave nothing behind: {leftovers}"
+    assert models.cached_copy(str(gguf_file), data_dir) is None
+
+    monkeypatch.setattr(models, "_load_gguf", _fake_gguf_loader(tiny_models["sft"], fail_on_save=False))
+    loaded = load_model(str(gguf_file), data_dir, "sft")
+    cached = models.cached_copy(str(gguf_file), data_dir)
+    assert cached is not None and loaded.source == str(cached)
+    assert (cached / "config.json").exists() and (cached / "tokenizer.json").exists()
+    assert [p.name for p in models.models_dir(data_dir).iterdir()] == [cached.name]
+
+    # A second load uses the copy: no second conversion.
+    monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
+    again = load_model(str(gguf_file), data_dir, "sft")
+    assert again.source == str(cached)
