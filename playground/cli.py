@@ -47,7 +47,9 @@ def engine_from(args):
 
 def cmd_generate(args) -> int:
     from .generation import ARM_TITLES
+    from .prompting import check_prompt
 
+    check_prompt(args.prompt)  # before minutes of model loading
     engine = engine_from(args)
     answers = engine.generate(args.prompt, sampling_from(args))
     if args.json:

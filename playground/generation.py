@@ -179,6 +179,7 @@ class Engine:
         self._adapter_name: str | None = None
         self.adapter_version = 0
         self.adapter_path: str | None = None
+        self.base_stops = BASE_STOP_STRINGS  # benchmarks clear it to time full-length base answers
 
     @classmethod
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu") -> "Engine":
@@ -291,7 +292,7 @@ class Engine:
         try:
             with self._locks["base"]:
                 text = base_prompt(prompt)
-                self._generate(self.base, text, ["base"], sampling, events, cancel, BASE_STOP_STRINGS, {})
+                self._generate(self.base, text, ["base"], sampling, events, cancel, self.base_stops, {})
         except BaseException as error:
             events.put(("error", "base", error))
 

@@ -1,0 +1,83 @@
+"""Integration: the embedded default models, really converted from their GGUF packages, through the CLI.
+
+Slow-ish (the one-time conversion takes about a minute), so only a few tests use them; the data directory is
+shared across this module so the conversion happens once per test run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from playground import models
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def embedded_data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("embedded-data")
+
+
+def run_cli(*args, data_dir: Path, timeout=600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "playground", *args, "--data-dir", str(data_dir)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+    )
+
+
+def test_embedded_models_convert_once_into_a_clean_cache(embedded_data_dir):
+    for spec in ("embedded:smollm2-135m-instruct", "embedded:gemma-3-270m"):
+        loaded = models.load_model(spec, embedded_data_dir, "sft")
+        cached = models.cached_copy(spec, embedded_data_dir)
+        assert cached is not None and loaded.source == str(cached)
+        config = json.loads((cached / "config.json").read_text())
+        assert "quantization_config" not in config, "the de-quantized copy must not claim GGUF quantization"
+        assert next(loaded.model.parameters()).dtype.is_floating_point
+    leftovers = [p.name for p in models.models_dir(embedded_data_dir).iterdir() if p.name.startswith(".")]
+    assert leftovers == []
+    assert models.load_model("embedded:smollm2-135m-instruct", embedded_data_dir).tokenizer.chat_template
+
+
+def test_generate_cli_prints_three_answers_as_json_offline(embedded_data_dir):
+    result = run_cli("generate", "Why is the sky blue?", "--json", "--max-new-tokens", "24", "--seed", "1",
+                     "--preset", "embedded", data_dir=embedded_data_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    answers = json.loads(result.stdout)
+    assert set(answers) == {"base", "sft", "pref"}
+    for arm, answer in answers.items():
+        assert answer["text"].strip(), f"{arm} answered nothing"
+        assert {"text", "model", "adapter_version", "new_tokens", "seconds"} <= answer.keys()
+        assert 0 < answer["new_tokens"] <= 24
+    assert answers["base"]["model"] == "gemma-3-270m" and answers["sft"]["model"] == "smollm2-135m-instruct"
+    assert answers["pref"]["adapter_version"] == 0
+    assert "\nQ:" not in answers["base"]["text"] and "\n\n" not in answers["base"]["text"].strip()
+    assert "sky" in answers["sft"]["text"].lower() or "light" in answers["sft"]["text"].lower()
+
+
+def test_info_reports_preset_and_cache_state(embedded_data_dir):
+    result = run_cli("info", "--json", data_dir=embedded_data_dir)
+    assert result.returncode == 0, result.stderr
+    facts = json.loads(result.stdout)
+    assert facts["preset"] == "embedded" and facts["embedded_packages_installed"] is True
+    assert facts["models"]["sft"]["spec"] == "embedded:smollm2-135m-instruct"
+    assert facts["data_dir"] == str(embedded_data_dir)
+
+
+def test_unloadable_model_ends_with_a_short_message_not_a_trace(embedded_data_dir):
+    result = run_cli("generate", "hi", "--sft", "nobody/no-such-model-xyz", data_dir=embedded_data_dir)
+    assert result.returncode == 2
+    assert "Could not load the sft model 'nobody/no-such-model-xyz'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_empty_prompt_is_refused_before_loading_models(tmp_path):
+    result = run_cli("generate", "   ", data_dir=tmp_path)
+    assert result.returncode == 2 and "prompt is empty" in result.stderr
+    assert not models.models_dir(tmp_path).exists(), "an empty prompt must not trigger a model conversion"
