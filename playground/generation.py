@@ -214,35 +214,66 @@ class Engine:
                 self._peft.delete_adapter(old)  # frees its weights
             self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
 
+    def sft_nll(self, prompt: str, answer: str) -> float | None:
+        """Mean negative log-likelihood per answer token under the SFT model, adapter off: how natural a text
+        looks to the model the adapter started from (a fluency yardstick; lower is more fluent)."""
+        if not answer.strip():
+            return None
+        tokenizer = self.sft.tokenizer
+        context = chat_prompt(tokenizer, prompt)
+        ids = tokenizer(context + answer.strip(), return_tensors="pt", add_special_tokens=False).input_ids
+        start = len(tokenizer(context, add_special_tokens=False).input_ids)
+        with self._locks["sft"], torch.inference_mode():
+            if self._peft is not None:
+                with self._peft.disable_adapter():
+                    logits = self._peft(ids.to(self.sft.model.device)).logits[0, :-1]
+            else:
+                logits = self.sft.model(ids.to(self.sft.model.device)).logits[0, :-1]
+        targets = ids[0, 1:].to(logits.device)
+        return float(torch.nn.functional.cross_entropy(logits[start - 1 :].float(), targets[start - 1 :]))
+
     # ---- generation ----------------------------------------------------------------------------------------
     def stream(self, prompt: str, sampling: Sampling | None = None, arms=ARMS) -> Iterator[dict[str, Answer]]:
         """Yield {arm: Answer} each time any arm's text grows, until every arm is done.
 
         The yielded dict and its Answers are updated in place: copy them to keep a snapshot.
         """
-        prompt = check_prompt(prompt)
         sampling = (sampling or Sampling()).checked()
-        arms = [arm for arm in ARMS if arm in arms]
+        return self._stream(prompt, sampling, [Row(arm, arm, sampling.seed) for arm in ARMS if arm in arms])
+
+    def stream_duel(self, prompt: str, sampling: Sampling | None = None) -> Iterator[dict[str, Answer]]:
+        """Two samples ("a", "b") of the preference-tuned model with different seeds: on-policy pairs for DPO."""
+        sampling = (sampling or Sampling()).checked()
+        return self._stream(prompt, sampling, [Row("a", "pref", sampling.seed), Row("b", "pref", sampling.seed + 1)])
+
+    def generate(self, prompt: str, sampling: Sampling | None = None, arms=ARMS) -> dict[str, Answer]:
+        return _last(self.stream(prompt, sampling, arms))
+
+    def duel(self, prompt: str, sampling: Sampling | None = None) -> dict[str, Answer]:
+        return _last(self.stream_duel(prompt, sampling))
+
+    def _stream(self, prompt: str, sampling: Sampling, rows: list["Row"]) -> Iterator[dict[str, Answer]]:
+        prompt = check_prompt(prompt)
         events: queue.Queue = queue.Queue()
         cancel = threading.Event()
         start = time.perf_counter()
         answers: dict[str, Answer] = {}
         workers = []
-        if "base" in arms:
-            answers["base"] = self._new_answer("base", sampling, 0)
-            workers.append(threading.Thread(target=self._run_base, args=(prompt, sampling, events, cancel), daemon=True))
-        chat_arms = [arm for arm in arms if arm != "base"]
-        if chat_arms:
+        base_rows = [row for row in rows if row.arm == "base"]
+        chat_rows = [row for row in rows if row.arm != "base"]
+        if base_rows:
+            answers.update({row.key: self._new_answer(row, sampling, 0) for row in base_rows})
+            workers.append(threading.Thread(target=self._run_base, args=(prompt, sampling, base_rows, events, cancel)))
+        if chat_rows:
             with self._locks["sft"]:  # the adapter version we record is the one the rows will run with
-                version, adapter = self.adapter_version, self._adapter_name
-            for arm in chat_arms:
-                answers[arm] = self._new_answer(arm, sampling, version if arm == "pref" else 0)
+                version = self.adapter_version
+            for row in chat_rows:
+                answers[row.key] = self._new_answer(row, sampling, version if row.arm == "pref" else 0)
             workers.append(
-                threading.Thread(
-                    target=self._run_chat, args=(prompt, sampling, chat_arms, version, events, cancel), daemon=True
-                )
+                threading.Thread(target=self._run_chat, args=(prompt, sampling, chat_rows, version, events, cancel))
             )
         for worker in workers:
+            worker.daemon = True
             worker.start()
         pending = set(answers)
         try:
@@ -250,14 +281,15 @@ class Engine:
                 event = events.get()
                 if event[0] == "error":
                     raise event[2]
-                kind, arm, *payload = event
-                answer = answers[arm]
+                kind, key, *payload = event
+                answer = answers[key]
                 now = time.perf_counter() - start
                 if kind == "prompt_tokens":
                     answer.prompt_tokens = payload[0]
                     continue
-                if kind == "version":  # the adapter changed between our read and the lock: record the truth
+                if kind == "version":  # a swap landed between our read and the lock: record the truth
                     answer.adapter_version = payload[0]
+                    answer.note = None if payload[0] else answer.note
                     continue
                 if kind == "text":
                     answer.text, answer.new_tokens = payload
@@ -267,7 +299,7 @@ class Engine:
                     answer.finish_reason, answer.new_tokens = payload
                     answer.text = answer.text.strip()
                     answer.done = True
-                    pending.discard(arm)
+                    pending.discard(key)
                 answer.seconds = now
                 yield answers
         finally:
@@ -275,63 +307,66 @@ class Engine:
             for worker in workers:
                 worker.join()
 
-    def generate(self, prompt: str, sampling: Sampling | None = None, arms=ARMS) -> dict[str, Answer]:
-        answers = {}
-        for answers in self.stream(prompt, sampling, arms):
-            pass
-        return answers
-
-    def _new_answer(self, arm: str, sampling: Sampling, version: int) -> Answer:
-        model = self.base if arm == "base" else self.sft
+    def _new_answer(self, row: "Row", sampling: Sampling, version: int) -> Answer:
+        model = self.base if row.arm == "base" else self.sft
         note = None
-        if arm == "pref" and version == 0:
+        if row.arm == "pref" and version == 0:
             note = "version 0: no DPO round has run yet, so this is the SFT model itself"
-        return Answer(arm, model.name, version, sampling.as_dict(), sampling.seed, note=note)
+        settings = sampling.as_dict() | {"seed": row.seed}
+        return Answer(row.arm, model.name, version, settings, row.seed, note=note)
 
-    def _run_base(self, prompt, sampling, events, cancel):
+    def _run_base(self, prompt, sampling, rows, events, cancel):
         try:
             with self._locks["base"]:
                 text = base_prompt(prompt)
-                self._generate(self.base, text, ["base"], sampling, events, cancel, self.base_stops, {})
+                self._generate(self.base, text, rows, sampling, events, cancel, self.base_stops, {})
         except BaseException as error:
-            events.put(("error", "base", error))
+            events.put(("error", rows[0].key, error))
 
-    def _run_chat(self, prompt, sampling, arms, version_seen, events, cancel):
+    def _run_chat(self, prompt, sampling, rows, version_seen, events, cancel):
         try:
             with self._locks["sft"]:
-                if self.adapter_version != version_seen and "pref" in arms:
-                    events.put(("version", "pref", self.adapter_version))
+                if self.adapter_version != version_seen:
+                    for row in rows:
+                        if row.arm == "pref":
+                            events.put(("version", row.key, self.adapter_version))
                 adapter = self._adapter_name
                 text = chat_prompt(self.sft.tokenizer, prompt)
                 if adapter is None:
-                    # No adapter: the preference arm IS the SFT model; with the same seed it would repeat the
-                    # SFT row token for token, so run one row and copy it.
-                    rows = ["sft"] if "sft" in arms else ["pref"]
-                    mirror = "pref" if ("pref" in arms and "sft" in arms) else None
-                    self._generate(self.sft, text, rows, sampling, events, cancel, (), {}, mirror=mirror)
+                    # No adapter: every row runs the SFT weights, and rows with the same seed would repeat each
+                    # other token for token (the preference arm at version 0), so each seed runs once.
+                    unique: dict[int, Row] = {}
+                    mirrors: dict[str, list[str]] = {}
+                    for row in rows:
+                        if row.seed in unique:
+                            mirrors.setdefault(unique[row.seed].key, []).append(row.key)
+                        else:
+                            unique[row.seed] = row
+                    self._generate(self.sft, text, list(unique.values()), sampling, events, cancel, (), {}, mirrors=mirrors)
                 else:
-                    names = ["__base__" if arm == "sft" else adapter for arm in arms]
+                    names = ["__base__" if row.arm == "sft" else adapter for row in rows]
                     self._generate(
-                        self.sft, text, arms, sampling, events, cancel, (), {"adapter_names": names}, model=self._peft
+                        self.sft, text, rows, sampling, events, cancel, (), {"adapter_names": names}, model=self._peft
                     )
         except BaseException as error:
-            events.put(("error", arms[0], error))
+            events.put(("error", rows[0].key, error))
 
-    def _generate(self, loaded, text, arms, sampling, events, cancel, stops, extra_kwargs, model=None, mirror=None):
+    def _generate(self, loaded, text, rows, sampling, events, cancel, stops, extra_kwargs, model=None, mirrors=None):
         tokenizer = loaded.tokenizer
-        inputs = tokenizer([text] * len(arms), return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
+        keys = [row.key for row in rows]
+        inputs = tokenizer([text] * len(rows), return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
         inputs = inputs.to(loaded.model.device)
         prompt_len = inputs["input_ids"].shape[1]
-        for arm in arms + ([mirror] if mirror else []):
-            events.put(("prompt_tokens", arm, prompt_len))
+        sink = _Mirror(events, mirrors) if mirrors else events
+        for key in keys:
+            sink.put(("prompt_tokens", key, prompt_len))
         eos = loaded.model.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         eos_ids.discard(None)
-        sink = _Mirror(events, mirror, arms[0]) if mirror else events
-        streamer = RowStreamer(sink, list(arms), tokenizer, stops, eos_ids)
+        streamer = RowStreamer(sink, keys, tokenizer, stops, eos_ids)
         processors = LogitsProcessorList()
         if not sampling.greedy:
-            processors.append(SeededSampler([sampling.seed] * len(arms), sampling.temperature, sampling.top_p))
+            processors.append(SeededSampler([row.seed for row in rows], sampling.temperature, sampling.top_p))
         with torch.inference_mode():
             (model or loaded.model).generate(
                 **inputs,
@@ -349,13 +384,29 @@ class Engine:
             )
 
 
-class _Mirror:
-    """A queue proxy that repeats one arm's events for a second arm (the preference arm at version 0)."""
+@dataclass(frozen=True)
+class Row:
+    """One answer being generated: its key in the result, its arm, and the seed of its sampling noise."""
 
-    def __init__(self, events: queue.Queue, mirror: str, source: str):
-        self.events, self.mirror, self.source = events, mirror, source
+    key: str
+    arm: str
+    seed: int
+
+
+def _last(stream: Iterator[dict[str, Answer]]) -> dict[str, Answer]:
+    answers: dict[str, Answer] = {}
+    for answers in stream:
+        pass
+    return answers
+
+
+class _Mirror:
+    """A queue proxy that repeats a row's events for rows that would generate exactly the same tokens."""
+
+    def __init__(self, events: queue.Queue, mirrors: dict[str, list[str]]):
+        self.events, self.mirrors = events, mirrors
 
     def put(self, event) -> None:
         self.events.put(event)
-        if event[1] == self.source:
-            self.events.put((event[0], self.mirror, *copy.copy(event[2:])))
+        for key in self.mirrors.get(event[1], ()):
+            self.events.put((event[0], key, *copy.copy(event[2:])))

@@ -209,7 +209,7 @@ def _convert_gguf(gguf: Path, target: Path, trust_remote_code: bool) -> None:
     log.info("Converted %s in %.0f s.", gguf.name, time.perf_counter() - start)
 
 
-def _local_folder_for(spec: str, data_dir: Path, trust_remote_code: bool) -> str:
+def model_folder(spec: str, data_dir: Path, trust_remote_code: bool) -> str:
     """Turn a spec into something `from_pretrained` loads quickly: a folder or a Hub id."""
     if spec.startswith("embedded:"):
         name = spec.removeprefix("embedded:")
@@ -284,7 +284,7 @@ def load_model(
 
     start = time.perf_counter()
     try:
-        source = _local_folder_for(spec, Path(data_dir), trust_remote_code)
+        source = model_folder(spec, Path(data_dir), trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
         model = AutoModelForCausalLM.from_pretrained(
             source, dtype=_dtype_for(device), trust_remote_code=trust_remote_code

@@ -167,6 +167,11 @@ MIGRATIONS: list[str] = [
         value  TEXT
     );
     """,
+    # 2: live progress of a round (the training panel's progress bar).
+    """
+    ALTER TABLE rounds ADD COLUMN steps_done INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rounds ADD COLUMN steps_total INTEGER;
+    """,
 ]
 
 _JSON_COLUMNS = {"settings", "hyperparams", "metrics", "extra"}
@@ -647,6 +652,26 @@ class Store:
             )
             self._set_serving(conn, version)
             return version
+
+    def set_round_progress(self, round_id: int, steps_done: int, steps_total: int | None) -> None:
+        with self._write() as conn:
+            conn.execute("UPDATE rounds SET steps_done = ?, steps_total = ? WHERE id = ?",
+                         (steps_done, steps_total, round_id))
+
+    def running_round(self) -> dict | None:
+        with self._read() as conn:
+            return _row(conn.execute("SELECT * FROM rounds WHERE status = 'running' ORDER BY id DESC").fetchone())
+
+    def request_round(self) -> None:
+        """Ask the trainer for a round now, whatever the number of pending pairs ("train now")."""
+        with self._write() as conn:
+            conn.execute("INSERT INTO meta (key, value) VALUES ('round_requested', ?) "
+                         "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (str(time.time()),))
+
+    def take_round_request(self) -> bool:
+        """True once per request_round() call (the trainer consumes it)."""
+        with self._write() as conn:
+            return conn.execute("DELETE FROM meta WHERE key = 'round_requested'").rowcount > 0
 
     def fail_round(self, round_id: int, error: str) -> None:
         """Mark a running round failed; its pairs stay pending and serving is untouched.

@@ -1,0 +1,166 @@
+"""A rule-based voter that drives the real loop (generation → votes → trainer process → hot swap) and then
+measures, on held-out prompts, whether the preference-tuned model moved the way the votes asked.
+
+Oracles: `shorter` (prefers the shorter answer), `no-word:WORD` (prefers answers without WORD), `contains:WORD`
+(prefers answers with WORD). Equal scores are a tie (no DPO pair).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .core import Playground, wait_for
+from .generation import Sampling
+
+log = logging.getLogger(__name__)
+SESSION = "simulated-voter"
+
+
+@dataclass(frozen=True)
+class Oracle:
+    kind: str
+    word: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "Oracle":
+        kind, _, word = spec.partition(":")
+        if kind == "shorter" and not word:
+            return cls("shorter")
+        if kind in ("no-word", "contains") and word.strip():
+            return cls(kind, word.strip().lower())
+        raise ValueError(f"Unknown oracle '{spec}': use shorter, no-word:WORD or contains:WORD.")
+
+    def score(self, text: str) -> float:
+        """Higher is better."""
+        if self.kind == "shorter":
+            return -len(text.strip())
+        hits = len(re.findall(rf"\b{re.escape(self.word)}\b", text.lower()))
+        return -hits if self.kind == "no-word" else hits
+
+    def compare(self, a: str, b: str) -> str:
+        sa, sb = self.score(a), self.score(b)
+        return "tie" if sa == sb else ("a" if sa > sb else "b")
+
+    def rank(self, texts: dict[str, str]) -> list[str]:
+        """Keys best first; None when all score the same (the voter says nothing useful then)."""
+        return sorted(texts, key=lambda key: -self.score(texts[key]))
+
+
+def split_prompts(prompts: list[dict], every: int = 4) -> tuple[list[dict], list[dict]]:
+    """Held-out = every 4th prompt (the file is grouped by category, so each category is represented)."""
+    return [p for i, p in enumerate(prompts) if i % every], [p for i, p in enumerate(prompts) if not i % every]
+
+
+def collect_votes(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], mode: str,
+                  sampling: Sampling, rng: random.Random) -> dict:
+    counts = {"votes": 0, "pairs": 0, "ties": 0}
+    for i in range(votes):
+        row = prompts[i % len(prompts)]
+        settings = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, rng.randrange(2**31))
+        if mode == "pairwise":
+            *_, (answers, recorded) = playground.duel(row["prompt"], settings, SESSION, row.get("category"))
+            outcome = oracle.compare(answers["a"].text, answers["b"].text)
+            receipt = playground.store.vote_pairwise(SESSION, recorded.comparison_id, recorded.answer_ids["a"],
+                                                     recorded.answer_ids["b"], outcome)
+            counts["ties"] += outcome == "tie"
+        else:
+            *_, (answers, recorded) = playground.compare(row["prompt"], settings, SESSION, row.get("category"))
+            order = oracle.rank({key: answer.text for key, answer in answers.items()})
+            receipt = playground.store.vote_best(SESSION, recorded.comparison_id,
+                                                 [recorded.answer_ids[key] for key in order])
+        counts["votes"] += 1
+        counts["pairs"] += receipt.pairs_created
+        serving = playground.sync_adapter()
+        log.info("vote %d/%d: +%d pairs (serving v%d)", i + 1, votes, receipt.pairs_created, serving)
+    return counts
+
+
+def evaluate(playground: Playground, oracle: Oracle, heldout: list[dict], sampling: Sampling, seed: int) -> dict:
+    """Preference-tuned vs SFT on held-out prompts, same seed per prompt: the oracle's win rate (ties = ½)."""
+    wins, lengths, tokens, nll = [], {"sft": [], "pref": []}, {"sft": [], "pref": []}, {"sft": [], "pref": []}
+    for i, row in enumerate(heldout):
+        settings = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, seed + i)
+        answers = playground.engine.generate(row["prompt"], settings, arms=("sft", "pref"))
+        outcome = oracle.compare(answers["pref"].text, answers["sft"].text)
+        wins.append({"a": 1.0, "b": 0.0, "tie": 0.5}[outcome])
+        for arm in ("sft", "pref"):
+            lengths[arm].append(len(answers[arm].text))
+            tokens[arm].append(answers[arm].new_tokens)
+            value = playground.engine.sft_nll(row["prompt"], answers[arm].text)
+            if value is not None:
+                nll[arm].append(value)
+    mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    return {
+        "win_rate": mean(wins),
+        "prompts": len(heldout),
+        "mean_chars": {arm: mean(v) for arm, v in lengths.items()},
+        "mean_new_tokens": {arm: mean(v) for arm, v in tokens.items()},
+        "fluency_sft_perplexity": {arm: (math.exp(mean(v)) if v else None) for arm, v in nll.items()},
+        "adapter_version": playground.engine.adapter_version,
+    }
+
+
+def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], heldout: list[dict],
+             mode: str = "pairwise", sampling: Sampling | None = None, seed: int = 0,
+             round_timeout: float = 1800) -> dict:
+    sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
+    rng = random.Random(seed)
+    started = time.perf_counter()
+    before = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
+    playground.start_trainer()
+    try:
+        counts = collect_votes(playground, oracle, votes, prompts, mode, sampling, rng)
+        voting_s = time.perf_counter() - started
+        # The votes left over after the last automatic round get one final round, so every vote counts.
+        if playground.store.pending_pairs():
+            playground.train_now()
+        settled = wait_for(
+            lambda: not playground.store.pending_pairs() and playground.store.running_round() is None,
+            timeout=round_timeout, interval=2,
+        )
+        if not settled:
+            log.warning("The trainer did not finish within %.0f s; evaluating the version serving now.", round_timeout)
+    finally:
+        playground.stop_trainer()
+    playground.sync_adapter()
+    after = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
+    rounds = [
+        {
+            "round": r["id"], "status": r["status"], "version": r["version"], "pairs_used": r["pairs_used"],
+            "seconds": (r["finished_at"] or time.time()) - r["started_at"], "error": r["error"],
+            "steps": [
+                {k: s[k] for k in ("step", "loss", "reward_margin", "reward_accuracy")}
+                for s in playground.store.round_steps(r["id"])
+            ],
+        }
+        for r in playground.store.rounds()
+    ]
+    return {
+        "oracle": f"{oracle.kind}{':' + oracle.word if oracle.word else ''}",
+        "mode": mode,
+        "votes": counts,
+        "win_rate": after["win_rate"],
+        "before": before,
+        "after": after,
+        "rounds": rounds,
+        "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},
+        "sampling": sampling.as_dict(),
+    }
+
+
+def workspace(data_dir: Path) -> Path:
+    """A fresh folder for one simulation's store and adapters (real votes are never mixed with simulated ones);
+    the converted models are shared through a link to the main cache."""
+    from .models import models_dir
+
+    path = Path(data_dir) / "simulations" / time.strftime("run-%Y%m%d-%H%M%S")
+    path.mkdir(parents=True, exist_ok=False)
+    models_dir(data_dir).mkdir(parents=True, exist_ok=True)
+    (path / "models").symlink_to(models_dir(data_dir).resolve(), target_is_directory=True)
+    return path

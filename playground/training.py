@@ -1,0 +1,243 @@
+"""Preference pairs → one LoRA DPO round with trl → a new adapter version; and the trainer process's loop.
+
+Choices (see README, "How the preference model learns"):
+- The reference model is the SFT model itself (the LoRA adapter disabled), for every round. All versions are
+  therefore anchored, through DPO's β-weighted implicit KL, to the same SFT model: rounds cannot drift away from
+  fluent SFT behaviour step by step.
+- Each round warm-starts from the serving adapter (its parent) and trains on the new pairs plus a replay of
+  earlier pairs, so what earlier votes taught is kept while new votes are added.
+- Reference log-probs are computed once per round (trl's `precompute_ref_log_probs`): the reference never
+  changes during a round, so recomputing it every step would only cost time.
+- CPU-safe settings: fp32 (no bf16 autocast), no gradient checkpointing, no reporting integrations.
+
+The trainer runs in its own OS process (`python -m playground train --watch`), so a round never competes with the
+server's Python interpreter and a crash or kill -9 of the trainer cannot take the server down. It communicates
+only through the store and the adapter folders.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .pairs import to_trl
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RoundSettings:
+    min_pairs: int = 8  # a round starts when this many new pairs wait (or on demand)
+    max_new_pairs: int = 64  # new pairs per round; more wait for the next round
+    replay_pairs: int = 32  # earlier pairs mixed back in
+    epochs: int = 2
+    batch_size: int = 4
+    learning_rate: float = 2e-4
+    beta: float = 0.1
+    max_length: int = 256
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
+    threads: int = max(1, (os.cpu_count() or 2) // 2)
+    seed: int = 0
+
+    def as_dict(self) -> dict:
+        row = asdict(self)
+        row["target_modules"] = list(self.target_modules)
+        return row
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def adapters_dir(data_dir: Path) -> Path:
+    return Path(data_dir) / "adapters"
+
+
+def select_pairs(store: Store, settings: RoundSettings) -> tuple[list[dict], list[dict]]:
+    """(new pairs, replayed earlier pairs) for the next round."""
+    new = store.pending_pairs(limit=settings.max_new_pairs)
+    new_ids = {p["id"] for p in new}
+    earlier = [p for p in store.pairs() if p["round_id"] is not None and p["id"] not in new_ids]
+    rng = random.Random(settings.seed + len(earlier))
+    replay = rng.sample(earlier, min(settings.replay_pairs, len(earlier)))
+    return new, replay
+
+
+def _load_policy(sft_dir: str):
+    """Fresh SFT weights for the round (the trainer never modifies the SFT files)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
+    return model, tokenizer
+
+
+def run_round(
+    store: Store,
+    data_dir: Path,
+    sft_dir: str,
+    settings: RoundSettings | None = None,
+    *,
+    force: bool = False,
+) -> int | None:
+    """Train one DPO round if enough new pairs wait (or `force`); returns the new version, or None if idle."""
+    settings = settings or RoundSettings()
+    new, replay = select_pairs(store, settings)
+    if not new or (len(new) < settings.min_pairs and not force):
+        return None
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerCallback
+    from trl import DPOConfig, DPOTrainer
+
+    torch.set_num_threads(settings.threads)
+    parent = store.serving_version()
+    parent_path = store.version(parent)["path"] if parent else None
+    pairs = new + replay
+    steps_total = settings.epochs * -(-len(pairs) // settings.batch_size)
+    hyperparams = settings.as_dict() | {"new_pairs": len(new), "replayed_pairs": len(replay), "reference": "sft"}
+    round_id = store.start_round(parent, [p["id"] for p in pairs], hyperparams, os.getpid())
+    store.set_round_progress(round_id, 0, steps_total)
+    log.info("Round %d: %d new + %d replayed pairs, parent v%d, %d steps.", round_id, len(new), len(replay), parent,
+             steps_total)
+    work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(adapters_dir(data_dir))))
+    try:
+        model, tokenizer = _load_policy(sft_dir)
+
+        class Progress(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                if logs and "loss" in logs:
+                    store.log_step(round_id, state.global_step, logs)
+
+            def on_step_end(self, args, state, control, **kwargs):
+                store.set_round_progress(round_id, state.global_step, state.max_steps)
+
+        dataset = Dataset.from_list([to_trl(p) for p in pairs]).shuffle(seed=settings.seed)
+        config = DPOConfig(
+            output_dir=str(work / "trainer"),
+            per_device_train_batch_size=settings.batch_size,
+            num_train_epochs=settings.epochs,
+            learning_rate=settings.learning_rate,
+            lr_scheduler_type="constant",
+            beta=settings.beta,
+            max_length=settings.max_length,
+            precompute_ref_log_probs=True,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            report_to="none",
+            logging_steps=1,
+            save_strategy="no",
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+            dataloader_num_workers=0,
+            seed=settings.seed,
+        )
+        lora = LoraConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            lora_dropout=settings.lora_dropout,
+            target_modules=list(settings.target_modules),
+            task_type="CAUSAL_LM",
+        )
+        # A plain model plus peft_config: trl wraps it and uses "adapter disabled" (= the SFT model) as reference.
+        trainer = DPOTrainer(
+            model=model,
+            args=config,
+            train_dataset=dataset,
+            processing_class=tokenizer,
+            peft_config=lora,
+            callbacks=[Progress()],
+        )
+        if parent_path:
+            # Warm start: the parent's weights go into the fresh "default" adapter after the reference log-probs
+            # were computed with the adapter disabled, so the reference stays the SFT model.
+            state = load_file(str(Path(parent_path) / "adapter_model.safetensors"))
+            result = set_peft_model_state_dict(trainer.model, state, adapter_name="default")
+            if getattr(result, "unexpected_keys", None):
+                raise TrainingError(f"parent adapter v{parent} does not fit this model: {result.unexpected_keys[:3]}")
+        output = trainer.train()
+        peft_model = trainer.model
+        peft_model.eval()
+        steps = store.round_steps(round_id)
+        metrics = {
+            "train_loss": output.training_loss,
+            "steps": output.global_step,
+            "seconds": output.metrics.get("train_runtime"),
+            "final_loss": steps[-1]["loss"] if steps else None,
+            "final_reward_margin": steps[-1]["reward_margin"] if steps else None,
+            "final_reward_accuracy": steps[-1]["reward_accuracy"] if steps else None,
+        }
+        final = adapters_dir(data_dir) / f"round-{round_id:04d}"
+        staging = work / "adapter"
+        peft_model.save_pretrained(staging)  # PEFT's standard format: adapter_config.json + adapter_model.safetensors
+        (staging / "playground.json").write_text(
+            json.dumps(
+                {"round_id": round_id, "parent_version": parent, "pairs": [p["id"] for p in pairs],
+                 "hyperparams": hyperparams, "metrics": metrics, "sft_model": sft_dir},
+                indent=2,
+            )
+        )
+        os.replace(staging, final)  # atomic: the server never sees a half-written adapter folder
+        version = store.finish_round(round_id, str(final), metrics)
+        log.info("Round %d done: version %d serving (%s).", round_id, version, metrics)
+        return version
+    except BaseException as error:
+        store.fail_round(round_id, f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def watch(store: Store, data_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
+          once: bool = False, stop_after: float | None = None) -> list[int]:
+    """The trainer process's loop: run a round whenever enough pairs wait or one is requested.
+
+    A failed round is logged and recorded (its pairs stay pending); the loop goes on. SIGTERM ends the loop; a
+    round in progress is marked failed on the way out (its pairs stay pending), so the next start trains them.
+    """
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    for interrupted in store.recover_interrupted_rounds():
+        log.warning("Round %d was interrupted (trainer killed); its pairs are still pending.", interrupted["id"])
+    versions: list[int] = []
+    deadline = time.monotonic() + stop_after if stop_after else None
+    failures = 0
+    while True:
+        forced = store.take_round_request() or once
+        try:
+            version = run_round(store, data_dir, sft_dir, settings, force=forced)
+            failures = 0
+        except Exception as error:  # a crashed round must not end the trainer
+            log.exception("Round failed: %s", error)
+            version, failures = None, failures + 1
+        if version:
+            versions.append(version)
+        if once or (deadline and time.monotonic() > deadline):
+            return versions
+        time.sleep(poll_seconds * min(2**failures, 30))
