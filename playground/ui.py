@@ -1,3 +1,5 @@
+# NOTE FOR THE UI ENGINEER: the full text of the GitHub issue you are implementing (the {ISSUE4} placeholder in
+# your brief) is in /tmp/issue4.txt (also /work/ISSUE4-full-text.md). Read it first; delete this note.
 """Gradio wiring only: every action calls the engine (and, later, the store); no model logic lives here."""
 
 from __future__ import annotations

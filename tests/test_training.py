@@ -1,0 +1,227 @@
+"""The feedback loop on tiny models: DPO rounds, adapter versions, hot swap, rollback, fallbacks, crashes, export."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import add_short_vs_long_votes
+from playground.core import Playground, wait_for
+from playground.generation import Engine, Sampling
+from playground.models import Preset, load_model
+from playground.store import Store
+from playground.training import RoundSettings, run_round
+
+ROOT = Path(__file__).resolve().parent.parent
+GREEDY = Sampling(temperature=0, max_new_tokens=8, seed=0)
+# A large learning rate so that one tiny round visibly changes a tiny model's outputs.
+FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, learning_rate=5e-2, max_length=64, threads=1)
+
+
+def digest(folder: Path) -> str:
+    return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+
+
+@pytest.fixture()
+def playground(tiny_models, tmp_path):
+    preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
+    engine = Engine(load_model(preset.base, tmp_path), load_model(preset.sft, tmp_path))
+    pg = Playground(engine, Store.open(tmp_path), tmp_path, preset, FAST)
+    yield pg
+    pg.close()
+
+
+def test_round_writes_a_peft_adapter_that_changes_outputs_and_never_the_sft_weights(playground, tiny_models):
+    sft_before = digest(tiny_models["sft"])
+    before = playground.engine.generate("Tell me about topic 3.", GREEDY)
+    assert run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST) is None, \
+        "no pairs: no round"
+    add_short_vs_long_votes(playground.store, 8)
+
+    version = run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST)
+
+    assert version == 1 and playground.store.serving_version() == 1
+    folder = Path(playground.store.version(1)["path"])
+    assert {"adapter_config.json", "adapter_model.safetensors", "playground.json"} <= {p.name for p in folder.iterdir()}
+    assert not (folder / "ref").exists(), "trl's reference copy must not be saved"
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and set(config["target_modules"]) == {"q_proj", "v_proj"}
+    meta = json.loads((folder / "playground.json").read_text())
+    assert meta["parent_version"] == 0 and len(meta["pairs"]) == 8 and meta["hyperparams"]["reference"] == "sft"
+    steps = playground.store.round_steps()
+    assert len(steps) == 2 and all(s["loss"] is not None and s["reward_accuracy"] is not None for s in steps)
+    assert steps[-1]["reward_margin"] > 0, "the chosen answers must gain on the rejected ones"
+    assert playground.store.pending_pairs() == []
+    assert not [p for p in (playground.data_dir / "adapters").iterdir() if p.name.startswith(".")], "no temp left"
+
+    assert playground.sync_adapter() == 1
+    after = playground.engine.generate("Tell me about topic 3.", GREEDY)
+    assert after["pref"].adapter_version == 1 and after["pref"].text != before["pref"].text
+    assert after["sft"].text == before["sft"].text
+    assert digest(tiny_models["sft"]) == sft_before
+
+
+def test_next_round_warm_starts_from_the_parent(playground, tiny_models):
+    add_short_vs_long_votes(playground.store, 4, session="first")
+    assert run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST) == 1
+    add_short_vs_long_votes(playground.store, 4, session="second")
+    assert run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST) == 2
+    v2 = playground.store.version(2)
+    assert v2["parent_version"] == 1
+    meta = json.loads((Path(v2["path"]) / "playground.json").read_text())
+    assert meta["hyperparams"]["new_pairs"] == 4 and meta["hyperparams"]["replayed_pairs"] == 4
+    first_step = playground.store.round_steps(2)[0]
+    assert first_step["reward_margin"] > 0, "a warm start begins where the parent left off, not at zero"
+
+
+def test_rollback_and_corrupt_or_missing_adapters_fall_back_to_the_last_good(playground, tiny_models):
+    for session in ("a", "b", "c"):
+        add_short_vs_long_votes(playground.store, 4, session=session)
+        run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST)
+    assert playground.sync_adapter() == 3
+    answers = {v: None for v in (1, 2, 3)}
+    for version in (1, 2, 3):
+        assert playground.rollback(version) == version
+        answers[version] = playground.engine.generate("Hello there", GREEDY)["pref"].text
+    assert playground.rollback(0) == 0 and playground.engine.adapter_version == 0
+
+    # v3's weights are truncated, v2's folder vanished: serving falls back to v1, with reasons recorded.
+    weights = Path(playground.store.version(3)["path"]) / "adapter_model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    import shutil
+
+    shutil.rmtree(playground.store.version(2)["path"])
+    playground.store.set_serving_version(3)
+    assert playground.sync_adapter() == 1
+    assert playground.store.version(3)["state"] == "bad" and "could not be loaded" in playground.store.version(3)["reason"]
+    assert playground.store.version(2)["state"] == "bad" and "missing" in playground.store.version(2)["reason"]
+    assert playground.engine.generate("Hello there", GREEDY)["pref"].text == answers[1]
+
+    # A restarted server serves the latest good version.
+    fresh = Playground(Engine(playground.engine.base, load_model(str(tiny_models["sft"]), playground.data_dir)),
+                       Store.open(playground.data_dir), playground.data_dir, playground.preset, FAST)
+    assert fresh.engine.adapter_version == 1
+
+
+def _trainer(data_dir: Path, sft: Path, *extra: str) -> subprocess.Popen:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "playground", "-q", "train", "--data-dir", str(data_dir), "--sft", str(sft),
+         "--base", str(sft), "--threads", "1", *extra],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp_path):
+    store = Store.open(tmp_path)
+    add_short_vs_long_votes(store, 12)
+    votes_before = store.counts()["votes"]
+    trainer = _trainer(tmp_path, tiny_models["sft"], "--watch", "--min-pairs", "4", "--epochs", "400",
+                       "--learning-rate", "1e-3")
+    try:
+        assert wait_for(lambda: (store.running_round() or {}).get("steps_done", 0) >= 2, timeout=240), \
+            "the round never got going"
+    finally:
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait()
+    assert store.counts()["votes"] == votes_before
+    assert store.serving_version() == 0 and store.versions() == []
+    assert len(store.pending_pairs()) == 12, "pairs of an unfinished round stay pending"
+    assert not list((tmp_path / "adapters").glob("round-*")), "no half-written adapter is published"
+
+    again = _trainer(tmp_path, tiny_models["sft"], "--once", "--epochs", "1")
+    out, _ = again.communicate(timeout=300)
+    assert again.returncode == 0, out[-3000:]
+    rounds = store.rounds()
+    assert [(r["status"], r["error"]) for r in rounds] == [("failed", "interrupted"), ("done", None)]
+    assert store.serving_version() == 1 and store.pending_pairs() == []
+
+
+def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
+    sft_text = playground.engine.generate("Keep chatting", GREEDY)["sft"].text
+    playground.start_trainer()
+    playground.follow_versions(interval=0.2)
+    try:
+        add_short_vs_long_votes(playground.store, 4)
+        seen, errors = [], []
+
+        def chat():
+            try:
+                while playground.engine.adapter_version == 0 and len(seen) < 2000:
+                    answers = playground.engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
+                    seen.append((answers["pref"].adapter_version, answers["sft"].text))
+                for _ in range(3):
+                    answers = playground.engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
+                    seen.append((answers["pref"].adapter_version, answers["sft"].text))
+            except Exception as error:
+                errors.append(error)
+
+        users = [threading.Thread(target=chat) for _ in range(2)]
+        for user in users:
+            user.start()
+        for user in users:
+            user.join(timeout=400)
+        assert not errors, errors
+        assert playground.engine.adapter_version == 1
+        assert {version for version, _ in seen} == {0, 1}, "answers were served before and after the swap"
+        assert all(text == sft_text for _, text in seen), "the SFT arm never saw the adapter"
+    finally:
+        playground.stop_trainer()
+    assert not playground.trainer_alive()
+    rounds = playground.store.rounds()
+    assert [r["status"] for r in rounds] == ["done"]
+
+
+def test_train_now_runs_a_round_below_min_pairs(playground):
+    add_short_vs_long_votes(playground.store, 2)
+    playground.start_trainer()
+    try:
+        time.sleep(1)
+        assert playground.store.versions() == []  # 2 < min_pairs
+        playground.train_now()
+        assert wait_for(lambda: playground.store.serving_version() == 1, timeout=240)
+    finally:
+        playground.stop_trainer()
+
+
+def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, tiny_models, tmp_path):
+    import torch
+    from datasets import load_dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    add_short_vs_long_votes(playground.store, 4)
+    out = tmp_path / "pairs.jsonl"
+    result = subprocess.run([sys.executable, "-m", "playground", "export", "--out", str(out), "--data-dir",
+                             str(playground.data_dir)], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0 and "Wrote 4 preference pairs" in result.stdout
+    raw = tmp_path / "votes.jsonl"
+    subprocess.run([sys.executable, "-m", "playground", "export", "--raw", "--out", str(raw), "--data-dir",
+                    str(playground.data_dir)], cwd=ROOT, check=True, capture_output=True)
+    assert len(raw.read_text().splitlines()) == 4
+
+    dataset = load_dataset("json", data_files=str(out), split="train")
+    assert dataset.column_names == ["prompt", "chosen", "rejected"]
+    assert dataset[0]["prompt"][0]["role"] == "user" and dataset[0]["chosen"][0]["role"] == "assistant"
+
+    torch.manual_seed(0)
+    trainer = DPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_models["sft"]),
+        args=DPOConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, bf16=False,
+                       report_to="none", use_cpu=True, save_strategy="no", max_length=64),
+        train_dataset=dataset,
+        processing_class=AutoTokenizer.from_pretrained(tiny_models["sft"]),
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
+    output = trainer.train()
+    assert output.global_step == 1 and output.training_loss > 0
