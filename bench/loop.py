@@ -1,0 +1,82 @@
+"""From the vote that completes a round to the first answer served by the new adapter version.
+
+    python bench/loop.py [--json] [--pairs 16]
+
+The real pieces: the app's Playground (models loaded, adapter follower polling), the trainer as its own process
+(`train --watch`), the store. 15 pairs wait; the timer starts when the 16th vote is committed and stops when a
+generated answer carries the new version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+
+def run(args) -> dict:
+    from bench.common import report
+    from bench.pairs import fill_store
+    from playground import config
+    from playground.core import Playground, wait_for
+    from playground.generation import Sampling
+    from playground.models import models_dir, resolve_preset
+    from playground.training import RoundSettings
+
+    data_dir = config.resolve_data_dir(args.data_dir)
+    preset = resolve_preset(args.preset)
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "models").symlink_to(models_dir(data_dir).resolve())
+        settings = RoundSettings(min_pairs=args.pairs, epochs=args.epochs, threads=args.threads)
+        playground = Playground.open(preset, Path(work), round_settings=settings)
+        playground.start_trainer()
+        playground.follow_versions(interval=0.5)
+        try:
+            fill_store(playground.store, args.pairs - 1, session="earlier")
+            time.sleep(5)  # the trainer is up and idle (15 < min_pairs)
+            assert not playground.store.versions()
+            start = time.perf_counter()
+            fill_store(playground.store, 1, session="the-last-vote")
+            committed = time.perf_counter()
+            served = None
+            ok = wait_for(lambda: playground.engine.adapter_version >= 1, timeout=1800, interval=0.2)
+            swapped = time.perf_counter()
+            answer = playground.engine.generate("Why is the sky blue?", Sampling(temperature=0, max_new_tokens=1),
+                                                arms=("pref",))["pref"]
+            served = time.perf_counter()
+            assert ok and answer.adapter_version >= 1
+            (rnd,) = playground.store.rounds()
+        finally:
+            playground.close()
+        peak_trainer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        peak_server_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    figures = {
+        "vote_to_new_version_serving_s": round(swapped - start, 1),
+        "vote_to_first_answer_of_new_version_s": round(served - start, 1),
+        "round_s": round(rnd["finished_at"] - rnd["started_at"], 1),
+        "vote_commit_ms": round((committed - start) * 1000, 1),
+        "server_peak_rss_mb": round(peak_server_mb),
+        "trainer_peak_rss_mb": round(peak_trainer_mb),
+        "server_plus_trainer_peak_rss_mb": round(peak_server_mb + peak_trainer_mb),
+    }
+    return report("loop", settings.as_dict() | {"preset": preset.name}, figures, args.json)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="embedded")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--pairs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--json", action="store_true")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
