@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .generation import AdapterError, Answer, Engine, Sampling
-from .models import Preset, model_folder
+from .models import Preset
 from .store import Store
 from .training import RoundSettings
 
@@ -159,9 +159,6 @@ class Playground:
     def close(self) -> None:
         self._stop.set()
         self.stop_trainer()
-
-    def trainer_sft_folder(self) -> str:
-        return model_folder(self.preset.sft, self.data_dir, self.trust_remote_code)
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:

@@ -213,7 +213,7 @@ def _ensure(path: Path) -> Path:
 
 
 def watch(store: Store, data_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
-          once: bool = False, stop_after: float | None = None) -> list[int]:
+          once: bool = False) -> list[int]:
     """The trainer process's loop: run a round whenever enough pairs wait or one is requested.
 
     A failed round is logged and recorded (its pairs stay pending); the loop goes on. SIGTERM ends the loop; a
@@ -226,7 +226,6 @@ def watch(store: Store, data_dir: Path, sft_dir: str, settings: RoundSettings, *
     for interrupted in store.recover_interrupted_rounds():
         log.warning("Round %d was interrupted (trainer killed); its pairs are still pending.", interrupted["id"])
     versions: list[int] = []
-    deadline = time.monotonic() + stop_after if stop_after else None
     failures = 0
     while True:
         forced = store.take_round_request() or once
@@ -238,6 +237,6 @@ def watch(store: Store, data_dir: Path, sft_dir: str, settings: RoundSettings, *
             version, failures = None, failures + 1
         if version:
             versions.append(version)
-        if once or (deadline and time.monotonic() > deadline):
+        if once:
             return versions
         time.sleep(poll_seconds * min(2**failures, 30))
