@@ -25,7 +25,7 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-PRIOR_GAMES = 1.0  # pseudo-games against an average opponent: keeps an unbeaten player's strength finite
+PRIOR_GAMES = 1.0  # tied pseudo-games per pair of players: keeps an unbeaten player's strength finite
 BOOTSTRAP_SAMPLES = 200
 ELO_SCALE = 400 / math.log(10)
 CENTRE = 1000.0
@@ -92,28 +92,32 @@ def _vote_outcomes(vote: Mapping) -> list[tuple[Mapping, Mapping, float]]:
 
 
 def fit(n_players: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None,
-        prior: float = PRIOR_GAMES, tol: float = 1e-10, max_iter: int = 10_000) -> np.ndarray:
+        prior: float = PRIOR_GAMES, tol: float = 1e-9, max_iter: int = 10_000) -> np.ndarray:
     """Bradley-Terry log-strengths, centred on their mean, by Hunter's MM iteration.
 
-    Each player also plays `prior` games against a virtual opponent of strength 1, winning half: a weak pull to
-    the middle that makes the fit exist when a player has only wins or only losses, and keeps tiny samples calm.
+    Every pair of players also gets `prior` pseudo-games that end in a tie: a weak pull to the middle that makes
+    the fit exist when a player has only wins or only losses (or two players never met), and keeps tiny samples
+    calm. (With prior=0 every player needs a win and a loss, or the maximum does not exist.) The likelihood does
+    not change when all strengths are scaled alike, so each step re-centres them.
     """
     weight = np.ones(len(score)) if weight is None else weight
-    wins = np.zeros((n_players, n_players))
+    wins = np.full((n_players, n_players), prior / 2)
+    np.fill_diagonal(wins, 0.0)
     np.add.at(wins, (first, second), score * weight)
     np.add.at(wins, (second, first), (1 - score) * weight)
     games = wins + wins.T
-    total_wins = wins.sum(axis=1) + prior / 2
-    strength = np.ones(n_players)
+    total_wins = wins.sum(axis=1)
+    theta = np.zeros(n_players)
     for _ in range(max_iter):
-        denominator = (games / (strength[:, None] + strength[None, :])).sum(axis=1) + prior / (strength + 1.0)
-        updated = total_wins / denominator
-        change = np.max(np.abs(np.log(updated) - np.log(strength)))
-        strength = updated
+        strength = np.exp(theta)
+        denominator = (games / (strength[:, None] + strength[None, :])).sum(axis=1)
+        updated = np.log(total_wins) - np.log(denominator)
+        updated -= updated.mean()
+        change = np.max(np.abs(updated - theta))
+        theta = updated
         if change < tol:
             break
-    theta = np.log(strength)
-    return theta - theta.mean()
+    return theta
 
 
 def leaderboard(votes: Iterable[Mapping], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0,
