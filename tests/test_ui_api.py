@@ -1,0 +1,253 @@
+"""The real app (`python app.py` in a subprocess, tiny models, its trainer process) driven through its named
+API endpoints with gradio_client, the way a script or another Space would use it."""
+
+import json
+import re
+
+import pytest
+from gradio_client import Client
+from gradio_client.exceptions import AppError
+
+from app_process import pid_alive, start_app, wait_until
+
+ADMIN = "s3cret-token"
+PROMPT = "Why is the sky blue?"
+SAMPLING = (0.7, 0.9, 16)  # temperature, top_p, max_new_tokens: short answers keep the tests quick
+ARM_TITLES = ("Base", "SFT", "Preference-tuned")
+
+
+@pytest.fixture(scope="module")
+def app(tiny_models, tmp_path_factory):
+    data_dir = tmp_path_factory.mktemp("ui-api") / "data"
+    app = start_app(tiny_models, data_dir, args=["--min-pairs", "2"], env={"PLAYGROUND_ADMIN_TOKEN": ADMIN})
+    try:
+        client = Client(app.url, verbose=False)
+        wait_until(lambda: client.predict(api_name="/stats")["ready"], 180, "the models to load")
+        yield app
+    finally:
+        app.stop()
+
+
+@pytest.fixture
+def client(app):
+    """One API client = one session (votes, rate limit): each test votes as a new visitor."""
+    return Client(app.url, verbose=False)
+
+
+def new_client(app) -> Client:
+    return Client(app.url, verbose=False)
+
+
+def stats(client) -> dict:
+    return client.predict(api_name="/stats")
+
+
+def compare(client, prompt=PROMPT, blind=False, seed=None) -> dict:
+    out = client.predict(prompt, *SAMPLING, seed, blind, api_name="/compare")
+    titles, texts, details = out[0:9:3], out[1:9:3], out[2:9:3]
+    return {"titles": titles, "texts": texts, "details": details, "message": out[9]}
+
+
+def arm_of(title: str) -> str:
+    """'#### Preference-tuned v3 · `model`' -> 'Preference-tuned'."""
+    return re.sub(r" v\d+$", "", title.removeprefix("#### ").split(" · ")[0])
+
+
+def version_of(title: str) -> int:
+    return int(re.search(r"Preference-tuned v(\d+)", title).group(1))
+
+
+def settled(client) -> dict | None:
+    """Stats once no pairs wait, no round runs and the app serves what the store says (else None)."""
+    s = stats(client)
+    quiet = not s["counts"]["pairs_pending"] and not s["running_round"] and s["engine_version"] == s["serving_version"]
+    return s if quiet else None
+
+
+def vote_best(client, ranking: str) -> tuple[str, list[str]]:
+    out = client.predict(ranking, api_name="/vote_best")
+    return out[0], list(out[1::2])
+
+
+def test_compare_streams_three_answers(client):
+    result = compare(client)
+    assert [arm_of(t) for t in result["titles"]] == list(ARM_TITLES)
+    assert version_of(result["titles"][2]) == 0
+    assert all(text.strip() for text in result["texts"])
+    assert all("tokens" in d for d in result["details"])
+    assert "this is the SFT model itself" in result["details"][2]  # nothing trained yet: v0 = SFT
+    assert "Which answer is best?" in result["message"]
+
+
+def test_vote_best_is_counted_and_a_second_vote_is_refused(client):
+    before = stats(client)["counts"]
+    compare(client, "Name three colours of the rainbow.")
+    message, _ = vote_best(client, "1")
+    assert message.startswith("✓ Thanks!")
+    after = stats(client)["counts"]
+    assert after["votes_by_kind"]["best"] == before["votes_by_kind"]["best"] + 1
+    assert after["pairs"] > before["pairs"]
+
+    again, _ = vote_best(client, "2")
+    assert "already picked the best answer" in again
+    assert stats(client)["counts"]["votes"] == after["votes"]
+    bad_all, _ = client.predict(api_name="/vote_all_bad")[:2]
+    assert "already" in bad_all  # best and all-bad answer the same question
+
+
+def test_vote_needs_a_comparison_and_a_valid_ranking(app, client):
+    fresh = new_client(app)
+    message, _ = vote_best(fresh, "1")
+    assert "Nothing to vote on yet" in message
+    assert "Nothing to vote on yet" in fresh.predict(1, True, api_name="/vote_thumb")
+    assert "Nothing to vote on yet" in fresh.predict("a", api_name="/vote_duel")
+
+    compare(client, "What is a haiku?")
+    for ranking in ("7", "", "banana"):
+        message, _ = vote_best(client, ranking)
+        assert "Rank by column number" in message
+    message, _ = vote_best(client, "1,2")  # a partial ranking is ambiguous about the third answer
+    assert "Rank either just the best answer or all 3 answers" in message
+
+
+def test_blind_mode_hides_names_until_the_vote(client):
+    result = compare(client, "Give me a tip for learning to cook.", blind=True)
+    assert [t.removeprefix("#### ") for t in result["titles"]] == ["Answer 1", "Answer 2", "Answer 3"]
+    shown = " ".join(result["titles"] + result["details"])
+    assert not any(name in shown for name in ARM_TITLES) and "SFT model itself" not in shown
+
+    message, titles = vote_best(client, "3,1,2")
+    assert message.startswith("✓ Thanks!")
+    assert sorted(arm_of(t) for t in titles) == sorted(ARM_TITLES)
+
+
+def test_all_bad_and_thumbs(client):
+    compare(client, "Tell me a joke about databases.")
+    assert client.predict(1, True, api_name="/vote_thumb") == "✓ Thanks for the thumbs up!"
+    assert client.predict(3, False, api_name="/vote_thumb") == "✓ Thanks for the thumbs down!"
+    assert "already rated this answer" in client.predict(1, False, api_name="/vote_thumb")
+    assert "Name a column from 1 to 3" in client.predict(4, True, api_name="/vote_thumb")
+    message = client.predict(api_name="/vote_all_bad")[0]
+    assert "every answer was bad" in message
+
+
+def test_duel_and_its_votes(client):
+    before = stats(client)["counts"]
+    a, a_details, b, b_details, message = client.predict("Describe the sea.", *SAMPLING, None, api_name="/duel")
+    assert a.strip() and b.strip() and "Which is better" in message
+    assert "adapter v" in a_details and "adapter v" in b_details
+    assert "Thanks!" in client.predict("a", api_name="/vote_duel")
+    assert "already voted on this duel" in client.predict("b", api_name="/vote_duel")
+    after = stats(client)["counts"]
+    assert after["votes_by_kind"]["pairwise"] == before["votes_by_kind"]["pairwise"] + 1
+
+    client.predict("Describe a forest.", *SAMPLING, None, api_name="/duel")
+    assert "Tie recorded" in client.predict("tie", api_name="/vote_duel")
+
+
+def test_prompt_and_sampling_problems_get_clear_messages(client):
+    assert "The prompt is empty" in compare(client, "   ")["message"]
+    huge = compare(client, "x" * 2500)["message"]
+    assert "2,500 characters" in huge and "limit is 2,000" in huge
+    with pytest.raises(AppError, match="greater than maximum"):  # Gradio checks the sliders' ranges itself
+        client.predict(PROMPT, 9.0, 0.9, 16, None, False, api_name="/compare")
+    duel_message = client.predict("", *SAMPLING, None, api_name="/duel")[4]
+    assert "The prompt is empty" in duel_message
+
+
+def test_vote_rate_limit_per_session(app, client):
+    spammer = new_client(app)
+    for _ in range(20):  # refused votes count too: the limit is on requests
+        assert "Too many votes" not in vote_best(spammer, "1")[0]
+    message, _ = vote_best(spammer, "1")
+    assert "Too many votes: at most 20 a minute per session" in message
+    assert "Too many votes" not in vote_best(client, "1")[0]  # other sessions are not affected
+
+
+def test_votes_start_a_round_and_the_new_version_serves(client):
+    # min-pairs is 2: a best-of-three vote for the base answer makes two pairs (it beats SFT and preference).
+    compare(client, "How do I boil an egg?")
+    assert "2 training pairs" in vote_best(client, "1")[0]
+    served = wait_until(lambda: (s := settled(client)) and s["serving_version"] >= 1 and s, 180,
+                        "a round to train the pairs and its version to serve")
+    version = served["serving_version"]
+    done = [r for r in served["rounds"] if r["status"] == "done"]
+    assert done and done[-1]["steps_done"] == done[-1]["steps_total"] > 0
+    assert version_of(compare(client, "Is the new version serving?")["titles"][2]) == version
+
+    panel = client.predict(api_name="/panel")
+    status, training, progress, loss = panel[0], panel[1], panel[2], panel[3]
+    assert f"adapter v{version}" in status and f"adapter **v{version}**" in training
+    assert "pg-progress" in progress
+    assert loss["columns"] == ["step", "round", "loss"] and loss["data"]
+    board = client.predict(api_name="/leaderboard")
+    assert board["headers"][:3] == ["rank", "player", "rating"] and {row[1] for row in board["data"]} >= {"base", "sft"}
+
+
+def test_train_now_runs_a_round_below_the_threshold(client):
+    before = wait_until(lambda: settled(client), 180, "earlier pairs to be trained")["serving_version"]
+    assert "No new training pairs" in client.predict(api_name="/train_now")
+    client.predict("Name a planet.", *SAMPLING, None, api_name="/duel")
+    assert "1 training pair" in client.predict("b", api_name="/vote_duel")  # 1 pair < min-pairs 2
+    assert "Asked for a round on 1 pending pair" in client.predict(api_name="/train_now")
+    wait_until(lambda: stats(client)["engine_version"] == before + 1, 180, f"version {before + 1} to serve")
+
+
+def test_rollback_needs_the_admin_token(client):
+    latest = stats(client)["serving_version"]
+    assert latest >= 1
+    assert "requires the admin token" in client.predict(0, "", api_name="/rollback")
+    assert "Wrong admin token" in client.predict(0, "guess", api_name="/rollback")
+    assert stats(client)["serving_version"] == latest
+
+    assert "Now serving version 0" in client.predict(0, ADMIN, api_name="/rollback")
+    after = stats(client)
+    assert after["serving_version"] == 0 and after["engine_version"] == 0  # rollback swaps synchronously
+    assert version_of(compare(client, "After the rollback?")["titles"][2]) == 0
+    assert "does not exist" in client.predict(99, ADMIN, api_name="/rollback")
+    assert f"Now serving version {latest}" in client.predict(latest, ADMIN, api_name="/rollback")
+
+
+def test_export_loads_with_datasets(client):
+    from datasets import load_dataset
+
+    path, message = client.predict("pairs", api_name="/export")
+    pairs = stats(client)["counts"]["pairs"]
+    assert f"{pairs} preference pairs" in message
+    dataset = load_dataset("json", data_files=path, split="train")
+    assert len(dataset) == pairs and set(dataset.column_names) == {"prompt", "chosen", "rejected"}
+    assert dataset[0]["prompt"][0]["role"] == "user" and dataset[0]["chosen"][0]["role"] == "assistant"
+
+    path, message = client.predict("votes", api_name="/export")
+    votes = [json.loads(line) for line in open(path, encoding="utf-8")]
+    assert len(votes) == stats(client)["counts"]["votes"]
+    assert {"kind", "prompt", "answers"} <= votes[0].keys()
+
+
+def test_push_to_hub_fails_clearly_offline(client):
+    message = client.predict("hf_fake", "someone/votes", "", True, ADMIN, api_name="/push")
+    assert "this server runs offline" in message
+    assert "requires the admin token" in client.predict("hf_fake", "someone/votes", "", True, "", api_name="/push")
+    assert "Enter a dataset repo id" in client.predict("hf_fake", "", "", True, ADMIN, api_name="/push")
+
+
+def test_push_to_hub_fails_clearly_without_network(tmp_path, monkeypatch):
+    # Online mode, but the Hub endpoint refuses connections (what a machine without network sees).
+    import huggingface_hub.constants
+
+    from app_process import free_port
+    from playground.store import Store
+    from playground.ui import push_to_hub
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    message = push_to_hub(Store(tmp_path / "db.sqlite3"), "hf_fake", "someone/votes",
+                          endpoint=f"http://127.0.0.1:{free_port()}")
+    assert message.startswith("⚠ Push failed while creating the dataset repo")
+    assert "Check the token, the repo id and the network" in message
+
+
+def test_stopping_the_app_stops_its_trainer(app, client):
+    trainer = stats(client)["trainer_pid"]
+    assert trainer and pid_alive(trainer)
+    assert app.stop() == 0
+    wait_until(lambda: not pid_alive(trainer), 30, "the trainer process to end")
