@@ -200,7 +200,12 @@ def _code(text) -> str:
 
 def _title(arm: str, model: str, version: int) -> str:
     suffix = f" v{version}" if arm == "pref" else ""
-    return f"#### {ARM_TITLES[arm]}{suffix} · {_code(model)}"
+    return f"#### {ARM_TITLES[arm]}{suffix} · {_code(_short_model(model))}"
+
+
+def _short_model(model: str) -> str:
+    # A local folder's full path is long and says nothing to a visitor; its last part names the model.
+    return Path(model).name if model.startswith(("/", ".", "~")) else model
 
 
 def _blind_title(column: int) -> str:
@@ -214,7 +219,7 @@ def _meta(answer: dict, revealed: bool) -> str:
     if answer.get("finish_reason") == "length":
         parts.append("stopped at the token limit")
     if revealed and answer.get("arm") == "pref" and not answer.get("adapter_version"):
-        parts.append("version 0: no DPO round yet, this is the SFT model itself")
+        parts.append("v0 = the SFT model itself (no DPO round yet)")
     return " · ".join(parts)
 
 
@@ -710,11 +715,11 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
                             text = gr.Textbox(label=f"answer {i + 1}", show_label=False, lines=10, max_lines=20, interactive=False,
                                               elem_id=f"answer-{i + 1}", elem_classes=["pg-answer"],
                                               placeholder="The answer appears here.")
-                            meta = gr.Markdown(elem_id=f"meta-{i + 1}", elem_classes=["pg-meta"], label=f"details {i + 1}")
                             with gr.Row():
                                 best_buttons.append(gr.Button("★ Best", elem_id=f"best-{i + 1}", size="sm"))
                                 thumbs.append((gr.Button("Good", elem_id=f"up-{i + 1}", size="sm", min_width=40),
                                                gr.Button("Bad", elem_id=f"down-{i + 1}", size="sm", min_width=40)))
+                            meta = gr.Markdown(elem_id=f"meta-{i + 1}", elem_classes=["pg-meta"], label=f"details {i + 1}")
                         columns.append((header, text, meta))
                 with gr.Row():
                     all_bad = gr.Button("All three are bad", elem_id="all-bad")
@@ -792,7 +797,7 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
                     export_what = gr.Radio([("Preference pairs (TRL format)", "pairs"), ("Raw votes", "votes")],
                                            value="pairs", label="Export")
                     export_btn = gr.Button("Export JSONL", elem_id="export")
-                export_file_out = gr.File(label="Download", elem_id="export-file")
+                export_file_out = gr.File(label="Download", elem_id="export-file", height=90)
                 export_message = gr.Markdown(label="message")
                 with gr.Accordion("Push to the Hugging Face Hub", open=False):
                     hub_token = gr.Textbox(label="Hugging Face token (write access; empty = the server's HF_TOKEN)",

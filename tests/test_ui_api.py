@@ -75,7 +75,7 @@ def test_compare_streams_three_answers(client):
     assert version_of(result["titles"][2]) == 0
     assert all(text.strip() for text in result["texts"])
     assert all("tokens" in d for d in result["details"])
-    assert "this is the SFT model itself" in result["details"][2]  # nothing trained yet: v0 = SFT
+    assert "the SFT model itself" in result["details"][2]  # nothing trained yet: v0 = SFT
     assert "Which answer is best?" in result["message"]
 
 
@@ -251,3 +251,23 @@ def test_stopping_the_app_stops_its_trainer(app, client):
     assert trainer and pid_alive(trainer)
     assert app.stop() == 0
     wait_until(lambda: not pid_alive(trainer), 30, "the trainer process to end")
+
+
+def test_readme_front_matter_configures_a_gradio_space():
+    from pathlib import Path
+
+    import gradio
+    from huggingface_hub import RepoCard
+    from huggingface_hub.repocard import metadata_load
+
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    meta = metadata_load(readme)
+    assert meta == RepoCard.load(readme).data.to_dict()
+    assert {"title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "app_file", "python_version",
+            "suggested_hardware", "short_description", "license"} <= meta.keys()
+    assert (meta["sdk"], meta["app_file"], meta["python_version"]) == ("gradio", "app.py", "3.11")
+    assert meta["sdk_version"] == gradio.__version__  # the Space runs the Gradio the tests ran
+    assert meta["suggested_hardware"] == "cpu-basic" and meta["license"] == "apache-2.0"
+    assert len(meta["short_description"]) <= 60
+    assert meta["colorFrom"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+    assert meta["colorTo"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
