@@ -42,7 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="vote limit per browser session")
     parser.add_argument("--max-new-tokens", type=int, default=int(env("PLAYGROUND_MAX_NEW_TOKENS", "128")),
                         help="the page's default answer length")
-    parser.add_argument("--no-trainer", action="store_true", help="serve only; train elsewhere (python -m playground train --watch)")
+    parser.add_argument("--no-trainer", action="store_true",
+                        help="serve only; train elsewhere (python -m playground train --watch)")
     parser.add_argument("--device", default=env("PLAYGROUND_DEVICE", "cpu"))
     parser.add_argument("--trust-remote-code", action="store_true")
     return parser.parse_args(argv)

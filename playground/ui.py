@@ -152,10 +152,12 @@ class Backend:
             return f"✗ **The models could not be loaded.** {_code(self.error)}"
         if not self.ready:
             return f"**{self.loading_message}** The page works meanwhile; answers need the models."
-        pg = self.playground
-        trainer = "trainer running" if pg.trainer_alive() else ("trainer stopped" if self.trainer else "no trainer")
-        return (f"✓ Ready · base {_code(pg.engine.base.name)} · SFT {_code(pg.engine.sft.name)} · "
-                f"preference-tuned arm serves **adapter v{pg.engine.adapter_version}** · {trainer}")
+        engine = self.playground.engine
+        trainer = "trainer running" if self.playground.trainer_alive() else (
+            "trainer stopped" if self.trainer else "no trainer")
+        base, sft = (_code(_short_model(m.name)) for m in (engine.base, engine.sft))
+        return (f"✓ Ready · base {base} · SFT {sft} · "
+                f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer}")
 
     def not_ready_message(self) -> str:
         if self.error:
@@ -183,7 +185,8 @@ class Backend:
 
 def _loading_message(preset: Preset, data_dir: Path) -> str:
     specs = (preset.base, preset.sft)
-    converts = any((s.startswith("embedded:") or s.endswith(".gguf")) and cached_copy(s, data_dir) is None for s in specs)
+    converts = any((s.startswith("embedded:") or s.endswith(".gguf")) and cached_copy(s, data_dir) is None
+                   for s in specs)
     if converts:
         return "Loading models… converting the embedded GGUF once, about a minute."
     return "Loading models…"
@@ -264,8 +267,9 @@ class Handlers:
         order = random.SystemRandom().sample(ARMS, len(ARMS)) if blind else list(ARMS)
         state = {"mode": "compare", "comparison": None, "answers": {}, "order": order, "blind": bool(blind),
                  "revealed": not blind, "streaming": True}
-        status = "Writing three answers…" if not blind else "Writing three answers (blind: names hidden until you vote)…"
-        stream = self.backend.playground.compare(prompt, sampling, _session(request), self.categories.get(prompt.strip()))
+        status = "Writing three answers" + (" (blind: names hidden until you vote)…" if blind else "…")
+        category = self.categories.get(prompt.strip())
+        stream = self.backend.playground.compare(prompt, sampling, _session(request), category)
         last = 0.0
         try:
             for answers, recorded in stream:
@@ -277,7 +281,7 @@ class Handlers:
                 if recorded is not None:
                     state |= {"comparison": recorded.comparison_id, "answers": recorded.answer_ids, "streaming": False}
                     status = ("Which answer is best? Click **Best** under it, rank all three, or mark them all bad. "
-                              "Good/Bad rate one answer on its own.")
+                              f"Good/Bad rate one answer on its own. (Comparison #{recorded.comparison_id})")
                 yield *self._columns(rows, state), status, state
         except (PromptError, ValueError) as error:
             yield *keep, f"⚠ {error}", None
@@ -297,7 +301,10 @@ class Handlers:
         out = []
         for column, key in enumerate(state["order"]):
             row = rows[key]
-            title = _title(row["arm"], row["model"], row["adapter_version"]) if state["revealed"] else _blind_title(column)
+            if state["revealed"]:
+                title = _title(row["arm"], row["model"], row["adapter_version"])
+            else:
+                title = _blind_title(column)
             out += [title, row["text"], _meta(row, state["revealed"])]
         return out
 
@@ -392,7 +399,7 @@ class Handlers:
                 last = now
                 if recorded is not None:
                     state |= {"comparison": recorded.comparison_id, "answers": recorded.answer_ids, "streaming": False}
-                    status = "Which is better, A or B? (Or a tie, or both bad.)"
+                    status = f"Which is better, A or B? (Or a tie, or both bad.) (Comparison #{recorded.comparison_id})"
                 out = []
                 for key in DUEL_KEYS:
                     row = _answer_dict(answers[key])
@@ -664,7 +671,8 @@ def push_to_hub(store: Store, token: str | None, dataset_repo: str, model_repo: 
         return done + "."
     except Exception as error:  # network, auth, permissions: all end in one readable line
         detail = " ".join(str(error).split())[:300] or type(error).__name__
-        return f"⚠ Push failed while {step}: {type(error).__name__}: {detail}. Check the token, the repo id and the network."
+        return (f"⚠ Push failed while {step}: {type(error).__name__}: {detail}. "
+                "Check the token, the repo id and the network.")
 
 
 # ---- layout -------------------------------------------------------------------------------------------------
@@ -711,15 +719,18 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
                 with gr.Row(equal_height=True):
                     for i, arm in enumerate(ARMS):
                         with gr.Column():
-                            header = gr.Markdown(f"#### {ARM_TITLES[arm]}", elem_id=f"header-{i + 1}", label=f"title {i + 1}")
-                            text = gr.Textbox(label=f"answer {i + 1}", show_label=False, lines=10, max_lines=20, interactive=False,
-                                              elem_id=f"answer-{i + 1}", elem_classes=["pg-answer"],
+                            header = gr.Markdown(f"#### {ARM_TITLES[arm]}", elem_id=f"header-{i + 1}",
+                                                 label=f"title {i + 1}")
+                            # A fixed height (lines = max_lines) keeps the vote buttons of the columns aligned.
+                            text = gr.Textbox(label=f"answer {i + 1}", show_label=False, lines=12, max_lines=12,
+                                              interactive=False, elem_id=f"answer-{i + 1}", elem_classes=["pg-answer"],
                                               placeholder="The answer appears here.")
                             with gr.Row():
                                 best_buttons.append(gr.Button("★ Best", elem_id=f"best-{i + 1}", size="sm"))
                                 thumbs.append((gr.Button("Good", elem_id=f"up-{i + 1}", size="sm", min_width=40),
                                                gr.Button("Bad", elem_id=f"down-{i + 1}", size="sm", min_width=40)))
-                            meta = gr.Markdown(elem_id=f"meta-{i + 1}", elem_classes=["pg-meta"], label=f"details {i + 1}")
+                            meta = gr.Markdown(elem_id=f"meta-{i + 1}", elem_classes=["pg-meta"],
+                                               label=f"details {i + 1}")
                         columns.append((header, text, meta))
                 with gr.Row():
                     all_bad = gr.Button("All three are bad", elem_id="all-bad")
@@ -745,7 +756,7 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
                         with gr.Column():
                             gr.Markdown(f"#### Answer {key.upper()}")
                             duel_columns.append((
-                                gr.Textbox(label=f"answer {key}", show_label=False, lines=8, max_lines=20,
+                                gr.Textbox(label=f"answer {key}", show_label=False, lines=12, max_lines=12,
                                            interactive=False, elem_id=f"duel-answer-{key}", elem_classes=["pg-answer"]),
                                 gr.Markdown(elem_classes=["pg-meta"], label=f"details {key}")))
                 with gr.Row():
@@ -803,7 +814,8 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
                     hub_token = gr.Textbox(label="Hugging Face token (write access; empty = the server's HF_TOKEN)",
                                            type="password")
                     with gr.Row():
-                        dataset_repo = gr.Textbox(label="Dataset repo", placeholder="your-name/alignment-playground-votes")
+                        dataset_repo = gr.Textbox(label="Dataset repo",
+                                                  placeholder="your-name/alignment-playground-votes")
                         model_repo = gr.Textbox(label="Model repo for the serving adapter (optional)",
                                                 placeholder="your-name/alignment-playground-adapter")
                     with gr.Row():

@@ -63,9 +63,14 @@ def record_answer_lengths(page, column: int) -> None:
 
 
 def ask(page, prompt: str) -> None:
+    """Compare, and return once this prompt's answers are complete and recorded (a new comparison number)."""
+    status = page.locator("#compare-status")
+    before = re.findall(r"Comparison #(\d+)", status.inner_text())
     page.locator("#prompt textarea").fill(prompt)
     page.locator("#compare-btn").click()
-    expect(page.locator("#compare-status")).to_contain_text("Which answer is best?", timeout=ANSWER)
+    not_before = f"(?!{before[0]}\\))" if before else ""
+    expect(status).to_contain_text(re.compile(rf"Which answer is best\?.*Comparison #{not_before}\d+\)"),
+                                   timeout=ANSWER)
 
 
 def headers(page) -> list[str]:

@@ -110,6 +110,18 @@ def test_vote_needs_a_comparison_and_a_valid_ranking(app, client):
     assert "Rank either just the best answer or all 3 answers" in message
 
 
+def test_a_vote_while_new_answers_stream_is_refused(client):
+    compare(client, "First question?")
+    job = client.submit("Second question: a long answer, please.", 0.7, 0.9, 512, None, False, api_name="/compare")
+    wait_until(lambda: job.outputs() or job.done(), 60, "the first streamed update")
+    assert not job.done(), "the answer finished before the vote could be tried; make it longer"
+    message, _ = vote_best(client, "1")  # the page still shows the first answers, but they are no longer current
+    assert "still being written" in message
+    job.cancel()  # a closed tab does the same; nothing of it is recorded
+    compare(client, "Third question?")
+    assert vote_best(client, "1")[0].startswith("✓ Thanks!")
+
+
 def test_blind_mode_hides_names_until_the_vote(client):
     result = compare(client, "Give me a tip for learning to cook.", blind=True)
     assert [t.removeprefix("#### ") for t in result["titles"]] == ["Answer 1", "Answer 2", "Answer 3"]
@@ -271,3 +283,44 @@ def test_readme_front_matter_configures_a_gradio_space():
     assert len(meta["short_description"]) <= 60
     assert meta["colorFrom"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
     assert meta["colorTo"] in {"red", "yellow", "green", "blue", "indigo", "purple", "pink", "gray"}
+
+
+def test_while_the_models_load_the_page_says_so(tmp_path):
+    # No app process: a backend whose loading has not started is exactly the page's first minute.
+    from playground.models import Preset
+    from playground.ui import Backend, Handlers
+
+    preset = Preset("embedded", "embedded:gemma-3-270m", "embedded:smollm2-135m-instruct", "test")
+    backend = Backend(preset=preset, data_dir=tmp_path)
+    assert "Loading models… converting the embedded GGUF once, about a minute" in backend.status_line()
+    handlers = Handlers(backend)
+    *_, message, state = next(handlers.compare("Hello?", 0.7, 0.9, 16, None, False, None))
+    assert "converting the embedded GGUF once" in message and "Try again when" in message and state is None
+    assert "No new training pairs" in handlers.train_now()  # the store works before the models do
+    assert handlers.stats()["ready"] is False
+
+    backend.error = "No such model folder: /nowhere. Fix: check the path."
+    assert "could not be loaded" in backend.status_line() and "/nowhere" in backend.status_line()
+    *_, message, _ = next(handlers.compare("Hello?", 0.7, 0.9, 16, None, False, None))
+    assert "could not be loaded" in message
+
+
+def test_app_options_come_from_the_environment(monkeypatch):
+    import importlib.util
+
+    from app_process import REPO
+
+    spec = importlib.util.spec_from_file_location("app", REPO / "app.py")
+    app = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(app)
+
+    monkeypatch.setenv("PLAYGROUND_MIN_PAIRS", "3")
+    monkeypatch.setenv("PLAYGROUND_PORT", "9999")
+    monkeypatch.setenv("PLAYGROUND_PRESET", "smollm2-135m")
+    monkeypatch.setenv("SPACE_ID", "someone/alignment-playground")
+    monkeypatch.delenv("PLAYGROUND_HOST", raising=False)
+    args = app.parse_args([])
+    assert (args.min_pairs, args.port, args.preset, args.host) == (3, 9999, "smollm2-135m", "0.0.0.0")
+    assert app.parse_args(["--min-pairs", "5", "--host", "127.0.0.1"]).min_pairs == 5
+    monkeypatch.delenv("SPACE_ID")
+    assert app.parse_args([]).host == "127.0.0.1"
