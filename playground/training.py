@@ -159,6 +159,7 @@ def run_round(
             task_type="CAUSAL_LM",
         )
         # A plain model plus peft_config: trl wraps it and uses "adapter disabled" (= the SFT model) as reference.
+        fit_start = time.perf_counter()
         trainer = DPOTrainer(
             model=model,
             args=config,
@@ -175,6 +176,7 @@ def run_round(
             if getattr(result, "unexpected_keys", None):
                 raise TrainingError(f"parent adapter v{parent} does not fit this model: {result.unexpected_keys[:3]}")
         output = trainer.train()
+        fit_seconds = time.perf_counter() - fit_start  # tokenizing, reference log-probs and training
         peft_model = trainer.model
         peft_model.eval()
         steps = store.round_steps(round_id)
@@ -182,6 +184,7 @@ def run_round(
             "train_loss": output.training_loss,
             "steps": output.global_step,
             "seconds": output.metrics.get("train_runtime"),
+            "fit_seconds": fit_seconds,
             "final_loss": steps[-1]["loss"] if steps else None,
             "final_reward_margin": steps[-1]["reward_margin"] if steps else None,
             "final_reward_accuracy": steps[-1]["reward_accuracy"] if steps else None,
