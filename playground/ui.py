@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import re
+import shutil
 import tempfile
 import threading
 import time
@@ -403,7 +404,7 @@ class Handlers:
                 out = []
                 for key in DUEL_KEYS:
                     row = _answer_dict(answers[key])
-                    out += [row["text"], _meta(row, True) + f" · adapter v{row['adapter_version']}"]
+                    out += [row["text"], _meta(row, False) + f" · preference-tuned v{row['adapter_version']}"]
                 yield *out, status, state
         except (PromptError, ValueError) as error:
             yield *keep, f"⚠ {error}", None
@@ -510,8 +511,9 @@ class Handlers:
     # -- data -----------------------------------------------------------------------------------------------
     def export(self, what):
         path, n = export_file(self.backend.store, "votes" if what == "votes" else "pairs")
-        noun = "votes with their answers" if what == "votes" else "preference pairs in TRL's format"
-        return str(path), f"✓ {n} {noun}: {path.name}"
+        noun = ("vote" if what == "votes" else "preference pair") + ("" if n == 1 else "s")
+        detail = " with their answers" if what == "votes" else " in TRL's format"
+        return str(path), f"✓ {n} {noun}{detail}: {path.name}"
 
     def push(self, hf_token, dataset_repo, model_repo, private, admin_token):
         refusal = self.backend.admin_refusal(admin_token)
@@ -625,11 +627,22 @@ def _counts_table(counts: dict) -> list[list]:
 # ---- export and the Hub -------------------------------------------------------------------------------------
 
 
+EXPORT_KEEP_SECONDS = 3600
+
+
 def export_file(store: Store, what: str = "pairs") -> tuple[Path, int]:
-    """Write the store's export to a fresh JSONL file: 'pairs' (TRL conversational format) or 'votes' (raw)."""
+    """Write the store's export to a fresh JSONL file: 'pairs' (TRL conversational format) or 'votes' (raw).
+
+    Files go to the system temp dir (Gradio serves files from there); exports older than an hour are deleted,
+    so a long-running server does not fill its disk with them."""
+    folder = Path(tempfile.gettempdir()) / "alignment-playground-exports"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
+            shutil.rmtree(old, ignore_errors=True)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = "preference-pairs" if what == "pairs" else "votes"
-    path = Path(tempfile.mkdtemp(prefix="playground-export-")) / f"{name}-{stamp}.jsonl"
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=folder)) / f"{name}-{stamp}.jsonl"
     rows = store.export_pairs() if what == "pairs" else store.export_votes()
     n = 0
     with open(path, "w", encoding="utf-8") as out:

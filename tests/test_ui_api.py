@@ -147,7 +147,7 @@ def test_duel_and_its_votes(client):
     before = stats(client)["counts"]
     a, a_details, b, b_details, message = client.predict("Describe the sea.", *SAMPLING, None, api_name="/duel")
     assert a.strip() and b.strip() and "Which is better" in message
-    assert "adapter v" in a_details and "adapter v" in b_details
+    assert "preference-tuned v" in a_details and "preference-tuned v" in b_details
     assert "Thanks!" in client.predict("a", api_name="/vote_duel")
     assert "already voted on this duel" in client.predict("b", api_name="/vote_duel")
     after = stats(client)["counts"]
