@@ -131,7 +131,7 @@ def store_from(args):
 
 def cmd_train(args) -> int:
     from .models import model_folder
-    from .training import run_round, watch
+    from .training import exit_with_parent, run_round, watch
 
     data_dir = config.resolve_data_dir(args.data_dir)
     store = store_from(args)
@@ -139,6 +139,8 @@ def cmd_train(args) -> int:
     sft_dir = model_folder(preset.sft, data_dir, args.trust_remote_code)
     settings = round_settings_from(args)
     if args.watch:
+        if args.parent_pid:
+            exit_with_parent(args.parent_pid)
         watch(store, data_dir, sft_dir, settings, poll_seconds=args.poll)
         return 0
     store.recover_interrupted_rounds()
@@ -256,6 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--watch", action="store_true", help="the trainer process: a round whenever enough pairs wait")
     mode.add_argument("--once", action="store_true", help="one round on the pending pairs, then exit (default)")
     tr.add_argument("--poll", type=float, default=2.0, help="seconds between checks in --watch mode")
+    tr.add_argument("--parent-pid", type=int, default=None, help="stop when this process (the app) is gone")
     tr.set_defaults(func=cmd_train)
 
     ver = sub.add_parser("versions", help="adapter versions with their round metrics and vote win rates")

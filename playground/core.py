@@ -39,6 +39,10 @@ class Playground:
         self.round_settings = round_settings or RoundSettings()
         self.trust_remote_code = trust_remote_code
         self.trainer: subprocess.Popen | None = None
+        self.trainer_exits: list[tuple[float, int]] = []  # (time, exit code) of trainers that died on their own
+        self._want_trainer = False
+        self.trainer_started = 0.0
+        self.trainer_restart_backoff = 30.0  # seconds between restarts of a trainer that keeps dying
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
         self.sync_adapter()
@@ -102,13 +106,15 @@ class Playground:
                 self.store.mark_version_bad(wanted, str(error))
 
     def follow_versions(self, interval: float = 2.0) -> None:
-        """Hot swap: poll the store and serve each new (or rolled-back) version as it appears."""
+        """Hot swap: poll the store and serve each new (or rolled-back) version as it appears; also restart a
+        trainer process that died on its own."""
         def loop():
             while not self._stop.wait(interval):
                 try:
                     self.sync_adapter()
                 except Exception:  # never let a bad adapter kill the follower; the next poll retries
                     log.exception("Adapter sync failed")
+                self._restart_dead_trainer()
 
         if self._follower is None:
             self._follower = threading.Thread(target=loop, name="adapter-follower", daemon=True)
@@ -125,13 +131,24 @@ class Playground:
             sys.executable, "-m", "playground", "-q", "train", "--watch",
             "--data-dir", str(self.data_dir), "--sft", self.preset.sft, "--base", self.preset.base,
             "--min-pairs", str(s.min_pairs), "--threads", str(s.threads), "--epochs", str(s.epochs),
-            "--learning-rate", str(s.learning_rate), "--beta", str(s.beta),
+            "--learning-rate", str(s.learning_rate), "--beta", str(s.beta), "--parent-pid", str(os.getpid()),
         ]
         return command + (["--trust-remote-code"] if self.trust_remote_code else [])
 
+    def _restart_dead_trainer(self) -> None:
+        if not self._want_trainer or self.trainer is None or self.trainer.poll() is None:
+            return
+        if not self.trainer_exits or self.trainer_exits[-1][0] < self.trainer_started:
+            self.trainer_exits.append((time.time(), self.trainer.returncode))
+            log.error("The trainer exited with code %s; see %s.", self.trainer.returncode, self.data_dir / "trainer.log")
+        if time.time() - self.trainer_exits[-1][0] >= self.trainer_restart_backoff:
+            self.start_trainer()
+
     def start_trainer(self, log_file: Path | None = None) -> None:
+        self._want_trainer = True
         if self.trainer is not None and self.trainer.poll() is None:
             return
+        self.trainer_started = time.time()
         log_file = log_file or self.data_dir / "trainer.log"
         handle = open(log_file, "ab")
         self.trainer = subprocess.Popen(self.trainer_command(), stdout=handle, stderr=subprocess.STDOUT,
@@ -142,6 +159,7 @@ class Playground:
         return self.trainer is not None and self.trainer.poll() is None
 
     def stop_trainer(self, timeout: float = 30) -> None:
+        self._want_trainer = False
         if self.trainer is None:
             return
         if self.trainer.poll() is None:

@@ -215,6 +215,20 @@ def _ensure(path: Path) -> Path:
     return path
 
 
+def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:
+    """End this process (as SIGTERM would) when the app that started it is gone, even after a kill -9 of the app:
+    an orphaned trainer would hold memory and CPU, and keep training for a server that no longer exists."""
+    import threading
+
+    def check():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        log.warning("The app (pid %d) is gone; the trainer stops.", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=check, name="parent-watch", daemon=True).start()
+
+
 def watch(store: Store, data_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
           once: bool = False) -> list[int]:
     """The trainer process's loop: run a round whenever enough pairs wait or one is requested.

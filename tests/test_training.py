@@ -225,3 +225,45 @@ def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, ti
     )
     output = trainer.train()
     assert output.global_step == 1 and output.training_loss > 0
+
+
+def test_a_crashed_trainer_is_restarted_and_an_orphaned_one_exits(playground):
+    playground.trainer_restart_backoff = 0.5
+    playground.start_trainer()
+    playground.follow_versions(interval=0.2)
+    try:
+        first = playground.trainer.pid
+        os.kill(first, signal.SIGKILL)
+        assert wait_for(lambda: playground.trainer_alive() and playground.trainer.pid != first, timeout=30)
+        assert playground.trainer_exits and playground.trainer_exits[-1][1] == -signal.SIGKILL
+    finally:
+        playground.stop_trainer()
+    assert not playground.trainer_alive()
+
+
+def test_the_trainer_exits_when_the_app_is_killed(tiny_models, tmp_path):
+    # A stand-in for the app: starts the trainer with its own pid as parent, prints the trainer's pid, waits.
+    parent = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import subprocess, sys, time\n"
+            f"t = subprocess.Popen([sys.executable, '-m', 'playground', '-q', 'train', '--watch', '--data-dir', "
+            f"{str(tmp_path)!r}, '--sft', {str(tiny_models['sft'])!r}, '--base', {str(tiny_models['sft'])!r}, "
+            "'--parent-pid', str(__import__('os').getpid())])\n"
+            "print(t.pid, flush=True)\n"
+            "time.sleep(600)\n")],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )
+    trainer_pid = int(parent.stdout.readline())
+    time.sleep(3)
+    parent.kill()
+    parent.wait()
+
+    def gone():
+        try:
+            os.kill(trainer_pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie (exited, not yet reaped by init) counts as gone
+        return Path(f"/proc/{trainer_pid}/stat").read_text().split()[2] == "Z"
+
+    assert wait_for(gone, timeout=30), "an orphaned trainer must stop by itself"
