@@ -75,7 +75,7 @@ def run(args) -> dict:
         subprocess.run(
             [sys.executable, "-m", "playground", "-q", "train", "--once", "--data-dir", work, "--sft", sft_dir,
              "--base", sft_dir, "--epochs", str(args.epochs), "--threads", str(args.threads), "--device", args.device],
-            cwd=ROOT, check=True,
+            cwd=ROOT, check=True, stdout=sys.stderr,
         )
         wall = time.perf_counter() - start
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
