@@ -290,6 +290,10 @@ class Handlers:
             log.exception("Generation failed")
             yield *keep, f"⚠ Generation failed: {_code(error)}", None
 
+    def regenerate(self, prompt, temperature, top_p, max_new_tokens, blind, current, request: gr.Request = None):
+        """The same prompt again with fresh random seeds: new answers to compare (and a new comparison to vote on)."""
+        yield from self.compare(prompt, temperature, top_p, max_new_tokens, None, blind, current, request)
+
     def _generation_problem(self, prompt) -> str | None:
         try:
             check_prompt(prompt)
@@ -378,7 +382,9 @@ class Handlers:
         return f"✓ {receipt.message}"
 
     # -- duel (two samples of the preference-tuned model) ---------------------------------------------------
-    def duel(self, prompt, temperature, top_p, max_new_tokens, seed, current, request: gr.Request = None):
+    def duel(self, prompt, temperature, top_p, max_new_tokens, seed, source, current, request: gr.Request = None):
+        """source: "pref" (two samples of the preference-tuned model) or "random" (two arms drawn at random,
+        names hidden until the vote)."""
         keep = [gr.skip()] * 4
         problem = self._generation_problem(prompt)
         if problem:
@@ -389,8 +395,10 @@ class Handlers:
         except ValueError as error:
             yield *keep, f"⚠ {error}", current
             return
-        state = {"mode": "duel", "comparison": None, "answers": {}, "streaming": True}
-        stream = self.backend.playground.duel(prompt, sampling, _session(request), self.categories.get(prompt.strip()))
+        arms = tuple(random.SystemRandom().sample(ARMS, 2)) if source == "random" else None
+        state = {"mode": "duel", "comparison": None, "answers": {}, "streaming": True, "blind": arms is not None}
+        stream = self.backend.playground.duel(prompt, sampling, _session(request), self.categories.get(prompt.strip()),
+                                              arms=arms)
         status, last = "Writing two answers…", 0.0
         try:
             for answers, recorded in stream:
@@ -404,7 +412,10 @@ class Handlers:
                 out = []
                 for key in DUEL_KEYS:
                     row = _answer_dict(answers[key])
-                    out += [row["text"], _meta(row, False) + f" · preference-tuned v{row['adapter_version']}"]
+                    who = "" if state["blind"] else f" · preference-tuned v{row['adapter_version']}"
+                    out += [row["text"], _meta(row, False) + who]
+                    if recorded is not None:
+                        state.setdefault("titles", {})[key] = _title(row["arm"], row["model"], row["adapter_version"])
                 yield *out, status, state
         except (PromptError, ValueError) as error:
             yield *keep, f"⚠ {error}", None
@@ -422,6 +433,8 @@ class Handlers:
                                                        state["answers"]["b"], str(outcome))
         except VoteError as error:
             return f"⚠ {error}"
+        if state.get("blind") and state.get("titles"):
+            return f"✓ {receipt.message} A was {state['titles']['a']}; B was {state['titles']['b']}."
         return f"✓ {receipt.message}"
 
     # -- training ---------------------------------------------------------------------------------------------
@@ -723,6 +736,8 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
                 prompt = _prompt_box("prompt")
                 with gr.Row():
                     go = gr.Button("Compare", variant="primary", elem_id="compare-btn", scale=3)
+                    regenerate = gr.Button("Regenerate", elem_id="regenerate-btn", scale=1)
+                    new_prompt = gr.Button("New prompt", elem_id="new-prompt-btn", scale=1)
                     blind = gr.Checkbox(label="Blind mode (hide model names until you vote)", value=False,
                                         elem_id="blind", scale=2)
                 sampling = _sampling_controls(max_new_tokens)
@@ -760,6 +775,9 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
                             "Picking the better one makes an *on-policy* training pair: DPO learns most from choices "
                             "between answers the model itself would give.")
                 duel_prompt = _prompt_box("duel-prompt")
+                duel_source = gr.Radio([("Preference-tuned model, two samples (on-policy)", "pref"),
+                                        ("Two arms drawn at random (blind until you vote)", "random")],
+                                       value="pref", label="Answers from", elem_id="duel-source")
                 duel_go = gr.Button("Duel", variant="primary", elem_id="duel-btn")
                 duel_sampling = _sampling_controls(max_new_tokens)
                 duel_message = gr.Markdown(elem_id="duel-status", label="message")
@@ -845,6 +863,12 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
         compare_outputs = [c for column in columns for c in column] + [message, compare_state]
         go.click(h.compare, compare_inputs, compare_outputs, api_name="compare", **GENERATION)
         prompt.submit(h.compare, compare_inputs, compare_outputs, api_visibility="private", **GENERATION)
+        regenerate_inputs = [prompt, *sampling[:3], blind, compare_state]
+        regenerate.click(h.regenerate, regenerate_inputs, compare_outputs, api_name="regenerate", **GENERATION)
+        fresh_columns = [(f"#### {ARM_TITLES[arm]}", "", "") for arm in ARMS]
+        new_prompt.click(lambda: ["", *[c for column in fresh_columns for c in column], "", "", None],
+                         None, [prompt, *compare_outputs[:-2], message, vote_message, compare_state],
+                         api_visibility="private", queue=False)
 
         reveal_outputs = [vote_message] + [c for column in columns for c in (column[0], column[2])] + [compare_state]
         ranking.submit(h.vote_best, [ranking, compare_state], reveal_outputs, api_name="vote_best", **VOTES)
@@ -860,7 +884,7 @@ def build_app(backend: Backend, *, max_new_tokens: int = 128) -> gr.Blocks:
             down.click(_fixed(h.vote_thumb, i + 1, False), [compare_state], [vote_message], api_visibility="private",
                        **VOTES)
 
-        duel_inputs = [duel_prompt, *duel_sampling, duel_state]
+        duel_inputs = [duel_prompt, *duel_sampling, duel_source, duel_state]
         duel_outputs = [c for column in duel_columns for c in column] + [duel_message, duel_state]
         duel_go.click(h.duel, duel_inputs, duel_outputs, api_name="duel", **GENERATION)
         duel_prompt.submit(h.duel, duel_inputs, duel_outputs, api_visibility="private", **GENERATION)

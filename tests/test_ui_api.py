@@ -157,6 +157,26 @@ def test_duel_and_its_votes(client):
     assert "Tie recorded" in client.predict("tie", api_name="/vote_duel")
 
 
+def test_duel_between_two_random_arms_is_blind_until_the_vote(client):
+    a, a_details, b, b_details, message = client.predict("Describe a river.", *SAMPLING, None, "random",
+                                                          api_name="/duel")
+    assert a.strip() and b.strip() and "Which is better" in message
+    assert "preference-tuned" not in a_details + b_details, "names stay hidden until the vote"
+    reply = client.predict("b", api_name="/vote_duel")
+    revealed = re.findall(r"(Base|SFT|Preference-tuned)", reply)
+    assert "Thanks!" in reply and "A was" in reply and "B was" in reply
+    assert len(revealed) == 2 and revealed[0] != revealed[1], "two different arms"
+
+
+def test_regenerate_gives_a_new_comparison_of_the_same_prompt(client):
+    first = compare(client, seed=7)
+    number = lambda message: int(re.search(r"Comparison #(\d+)", message).group(1))  # noqa: E731
+    again = client.predict(PROMPT, *SAMPLING, False, api_name="/regenerate")
+    assert number(again[9]) > number(first["message"])
+    assert all(text.strip() for text in again[1:9:3])
+    assert "Thanks!" in client.predict("1", api_name="/vote_best")[0], "the regenerated answers are votable"
+
+
 def test_prompt_and_sampling_problems_get_clear_messages(client):
     assert "The prompt is empty" in compare(client, "   ")["message"]
     huge = compare(client, "x" * 2500)["message"]
