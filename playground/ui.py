@@ -255,37 +255,45 @@ class Handlers:
     # -- compare (best of three) ----------------------------------------------------------------------------
     def compare(self, prompt, temperature, top_p, max_new_tokens, seed, blind, current, request: gr.Request = None):
         """Stream three answers into the columns; yields (header, text, meta) x 3, status, state."""
-        keep = [gr.skip()] * 9
+        order = random.SystemRandom().sample(ARMS, len(ARMS)) if blind else list(ARMS)
+        state = {"mode": "compare", "comparison": None, "answers": {}, "order": order, "blind": bool(blind),
+                 "revealed": not blind, "streaming": True}
+
+        def render(answers, recorded):
+            rows = {key: _answer_dict(a) for key, a in answers.items()}
+            if recorded is None:
+                return self._columns(rows, state), "Writing three answers" + (
+                    " (blind: names hidden until you vote)…" if blind else "…")
+            return self._columns(rows, state), (
+                "Which answer is best? Click **Best** under it, rank all three, or mark them all bad. "
+                f"Good/Bad rate one answer on its own. (Comparison #{recorded.comparison_id})")
+
+        yield from self._streamed(prompt, (temperature, top_p, max_new_tokens, seed), current, state, 9, render,
+                                  lambda sampling: self.backend.playground.compare(
+                                      prompt, sampling, _session(request), self.categories.get(prompt.strip())))
+
+    def _streamed(self, prompt, sampling_args, current, state, n_outputs, render, start):
+        """What compare and duel share: check the prompt and settings, stream at most every STREAM_INTERVAL (the
+        last update, which carries the stored ids, always), and turn any failure into a message on the page."""
+        keep = [gr.skip()] * n_outputs
         problem = self._generation_problem(prompt)
         if problem:
             yield *keep, problem, current
             return
         try:
-            sampling = _sampling(temperature, top_p, max_new_tokens, seed)
-        except ValueError as error:
-            yield *keep, f"⚠ {error}", current
-            return
-        order = random.SystemRandom().sample(ARMS, len(ARMS)) if blind else list(ARMS)
-        state = {"mode": "compare", "comparison": None, "answers": {}, "order": order, "blind": bool(blind),
-                 "revealed": not blind, "streaming": True}
-        status = "Writing three answers" + (" (blind: names hidden until you vote)…" if blind else "…")
-        category = self.categories.get(prompt.strip())
-        stream = self.backend.playground.compare(prompt, sampling, _session(request), category)
-        last = 0.0
-        try:
+            stream = start(_sampling(*sampling_args))
+            last = 0.0
             for answers, recorded in stream:
                 now = time.monotonic()
                 if recorded is None and now - last < STREAM_INTERVAL:
                     continue
                 last = now
-                rows = {key: _answer_dict(a) for key, a in answers.items()}
                 if recorded is not None:
                     state |= {"comparison": recorded.comparison_id, "answers": recorded.answer_ids, "streaming": False}
-                    status = ("Which answer is best? Click **Best** under it, rank all three, or mark them all bad. "
-                              f"Good/Bad rate one answer on its own. (Comparison #{recorded.comparison_id})")
-                yield *self._columns(rows, state), status, state
+                outputs, status = render(answers, recorded)
+                yield *outputs, status, state
         except (PromptError, ValueError) as error:
-            yield *keep, f"⚠ {error}", None
+            yield *keep, f"⚠ {error}", current if state["comparison"] is None else None
         except Exception as error:  # a crash mid-stream: say so; nothing was recorded
             log.exception("Generation failed")
             yield *keep, f"⚠ Generation failed: {_code(error)}", None
@@ -385,43 +393,25 @@ class Handlers:
     def duel(self, prompt, temperature, top_p, max_new_tokens, seed, source, current, request: gr.Request = None):
         """source: "pref" (two samples of the preference-tuned model) or "random" (two arms drawn at random,
         names hidden until the vote)."""
-        keep = [gr.skip()] * 4
-        problem = self._generation_problem(prompt)
-        if problem:
-            yield *keep, problem, current
-            return
-        try:
-            sampling = _sampling(temperature, top_p, max_new_tokens, seed)
-        except ValueError as error:
-            yield *keep, f"⚠ {error}", current
-            return
         arms = tuple(random.SystemRandom().sample(ARMS, 2)) if source == "random" else None
         state = {"mode": "duel", "comparison": None, "answers": {}, "streaming": True, "blind": arms is not None}
-        stream = self.backend.playground.duel(prompt, sampling, _session(request), self.categories.get(prompt.strip()),
-                                              arms=arms)
-        status, last = "Writing two answers…", 0.0
-        try:
-            for answers, recorded in stream:
-                now = time.monotonic()
-                if recorded is None and now - last < STREAM_INTERVAL:
-                    continue
-                last = now
+
+        def render(answers, recorded):
+            out = []
+            for key in DUEL_KEYS:
+                row = _answer_dict(answers[key])
+                who = "" if state["blind"] else f" · preference-tuned v{row['adapter_version']}"
+                out += [row["text"], _meta(row, False) + who]
                 if recorded is not None:
-                    state |= {"comparison": recorded.comparison_id, "answers": recorded.answer_ids, "streaming": False}
-                    status = f"Which is better, A or B? (Or a tie, or both bad.) (Comparison #{recorded.comparison_id})"
-                out = []
-                for key in DUEL_KEYS:
-                    row = _answer_dict(answers[key])
-                    who = "" if state["blind"] else f" · preference-tuned v{row['adapter_version']}"
-                    out += [row["text"], _meta(row, False) + who]
-                    if recorded is not None:
-                        state.setdefault("titles", {})[key] = _title(row["arm"], row["model"], row["adapter_version"])
-                yield *out, status, state
-        except (PromptError, ValueError) as error:
-            yield *keep, f"⚠ {error}", None
-        except Exception as error:
-            log.exception("Generation failed")
-            yield *keep, f"⚠ Generation failed: {_code(error)}", None
+                    state.setdefault("titles", {})[key] = _title(row["arm"], row["model"], row["adapter_version"])
+            if recorded is None:
+                return out, "Writing two answers…"
+            return out, f"Which is better, A or B? (Or a tie, or both bad.) (Comparison #{recorded.comparison_id})"
+
+        yield from self._streamed(prompt, (temperature, top_p, max_new_tokens, seed), current, state, 4, render,
+                                  lambda sampling: self.backend.playground.duel(
+                                      prompt, sampling, _session(request), self.categories.get(prompt.strip()),
+                                      arms=arms))
 
     def vote_duel(self, outcome, state, request: gr.Request = None):
         """outcome: 'a', 'b', 'tie' or 'both_bad'."""
