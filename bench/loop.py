@@ -72,8 +72,11 @@ def main(argv=None):
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=1)
-    parser.add_argument("--threads", type=int, default=1)
+    from playground.training import RoundSettings
+
+    defaults = RoundSettings()  # as the app runs a round
+    parser.add_argument("--epochs", type=int, default=defaults.epochs)
+    parser.add_argument("--threads", type=int, default=defaults.threads)
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))
 
