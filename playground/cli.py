@@ -234,6 +234,25 @@ def cmd_simulate(args) -> int:
     return 0
 
 
+BENCH_SUITES = ("generate", "dpo", "loop", "startup")
+
+
+def cmd_bench(args) -> int:
+    """The suites live in bench/ (a sibling of this package in the repository): each prints one JSON object."""
+    import importlib
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parent.parent)
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    module = importlib.import_module(f"bench.{ {'generate': 'generation'}.get(args.suite, args.suite) }")
+    forwarded = [*args.bench_args, *(["--json"] if args.json else [])]
+    if args.data_dir:
+        forwarded += ["--data-dir", args.data_dir]
+    module.main(forwarded)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m playground", description=__doc__)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
@@ -289,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_round_options(sim)
     add_sampling_options(sim)
     sim.set_defaults(func=cmd_simulate, temperature=0.8, top_p=0.95)
+
+    be = sub.add_parser("bench", help="benchmarks against plain baselines, one JSON object each (see bench/)")
+    be.add_argument("suite", choices=BENCH_SUITES)
+    be.add_argument("--json", action="store_true")
+    be.add_argument("--data-dir", default=None)
+    be.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the suite, e.g. --tokens 64")
+    be.set_defaults(func=cmd_bench)
     return parser
 
 

@@ -1,0 +1,106 @@
+"""Process start to a page that answers, with the models already cached; and peak memory of server + trainer.
+
+    python bench/startup.py [--json]
+
+Starts `python app.py` exactly as a user does (on a free local port, its own data directory whose model cache
+links to the main one), polls until the page serves and the models are ready (a compare request succeeds), then
+samples the RSS of the server process and its trainer child for a while and stops them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree_rss_mb(pid: int) -> dict[str, float]:
+    import psutil
+
+    root = psutil.Process(pid)
+    rss = {"server": root.memory_info().rss / 2**20, "trainer": 0.0}
+    for child in root.children(recursive=True):
+        try:
+            if "train" in " ".join(child.cmdline()):
+                rss["trainer"] += child.memory_info().rss / 2**20
+        except psutil.NoSuchProcess:
+            pass
+    return rss
+
+
+def run(args) -> dict:
+    from gradio_client import Client
+
+    from bench.common import report
+    from playground import config
+    from playground.models import models_dir
+
+    data_dir = config.resolve_data_dir(args.data_dir)
+    with tempfile.TemporaryDirectory() as work:
+        (Path(work) / "models").symlink_to(models_dir(data_dir).resolve())
+        port = free_port()
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+        start = time.perf_counter()
+        server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", work,
+                                   "--preset", args.preset], cwd=ROOT, env=env,
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        peak = {"server": 0.0, "trainer": 0.0, "total": 0.0}
+        try:
+            page = answered = None
+            client = None
+            while time.perf_counter() - start < 600:
+                try:
+                    client = client or Client(f"http://127.0.0.1:{port}/", verbose=False)
+                    page = page or time.perf_counter() - start
+                    client.predict("Hi", api_name="/compare")  # errors out while models are loading
+                    answered = time.perf_counter() - start
+                    break
+                except Exception:
+                    time.sleep(0.5)
+            deadline = time.perf_counter() + args.sample_seconds
+            while time.perf_counter() < deadline:
+                rss = tree_rss_mb(server.pid)
+                peak = {k: max(peak[k], v) for k, v in (rss | {"total": sum(rss.values())}).items()}
+                time.sleep(0.5)
+        finally:
+            server.send_signal(signal.SIGINT)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    figures = {
+        "process_start_to_page_s": round(page, 1) if page else None,
+        "process_start_to_first_answer_s": round(answered, 1) if answered else None,
+        "server_peak_rss_mb": round(peak["server"]),
+        "trainer_peak_rss_mb": round(peak["trainer"]),
+        "server_plus_trainer_peak_rss_mb": round(peak["total"]),
+    }
+    return report("startup", {"preset": args.preset, "rss_sampled_s": args.sample_seconds}, figures, args.json)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="embedded")
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--sample-seconds", type=float, default=20)
+    parser.add_argument("--json", action="store_true")
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
