@@ -44,6 +44,7 @@ def tree_rss_mb(pid: int) -> dict[str, float]:
 
 
 def run(args) -> dict:
+    import httpx
     from gradio_client import Client
 
     from bench.common import report
@@ -67,11 +68,14 @@ def run(args) -> dict:
                 try:
                     client = client or Client(f"http://127.0.0.1:{port}/", verbose=False)
                     page = page or time.perf_counter() - start
-                    client.predict("Hi", api_name="/compare")  # errors out while models are loading
-                    answered = time.perf_counter() - start
-                    break
-                except Exception:
-                    time.sleep(0.5)
+                    if client.predict(api_name="/stats")["ready"]:
+                        out = client.predict("Hi", 0.0, 1.0, 8, 0, False, api_name="/compare")
+                        assert all(text.strip() for text in out[1:9:3]), out
+                        answered = time.perf_counter() - start
+                        break
+                except (httpx.HTTPError, OSError, ValueError):  # not listening yet
+                    pass
+                time.sleep(0.5)
             deadline = time.perf_counter() + args.sample_seconds
             while time.perf_counter() < deadline:
                 rss = tree_rss_mb(server.pid)
