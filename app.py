@@ -46,6 +46,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="serve only; train elsewhere (python -m playground train --watch)")
     parser.add_argument("--device", default=env("PLAYGROUND_DEVICE", "cpu"))
     parser.add_argument("--trust-remote-code", action="store_true")
+    parser.add_argument("--int8-base", action="store_true", default=env("PLAYGROUND_INT8_BASE") == "1",
+                        help="decode the base arm with int8 weights (CPU): its column is 2.5x faster")
     return parser.parse_args(argv)
 
 
@@ -62,6 +64,7 @@ def create_app(args: argparse.Namespace):
         trainer=not args.no_trainer,
         device=args.device,
         trust_remote_code=args.trust_remote_code,
+        int8_base=args.int8_base,
     )
     return build_app(backend, max_new_tokens=args.max_new_tokens), backend
 

@@ -22,6 +22,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help=f"caches, database, adapters (env {config.DATA_DIR_ENV})")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--int8-base", action="store_true", help="decode the base arm with int8 weights (CPU)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -41,9 +42,8 @@ def engine_from(args):
     from .generation import Engine
 
     preset = resolve_preset(args.preset, args.base, args.sft)
-    return Engine.from_preset(
-        preset, config.resolve_data_dir(args.data_dir), trust_remote_code=args.trust_remote_code, device=args.device
-    )
+    return Engine.from_preset(preset, config.resolve_data_dir(args.data_dir), trust_remote_code=args.trust_remote_code,
+                              device=args.device, int8_base=args.int8_base)
 
 
 def cmd_generate(args) -> int:
@@ -211,7 +211,7 @@ def cmd_simulate(args) -> int:
         heldout = heldout[: args.heldout_limit]
     data_dir = config.resolve_data_dir(args.data_dir)
     preset = resolve_preset(args.preset, args.base, args.sft)
-    playground = Playground.open(preset, workspace(data_dir), device=args.device,
+    playground = Playground.open(preset, workspace(data_dir), device=args.device, int8_base=args.int8_base,
                                  trust_remote_code=args.trust_remote_code, round_settings=round_settings_from(args))
     result = simulate(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
                       sampling=sampling_from(args), seed=args.seed or 0)

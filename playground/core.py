@@ -48,9 +48,10 @@ class Playground:
         self.sync_adapter()
 
     @classmethod
-    def open(cls, preset: Preset, data_dir: Path, *, device="cpu", trust_remote_code=False,
+    def open(cls, preset: Preset, data_dir: Path, *, device="cpu", trust_remote_code=False, int8_base=False,
              round_settings: RoundSettings | None = None) -> "Playground":
-        engine = Engine.from_preset(preset, data_dir, trust_remote_code=trust_remote_code, device=device)
+        engine = Engine.from_preset(preset, data_dir, trust_remote_code=trust_remote_code, device=device,
+                                    int8_base=int8_base)
         return cls(engine, Store.open(data_dir), data_dir, preset, round_settings, trust_remote_code)
 
     # ---- generation, recorded ------------------------------------------------------------------------------

@@ -142,10 +142,12 @@ class LoadedModel:
     tokenizer: object
     source: str  # the folder or Hub id transformers actually loaded
     load_seconds: float
+    precision: str = "float32"
 
     @property
     def name(self) -> str:
-        return self.spec.removeprefix("embedded:")
+        name = self.spec.removeprefix("embedded:")
+        return f"{name} (int8)" if self.precision == "int8" else name
 
 
 def models_dir(data_dir: Path) -> Path:
@@ -278,8 +280,13 @@ def load_model(
     *,
     trust_remote_code: bool = False,
     device: str = "cpu",
+    int8: bool = False,
 ) -> LoadedModel:
-    """Load a model and its tokenizer for inference; raises ModelLoadError with a fix, never a bare trace."""
+    """Load a model and its tokenizer for inference; raises ModelLoadError with a fix, never a bare trace.
+
+    `int8` (CPU only) quantizes the Linear layers dynamically to int8 (Gemma-3-270M alone: 3.6x the tokens/s).
+    Offered for the base arm only: the SFT weights carry the LoRA adapters and are the trainer's reference, so
+    they stay as trained."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
@@ -297,10 +304,25 @@ def load_model(
         raise ModelLoadError(_explain_failure(role, spec, error, trust_remote_code)) from error
     model.to(device)
     model.eval()
+    if int8 and device == "cpu":
+        model = _int8_dynamic(model)
     if tokenizer.pad_token_id is None:
         # Padding is needed only for batching; the EOS token is the conventional stand-in.
         tokenizer.pad_token = tokenizer.eos_token
-    return LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start)
+    loaded = LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start)
+    loaded.precision = "int8" if int8 and device == "cpu" else str(next(model.parameters()).dtype).removeprefix("torch.")
+    return loaded
+
+
+def _int8_dynamic(model):
+    import warnings
+
+    import torch
+    from torch.ao.quantization import quantize_dynamic
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao's deprecation notice: torchao is its successor, not installed here
+        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
 
 
 def _dtype_for(device: str):

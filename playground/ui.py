@@ -99,6 +99,7 @@ class Backend:
     trainer: bool = True
     device: str = "cpu"
     trust_remote_code: bool = False
+    int8_base: bool = False
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
@@ -121,7 +122,7 @@ class Backend:
 
     def _load(self) -> None:
         try:
-            playground = Playground.open(self.preset, self.data_dir, device=self.device,
+            playground = Playground.open(self.preset, self.data_dir, device=self.device, int8_base=self.int8_base,
                                          trust_remote_code=self.trust_remote_code, round_settings=self.round_settings)
         except Exception as error:  # the page must say why instead of spinning forever
             self.error = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"

@@ -129,3 +129,20 @@ def test_gguf_conversion_is_cached_and_atomic(monkeypatch, tmp_path, tiny_models
     monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
     again = load_model(str(gguf_file), data_dir, "sft")
     assert again.source == str(cached)
+
+
+def test_int8_loading_quantizes_linear_layers_and_still_generates(tiny_models, tmp_path):
+    import torch
+
+    plain = load_model(str(tiny_models["base"]), tmp_path, "base")
+    int8 = load_model(str(tiny_models["base"]), tmp_path, "base", int8=True)
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+
+    assert any(isinstance(m, DynamicInt8Linear) for m in int8.model.modules())
+    assert not any(type(m) is torch.nn.Linear for m in int8.model.modules()), "every Linear layer is int8"
+    assert int8.precision == "int8" and int8.name.endswith("(int8)")
+    assert plain.precision == "float32" and not plain.name.endswith("(int8)")
+    ids = plain.tokenizer("Q: hi\nA:", return_tensors="pt").input_ids
+    with torch.inference_mode():
+        close = torch.nn.functional.cosine_similarity(plain.model(ids).logits[0, -1], int8.model(ids).logits[0, -1], 0)
+    assert close > 0.95, "int8 weights approximate the fp32 model"
