@@ -67,14 +67,16 @@ def run(args) -> dict:
     data_dir = config.resolve_data_dir(args.data_dir)
     preset = resolve_preset(args.preset)
     sft_dir = model_folder(preset.sft, data_dir, False)  # converts once if needed, before timing
-    settings = RoundSettings(epochs=args.epochs, threads=args.threads)
+    settings = RoundSettings(epochs=args.epochs, threads=args.threads, batch_size=args.batch_size,
+                             grad_accumulation=args.grad_accumulation)
     with tempfile.TemporaryDirectory() as work:
         store = Store.open(work)
         fill_store(store, args.pairs)
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "playground", "-q", "train", "--once", "--data-dir", work, "--sft", sft_dir,
-             "--base", sft_dir, "--epochs", str(args.epochs), "--threads", str(args.threads), "--device", args.device],
+             "--base", sft_dir, "--epochs", str(args.epochs), "--threads", str(args.threads), "--device", args.device,
+             "--batch-size", str(args.batch_size), "--grad-accumulation", str(args.grad_accumulation)],
             cwd=ROOT, check=True, stdout=sys.stderr,
         )
         wall = time.perf_counter() - start
@@ -112,6 +114,8 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=1, help="the app runs 2; 1 keeps the baseline comparison short")
     parser.add_argument("--threads", type=int, default=2, help="the bench has the machine to itself")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--grad-accumulation", type=int, default=1)
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain trl baseline")
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))

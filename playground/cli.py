@@ -114,13 +114,17 @@ def add_round_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
     parser.add_argument("--beta", type=float, default=d.beta, help="DPO beta (strength of the pull to SFT)")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch threads of the trainer")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per forward/backward pass")
+    parser.add_argument("--grad-accumulation", type=int, default=d.grad_accumulation,
+                        help="passes per optimizer step (smaller batches, same step, less memory)")
 
 
 def round_settings_from(args):
     from .training import RoundSettings
 
     return RoundSettings(min_pairs=args.min_pairs, epochs=args.epochs, learning_rate=args.learning_rate,
-                         beta=args.beta, threads=args.threads)
+                         beta=args.beta, threads=args.threads, batch_size=args.batch_size,
+                         grad_accumulation=args.grad_accumulation)
 
 
 def store_from(args):

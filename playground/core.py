@@ -141,6 +141,7 @@ class Playground:
             "--data-dir", str(self.data_dir), "--sft", self.preset.sft, "--base", self.preset.base,
             "--min-pairs", str(s.min_pairs), "--threads", str(s.threads), "--epochs", str(s.epochs),
             "--learning-rate", str(s.learning_rate), "--beta", str(s.beta), "--parent-pid", str(os.getpid()),
+            "--batch-size", str(s.batch_size), "--grad-accumulation", str(s.grad_accumulation),
         ]
         return command + (["--trust-remote-code"] if self.trust_remote_code else [])
 

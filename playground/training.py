@@ -40,7 +40,8 @@ class RoundSettings:
     max_new_pairs: int = 64  # new pairs per round; more wait for the next round
     replay_pairs: int = 32  # earlier pairs mixed back in
     epochs: int = 2
-    batch_size: int = 4
+    batch_size: int = 4  # pairs per forward/backward
+    grad_accumulation: int = 1  # batches per optimizer step: a smaller batch_size with more of these saves memory
     learning_rate: float = 2e-4
     beta: float = 0.1
     max_length: int = 256
@@ -112,7 +113,7 @@ def run_round(
     parent = store.serving_version()
     parent_path = store.version(parent)["path"] if parent else None
     pairs = new + replay
-    steps_total = settings.epochs * -(-len(pairs) // settings.batch_size)
+    steps_total = settings.epochs * -(-len(pairs) // (settings.batch_size * settings.grad_accumulation))
     hyperparams = settings.as_dict() | {"new_pairs": len(new), "replayed_pairs": len(replay), "reference": "sft"}
     round_id = store.start_round(parent, [p["id"] for p in pairs], hyperparams, os.getpid())
     store.set_round_progress(round_id, 0, steps_total)
@@ -134,6 +135,7 @@ def run_round(
         config = DPOConfig(
             output_dir=str(work / "trainer"),
             per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.grad_accumulation,
             num_train_epochs=settings.epochs,
             learning_rate=settings.learning_rate,
             lr_scheduler_type="constant",
