@@ -32,6 +32,7 @@ from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt
 ARMS = ("base", "sft", "pref")
 ARM_TITLES = {"base": "Base", "sft": "SFT", "pref": "Preference-tuned"}
 MAX_NEW_TOKENS_LIMIT = 1024
+V0_NOTE = "version 0: no DPO round has run yet, so this is the SFT model itself"
 
 
 class AdapterError(RuntimeError):
@@ -294,7 +295,7 @@ class Engine:
                     continue
                 if kind == "version":  # a swap landed between our read and the lock: record the truth
                     answer.adapter_version = payload[0]
-                    answer.note = None if payload[0] else answer.note
+                    answer.note = None if payload[0] else V0_NOTE
                     continue
                 if kind == "text":
                     answer.text, answer.new_tokens = payload
@@ -314,9 +315,7 @@ class Engine:
 
     def _new_answer(self, row: "Row", sampling: Sampling, version: int) -> Answer:
         model = self.base if row.arm == "base" else self.sft
-        note = None
-        if row.arm == "pref" and version == 0:
-            note = "version 0: no DPO round has run yet, so this is the SFT model itself"
+        note = V0_NOTE if row.arm == "pref" and version == 0 else None
         settings = sampling.as_dict() | {"seed": row.seed}
         return Answer(row.arm, model.name, version, settings, row.seed, note=note)
 

@@ -259,7 +259,7 @@ def _explain_failure(role: str, spec: str, error: BaseException, trust_remote_co
             f"network access, or pass a local folder or .gguf file with {flag}, or use --preset embedded."
         )
     elif kind == "Hugging Face Hub id" and ("not a valid model identifier" in text or "404" in text):
-        fix = f"The Hub has no such model (or it is private). Fix: check the spelling, or log in with `hf auth login`."
+        fix = "The Hub has no such model (or it is private). Fix: check the spelling, or log in with `hf auth login`."
     elif "does not recognize this architecture" in text or "model_type" in text or "trust_remote_code" in text:
         fix = (
             "This transformers version does not support its architecture"
