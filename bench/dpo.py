@@ -15,6 +15,7 @@ seconds per pair, baseline / app.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import resource
 import subprocess
 import sys
@@ -52,7 +53,8 @@ def plain_trl_round(sft_dir: str, n_pairs: int, settings) -> float:
             peft_config=LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
                                    target_modules=list(settings.target_modules), task_type="CAUSAL_LM"),
         )
-        trainer.train()
+        with contextlib.redirect_stdout(sys.stderr):  # trl prints its logs; stdout carries the JSON
+            trainer.train()
         return time.perf_counter() - start
 
 
@@ -114,8 +116,11 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=1, help="the app runs 2; 1 keeps the baseline comparison short")
     parser.add_argument("--threads", type=int, default=2, help="the bench has the machine to itself")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--grad-accumulation", type=int, default=1)
+    from playground.training import RoundSettings
+
+    defaults = RoundSettings()
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--grad-accumulation", type=int, default=defaults.grad_accumulation)
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain trl baseline")
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))

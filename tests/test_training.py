@@ -24,7 +24,8 @@ from playground.training import RoundSettings, run_round
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(temperature=0, max_new_tokens=8, seed=0)
 # A large learning rate so that one tiny round visibly changes a tiny model's outputs.
-FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, learning_rate=5e-2, max_length=64, threads=1)
+FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64,
+                     threads=1)
 
 
 def digest(folder: Path) -> str:
