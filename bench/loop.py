@@ -43,7 +43,6 @@ def run(args) -> dict:
             start = time.perf_counter()
             fill_store(playground.store, 1, session="the-last-vote")
             committed = time.perf_counter()
-            served = None
             ok = wait_for(lambda: playground.engine.adapter_version >= 1, timeout=1800, interval=0.2)
             swapped = time.perf_counter()
             answer = playground.engine.generate("Why is the sky blue?", Sampling(temperature=0, max_new_tokens=1),

@@ -76,7 +76,7 @@ def info(args) -> dict:
             "spec": spec,
             "source": describe_source(spec),
             "converted_copy": str(cached) if cached else None,
-            "needs_conversion": spec.startswith("embedded:") or spec.endswith(".gguf") and not cached,
+            "needs_conversion": (spec.startswith("embedded:") or spec.endswith(".gguf")) and not cached,
         }
     return {
         "preset": preset.name,

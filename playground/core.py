@@ -49,10 +49,10 @@ class Playground:
 
     @classmethod
     def open(cls, preset: Preset, data_dir: Path, *, device="cpu", trust_remote_code=False, int8_base=False,
-             round_settings: RoundSettings | None = None) -> "Playground":
+             round_settings: RoundSettings | None = None, store: Store | None = None) -> "Playground":
         engine = Engine.from_preset(preset, data_dir, trust_remote_code=trust_remote_code, device=device,
                                     int8_base=int8_base)
-        return cls(engine, Store.open(data_dir), data_dir, preset, round_settings, trust_remote_code)
+        return cls(engine, store or Store.open(data_dir), data_dir, preset, round_settings, trust_remote_code)
 
     # ---- generation, recorded ------------------------------------------------------------------------------
     def compare(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None

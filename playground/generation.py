@@ -18,7 +18,7 @@ import queue
 import random
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterator
 
 import torch
@@ -82,7 +82,6 @@ class Answer:
     finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"
     done: bool = False
     note: str | None = None
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_second(self) -> float:

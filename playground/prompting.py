@@ -21,15 +21,6 @@ MAX_PROMPT_CHARS = 2000
 BASE_TEMPLATE = "Q: {prompt}\nA:"
 BASE_STOP_STRINGS = ("\n\n", "\nQ:", "\nA:")
 
-PROMPT_CATEGORIES = (
-    "explain",
-    "how-to",
-    "constrained-format",
-    "creative",
-    "advice",
-    "factual",
-    "should-refuse",
-)
 DEFAULT_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "prompts.jsonl"
 
 

@@ -48,7 +48,7 @@ class Oracle:
         return "tie" if sa == sb else ("a" if sa > sb else "b")
 
     def rank(self, texts: dict[str, str]) -> list[str]:
-        """Keys best first; None when all score the same (the voter says nothing useful then)."""
+        """Keys best first (equal scores keep their order; identical texts then give no pair)."""
         return sorted(texts, key=lambda key: -self.score(texts[key]))
 
 

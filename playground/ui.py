@@ -123,6 +123,7 @@ class Backend:
     def _load(self) -> None:
         try:
             playground = Playground.open(self.preset, self.data_dir, device=self.device, int8_base=self.int8_base,
+                                         store=self.store,
                                          trust_remote_code=self.trust_remote_code, round_settings=self.round_settings)
         except Exception as error:  # the page must say why instead of spinning forever
             self.error = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"

@@ -67,6 +67,8 @@ def test_info_reports_preset_and_cache_state(embedded_data_dir):
     facts = json.loads(result.stdout)
     assert facts["preset"] == "embedded" and facts["embedded_packages_installed"] is True
     assert facts["models"]["sft"]["spec"] == "embedded:smollm2-135m-instruct"
+    for role in ("base", "sft"):  # converted by the first test of this module
+        assert facts["models"][role]["converted_copy"] and facts["models"][role]["needs_conversion"] is False
     assert facts["data_dir"] == str(embedded_data_dir)
 
 
