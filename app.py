@@ -6,7 +6,8 @@ stops with the app (Ctrl-C, SIGTERM, or the interpreter exiting).
 
 Every option can also come from the environment, so a Space is configured without code changes:
 PLAYGROUND_PRESET, PLAYGROUND_BASE, PLAYGROUND_SFT, PLAYGROUND_HOST, PLAYGROUND_PORT, PLAYGROUND_DATA_DIR,
-PLAYGROUND_MIN_PAIRS, PLAYGROUND_VOTES_PER_MINUTE, PLAYGROUND_MAX_NEW_TOKENS. PLAYGROUND_ADMIN_TOKEN (environment
+PLAYGROUND_MIN_PAIRS, PLAYGROUND_VOTES_PER_MINUTE, PLAYGROUND_MAX_NEW_TOKENS, PLAYGROUND_PRECISION,
+PLAYGROUND_SERVE_THREADS. PLAYGROUND_ADMIN_TOKEN (environment
 only, never a flag: flags show in `ps`) makes rollback and Hub pushes ask for that token.
 """
 
@@ -20,7 +21,7 @@ import signal
 import sys
 
 from playground import config
-from playground.models import PRESETS, ModelLoadError, resolve_preset
+from playground.models import PRECISIONS, PRESETS, ModelLoadError, resolve_preset
 from playground.training import RoundSettings
 from playground.ui import Backend, build_app, launch
 
@@ -46,8 +47,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="serve only; train elsewhere (python -m playground train --watch)")
     parser.add_argument("--device", default=env("PLAYGROUND_DEVICE", "cpu"))
     parser.add_argument("--trust-remote-code", action="store_true")
-    parser.add_argument("--int8-base", action="store_true", default=env("PLAYGROUND_INT8_BASE") == "1",
-                        help="decode the base arm with int8 weights (CPU): its column is 2.5x faster")
+    parser.add_argument("--precision", choices=PRECISIONS, default=env("PLAYGROUND_PRECISION", "auto"),
+                        help="model weights: auto (int8 on a CPU, float on a GPU), int8, float")
+    parser.add_argument("--serve-threads", type=int, default=int(env("PLAYGROUND_SERVE_THREADS", "0")) or None,
+                        help="torch threads of the server (default: half the CPU cores)")
     return parser.parse_args(argv)
 
 
@@ -64,7 +67,8 @@ def create_app(args: argparse.Namespace):
         trainer=not args.no_trainer,
         device=args.device,
         trust_remote_code=args.trust_remote_code,
-        int8_base=args.int8_base,
+        precision=args.precision,
+        serve_threads=args.serve_threads,
     )
     return build_app(backend, max_new_tokens=args.max_new_tokens), backend
 

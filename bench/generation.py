@@ -3,8 +3,11 @@
     python bench/generation.py [--tokens 128] [--repeats 3] [--json]
 
 Figures per arm: time to first token, tokens/s; the three arms' wall time; and the baseline: one plain greedy
-`generate` of the SFT model for as many new tokens as the longest arm wrote. Ratios are against that baseline, so
-they hold on a noisy machine. A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the
+`generate` of the SFT model as transformers loads it (float weights, no adapter, torch's default threads) for the
+same number of new tokens. Ratios are against that baseline, measured in turn with each configuration, so they
+hold on a noisy machine. Configurations on a CPU: the app's default (int8 weights, half the cores as threads),
+float weights, and float weights with torch's default threads (the default before int8). Also reported: a plain
+`generate` of the int8 SFT model, and how closely int8 follows float (next-token agreement, perplexity). A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the
 values) is loaded so the preference arm really runs, and the base arm's answer-boundary stop is off so it runs
 the full length unless it emits EOS.
 """
@@ -52,19 +55,13 @@ def random_adapter(model_dir: str, out: str) -> str:
     return out
 
 
-def three_arms(engine, sampling, repeats: int) -> tuple[float, dict]:
-    """Median wall time of the app's streamed three arms, and per-arm medians of ttft, tokens/s, tokens."""
-    walls, per_arm = [], {arm: {"ttft": [], "tok_s": [], "tokens": []} for arm in ("base", "sft", "pref")}
-    for _ in range(repeats):
-        start = time.perf_counter()
-        answers = engine.generate(PROMPT, sampling)
-        walls.append(time.perf_counter() - start)
-        for arm, answer in answers.items():
-            per_arm[arm]["ttft"].append(answer.ttft)
-            per_arm[arm]["tok_s"].append(answer.tokens_per_second)
-            per_arm[arm]["tokens"].append(answer.new_tokens)
-    return statistics.median(walls), {arm: {k: statistics.median(v) for k, v in stats.items()}
-                                      for arm, stats in per_arm.items()}
+def three_arms_once(engine, sampling) -> tuple[float, dict]:
+    """Wall time of the app's streamed three arms, and per arm: ttft, tokens/s, tokens."""
+    start = time.perf_counter()
+    answers = engine.generate(PROMPT, sampling)
+    wall = time.perf_counter() - start
+    return wall, {arm: {"ttft": a.ttft, "tok_s": a.tokens_per_second, "tokens": a.new_tokens}
+                  for arm, a in answers.items()}
 
 
 def naive_sequential(engine, sampling) -> float:
@@ -75,48 +72,108 @@ def naive_sequential(engine, sampling) -> float:
     return time.perf_counter() - start
 
 
+def int8_fidelity(float_sft, int8_sft, tokens: int) -> dict:
+    """How closely the int8 SFT model follows the float one on the float model's own greedy answer: the share of
+    positions where both pick the same next token, and the answer's perplexity under each."""
+    import torch
+
+    from playground.prompting import chat_prompt
+
+    tokenizer = float_sft.tokenizer
+    ids = tokenizer(chat_prompt(tokenizer, PROMPT), return_tensors="pt", add_special_tokens=False).input_ids
+    start = ids.shape[1]
+    with torch.inference_mode():
+        text = float_sft.model.generate(ids, do_sample=False, max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
+        targets = text[0, start:]
+        logits = {name: loaded.model(text).logits[0, start - 1 : -1].float()
+                  for name, loaded in (("float", float_sft), ("int8", int8_sft))}
+    ppl = {name: float(torch.nn.functional.cross_entropy(lg, targets).exp()) for name, lg in logits.items()}
+    agree = float((logits["float"].argmax(-1) == logits["int8"].argmax(-1)).float().mean())
+    return {"int8_top1_agreement_with_float": round(agree, 3), "perplexity_float": round(ppl["float"], 3),
+            "perplexity_int8": round(ppl["int8"], 3), "positions": int(targets.numel())}
+
+
 def run(args) -> dict:
+    import torch
+
     from bench.common import report
     from playground import config
-    from playground.generation import Engine, Sampling
+    from playground.generation import Engine, Sampling, default_threads
     from playground.models import load_model, resolve_preset
 
     preset = resolve_preset(args.preset)
     data_dir = config.resolve_data_dir(args.data_dir)
-    engine = Engine.from_preset(preset, data_dir, device=args.device)
-    engine.base_stops = ()
-    with tempfile.TemporaryDirectory() as adapter_dir:
-        engine.use_adapter(1, random_adapter(engine.sft.source, adapter_dir))
-    sampling = Sampling(temperature=0, max_new_tokens=args.tokens, seed=0)
-    engine.generate(PROMPT, Sampling(temperature=0, max_new_tokens=8, seed=0))  # warm-up
-    plain_generate(engine.sft, PROMPT, 8)
+    cpu = args.device == "cpu"
+    torch_default_threads = torch.get_num_threads()
+    # The serving configurations measured, each against the same plain baseline, interleaved so drift on a
+    # shared machine lands on all of them alike. The first is the app's default.
+    configs = {"app": ("auto", None)}
+    if cpu:
+        configs["float_weights"] = ("float", None)
+        configs["float_weights_default_threads"] = ("float", torch_default_threads)  # the previous default
+    engines = {}
+    for name, (precision, threads) in configs.items():
+        engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision, threads=threads)
+        engine.base_stops = ()
+        with tempfile.TemporaryDirectory() as adapter_dir:
+            engine.use_adapter(1, random_adapter(engine.sft.source, adapter_dir))
+        engines[name] = engine
+    # The baseline: the SFT model as transformers loads it, no adapter, torch's default threads.
+    plain = load_model(preset.sft, data_dir, "sft", device=args.device)
+    plain_int8 = load_model(preset.sft, data_dir, "sft", int8=True, keep_float=("q_proj", "v_proj")) if cpu else None
 
-    wall, per_arm = three_arms(engine, sampling, args.repeats)
-    longest = int(max(stats["tokens"] for stats in per_arm.values()))
-    baseline = statistics.median(plain_generate(engine.sft, PROMPT, longest) for _ in range(args.repeats))
-    naive = naive_sequential(engine, sampling)
-    figures = {
-        "three_arms_wall_s": round(wall, 2),
-        "baseline_plain_generate_sft_s": round(baseline, 2),
-        "ratio_three_arms_to_one_plain": round(wall / baseline, 2),
-        "naive_three_arms_sequential_s": round(naive, 2),
-        "ratio_naive_to_one_plain": round(naive / baseline, 2),
-    }
-    for arm, stats in per_arm.items():
-        figures[f"{arm}_ttft_s"] = round(stats["ttft"], 3)
-        figures[f"{arm}_tokens_per_s"] = round(stats["tok_s"], 2)
-        figures[f"{arm}_new_tokens"] = int(stats["tokens"])
-    if args.device == "cpu":
-        # The option measured in the same process: the base arm with int8 weights.
-        engine.base = load_model(preset.base, data_dir, "base", device=args.device, int8=True)
-        int8_wall, int8_arms = three_arms(engine, sampling, args.repeats)
-        figures["int8_base_three_arms_wall_s"] = round(int8_wall, 2)
-        figures["int8_base_ratio_to_one_plain"] = round(int8_wall / baseline, 2)
-        figures["int8_base_tokens_per_s"] = round(int8_arms["base"]["tok_s"], 2)
-        figures["int8_base_ttft_s"] = round(int8_arms["base"]["ttft"], 3)
+    def threads_for(name):
+        return configs[name][1] or (default_threads() if cpu else torch_default_threads)
+
+    sampling = Sampling(temperature=0, max_new_tokens=args.tokens, seed=0)
+    for name, engine in engines.items():  # warm-up
+        torch.set_num_threads(threads_for(name))
+        engine.generate(PROMPT, Sampling(temperature=0, max_new_tokens=8, seed=0))
+    torch.set_num_threads(torch_default_threads)
+    plain_generate(plain, PROMPT, 8)
+
+    walls = {name: [] for name in engines}
+    arms = {name: {a: {"ttft": [], "tok_s": [], "tokens": []} for a in ("base", "sft", "pref")} for name in engines}
+    baseline, baseline_int8 = [], []
+    for _ in range(args.repeats):
+        torch.set_num_threads(torch_default_threads)
+        baseline.append(plain_generate(plain, PROMPT, args.tokens))
+        if plain_int8 is not None:
+            baseline_int8.append(plain_generate(plain_int8, PROMPT, args.tokens))
+        for name, engine in engines.items():
+            torch.set_num_threads(threads_for(name))
+            wall, per_arm = three_arms_once(engine, sampling)
+            walls[name].append(wall)
+            for arm, stats in per_arm.items():
+                for key, value in stats.items():
+                    arms[name][arm][key].append(value)
+    torch.set_num_threads(threads_for("app"))
+    naive = naive_sequential(engines["app"], sampling)
+
+    base_s = statistics.median(baseline)
+    figures = {"baseline_plain_generate_sft_float_s": round(base_s, 2)}
+    if baseline_int8:
+        figures["plain_generate_sft_int8_s"] = round(statistics.median(baseline_int8), 2)
+    for name, engine in engines.items():
+        wall = statistics.median(walls[name])
+        prefix = "" if name == "app" else f"{name}."
+        figures[f"{prefix}three_arms_wall_s"] = round(wall, 2)
+        figures[f"{prefix}ratio_three_arms_to_one_plain"] = round(wall / base_s, 2)
+        if name == "app" and baseline_int8:
+            figures["ratio_three_arms_to_one_plain_int8"] = round(wall / statistics.median(baseline_int8), 2)
+        for arm, stats in arms[name].items():
+            figures[f"{prefix}{arm}_ttft_s"] = round(statistics.median(stats["ttft"]), 3)
+            figures[f"{prefix}{arm}_tokens_per_s"] = round(statistics.median(stats["tok_s"]), 2)
+            figures[f"{prefix}{arm}_new_tokens"] = int(statistics.median(stats["tokens"]))
+        figures[f"{prefix}precision"] = engine.sft.precision
+        figures[f"{prefix}torch_threads"] = threads_for(name)
+    figures["naive_three_arms_sequential_s"] = round(naive, 2)
+    figures["ratio_naive_to_one_plain"] = round(naive / base_s, 2)
+    if plain_int8 is not None:
+        figures["int8_fidelity"] = int8_fidelity(plain, plain_int8, args.tokens)
     settings = {"preset": preset.name, "prompt": PROMPT, "max_new_tokens": args.tokens, "repeats": args.repeats,
                 "decoding": "greedy", "adapter_version": 1, "device": args.device,
-                "threads": __import__("torch").get_num_threads()}
+                "baseline_threads": torch_default_threads}
     return report("generate", settings, figures, args.json)
 
 

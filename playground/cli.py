@@ -8,7 +8,8 @@ import logging
 import sys
 
 from . import config
-from .models import EMBEDDED, PRESETS, ModelLoadError, cached_copy, describe_source, embedded_available, resolve_preset
+from .models import (EMBEDDED, PRECISIONS, PRESETS, ModelLoadError, cached_copy, describe_source, embedded_available,
+                     resolve_preset)
 from .prompting import PromptError
 from .store import StoreError
 
@@ -22,7 +23,10 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", default=None, help=f"caches, database, adapters (env {config.DATA_DIR_ENV})")
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--int8-base", action="store_true", help="decode the base arm with int8 weights (CPU)")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="model weights: auto (int8 on a CPU, float on a GPU), int8, float")
+    parser.add_argument("--serve-threads", type=int, default=None,
+                        help="torch threads for generation (default: half the CPU cores)")
 
 
 def add_sampling_options(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +47,8 @@ def engine_from(args):
 
     preset = resolve_preset(args.preset, args.base, args.sft)
     return Engine.from_preset(preset, config.resolve_data_dir(args.data_dir), trust_remote_code=args.trust_remote_code,
-                              device=args.device, int8_base=args.int8_base)
+                              device=args.device, precision=args.precision,
+                              threads=args.serve_threads)
 
 
 def cmd_generate(args) -> int:
@@ -215,7 +220,8 @@ def cmd_simulate(args) -> int:
         heldout = heldout[: args.heldout_limit]
     data_dir = config.resolve_data_dir(args.data_dir)
     preset = resolve_preset(args.preset, args.base, args.sft)
-    playground = Playground.open(preset, workspace(data_dir), device=args.device, int8_base=args.int8_base,
+    playground = Playground.open(preset, workspace(data_dir), device=args.device, precision=args.precision,
+                                 serve_threads=args.serve_threads,
                                  trust_remote_code=args.trust_remote_code, round_settings=round_settings_from(args))
     result = simulate(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
                       sampling=sampling_from(args), seed=args.seed or 0)

@@ -48,10 +48,12 @@ class Playground:
         self.sync_adapter()
 
     @classmethod
-    def open(cls, preset: Preset, data_dir: Path, *, device="cpu", trust_remote_code=False, int8_base=False,
-             round_settings: RoundSettings | None = None, store: Store | None = None) -> "Playground":
+    def open(cls, preset: Preset, data_dir: Path, *, device="cpu", trust_remote_code=False, precision="auto",
+             serve_threads: int | None = None, round_settings: RoundSettings | None = None,
+             store: Store | None = None) -> "Playground":
+        targets = (round_settings or RoundSettings()).target_modules
         engine = Engine.from_preset(preset, data_dir, trust_remote_code=trust_remote_code, device=device,
-                                    int8_base=int8_base)
+                                    precision=precision, threads=serve_threads, adapter_targets=targets)
         return cls(engine, store or Store.open(data_dir), data_dir, preset, round_settings, trust_remote_code)
 
     # ---- generation, recorded ------------------------------------------------------------------------------

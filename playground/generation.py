@@ -14,6 +14,7 @@ the request's seed: with the same sampling noise, whatever differs between those
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import random
 import threading
@@ -26,7 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.generation.streamers import BaseStreamer
 
-from .models import LoadedModel, Preset, load_model
+from .models import LoadedModel, Preset, load_model, wants_int8
 from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt, cut_at_stop
 
 ARMS = ("base", "sft", "pref")
@@ -169,6 +170,12 @@ class RowStreamer(BaseStreamer):
                 self._finish(row, "length")
 
 
+def default_threads() -> int:
+    """Torch threads for a serving process: half the CPUs this process may use, at least 1 (see Engine.from_preset)."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cpus // 2)
+
+
 class Engine:
     """Owns the loaded models and the serving adapter; streams answers for any number of callers."""
 
@@ -182,14 +189,19 @@ class Engine:
         self.base_stops = BASE_STOP_STRINGS  # benchmarks clear it to time full-length base answers
 
     @classmethod
-    def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", int8_base=False
-                    ) -> "Engine":
-        """int8_base: the base arm decodes with int8 weights on a CPU (see models.load_model). Off by default: on
-        2 cores it makes the base column 2.5x faster but the three columns together no sooner, because the
-        SFT + preference batch is the critical path and the int8 kernels compete with it (docs/performance.md)."""
-        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device,
-                          int8=int8_base)
-        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device)
+    def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
+                    threads: int | None = None, adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> "Engine":
+        """precision: `auto` (int8 on a CPU, float elsewhere), `int8` or `float` (see models.wants_int8).
+        adapter_targets: the layers LoRA adapters attach to; they stay float in an int8 SFT model.
+        threads: torch threads on a CPU; by default half the cores (at least 1), because the base model and the
+        SFT batch decode at the same time and each is bound by per-token overhead, not by arithmetic: on 2 cores,
+        one thread each beat two threads shared (docs/performance.md)."""
+        if device == "cpu":
+            torch.set_num_threads(threads or default_threads())
+        int8 = wants_int8(precision, device)
+        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device, int8=int8)
+        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device, int8=int8,
+                         keep_float=tuple(adapter_targets))
         return cls(base, sft)
 
     # ---- adapters (hot swap) -------------------------------------------------------------------------------
@@ -210,7 +222,12 @@ class Engine:
                 except Exception as error:
                     if self._peft is not None and name in self._peft.peft_config and name != self._adapter_name:
                         self._peft.delete_adapter(name)
-                    raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}") from error
+                    hint = ""
+                    if self.sft.precision == "int8":
+                        hint = (" The SFT model is served in int8, where adapters can attach only to the layers kept "
+                                "in float (the trainer's target modules); to serve other adapters, start with "
+                                "--precision float.")
+                    raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}.{hint}") from error
                 # Rows pick their adapter per call (adapter_names), but PEFT still needs a valid active one.
                 self._peft.set_adapter(name)
                 self._peft.eval()

@@ -12,6 +12,7 @@ them once into a safetensors copy under ``<data dir>/models`` and every later st
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -273,6 +274,20 @@ def _explain_failure(role: str, spec: str, error: BaseException, trust_remote_co
     return f"{tried} {fix} (Error: {detail})"
 
 
+PRECISIONS = ("auto", "int8", "float")
+
+
+def wants_int8(precision: str, device: str) -> bool:
+    """`auto` is int8 on a CPU (decoding there waits on memory, and int8 weights are a quarter of the bytes:
+    docs/performance.md) and the model's float dtype elsewhere; fbgemm's int8 kernels are CPU-only."""
+    if precision not in PRECISIONS:
+        raise ModelLoadError(f"Unknown precision '{precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
+    on_cpu = device == "cpu"
+    if precision == "int8" and not on_cpu:
+        raise ModelLoadError(f"int8 weights run on the CPU only, not on '{device}'. Fix: --precision auto or float.")
+    return on_cpu and precision in ("auto", "int8")
+
+
 def load_model(
     spec: str,
     data_dir: Path,
@@ -281,12 +296,12 @@ def load_model(
     trust_remote_code: bool = False,
     device: str = "cpu",
     int8: bool = False,
+    keep_float: tuple[str, ...] = (),
 ) -> LoadedModel:
     """Load a model and its tokenizer for inference; raises ModelLoadError with a fix, never a bare trace.
 
-    `int8` (CPU only) quantizes the Linear layers dynamically to int8 (Gemma-3-270M alone: 3.6x the tokens/s).
-    Offered for the base arm only: the SFT weights carry the LoRA adapters and are the trainer's reference, so
-    they stay as trained."""
+    `int8` (CPU only) quantizes the Linear layers to int8, except those named in `keep_float` (the layers LoRA
+    adapters attach to: PEFT cannot wrap torch's quantized Linear). See `quantize_int8`."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
@@ -304,25 +319,98 @@ def load_model(
         raise ModelLoadError(_explain_failure(role, spec, error, trust_remote_code)) from error
     model.to(device)
     model.eval()
-    if int8 and device == "cpu":
-        model = _int8_dynamic(model)
+    int8 = int8 and device == "cpu"
+    if int8:
+        quantize_int8(model, keep_float)
     if tokenizer.pad_token_id is None:
         # Padding is needed only for batching; the EOS token is the conventional stand-in.
         tokenizer.pad_token = tokenizer.eos_token
     loaded = LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start)
-    loaded.precision = "int8" if int8 and device == "cpu" else str(next(model.parameters()).dtype).removeprefix("torch.")
+    loaded.precision = "int8" if int8 else str(next(model.parameters()).dtype).removeprefix("torch.")
     return loaded
 
 
-def _int8_dynamic(model):
+def quantize_int8(model, keep_float: tuple[str, ...] = ()) -> None:
+    """Quantize a model's Linear layers to int8 in place (weights prepacked once, activations quantized per call
+    by fbgemm), leaving layers whose last name part is in `keep_float` in float.
+
+    The engine promises that a row's answer does not depend on the rows batched with it (greedy: token for
+    token). Three things would break that promise here, so each is undone:
+    - fbgemm quantizes a call's activations with one scale for the whole tensor, so one row would shift
+      another's rounding: every quantized layer runs the rows of a batch one by one;
+    - MKL rounds a 2-row float GEMM and a 1-row GEMV differently in the last bit, which int8 rounding
+      downstream turns into other tokens: the float layers kept for LoRA run row by row too;
+    - PyTorch's SDPA kernel splits its work by batch size (measured: a 2e-6 difference after 31 tokens that
+      changed the 35th): the model uses eager attention.
+    Costs were measured as well (bench generate): the row-by-row calls are cheap next to the 4x fewer bytes.
+    """
     import warnings
 
     import torch
-    from torch.ao.quantization import quantize_dynamic
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
 
+    RowwiseLinear, RowwiseInt8Linear = int8_layer_types()
+    spec = {
+        name: default_dynamic_qconfig
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in keep_float
+    }
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notice: torchao is its successor, not installed here
-        return quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True, mapping={torch.nn.Linear: RowwiseInt8Linear})
+    for module in model.modules():
+        if type(module) is torch.nn.Linear:
+            module.__class__ = RowwiseLinear  # still an nn.Linear, so PEFT wraps it as usual
+    if hasattr(model, "set_attn_implementation"):
+        model.set_attn_implementation("eager")
+
+
+def _rowwise(forward, x):
+    import torch
+
+    if x.dim() == 3 and x.shape[0] > 1:
+        return torch.cat([forward(row) for row in x.split(1)])
+    return forward(x)
+
+
+@functools.cache
+def int8_layer_types():
+    """(RowwiseLinear, RowwiseInt8Linear), defined on first use so importing this module does not import torch."""
+    import torch
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+    class RowwiseLinear(torch.nn.Linear):
+        """A float Linear layer that computes each row of a batch alone (see quantize_int8)."""
+
+        def forward(self, x):
+            return _rowwise(super().forward, x)
+
+    class KeptPackedParams(LinearPackedParams):
+        # PEFT loads an adapter with load_state_dict(strict=False) and a state dict holding only LoRA weights;
+        # torch's quantized modules insist on finding their own keys, so they keep what they have instead.
+        def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+            if prefix + "_packed_params" in state_dict:
+                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    class RowwiseInt8Linear(DynamicInt8Linear):
+        """fbgemm's dynamic int8 Linear, computing each row of a batch alone (see quantize_int8)."""
+
+        def forward(self, x):
+            return _rowwise(super().forward, x)
+
+        def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+            if prefix + "scale" in state_dict:
+                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+        @classmethod
+        def from_float(cls, module, use_precomputed_fake_quant=False):
+            quantized = DynamicInt8Linear.from_float(module, use_precomputed_fake_quant)
+            quantized.__class__ = cls
+            quantized._packed_params.__class__ = KeptPackedParams
+            return quantized
+
+    return RowwiseLinear, RowwiseInt8Linear
 
 
 def _dtype_for(device: str):

@@ -99,7 +99,8 @@ class Backend:
     trainer: bool = True
     device: str = "cpu"
     trust_remote_code: bool = False
-    int8_base: bool = False
+    precision: str = "auto"
+    serve_threads: int | None = None
 
     def __post_init__(self):
         self.data_dir = Path(self.data_dir)
@@ -122,7 +123,8 @@ class Backend:
 
     def _load(self) -> None:
         try:
-            playground = Playground.open(self.preset, self.data_dir, device=self.device, int8_base=self.int8_base,
+            playground = Playground.open(self.preset, self.data_dir, device=self.device, precision=self.precision,
+                                         serve_threads=self.serve_threads,
                                          store=self.store,
                                          trust_remote_code=self.trust_remote_code, round_settings=self.round_settings)
         except Exception as error:  # the page must say why instead of spinning forever

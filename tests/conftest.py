@@ -97,10 +97,11 @@ def tiny_adapters(tmp_path_factory, tiny_models) -> dict[int, Path]:
     return {v: make_lora_adapter(tiny_models["sft"], root / f"v{v}", seed=10 + v) for v in (1, 2)}
 
 
-@pytest.fixture()
-def tiny_engine(tiny_models, tmp_path):
+@pytest.fixture(params=["int8", "float"])
+def tiny_engine(request, tiny_models, tmp_path):
+    """The engine as served on a CPU: int8 weights by default (precision auto), and float."""
     from playground.generation import Engine
     from playground.models import Preset
 
     preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
-    return Engine.from_preset(preset, tmp_path)
+    return Engine.from_preset(preset, tmp_path, precision=request.param)

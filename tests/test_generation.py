@@ -37,7 +37,9 @@ def test_every_answer_records_what_produced_it(tiny_engine, tiny_models):
         assert row["settings"] == {"temperature": 0.8, "top_p": 0.95, "max_new_tokens": 6, "seed": 11}
         assert row["finish_reason"] in ("eos", "stop", "length")
         assert {"new_tokens", "prompt_tokens", "seconds", "ttft", "tokens_per_second"} <= row.keys()
-    assert answers["base"].model == str(tiny_models["base"]) and answers["sft"].model == str(tiny_models["sft"])
+    suffix = " (int8)" if tiny_engine.sft.precision == "int8" else ""  # the weights that wrote it, precision included
+    assert answers["base"].model == str(tiny_models["base"]) + suffix
+    assert answers["sft"].model == str(tiny_models["sft"]) + suffix
     assert answers["pref"].adapter_version == 0 and "version 0" in answers["pref"].note
     assert answers["pref"].text == answers["sft"].text  # v0: no adapter, same weights, same seed
 

@@ -131,18 +131,69 @@ def test_gguf_conversion_is_cached_and_atomic(monkeypatch, tmp_path, tiny_models
     assert again.source == str(cached)
 
 
-def test_int8_loading_quantizes_linear_layers_and_still_generates(tiny_models, tmp_path):
+def test_int8_loading_quantizes_all_but_the_adapter_layers_and_still_generates(tiny_models, tmp_path):
     import torch
 
-    plain = load_model(str(tiny_models["base"]), tmp_path, "base")
-    int8 = load_model(str(tiny_models["base"]), tmp_path, "base", int8=True)
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
+    from playground.models import int8_layer_types
 
-    assert any(isinstance(m, DynamicInt8Linear) for m in int8.model.modules())
-    assert not any(type(m) is torch.nn.Linear for m in int8.model.modules()), "every Linear layer is int8"
+    RowwiseLinear, RowwiseInt8Linear = int8_layer_types()
+    plain = load_model(str(tiny_models["sft"]), tmp_path, "sft")
+    int8 = load_model(str(tiny_models["sft"]), tmp_path, "sft", int8=True, keep_float=("q_proj", "v_proj"))
+    kinds = {name.rsplit(".", 1)[-1]: type(m) for name, m in int8.model.named_modules()
+             if isinstance(m, (torch.nn.Linear, RowwiseInt8Linear))}
+    assert kinds["q_proj"] is RowwiseLinear and kinds["v_proj"] is RowwiseLinear, "LoRA's layers stay float"
+    assert kinds["k_proj"] is RowwiseInt8Linear and kinds["down_proj"] is RowwiseInt8Linear
+    assert kinds["lm_head"] is RowwiseInt8Linear
+    assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
     assert int8.precision == "int8" and int8.name.endswith("(int8)")
     assert plain.precision == "float32" and not plain.name.endswith("(int8)")
     ids = plain.tokenizer("Q: hi\nA:", return_tensors="pt").input_ids
     with torch.inference_mode():
         close = torch.nn.functional.cosine_similarity(plain.model(ids).logits[0, -1], int8.model(ids).logits[0, -1], 0)
     assert close > 0.95, "int8 weights approximate the fp32 model"
+
+
+def test_int8_rows_of_a_batch_do_not_affect_each_other(tiny_models, tmp_path):
+    """fbgemm quantizes a whole call's activations with one scale; the engine promises row independence."""
+    import torch
+
+    int8 = load_model(str(tiny_models["sft"]), tmp_path, "sft", int8=True, keep_float=("q_proj",))
+    quiet = int8.tokenizer("Say hello to the class", return_tensors="pt").input_ids
+    loud = quiet * 0 + quiet.max()  # a row of different tokens, same length
+    with torch.inference_mode():
+        alone = int8.model(quiet).logits
+        batched = int8.model(torch.cat([quiet, loud])).logits
+    assert torch.equal(batched[0], alone[0])
+
+
+def test_int8_model_takes_lora_adapters_and_refuses_ones_on_its_int8_layers(tiny_models, tiny_adapters, tmp_path):
+    import json
+    import shutil
+
+    import torch
+
+    from playground.generation import AdapterError, Engine, Sampling
+
+    def engine(keep):
+        base = load_model(str(tiny_models["base"]), tmp_path, "base", int8=True)
+        return Engine(base, load_model(str(tiny_models["sft"]), tmp_path, "sft", int8=True, keep_float=keep))
+
+    served = engine(("q_proj", "v_proj"))
+    greedy = Sampling(temperature=0, max_new_tokens=8, seed=0)
+    before = served.generate("Explain gravity.", greedy, arms=("sft", "pref"))
+    served.use_adapter(1, str(tiny_adapters[1]))
+    after = served.generate("Explain gravity.", greedy, arms=("sft", "pref"))
+    assert after["sft"].text == before["sft"].text and after["pref"].text != before["pref"].text
+    lora = [n for n, _ in served._peft.named_parameters() if "lora_A" in n]
+    assert lora and all(".q_proj." in n or ".v_proj." in n for n in lora)
+
+    # An adapter on layers that were quantized (the trainer was set to other target modules) is refused clearly.
+    other = tmp_path / "mlp-adapter"
+    shutil.copytree(tiny_adapters[1], other)
+    config = json.loads((other / "adapter_config.json").read_text())
+    (other / "adapter_config.json").write_text(json.dumps(config | {"target_modules": ["down_proj"]}))
+    with pytest.raises(AdapterError, match="--precision float"):
+        served.use_adapter(2, str(other))
+    assert served.adapter_version == 1
+    assert served.generate("Explain gravity.", greedy, arms=("pref",))["pref"].text == after["pref"].text
+
