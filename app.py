@@ -48,7 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--device", default=env("PLAYGROUND_DEVICE", "cpu"))
     parser.add_argument("--trust-remote-code", action="store_true")
     parser.add_argument("--precision", choices=PRECISIONS, default=env("PLAYGROUND_PRECISION", "auto"),
-                        help="model weights: auto (int8 on a CPU, float on a GPU), int8, float")
+                        help="auto (CPU: base model int8, SFT float; GPU: float), int8 (both), float")
     parser.add_argument("--serve-threads", type=int, default=int(env("PLAYGROUND_SERVE_THREADS", "0")) or None,
                         help="torch threads of the server (default: half the CPU cores)")
     return parser.parse_args(argv)

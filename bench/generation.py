@@ -5,9 +5,10 @@
 Figures per arm: time to first token, tokens/s; the three arms' wall time; and the baseline: one plain greedy
 `generate` of the SFT model as transformers loads it (float weights, no adapter, torch's default threads) for the
 same number of new tokens. Ratios are against that baseline, measured in turn with each configuration, so they
-hold on a noisy machine. Configurations on a CPU: the app's default (int8 weights, half the cores as threads),
-float weights, and float weights with torch's default threads (the default before int8). Also reported: a plain
-`generate` of the int8 SFT model, and how closely int8 follows float (next-token agreement, perplexity). A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the
+hold on a noisy machine. Configurations on a CPU, each with half the cores as torch threads unless said: the app's
+default (`--precision auto`: base model int8, SFT float), both int8, both float, and both float with torch's
+default threads (the default before). Also reported: a plain `generate` of the int8 SFT model, and how closely
+each int8 model follows its float self (next-token agreement, perplexity of the float model's greedy answer). A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the
 values) is loaded so the preference arm really runs, and the base arm's answer-boundary stop is off so it runs
 the full length unless it emits EOS.
 """
@@ -72,21 +73,23 @@ def naive_sequential(engine, sampling) -> float:
     return time.perf_counter() - start
 
 
-def int8_fidelity(float_sft, int8_sft, tokens: int) -> dict:
-    """How closely the int8 SFT model follows the float one on the float model's own greedy answer: the share of
+def int8_fidelity(float_model, int8_model, tokens: int, chat: bool) -> dict:
+    """How closely an int8 model follows its float self on the float model's own greedy answer: the share of
     positions where both pick the same next token, and the answer's perplexity under each."""
     import torch
 
-    from playground.prompting import chat_prompt
+    from playground.prompting import base_prompt, chat_prompt
 
-    tokenizer = float_sft.tokenizer
-    ids = tokenizer(chat_prompt(tokenizer, PROMPT), return_tensors="pt", add_special_tokens=False).input_ids
+    tokenizer = float_model.tokenizer
+    text = chat_prompt(tokenizer, PROMPT) if chat else base_prompt(PROMPT)
+    ids = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).input_ids
     start = ids.shape[1]
     with torch.inference_mode():
-        text = float_sft.model.generate(ids, do_sample=False, max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
+        text = float_model.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                          max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
         targets = text[0, start:]
         logits = {name: loaded.model(text).logits[0, start - 1 : -1].float()
-                  for name, loaded in (("float", float_sft), ("int8", int8_sft))}
+                  for name, loaded in (("float", float_model), ("int8", int8_model))}
     ppl = {name: float(torch.nn.functional.cross_entropy(lg, targets).exp()) for name, lg in logits.items()}
     agree = float((logits["float"].argmax(-1) == logits["int8"].argmax(-1)).float().mean())
     return {"int8_top1_agreement_with_float": round(agree, 3), "perplexity_float": round(ppl["float"], 3),
@@ -109,6 +112,7 @@ def run(args) -> dict:
     # shared machine lands on all of them alike. The first is the app's default.
     configs = {"app": ("auto", None)}
     if cpu:
+        configs["int8_weights"] = ("int8", None)
         configs["float_weights"] = ("float", None)
         configs["float_weights_default_threads"] = ("float", torch_default_threads)  # the previous default
     engines = {}
@@ -170,7 +174,9 @@ def run(args) -> dict:
     figures["naive_three_arms_sequential_s"] = round(naive, 2)
     figures["ratio_naive_to_one_plain"] = round(naive / base_s, 2)
     if plain_int8 is not None:
-        figures["int8_fidelity"] = int8_fidelity(plain, plain_int8, args.tokens)
+        figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, args.tokens, chat=True)
+        figures["int8_fidelity_base"] = int8_fidelity(engines["float_weights"].base, engines["int8_weights"].base,
+                                                      args.tokens, chat=False)
     settings = {"preset": preset.name, "prompt": PROMPT, "max_new_tokens": args.tokens, "repeats": args.repeats,
                 "decoding": "greedy", "adapter_version": 1, "device": args.device,
                 "baseline_threads": torch_default_threads}

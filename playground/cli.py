@@ -24,7 +24,7 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="model weights: auto (int8 on a CPU, float on a GPU), int8, float")
+                        help="auto (CPU: base model int8, SFT float; GPU: float), int8 (both), float")
     parser.add_argument("--serve-threads", type=int, default=None,
                         help="torch threads for generation (default: half the CPU cores)")
 

@@ -27,7 +27,7 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.generation.streamers import BaseStreamer
 
-from .models import LoadedModel, Preset, load_model, wants_int8
+from .models import LoadedModel, Preset, int8_roles, load_model
 from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt, cut_at_stop
 
 ARMS = ("base", "sft", "pref")
@@ -191,16 +191,19 @@ class Engine:
     @classmethod
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
                     threads: int | None = None, adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> "Engine":
-        """precision: `auto` (int8 on a CPU, float elsewhere), `int8` or `float` (see models.wants_int8).
+        """precision: `auto` (on a CPU the base model int8, the SFT model float), `int8` (both) or `float` (neither;
+        see models.int8_roles).
         adapter_targets: the layers LoRA adapters attach to; they stay float in an int8 SFT model.
         threads: torch threads on a CPU; by default half the cores (at least 1), because the base model and the
         SFT batch decode at the same time and each is bound by per-token overhead, not by arithmetic: on 2 cores,
         one thread each beat two threads shared (docs/performance.md)."""
         if device == "cpu":
             torch.set_num_threads(threads or default_threads())
-        int8 = wants_int8(precision, device)
-        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device, int8=int8)
-        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device, int8=int8,
+        int8 = int8_roles(precision, device)
+        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device,
+                          int8="base" in int8)
+        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device,
+                         int8="sft" in int8,
                          keep_float=tuple(adapter_targets))
         return cls(base, sft)
 

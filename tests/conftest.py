@@ -99,7 +99,7 @@ def tiny_adapters(tmp_path_factory, tiny_models) -> dict[int, Path]:
 
 @pytest.fixture(params=["int8", "float"])
 def tiny_engine(request, tiny_models, tmp_path):
-    """The engine as served on a CPU: int8 weights by default (precision auto), and float."""
+    """The engine with both models in int8 (`--precision int8`) and in float."""
     from playground.generation import Engine
     from playground.models import Preset
 
