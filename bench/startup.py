@@ -33,11 +33,15 @@ def tree_rss_mb(pid: int) -> dict[str, float]:
     import psutil
 
     root = psutil.Process(pid)
-    rss = {"server": root.memory_info().rss / 2**20, "trainer": 0.0}
+    # USS beside RSS: RSS also counts pages shared with other processes or backed by files (safetensors weights
+    # are memory-mapped, and both processes map the SFT model's file), so a sum of RSS overstates what the two cost.
+    rss = {"server": root.memory_info().rss / 2**20, "trainer": 0.0,
+           "server_uss": root.memory_full_info().uss / 2**20, "trainer_uss": 0.0}
     for child in root.children(recursive=True):
         try:
             if "train" in " ".join(child.cmdline()):
                 rss["trainer"] += child.memory_info().rss / 2**20
+                rss["trainer_uss"] += child.memory_full_info().uss / 2**20
         except psutil.NoSuchProcess:
             pass
     return rss
@@ -79,7 +83,8 @@ def run(args) -> dict:
             deadline = time.perf_counter() + args.sample_seconds
             while time.perf_counter() < deadline:
                 rss = tree_rss_mb(server.pid)
-                peak = {k: max(peak[k], v) for k, v in (rss | {"total": sum(rss.values())}).items()}
+                total = {"total": rss["server"] + rss["trainer"], "total_uss": rss["server_uss"] + rss["trainer_uss"]}
+                peak = {k: max(peak.get(k, 0.0), v) for k, v in (rss | total).items()}
                 time.sleep(0.5)
         finally:
             server.send_signal(signal.SIGINT)
@@ -93,6 +98,9 @@ def run(args) -> dict:
         "server_peak_rss_mb": round(peak["server"]),
         "trainer_peak_rss_mb": round(peak["trainer"]),
         "server_plus_trainer_peak_rss_mb": round(peak["total"]),
+        "server_peak_uss_mb": round(peak["server_uss"]),
+        "trainer_peak_uss_mb": round(peak["trainer_uss"]),
+        "server_plus_trainer_peak_uss_mb": round(peak["total_uss"]),
     }
     return report("startup", {"preset": args.preset, "rss_sampled_s": args.sample_seconds}, figures, args.json)
 
