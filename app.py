@@ -7,8 +7,8 @@ stops with the app (Ctrl-C, SIGTERM, or the interpreter exiting).
 Every option can also come from the environment, so a Space is configured without code changes:
 PLAYGROUND_PRESET, PLAYGROUND_BASE, PLAYGROUND_SFT, PLAYGROUND_HOST, PLAYGROUND_PORT, PLAYGROUND_DATA_DIR,
 PLAYGROUND_MIN_PAIRS, PLAYGROUND_VOTES_PER_MINUTE, PLAYGROUND_MAX_NEW_TOKENS, PLAYGROUND_PRECISION,
-PLAYGROUND_SERVE_THREADS. PLAYGROUND_ADMIN_TOKEN (environment
-only, never a flag: flags show in `ps`) makes rollback and Hub pushes ask for that token.
+PLAYGROUND_SERVE_THREADS. PLAYGROUND_ADMIN_TOKEN (environment only, never a flag: flags show in `ps`) makes
+rollback and Hub pushes ask for that token.
 """
 
 from __future__ import annotations

@@ -285,7 +285,7 @@ INT8_KEEP_FLOAT = ("down_proj",)
 def int8_roles(precision: str, device: str) -> set[str]:
     """Which models ("base", "sft") get int8 weights. int8 weights are a quarter of the bytes, and decoding on a
     CPU waits on memory, so they decode 2-3x faster; but they cost fidelity, which the base model shrugs off
-    (next-token agreement with float 0.99) and the SFT model does not (0.70: bench generate). So `auto` quantizes
+    (next-token agreement with float 0.98) and the SFT model does not (0.75: bench generate). So `auto` quantizes
     the base model on a CPU and nothing elsewhere; `int8` quantizes both (fastest); `float` neither. fbgemm's int8
     kernels are CPU-only."""
     if precision not in PRECISIONS:
