@@ -14,12 +14,14 @@ the request's seed: with the same sampling noise, whatever differs between those
 from __future__ import annotations
 
 import copy
+import json
 import os
 import queue
 import random
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Iterator
 
 import torch
@@ -225,11 +227,7 @@ class Engine:
                 except Exception as error:
                     if self._peft is not None and name in self._peft.peft_config and name != self._adapter_name:
                         self._peft.delete_adapter(name)
-                    hint = ""
-                    if self.sft.precision == "int8":
-                        hint = (" The SFT model is served in int8, where adapters can attach only to the layers kept "
-                                "in float (the trainer's target modules); to serve other adapters, start with "
-                                "--precision float.")
+                    hint = self._int8_hint(path)
                     raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}.{hint}") from error
                 # Rows pick their adapter per call (adapter_names), but PEFT still needs a valid active one.
                 self._peft.set_adapter(name)
@@ -238,6 +236,23 @@ class Engine:
             if old and old != self._adapter_name:
                 self._peft.delete_adapter(old)  # frees its weights
             self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
+
+    def _int8_hint(self, path: str) -> str:
+        """Why an adapter cannot attach to an int8 SFT model, when that is the reason."""
+        if self.sft.precision != "int8":
+            return ""
+        try:
+            targets = json.loads((Path(path) / "adapter_config.json").read_text())["target_modules"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
+        float_layers = {name.replace(".base_layer", "").rsplit(".", 1)[-1]
+                        for name, module in self.sft.model.named_modules()
+                        if isinstance(module, torch.nn.Linear) and "lora_" not in name}
+        on_int8 = sorted(set([targets] if isinstance(targets, str) else targets) - float_layers)
+        if not on_int8:
+            return ""
+        return (f" It targets {', '.join(on_int8)}, which this server holds in int8 (adapters can attach only to "
+                f"{', '.join(sorted(float_layers))}); to serve it, start with --precision float.")
 
     def sft_nll(self, prompt: str, answer: str) -> float | None:
         """Mean negative log-likelihood per answer token under the SFT model, adapter off: how natural a text

@@ -153,8 +153,9 @@ def test_a_corrupt_adapter_is_refused_and_the_old_one_keeps_serving(tiny_engine,
     broken.mkdir()
     (broken / "adapter_config.json").write_text((tiny_adapters[2] / "adapter_config.json").read_text())
     (broken / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
-    with pytest.raises(AdapterError, match="v2"):
+    with pytest.raises(AdapterError, match="v2") as refused:
         tiny_engine.use_adapter(2, str(broken))
+    assert "--precision" not in str(refused.value), "a corrupt file is not a precision problem"
     assert tiny_engine.adapter_version == 1
     assert tiny_engine.generate("Hello", GREEDY)["pref"].text == good
     assert list(tiny_engine._peft.peft_config) == ["v1"], "the half-loaded adapter must be removed"
