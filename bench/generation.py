@@ -8,9 +8,10 @@ same number of new tokens. Ratios are against that baseline, measured in turn wi
 hold on a noisy machine. Configurations on a CPU, each with half the cores as torch threads unless said: the app's
 default (`--precision auto`: base model int8, SFT float), both int8, both float, and both float with torch's
 default threads (the default before). Also reported: a plain `generate` of the int8 SFT model, and how closely
-each int8 model follows its float self (next-token agreement, perplexity of the float model's greedy answer). A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the
-values) is loaded so the preference arm really runs, and the base arm's answer-boundary stop is off so it runs
-the full length unless it emits EOS.
+each int8 model follows its float self (next-token agreement, perplexity of the float model's greedy answer).
+A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the values) is loaded so the
+preference arm really runs, and the base arm's answer-boundary stop is off so it runs the full length unless it
+emits EOS.
 """
 
 from __future__ import annotations
@@ -101,8 +102,9 @@ def run(args) -> dict:
 
     from bench.common import report
     from playground import config
-    from playground.generation import Engine, Sampling, default_threads
+    from playground.generation import Engine, Sampling
     from playground.models import load_model, resolve_preset
+    from playground.training import RoundSettings
 
     preset = resolve_preset(args.preset)
     data_dir = config.resolve_data_dir(args.data_dir)
@@ -115,19 +117,22 @@ def run(args) -> dict:
         configs["int8_weights"] = ("int8", None)
         configs["float_weights"] = ("float", None)
         configs["float_weights_default_threads"] = ("float", torch_default_threads)  # the previous default
-    engines = {}
-    for name, (precision, threads) in configs.items():
-        engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision, threads=threads)
-        engine.base_stops = ()
-        with tempfile.TemporaryDirectory() as adapter_dir:
-            engine.use_adapter(1, random_adapter(engine.sft.source, adapter_dir))
-        engines[name] = engine
+    by_precision = {}  # one engine per precision: configurations that differ only in threads share it
+    for precision, _ in configs.values():
+        if precision not in by_precision:
+            engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision)
+            engine.base_stops = ()
+            with tempfile.TemporaryDirectory() as adapter_dir:
+                engine.use_adapter(1, random_adapter(engine.sft.source, adapter_dir))
+            by_precision[precision] = engine
+    engines = {name: by_precision[precision] for name, (precision, _) in configs.items()}
     # The baseline: the SFT model as transformers loads it, no adapter, torch's default threads.
     plain = load_model(preset.sft, data_dir, "sft", device=args.device)
-    plain_int8 = load_model(preset.sft, data_dir, "sft", int8=True, keep_float=("q_proj", "v_proj")) if cpu else None
+    plain_int8 = (load_model(preset.sft, data_dir, "sft", int8=True, keep_float=RoundSettings().target_modules)
+                  if cpu else None)
 
     def threads_for(name):
-        return configs[name][1] or (default_threads() if cpu else torch_default_threads)
+        return configs[name][1] or (config.half_the_cores() if cpu else torch_default_threads)
 
     sampling = Sampling(temperature=0, max_new_tokens=args.tokens, seed=0)
     for name, engine in engines.items():  # warm-up

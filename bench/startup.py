@@ -29,7 +29,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def tree_rss_mb(pid: int) -> dict[str, float]:
+def tree_memory_mb(pid: int) -> dict[str, float]:
     import psutil
 
     root = psutil.Process(pid)
@@ -64,7 +64,7 @@ def run(args) -> dict:
         server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", work,
                                    "--preset", args.preset], cwd=ROOT, env=env,
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        peak = {"server": 0.0, "trainer": 0.0, "total": 0.0}
+        peak = dict.fromkeys(("server", "trainer", "total", "server_uss", "trainer_uss", "total_uss"), 0.0)
         try:
             page = answered = None
             client = None
@@ -82,9 +82,9 @@ def run(args) -> dict:
                 time.sleep(0.5)
             deadline = time.perf_counter() + args.sample_seconds
             while time.perf_counter() < deadline:
-                rss = tree_rss_mb(server.pid)
+                rss = tree_memory_mb(server.pid)
                 total = {"total": rss["server"] + rss["trainer"], "total_uss": rss["server_uss"] + rss["trainer_uss"]}
-                peak = {k: max(peak.get(k, 0.0), v) for k, v in (rss | total).items()}
+                peak = {k: max(peak[k], v) for k, v in (rss | total).items()}
                 time.sleep(0.5)
         finally:
             server.send_signal(signal.SIGINT)

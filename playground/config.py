@@ -24,6 +24,13 @@ def default_data_dir() -> Path:
     return Path(xdg) / "alignment-playground"
 
 
+def half_the_cores() -> int:
+    """Torch threads for one of the two busy processes (the server decodes two models at once; the trainer trains):
+    half the CPUs this process may use, at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cpus // 2)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None) -> Path:
     path = Path(data_dir).expanduser() if data_dir else default_data_dir()
     path.mkdir(parents=True, exist_ok=True)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import queue
 import random
 import threading
@@ -29,8 +28,10 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.generation.streamers import BaseStreamer
 
+from . import config
 from .models import LoadedModel, Preset, int8_roles, load_model
 from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt, cut_at_stop
+from .training import RoundSettings
 
 ARMS = ("base", "sft", "pref")
 ARM_TITLES = {"base": "Base", "sft": "SFT", "pref": "Preference-tuned"}
@@ -172,12 +173,6 @@ class RowStreamer(BaseStreamer):
                 self._finish(row, "length")
 
 
-def default_threads() -> int:
-    """Torch threads for a serving process: half the CPUs this process may use, at least 1 (see Engine.from_preset)."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, cpus // 2)
-
-
 class Engine:
     """Owns the loaded models and the serving adapter; streams answers for any number of callers."""
 
@@ -192,21 +187,22 @@ class Engine:
 
     @classmethod
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
-                    threads: int | None = None, adapter_targets: tuple[str, ...] = ("q_proj", "v_proj")) -> "Engine":
+                    threads: int | None = None, adapter_targets: tuple[str, ...] | None = None) -> "Engine":
         """precision: `auto` (on a CPU the base model int8, the SFT model float), `int8` (both) or `float` (neither;
         see models.int8_roles).
-        adapter_targets: the layers LoRA adapters attach to; they stay float in an int8 SFT model.
+        adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8
+        SFT model.
         threads: torch threads on a CPU; by default half the cores (at least 1), because the base model and the
         SFT batch decode at the same time and each is bound by per-token overhead, not by arithmetic: on 2 cores,
         one thread each beat two threads shared (docs/performance.md)."""
         if device == "cpu":
-            torch.set_num_threads(threads or default_threads())
+            torch.set_num_threads(threads or config.half_the_cores())
         int8 = int8_roles(precision, device)
         base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device,
                           int8="base" in int8)
         sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device,
                          int8="sft" in int8,
-                         keep_float=tuple(adapter_targets))
+                         keep_float=tuple(adapter_targets or RoundSettings().target_modules))
         return cls(base, sft)
 
     # ---- adapters (hot swap) -------------------------------------------------------------------------------
@@ -245,14 +241,11 @@ class Engine:
             targets = json.loads((Path(path) / "adapter_config.json").read_text())["target_modules"]
         except (OSError, ValueError, KeyError, TypeError):
             return ""
-        float_layers = {name.replace(".base_layer", "").rsplit(".", 1)[-1]
-                        for name, module in self.sft.model.named_modules()
-                        if isinstance(module, torch.nn.Linear) and "lora_" not in name}
-        on_int8 = sorted(set([targets] if isinstance(targets, str) else targets) - float_layers)
+        on_int8 = sorted(set([targets] if isinstance(targets, str) else targets) - set(self.sft.float_layers))
         if not on_int8:
             return ""
         return (f" It targets {', '.join(on_int8)}, which this server holds in int8 (adapters can attach only to "
-                f"{', '.join(sorted(float_layers))}); to serve it, start with --precision float.")
+                f"{', '.join(sorted(self.sft.float_layers))}); to serve it, start with --precision float.")
 
     def sft_nll(self, prompt: str, answer: str) -> float | None:
         """Mean negative log-likelihood per answer token under the SFT model, adapter off: how natural a text

@@ -144,6 +144,7 @@ class LoadedModel:
     source: str  # the folder or Hub id transformers actually loaded
     load_seconds: float
     precision: str = "float32"
+    float_layers: tuple[str, ...] = ()  # in an int8 model, the Linear layers (last name part) left in float
 
     @property
     def name(self) -> str:
@@ -284,7 +285,7 @@ INT8_KEEP_FLOAT = ("down_proj",)
 
 def int8_roles(precision: str, device: str) -> set[str]:
     """Which models ("base", "sft") get int8 weights. int8 weights are a quarter of the bytes, and decoding on a
-    CPU waits on memory, so they decode 2-3x faster; but they cost fidelity, which the base model shrugs off
+    CPU waits on memory, so they decode faster (bench generate: Gemma-3-270M 2.5x, SmolLM2-135M 1.6x); but they cost fidelity, which the base model shrugs off
     (next-token agreement with float 0.98) and the SFT model does not (0.75: bench generate). So `auto` quantizes
     the base model on a CPU and nothing elsewhere; `int8` quantizes both (fastest); `float` neither. fbgemm's int8
     kernels are CPU-only."""
@@ -328,14 +329,14 @@ def load_model(
     model.to(device)
     model.eval()
     int8 = int8 and device == "cpu"
+    float_layers = INT8_KEEP_FLOAT + tuple(keep_float) if int8 else ()
     if int8:
-        quantize_int8(model, INT8_KEEP_FLOAT + tuple(keep_float))
+        quantize_int8(model, float_layers)
     if tokenizer.pad_token_id is None:
         # Padding is needed only for batching; the EOS token is the conventional stand-in.
         tokenizer.pad_token = tokenizer.eos_token
-    loaded = LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start)
-    loaded.precision = "int8" if int8 else str(next(model.parameters()).dtype).removeprefix("torch.")
-    return loaded
+    precision = "int8" if int8 else str(next(model.parameters()).dtype).removeprefix("torch.")
+    return LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start, precision, float_layers)
 
 
 def quantize_int8(model, keep_float: tuple[str, ...] = ()) -> None:
@@ -350,7 +351,7 @@ def quantize_int8(model, keep_float: tuple[str, ...] = ()) -> None:
       downstream turns into other tokens: the float layers kept for LoRA run row by row too;
     - PyTorch's SDPA kernel splits its work by batch size (measured: a 2e-6 difference after 31 tokens that
       changed the 35th): the model uses eager attention.
-    Costs were measured as well (bench generate): the row-by-row calls are cheap next to the 4x fewer bytes.
+    Every int8 figure in docs/performance.md includes these row-by-row calls.
     """
     import warnings
 

@@ -25,9 +25,10 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import config
 from .pairs import to_trl
 from .store import Store
 
@@ -40,9 +41,10 @@ class RoundSettings:
     max_new_pairs: int = 64  # new pairs per round; more wait for the next round
     replay_pairs: int = 32  # earlier pairs mixed back in
     epochs: int = 2
-    # 4 pairs per optimizer step, as 4 passes of 1: the same updates as one pass of 4, faster per pair on 2 CPU
-    # cores and 3 GB lighter at peak (2.1 GB; 2 passes of 2: 3.2 GB; one pass of 4: 5.1 GB). A pass holds one pair, its chosen and rejected
-    # answers, so no pair is padded to another's length and there is nothing to bucket (docs/performance.md).
+    # 4 pairs per optimizer step, as 4 passes of 1: the same updates as one pass of 4. On 2 CPU cores the trainer
+    # peaks at 2.25 GB (2 passes of 2: 3.2 GB, one pass of 4: 5.1 GB) at the speed of 2 passes of 2 within run-to-run
+    # noise (1.57x and 1.59x plain trl per pair). A pass holds one pair, its chosen and rejected answers, so no pair
+    # is padded to another's length and there is nothing to bucket (docs/performance.md).
     batch_size: int = 1  # pairs per forward/backward pass
     grad_accumulation: int = 4  # passes per optimizer step
     learning_rate: float = 2e-4
@@ -52,7 +54,7 @@ class RoundSettings:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    threads: int = max(1, (os.cpu_count() or 2) // 2)
+    threads: int = field(default_factory=config.half_the_cores)
     seed: int = 0
 
     def as_dict(self) -> dict:

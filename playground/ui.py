@@ -645,8 +645,11 @@ def export_file(store: Store, what: str = "pairs") -> tuple[Path, int]:
     folder = Path(tempfile.gettempdir()) / "alignment-playground-exports"
     folder.mkdir(exist_ok=True)
     for old in folder.iterdir():
-        if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
-            shutil.rmtree(old, ignore_errors=True)
+        try:
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another export pruned it first
+            pass
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = "preference-pairs" if what == "pairs" else "votes"
     path = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=folder)) / f"{name}-{stamp}.jsonl"

@@ -146,6 +146,8 @@ def test_int8_loading_quantizes_all_but_the_adapter_layers_and_still_generates(t
     assert kinds["k_proj"] is RowwiseInt8Linear and kinds["up_proj"] is RowwiseInt8Linear
     assert kinds["lm_head"] is RowwiseInt8Linear
     assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())
+    assert int8.model.config._attn_implementation == "eager", "SDPA's CPU kernel splits work by batch size"
+    assert plain.model.config._attn_implementation != "eager"
     assert int8.precision == "int8" and int8.name.endswith("(int8)")
     assert plain.precision == "float32" and not plain.name.endswith("(int8)")
     ids = plain.tokenizer("Q: hi\nA:", return_tensors="pt").input_ids
