@@ -21,10 +21,6 @@ def fixed_pairs(n: int = 16) -> list[tuple[str, str, str]]:
 
 def fill_store(store: Store, n: int = 16, session: str = "bench") -> None:
     for i, (prompt, chosen, rejected) in enumerate(fixed_pairs(n)):
-        comparison = store.add_comparison(prompt, session, mode="duel")
-        ids = [
-            store.add_answer(comparison, "pref", slot, text=text, model="bench", adapter_version=0, settings={},
-                             seed=i, prompt_tokens=0, new_tokens=0, seconds=0.0)
-            for slot, text in enumerate((chosen, rejected))
-        ]
+        comparison, ids = store.add_comparison(prompt, session, mode="duel", answers=[
+            {"arm": "pref", "text": text, "model": "bench", "seed": i} for text in (chosen, rejected)])
         store.vote_pairwise(session, comparison, ids[0], ids[1], "a")

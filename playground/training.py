@@ -25,50 +25,17 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import config
-from .pairs import to_trl
+from .settings import RoundSettings
 from .store import Store
+from .votes import to_trl
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class RoundSettings:
-    min_pairs: int = 8  # a round starts when this many new pairs wait (or on demand)
-    max_new_pairs: int = 64  # new pairs per round; more wait for the next round
-    replay_pairs: int = 32  # earlier pairs mixed back in
-    epochs: int = 2
-    # 4 pairs per optimizer step, as 4 passes of 1: the same updates as one pass of 4. On 2 CPU cores the trainer
-    # peaks at 2.25 GB (2 passes of 2: 3.2 GB, one pass of 4: 5.1 GB) at the speed of 2 passes of 2 within run-to-run
-    # noise (1.57x and 1.59x plain trl per pair). A pass holds one pair, its chosen and rejected answers, so no pair
-    # is padded to another's length and there is nothing to bucket (docs/performance.md).
-    batch_size: int = 1  # pairs per forward/backward pass
-    grad_accumulation: int = 4  # passes per optimizer step
-    learning_rate: float = 2e-4
-    beta: float = 0.1
-    max_length: int = 256
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    target_modules: tuple[str, ...] = ("q_proj", "v_proj")
-    threads: int = field(default_factory=config.half_the_cores)
-    seed: int = 0
-
-    def as_dict(self) -> dict:
-        row = asdict(self)
-        row["target_modules"] = list(self.target_modules)
-        return row
-
-
 class TrainingError(RuntimeError):
     pass
-
-
-def adapters_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "adapters"
 
 
 def select_pairs(store: Store, settings: RoundSettings) -> tuple[list[dict], list[dict]]:
@@ -76,7 +43,7 @@ def select_pairs(store: Store, settings: RoundSettings) -> tuple[list[dict], lis
     new = store.pending_pairs(limit=settings.max_new_pairs)
     new_ids = {p["id"] for p in new}
     earlier = [p for p in store.pairs() if p["round_id"] is not None and p["id"] not in new_ids]
-    rng = random.Random(settings.seed + len(earlier))
+    rng = random.Random(settings.train_seed + len(earlier))
     replay = rng.sample(earlier, min(settings.replay_pairs, len(earlier)))
     return new, replay
 
@@ -95,13 +62,17 @@ def _load_policy(sft_dir: str):
 
 def run_round(
     store: Store,
-    data_dir: Path,
+    adapters_dir: Path,
     sft_dir: str,
     settings: RoundSettings | None = None,
     *,
     force: bool = False,
+    sft_hub_id: str | None = None,
 ) -> int | None:
-    """Train one DPO round if enough new pairs wait (or `force`); returns the new version, or None if idle."""
+    """Train one DPO round if enough new pairs wait (or `force`); returns the new version, or None if idle.
+
+    The adapter goes to `adapters_dir/round-NNNN`; its `base_model_name_or_path` is `sft_hub_id` when the SFT
+    model has one (so the published adapter loads elsewhere), else the SFT folder."""
     settings = settings or RoundSettings()
     new, replay = select_pairs(store, settings)
     if not new or (len(new) < settings.min_pairs and not force):
@@ -114,7 +85,7 @@ def run_round(
     from transformers import TrainerCallback
     from trl import DPOConfig, DPOTrainer
 
-    torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.train_threads)
     parent = store.serving_version()
     parent_path = store.version(parent)["path"] if parent else None
     pairs = new + replay
@@ -124,7 +95,7 @@ def run_round(
     store.set_round_progress(round_id, 0, steps_total)
     log.info("Round %d: %d new + %d replayed pairs, parent v%d, %d steps.", round_id, len(new), len(replay), parent,
              steps_total)
-    work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(adapters_dir(data_dir))))
+    work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(Path(adapters_dir))))
     try:
         model, tokenizer = _load_policy(sft_dir)
 
@@ -136,7 +107,7 @@ def run_round(
             def on_step_end(self, args, state, control, **kwargs):
                 store.set_round_progress(round_id, state.global_step, state.max_steps)
 
-        dataset = Dataset.from_list([to_trl(p) for p in pairs]).shuffle(seed=settings.seed)
+        dataset = Dataset.from_list([to_trl(p) for p in pairs]).shuffle(seed=settings.train_seed)
         config = DPOConfig(
             output_dir=str(work / "trainer"),
             per_device_train_batch_size=settings.batch_size,
@@ -156,7 +127,7 @@ def run_round(
             disable_tqdm=True,
             use_cpu=not torch.cuda.is_available(),
             dataloader_num_workers=0,
-            seed=settings.seed,
+            seed=settings.train_seed,
         )
         lora = LoraConfig(
             r=settings.lora_r,
@@ -196,19 +167,29 @@ def run_round(
             "final_reward_margin": steps[-1]["reward_margin"] if steps else None,
             "final_reward_accuracy": steps[-1]["reward_accuracy"] if steps else None,
         }
-        final = adapters_dir(data_dir) / f"round-{round_id:04d}"
+        final = Path(adapters_dir) / f"round-{round_id:04d}"
         staging = work / "adapter"
         peft_model.save_pretrained(staging)  # PEFT's standard format: adapter_config.json + adapter_model.safetensors
+        if sft_hub_id:
+            # Named after saving: PEFT would look the Hub id up while saving, which an offline machine cannot.
+            config_file = staging / "adapter_config.json"
+            config = json.loads(config_file.read_text())
+            config["base_model_name_or_path"] = sft_hub_id
+            config_file.write_text(json.dumps(config, indent=2))
         (staging / "playground.json").write_text(
             json.dumps(
                 {"round_id": round_id, "parent_version": parent, "pairs": [p["id"] for p in pairs],
-                 "hyperparams": hyperparams, "metrics": metrics, "sft_model": sft_dir},
+                 "hyperparams": hyperparams, "metrics": metrics, "sft_model": sft_dir, "sft_hub_id": sft_hub_id},
                 indent=2,
             )
         )
         os.replace(staging, final)  # atomic: the server never sees a half-written adapter folder
         version = store.finish_round(round_id, str(final), metrics)
-        log.info("Round %d done: version %d serving (%s).", round_id, version, metrics)
+        if store.serving_version() == version:
+            log.info("Round %d done: version %d serving (%s).", round_id, version, metrics)
+        else:
+            log.info("Round %d done: version %d published; it does not serve because the serving version changed "
+                     "during the round (%s).", round_id, version, metrics)
         return version
     except BaseException as error:
         store.fail_round(round_id, f"{type(error).__name__}: {error}")
@@ -236,12 +217,13 @@ def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:
     threading.Thread(target=check, name="parent-watch", daemon=True).start()
 
 
-def watch(store: Store, data_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
-          once: bool = False) -> list[int]:
+def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
+          once: bool = False, sft_hub_id: str | None = None) -> list[int]:
     """The trainer process's loop: run a round whenever enough pairs wait or one is requested.
 
     A failed round is logged and recorded (its pairs stay pending); the loop goes on. SIGTERM ends the loop; a
     round in progress is marked failed on the way out (its pairs stay pending), so the next start trains them.
+    What the trainer is doing goes to the store (`Store.trainer_state`) whenever it changes.
     """
     def stop(signum, frame):
         raise SystemExit(0)
@@ -251,16 +233,38 @@ def watch(store: Store, data_dir: Path, sft_dir: str, settings: RoundSettings, *
         log.warning("Round %d was interrupted (trainer killed); its pairs are still pending.", interrupted["id"])
     versions: list[int] = []
     failures = 0
-    while True:
-        forced = store.take_round_request() or once
+    said: dict = {}
+
+    def say(state: str, **facts) -> None:
+        nonlocal said
+        now = {"state": state, "pid": os.getpid(), "min_pairs": settings.min_pairs, **facts}
+        if now != said:
+            store.set_trainer_state(now)
+            said = now
+
+    try:
+        while True:
+            forced = store.take_round_request() or once
+            pending = store.pending_pair_count()
+            version = None
+            if pending and (forced or pending >= settings.min_pairs):
+                say("training", pending=pending)
+                try:
+                    version = run_round(store, adapters_dir, sft_dir, settings, force=True, sft_hub_id=sft_hub_id)
+                    failures = 0
+                except Exception as error:  # a crashed round must not end the trainer
+                    log.exception("Round failed: %s", error)
+                    failures += 1
+                    say("waiting", pending=store.pending_pair_count(), failures=failures)
+            else:
+                say("waiting", pending=pending, failures=failures)
+            if version:
+                versions.append(version)
+            if once:
+                return versions
+            time.sleep(poll_seconds * min(2**failures, 30))
+    finally:
         try:
-            version = run_round(store, data_dir, sft_dir, settings, force=forced)
-            failures = 0
-        except Exception as error:  # a crashed round must not end the trainer
-            log.exception("Round failed: %s", error)
-            version, failures = None, failures + 1
-        if version:
-            versions.append(version)
-        if once:
-            return versions
-        time.sleep(poll_seconds * min(2**failures, 30))
+            say("stopped")
+        except Exception:  # the store may be what failed; stopping must not hide the original error
+            log.exception("Could not record that the trainer stopped")

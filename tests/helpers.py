@@ -6,14 +6,11 @@ from playground.store import Store
 
 
 def add_compare(store: Store, prompt: str, texts: dict[str, str], session="s1", version=0) -> tuple[int, dict]:
-    comparison = store.add_comparison(prompt, session)
-    ids = {}
-    for slot, (arm, text) in enumerate(texts.items()):
-        ids[arm] = store.add_answer(
-            comparison, arm, slot, text=text, model=f"tiny-{arm}", adapter_version=version if arm == "pref" else 0,
-            settings={"temperature": 0.7}, seed=1, prompt_tokens=5, new_tokens=len(text.split()), seconds=0.1,
-        )
-    return comparison, ids
+    answers = [{"arm": arm, "text": text, "model": f"tiny-{arm}", "adapter_version": version if arm == "pref" else 0,
+                "settings": {"temperature": 0.7}, "seed": 1, "prompt_tokens": 5, "new_tokens": len(text.split()),
+                "seconds": 0.1} for arm, text in texts.items()]
+    comparison, ids = store.add_comparison(prompt, session, answers=answers)
+    return comparison, dict(zip(texts, ids))
 
 
 def add_short_vs_long_votes(store: Store, n: int, session="sim") -> int:
@@ -21,10 +18,9 @@ def add_short_vs_long_votes(store: Store, n: int, session="sim") -> int:
     created = 0
     for i in range(n):
         prompt = f"Question number {i}: tell me about topic {i}."
-        comparison = store.add_comparison(prompt, session, mode="duel")
-        a = store.add_answer(comparison, "pref", 0, text=f"Short answer {i}.", model="tiny", adapter_version=0,
-                             settings={}, seed=i, prompt_tokens=5, new_tokens=3, seconds=0.1)
-        b = store.add_answer(comparison, "pref", 1, text=f"A much longer answer about topic {i}, " * 3, model="tiny",
-                             adapter_version=0, settings={}, seed=i + 1, prompt_tokens=5, new_tokens=30, seconds=0.1)
+        comparison, (a, b) = store.add_comparison(prompt, session, mode="duel", answers=[
+            {"arm": "pref", "text": f"Short answer {i}.", "model": "tiny", "seed": i, "new_tokens": 3},
+            {"arm": "pref", "text": f"A much longer answer about topic {i}, " * 3, "model": "tiny", "seed": i + 1,
+             "new_tokens": 30}])
         created += store.vote_pairwise(session, comparison, a, b, "a").pairs_created
     return created

@@ -110,35 +110,49 @@ def test_batched_rows_equal_single_row_runs(tiny_engine, tiny_adapters):
 
 def test_concurrent_requests_and_hot_swaps_never_mix_adapter_state(tiny_engine, tiny_adapters):
     prompt = "Give me advice."
+    long = Sampling(temperature=0, max_new_tokens=48, seed=0)
     expected = {}
     for version in (0, 1, 2):
         tiny_engine.use_adapter(version, str(tiny_adapters[version]) if version else None)
-        answers = tiny_engine.generate(prompt, GREEDY)
+        answers = tiny_engine.generate(prompt, long)
         expected[version] = (answers["sft"].text, answers["pref"].text)
     assert len({pref for _, pref in expected.values()}) == 3
     sft_text = expected[0][0]
 
-    results, errors = [], []
+    results, errors, swaps = [], [], []
+    generating = threading.Event()  # set while a user's answer is being written
 
     def user():
         try:
             for _ in range(4):
-                answers = tiny_engine.generate(prompt, GREEDY, arms=("sft", "pref"))
+                stream = tiny_engine.stream(prompt, long, arms=("sft", "pref"))
+                answers = next(stream)  # the first token is out: this generation holds the model now
+                generating.set()
+                for answers in stream:
+                    pass
+                generating.clear()
                 results.append((answers["pref"].adapter_version, answers["sft"].text, answers["pref"].text))
         except Exception as error:  # surfaced below
             errors.append(error)
 
     def swapper():
         for version in (1, 2, 0, 2, 1):
+            if not generating.wait(timeout=60):
+                errors.append(AssertionError("no generation started"))
+                return
+            # A swap requested while an answer is being written must wait for it, not change it under its feet.
+            swaps.append(tiny_engine._locks["sft"].locked())
             tiny_engine.use_adapter(version, str(tiny_adapters[version]) if version else None)
 
     threads = [threading.Thread(target=user) for _ in range(3)] + [threading.Thread(target=swapper)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join()
+        t.join(timeout=300)
     assert not errors, errors
     assert len(results) == 12
+    assert swaps == [True] * 5, "every swap was requested while a generation held the model"
+    assert len({version for version, _, _ in results}) >= 2, "answers were written under several versions"
     for version, sft, pref in results:
         assert sft == sft_text, "an SFT answer was written with an adapter on"
         assert pref == expected[version][1], f"answer recorded as v{version} was written by another version"

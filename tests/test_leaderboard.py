@@ -1,3 +1,4 @@
+import itertools
 import math
 
 import numpy as np
@@ -8,8 +9,13 @@ from playground import leaderboard as lb
 from playground.store import Store
 
 
+_ids = itertools.count(1)
+
+
 def answer(arm, version=0, position=None, answer_id=None):
-    return {"answer_id": answer_id, "arm": arm, "adapter_version": version, "position": position}
+    # distinct ids and texts: identical texts are no game (see test_votes)
+    return {"answer_id": answer_id or next(_ids), "arm": arm, "adapter_version": version, "position": position,
+            "text": f"{arm} v{version} said {position}"}
 
 
 def vote(kind, answers, outcome=None):
@@ -32,20 +38,20 @@ def test_players_pref_v0_is_the_sft_model():
 
 def test_best_winner_only_beats_each_other_answer():
     v = vote("best", [answer("pref", 2, 0), answer("base"), answer("sft")])
-    assert pairs(lb.outcomes_from_votes([v])) == [("pref v2", "base", 1.0), ("pref v2", "sft", 1.0)]
+    assert pairs(lb.games_from_votes([v])) == [("pref v2", "base", 1.0), ("pref v2", "sft", 1.0)]
 
 
 def test_full_ranking_gives_every_implied_pair():
     v = vote("best", [answer("sft", 0, 0), answer("pref", 1, 1), answer("base", 0, 2)])
-    assert pairs(lb.outcomes_from_votes([v])) == [
+    assert pairs(lb.games_from_votes([v])) == [
         ("sft", "pref v1", 1.0), ("sft", "base", 1.0), ("pref v1", "base", 1.0)]
 
 
 def test_pairwise_outcomes_and_ties():
     a, b = answer("pref", 1, 0), answer("pref", 2, 1)
-    assert pairs(lb.outcomes_from_votes([vote("pairwise", [a, b], "a")])) == [("pref v1", "pref v2", 1.0)]
-    assert pairs(lb.outcomes_from_votes([vote("pairwise", [a, b], "b")])) == [("pref v2", "pref v1", 1.0)]
-    assert pairs(lb.outcomes_from_votes([vote("pairwise", [a, b], "tie")])) == [("pref v1", "pref v2", 0.5)]
+    assert pairs(lb.games_from_votes([vote("pairwise", [a, b], "a")])) == [("pref v1", "pref v2", 1.0)]
+    assert pairs(lb.games_from_votes([vote("pairwise", [a, b], "b")])) == [("pref v2", "pref v1", 1.0)]
+    assert pairs(lb.games_from_votes([vote("pairwise", [a, b], "tie")])) == [("pref v1", "pref v2", 0.5)]
 
 
 @pytest.mark.parametrize("v", [
@@ -54,15 +60,15 @@ def test_pairwise_outcomes_and_ties():
     vote("thumb", [answer("base", 0, 0), answer("sft"), answer("pref", 1)], "up"),
 ])
 def test_votes_that_name_no_winner_are_left_out(v):
-    assert lb.outcomes_from_votes([v]) == []
+    assert lb.games_from_votes([v]) == []
 
 
 def test_same_player_pairs_are_left_out():
     # At version 0 the preference arm is the SFT model: SFT beating "pref v0" is the model beating itself.
     v = vote("best", [answer("sft", 0, 0), answer("pref", 0), answer("base")])
-    assert pairs(lb.outcomes_from_votes([v])) == [("sft", "base", 1.0)]
+    assert pairs(lb.games_from_votes([v])) == [("sft", "base", 1.0)]
     duel = vote("pairwise", [answer("pref", 2, 0), answer("pref", 2, 1)], "a")
-    assert lb.outcomes_from_votes([duel]) == []
+    assert lb.games_from_votes([duel]) == []
 
 
 # -- the fit ----------------------------------------------------------------------------------------------
@@ -76,7 +82,7 @@ def synthetic(strengths, games_per_pair, seed=0):
         for b in names[i + 1:]:
             p = strengths[a] / (strengths[a] + strengths[b])
             for _ in range(games_per_pair):
-                outcomes.append(lb.Outcome(index, a, b, float(rng.random() < p)))
+                outcomes.append(lb.Game(index, a, b, float(rng.random() < p)))
                 index += 1
     return outcomes
 
@@ -108,14 +114,14 @@ def test_mm_fit_matches_the_maximum_likelihood_condition():
 
 
 def test_prior_keeps_an_unbeaten_player_finite():
-    outcomes = [lb.Outcome(i, "pref v1", "sft", 1.0) for i in range(5)]
+    outcomes = [lb.Game(i, "pref v1", "sft", 1.0) for i in range(5)]
     rows = {s.player: s for s in lb.standings(outcomes, bootstrap=50)}
     assert math.isfinite(rows["pref v1"].rating) and rows["pref v1"].rating > rows["sft"].rating
     assert rows["pref v1"].wins == 5 and rows["sft"].wins == 0 and rows["sft"].comparisons == 5
 
 
 def test_ties_only_give_equal_ratings():
-    outcomes = [lb.Outcome(i, "base", "sft", 0.5) for i in range(10)]
+    outcomes = [lb.Game(i, "base", "sft", 0.5) for i in range(10)]
     rows = lb.standings(outcomes, bootstrap=20)
     assert [s.rating for s in rows] == pytest.approx([1000, 1000])
     assert [s.win_rate for s in rows] == [0.5, 0.5]

@@ -134,7 +134,7 @@ def test_gguf_conversion_is_cached_and_atomic(monkeypatch, tmp_path, tiny_models
 def test_int8_loading_quantizes_all_but_the_adapter_layers_and_still_generates(tiny_models, tmp_path):
     import torch
 
-    from playground.models import int8_layer_types
+    from playground.int8 import int8_layer_types
 
     RowwiseLinear, RowwiseInt8Linear = int8_layer_types()
     plain = load_model(str(tiny_models["sft"]), tmp_path, "sft")
@@ -142,7 +142,7 @@ def test_int8_loading_quantizes_all_but_the_adapter_layers_and_still_generates(t
     kinds = {name.rsplit(".", 1)[-1]: type(m) for name, m in int8.model.named_modules()
              if isinstance(m, (torch.nn.Linear, RowwiseInt8Linear))}
     assert kinds["q_proj"] is RowwiseLinear and kinds["v_proj"] is RowwiseLinear, "LoRA's layers stay float"
-    assert kinds["down_proj"] is RowwiseLinear, "its outlier activations stay float (models.INT8_KEEP_FLOAT)"
+    assert kinds["down_proj"] is RowwiseLinear, "its outlier activations stay float (int8.INT8_KEEP_FLOAT)"
     assert kinds["k_proj"] is RowwiseInt8Linear and kinds["up_proj"] is RowwiseInt8Linear
     assert kinds["lm_head"] is RowwiseInt8Linear
     assert not any(type(m) is torch.nn.Linear for m in int8.model.modules())

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from playground import store as store_module
 from playground.store import Store, StoreError, VoteError, pid_alive
+from playground.store import records as records_module
+from playground.store import schema as store_module
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = ("prompts", "comparisons", "answers", "votes", "vote_answers", "pairs",
@@ -25,14 +26,11 @@ def store(tmp_path):
 
 def make_comparison(store, texts=("Paris.", "Lyon.", "I don't know."), prompt="Capital of France?",
                     session="s1", mode="compare"):
-    cid = store.add_comparison(prompt, session, mode=mode, category="facts")
-    ids = [
-        store.add_answer(cid, arm, slot, text=text, model="tiny", adapter_version=2 if arm == "pref" else 0,
-                         settings={"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}, seed=slot,
-                         prompt_tokens=5, new_tokens=3, seconds=0.1, ttft=0.01, finish_reason="stop")
-        for slot, (arm, text) in enumerate(zip(("base", "sft", "pref"), texts))
-    ]
-    return cid, ids
+    answers = [{"arm": arm, "text": text, "model": "tiny", "adapter_version": 2 if arm == "pref" else 0,
+                "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}, "seed": slot,
+                "prompt_tokens": 5, "new_tokens": 3, "seconds": 0.1, "ttft": 0.01, "finish_reason": "stop"}
+               for slot, (arm, text) in enumerate(zip(("base", "sft", "pref"), texts))]
+    return store.add_comparison(prompt, session, mode=mode, category="facts", answers=answers)
 
 
 def table_counts(store):
@@ -439,7 +437,7 @@ def test_export_pairs_loads_with_datasets(store, tmp_path, monkeypatch):
 
 
 def test_export_pairs_pages_through_everything(store, monkeypatch):
-    monkeypatch.setattr(store_module, "_EXPORT_BATCH", 2)
+    monkeypatch.setattr(records_module, "_EXPORT_BATCH", 2)
     voted_pairs(store, 3)
     assert len(list(store.export_pairs())) == 6 and len(list(store.export_votes())) == 3
 
@@ -462,14 +460,52 @@ def test_export_votes(store):
     assert (thumb["outcome"], thumb["answers"][0]["answer_id"], thumb["answers"][0]["position"]) == ("down", a, 0)
 
 
-def test_vote_win_rates(store):
-    cid, (a, b, c) = make_comparison(store)  # base v0, sft v0, pref v2
-    store.vote_best("s1", cid, [c])           # all three judged, pref wins
-    store.vote_all_bad("s2", cid)             # all three judged, nobody wins
-    store.vote_pairwise("s3", cid, a, b, "a")  # base beats sft
-    store.vote_thumb("s4", c, True)           # pref wins
-    store.vote_thumb("s5", b, False)          # sft judged, loses
-    rates = {(r["arm"], r["adapter_version"]): (r["votes"], r["wins"]) for r in store.vote_win_rates()}
-    assert rates == {("base", 0): (3, 1), ("pref", 2): (3, 2), ("sft", 0): (4, 0)}
-    thumbs = {(r["arm"], r["adapter_version"]): (r["votes"], r["wins"]) for r in store.vote_win_rates(["thumb"])}
-    assert thumbs == {("pref", 2): (1, 1), ("sft", 0): (1, 0)}
+def test_a_rollback_during_a_round_survives_the_round(store):
+    make_versions(store, 1)  # v1 serves
+    more = voted_pairs(store, 1)
+    rid = store.start_round(1, more, {}, pid=None)  # a round warm-starting from v1
+    store.set_serving_version(0)  # an admin rolls back while it trains
+    assert store.finish_round(rid, "/adapters/v2", {}) == 2
+    assert store.serving_version() == 0, "the admin's choice stands"
+    v2 = store.version(2)
+    assert (v2["serving"], v2["served_on_publish"], v2["state"]) == (False, 0, "ready")
+    store.set_serving_version(2)  # rolling forward serves it
+    assert store.serving_version() == 2
+
+    # Without a rollback the new version serves as before, including the first round from no adapter.
+    rid = store.start_round(2, voted_pairs(store, 1), {}, pid=None)
+    assert store.finish_round(rid, "/adapters/v3", {}) == 3 and store.serving_version() == 3
+    assert store.version(3)["served_on_publish"] == 1
+
+
+def test_a_comparison_and_its_answers_are_one_transaction(store):
+    good = {"arm": "base", "text": "fine", "model": "m"}
+    with pytest.raises(ValueError, match="arm must be one of"):
+        store.add_comparison("Q?", "s", answers=[good, {"arm": "nobody", "text": "x", "model": "m"}])
+    with pytest.raises(sqlite3.IntegrityError):  # fails inside the transaction: the third answer has no text
+        store.add_comparison("Q?", "s", answers=[good, good, {"arm": "pref", "text": None, "model": "m"}])
+    assert table_counts(store) == dict.fromkeys(TABLES, 0) | {"meta": table_counts(store)["meta"]}
+
+
+def test_the_change_counter_counts_transactions_that_changed_something(store):
+    start = store.changes()
+    cid, ids = make_comparison(store)
+    assert store.changes() == start + 1
+    store.take_round_request()  # deletes nothing: no change
+    store.pending_pairs()
+    with pytest.raises(VoteError):
+        store.vote_best("s1", cid, [999])  # refused: rolled back, no change
+    assert store.changes() == start + 1
+    store.vote_best("s1", cid, [ids[0]])
+    assert store.changes() == start + 2
+
+
+def test_adapter_paths_inside_the_data_set_are_stored_relative_to_it(tmp_path):
+    store = Store.open(tmp_path / "set")
+    rid = store.start_round(0, voted_pairs(store), {}, pid=None)
+    store.finish_round(rid, tmp_path / "set" / "adapters" / "round-0001", {})
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT path FROM adapter_versions").fetchone()[0] == "adapters/round-0001"
+    assert store.version(1)["path"] == str(tmp_path / "set" / "adapters" / "round-0001")
+    (tmp_path / "set").rename(tmp_path / "moved")  # the folder moves (a restore): its adapters come with it
+    assert Store.open(tmp_path / "moved").versions()[0]["path"] == str(tmp_path / "moved" / "adapters" / "round-0001")

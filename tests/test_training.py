@@ -1,7 +1,9 @@
-"""The feedback loop on tiny models: DPO rounds, adapter versions, hot swap, rollback, fallbacks, crashes, export."""
+"""The feedback loop on tiny models: DPO rounds, adapter versions, hot swap, rollback, fallbacks, crashes, export,
+and the settings the trainer process receives."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -16,53 +18,62 @@ import pytest
 
 from helpers import add_short_vs_long_votes
 from playground.core import Playground, wait_for
-from playground.generation import Engine, Sampling
-from playground.models import Preset, load_model
-from playground.store import Store
-from playground.training import RoundSettings, run_round
+from playground.data_sets import DataSet
+from playground.generation import Engine
+from playground.models import load_model
+from playground.settings import ModelSettings, RoundSettings, Sampling
+from playground.training import run_round
 
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(temperature=0, max_new_tokens=8, seed=0)
 # A large learning rate so that one tiny round visibly changes a tiny model's outputs.
 FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64,
-                     threads=1)
+                     train_threads=1)
 
 
 def digest(folder: Path) -> str:
     return hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
 
 
+def tiny_settings(tiny_models, data_dir: Path) -> ModelSettings:
+    return ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(data_dir))
+
+
 @pytest.fixture()
 def playground(tiny_models, tmp_path):
-    preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
-    engine = Engine(load_model(preset.base, tmp_path), load_model(preset.sft, tmp_path))
-    pg = Playground(engine, Store.open(tmp_path), tmp_path, preset, FAST)
+    engine = Engine(load_model(str(tiny_models["base"]), tmp_path), load_model(str(tiny_models["sft"]), tmp_path))
+    pg = Playground(tiny_settings(tiny_models, tmp_path), FAST, engine=engine)
     yield pg
     pg.close()
+
+
+def train(playground, settings=FAST) -> int | None:
+    return run_round(playground.store, playground.data_set.adapters_dir, str(playground.preset.sft), settings)
 
 
 def test_round_writes_a_peft_adapter_that_changes_outputs_and_never_the_sft_weights(playground, tiny_models):
     sft_before = digest(tiny_models["sft"])
     before = playground.engine.generate("Tell me about topic 3.", GREEDY)
-    assert run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST) is None, \
-        "no pairs: no round"
+    assert train(playground) is None, "no pairs: no round"
     add_short_vs_long_votes(playground.store, 8)
 
-    version = run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST)
+    version = train(playground)
 
     assert version == 1 and playground.store.serving_version() == 1
     folder = Path(playground.store.version(1)["path"])
+    assert folder.parent == playground.data_set.adapters_dir
     assert {"adapter_config.json", "adapter_model.safetensors", "playground.json"} <= {p.name for p in folder.iterdir()}
     assert not (folder / "ref").exists(), "trl's reference copy must not be saved"
     config = json.loads((folder / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and set(config["target_modules"]) == {"q_proj", "v_proj"}
+    assert config["base_model_name_or_path"] == str(tiny_models["sft"]), "a local SFT model has no Hub id"
     meta = json.loads((folder / "playground.json").read_text())
     assert meta["parent_version"] == 0 and len(meta["pairs"]) == 8 and meta["hyperparams"]["reference"] == "sft"
     steps = playground.store.round_steps()
     assert len(steps) == 2 and all(s["loss"] is not None and s["reward_accuracy"] is not None for s in steps)
     assert steps[-1]["reward_margin"] > 0, "the chosen answers must gain on the rejected ones"
     assert playground.store.pending_pairs() == []
-    assert not [p for p in (playground.data_dir / "adapters").iterdir() if p.name.startswith(".")], "no temp left"
+    assert not [p for p in playground.data_set.adapters_dir.iterdir() if p.name.startswith(".")], "no temp left"
 
     assert playground.sync_adapter() == 1
     after = playground.engine.generate("Tell me about topic 3.", GREEDY)
@@ -71,11 +82,19 @@ def test_round_writes_a_peft_adapter_that_changes_outputs_and_never_the_sft_weig
     assert digest(tiny_models["sft"]) == sft_before
 
 
-def test_next_round_warm_starts_from_the_parent(playground, tiny_models):
+def test_an_adapter_trained_on_a_hub_model_names_its_hub_id(playground):
+    add_short_vs_long_votes(playground.store, 4)
+    run_round(playground.store, playground.data_set.adapters_dir, str(playground.preset.sft), FAST,
+              sft_hub_id="HuggingFaceTB/SmolLM2-135M-Instruct")
+    config = json.loads((Path(playground.store.version(1)["path"]) / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_next_round_warm_starts_from_the_parent(playground):
     add_short_vs_long_votes(playground.store, 4, session="first")
-    assert run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST) == 1
+    assert train(playground) == 1
     add_short_vs_long_votes(playground.store, 4, session="second")
-    assert run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST) == 2
+    assert train(playground) == 2
     v2 = playground.store.version(2)
     assert v2["parent_version"] == 1
     meta = json.loads((Path(v2["path"]) / "playground.json").read_text())
@@ -87,7 +106,7 @@ def test_next_round_warm_starts_from_the_parent(playground, tiny_models):
 def test_rollback_and_corrupt_or_missing_adapters_fall_back_to_the_last_good(playground, tiny_models):
     for session in ("a", "b", "c"):
         add_short_vs_long_votes(playground.store, 4, session=session)
-        run_round(playground.store, playground.data_dir, str(tiny_models["sft"]), FAST)
+        train(playground)
     assert playground.sync_adapter() == 3
     answers = {v: None for v in (1, 2, 3)}
     for version in (1, 2, 3):
@@ -108,8 +127,8 @@ def test_rollback_and_corrupt_or_missing_adapters_fall_back_to_the_last_good(pla
     assert playground.engine.generate("Hello there", GREEDY)["pref"].text == answers[1]
 
     # A restarted server serves the latest good version.
-    fresh = Playground(Engine(playground.engine.base, load_model(str(tiny_models["sft"]), playground.data_dir)),
-                       Store.open(playground.data_dir), playground.data_dir, playground.preset, FAST)
+    fresh = Playground(playground.models, FAST, engine=Engine(playground.engine.base,
+                                                              load_model(str(tiny_models["sft"]), playground.data_dir)))
     assert fresh.engine.adapter_version == 1
 
 
@@ -117,13 +136,13 @@ def _trainer(data_dir: Path, sft: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
         [sys.executable, "-m", "playground", "-q", "train", "--data-dir", str(data_dir), "--sft", str(sft),
-         "--base", str(sft), "--threads", "1", *extra],
+         "--base", str(sft), "--train-threads", "1", *extra],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
 
 def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp_path):
-    store = Store.open(tmp_path)
+    store = DataSet.for_models(tmp_path, str(tiny_models["sft"]), str(tiny_models["sft"])).open_store()
     add_short_vs_long_votes(store, 12)
     votes_before = store.counts()["votes"]
     trainer = _trainer(tmp_path, tiny_models["sft"], "--watch", "--min-pairs", "4", "--epochs", "400",
@@ -137,7 +156,7 @@ def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp
     assert store.counts()["votes"] == votes_before
     assert store.serving_version() == 0 and store.versions() == []
     assert len(store.pending_pairs()) == 12, "pairs of an unfinished round stay pending"
-    assert not list((tmp_path / "adapters").glob("round-*")), "no half-written adapter is published"
+    assert not list(store.root.glob("adapters/round-*")), "no half-written adapter is published"
 
     again = _trainer(tmp_path, tiny_models["sft"], "--once", "--epochs", "1")
     out, _ = again.communicate(timeout=300)
@@ -148,20 +167,31 @@ def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp
 
 
 def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
-    sft_text = playground.engine.generate("Keep chatting", GREEDY)["sft"].text
+    engine = playground.engine
+    sft_text = engine.generate("Keep chatting", GREEDY)["sft"].text
+    swaps, swapped = [], threading.Event()
+    use_adapter = engine.use_adapter
+
+    def recording_use_adapter(version, path):
+        swaps.append((version, engine._locks["sft"].locked()))  # was an answer being written right then?
+        use_adapter(version, path)
+        swapped.set()
+
+    engine.use_adapter = recording_use_adapter
     playground.start_trainer()
     playground.follow_versions(interval=0.2)
     try:
         add_short_vs_long_votes(playground.store, 4)
         seen, errors = [], []
+        deadline = time.monotonic() + 400
 
         def chat():
             try:
-                while playground.engine.adapter_version == 0 and len(seen) < 2000:
-                    answers = playground.engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
+                while not swapped.is_set() and time.monotonic() < deadline and not playground.trainer.exits:
+                    answers = engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
                     seen.append((answers["pref"].adapter_version, answers["sft"].text))
                 for _ in range(3):
-                    answers = playground.engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
+                    answers = engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
                     seen.append((answers["pref"].adapter_version, answers["sft"].text))
             except Exception as error:
                 errors.append(error)
@@ -170,28 +200,112 @@ def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
         for user in users:
             user.start()
         for user in users:
-            user.join(timeout=400)
+            user.join(timeout=450)
         assert not errors, errors
-        assert playground.engine.adapter_version == 1
+        assert swapped.is_set(), "the new version was never swapped in"
+        assert engine.adapter_version == 1
+        assert swaps[0] == (1, True), "the swap came while people were chatting (an answer held the model)"
         assert {version for version, _ in seen} == {0, 1}, "answers were served before and after the swap"
         assert all(text == sft_text for _, text in seen), "the SFT arm never saw the adapter"
     finally:
         playground.stop_trainer()
     assert not playground.trainer_alive()
-    rounds = playground.store.rounds()
-    assert [r["status"] for r in rounds] == ["done"]
+    assert [r["status"] for r in playground.store.rounds()] == ["done"]
 
 
 def test_train_now_runs_a_round_below_min_pairs(playground):
     add_short_vs_long_votes(playground.store, 2)
     playground.start_trainer()
     try:
-        time.sleep(1)
-        assert playground.store.versions() == []  # 2 < min_pairs
+        # The trainer says what it saw: 2 pending pairs, fewer than min_pairs, so it waits.
+        assert wait_for(lambda: (playground.store.trainer_state() or {}).get("pending") == 2, timeout=120)
+        state = playground.store.trainer_state()
+        assert (state["state"], state["min_pairs"]) == ("waiting", FAST.min_pairs)
+        assert playground.store.versions() == [] and playground.store.rounds() == []
         playground.train_now()
         assert wait_for(lambda: playground.store.serving_version() == 1, timeout=240)
     finally:
         playground.stop_trainer()
+    assert playground.store.trainer_state()["state"] == "stopped"
+
+
+def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models):
+    defaults = RoundSettings()
+    custom = RoundSettings(min_pairs=3, max_new_pairs=5, replay_pairs=1, epochs=1, batch_size=2, grad_accumulation=2,
+                           learning_rate=3e-3, beta=0.25, max_length=96, lora_r=4, lora_alpha=8, lora_dropout=0.05,
+                           target_modules=["q_proj", "k_proj", "v_proj"], train_threads=defaults.train_threads + 1,
+                           train_seed=7)
+    assert all(getattr(custom, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoundSettings))
+    playground.round_settings = custom
+    add_short_vs_long_votes(playground.store, 6)  # 5 train now (max_new_pairs), 1 waits
+    playground.start_trainer()
+    try:
+        assert wait_for(lambda: playground.store.versions(), timeout=300), "no round ran"
+    finally:
+        playground.stop_trainer()
+    (rnd,) = [r for r in playground.store.rounds() if r["status"] == "done"]
+    recorded = rnd["hyperparams"]
+    assert {k: recorded[k] for k in custom.as_dict()} == custom.as_dict()
+    assert (recorded["new_pairs"], recorded["replayed_pairs"]) == (5, 0)
+    config = json.loads((Path(playground.store.version(1)["path"]) / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.05)
+    assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
+
+
+def test_a_rollback_during_a_round_survives_it(playground):
+    add_short_vs_long_votes(playground.store, 4, session="first")
+    assert train(playground) == 1 and playground.sync_adapter() == 1
+    slow = dataclasses.replace(FAST, epochs=40)  # long enough to roll back while it runs
+    playground.round_settings = slow
+    add_short_vs_long_votes(playground.store, 4, session="second")
+    playground.start_trainer()
+    try:
+        assert wait_for(lambda: playground.store.running_round() is not None, timeout=120)
+        assert playground.rollback(0) == 0  # the admin: "back to the SFT model"
+        assert wait_for(lambda: len(playground.store.versions()) == 2, timeout=300), "the round never finished"
+    finally:
+        playground.stop_trainer()
+    assert playground.store.serving_version() == 0 and playground.sync_adapter() == 0
+    v2 = playground.store.version(2)
+    assert (v2["parent_version"], v2["serving"], v2["served_on_publish"]) == (1, False, 0)
+
+    from playground.ui.training import training_status
+
+    facts = playground.dashboard.facts()
+    assert "v2 was published but does not serve" in training_status(facts, 0, False, 4)
+
+
+def test_generate_cli_answers_with_the_serving_version_and_follows_rollback(playground, tiny_models, tmp_path):
+    add_short_vs_long_votes(playground.store, 4)
+    assert train(playground) == 1
+
+    def generate(*extra):
+        result = subprocess.run(
+            [sys.executable, "-m", "playground", "-q", "generate", "Tell me about topic 3.", "--json",
+             "--temperature", "0", "--max-new-tokens", "12", "--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]),
+             "--data-dir", str(playground.data_dir), *extra],
+            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)
+
+    served = generate()
+    assert (served["serving_version"], served["adapter_version"], served["pref"]["adapter_version"]) == (1, 1, 1)
+    assert served["data_set"] == playground.data_set.name
+    rolled = subprocess.run([sys.executable, "-m", "playground", "-q", "rollback", "0", "--base", str(tiny_models["base"]),
+                             "--sft", str(tiny_models["sft"]), "--data-dir", str(playground.data_dir)],
+                            cwd=ROOT, capture_output=True, text=True)
+    assert rolled.returncode == 0, rolled.stderr
+    after = generate()
+    assert (after["serving_version"], after["pref"]["adapter_version"]) == (0, 0)
+    assert served["pref"]["text"] != served["sft"]["text"], "v1 answers differently from the SFT model"
+    assert after["pref"]["text"] == after["sft"]["text"] == served["sft"]["text"]
+    chosen = generate("--version", "1")
+    assert (chosen["serving_version"], chosen["pref"]["adapter_version"]) == (0, 1)
+    assert chosen["pref"]["text"] == served["pref"]["text"]
+    missing = subprocess.run([sys.executable, "-m", "playground", "-q", "generate", "Hi", "--version", "9", "--base",
+                              str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir",
+                              str(playground.data_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 2 and "Adapter version 9 does not exist" in missing.stderr
 
 
 def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, tiny_models, tmp_path):
@@ -202,13 +316,15 @@ def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, ti
     from trl import DPOConfig, DPOTrainer
 
     add_short_vs_long_votes(playground.store, 4)
+    models = ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir",
+              str(playground.data_dir)]
     out = tmp_path / "pairs.jsonl"
-    result = subprocess.run([sys.executable, "-m", "playground", "export", "--out", str(out), "--data-dir",
-                             str(playground.data_dir)], cwd=ROOT, capture_output=True, text=True)
-    assert result.returncode == 0 and "Wrote 4 preference pairs" in result.stdout
+    result = subprocess.run([sys.executable, "-m", "playground", "export", "--out", str(out), *models], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "Wrote 4 preference pairs" in result.stdout, result.stderr
     raw = tmp_path / "votes.jsonl"
-    subprocess.run([sys.executable, "-m", "playground", "export", "--raw", "--out", str(raw), "--data-dir",
-                    str(playground.data_dir)], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run([sys.executable, "-m", "playground", "export", "--what", "votes", "--out", str(raw), *models],
+                   cwd=ROOT, check=True, capture_output=True)
     assert len(raw.read_text().splitlines()) == 4
 
     dataset = load_dataset("json", data_files=str(out), split="train")
@@ -228,18 +344,31 @@ def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, ti
     assert output.global_step == 1 and output.training_loss > 0
 
 
-def test_a_crashed_trainer_is_restarted_and_an_orphaned_one_exits(playground):
-    playground.trainer_restart_backoff = 0.5
+def _open_files_named(name: str) -> list[str]:
+    found = []
+    for fd in Path("/proc/self/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.endswith(name):
+            found.append(target)
+    return found
+
+
+def test_a_crashed_trainer_is_restarted_and_its_log_is_not_left_open(playground):
+    playground.trainer.restart_backoff = 0.5
     playground.start_trainer()
     playground.follow_versions(interval=0.2)
     try:
         first = playground.trainer.pid
         os.kill(first, signal.SIGKILL)
         assert wait_for(lambda: playground.trainer_alive() and playground.trainer.pid != first, timeout=30)
-        assert playground.trainer_exits and playground.trainer_exits[-1][1] == -signal.SIGKILL
+        assert playground.trainer.exits and playground.trainer.exits[-1][1] == -signal.SIGKILL
     finally:
         playground.stop_trainer()
     assert not playground.trainer_alive()
+    assert _open_files_named("trainer.log") == [], "the app must not keep a handle per trainer (re)start"
 
 
 def test_the_trainer_exits_when_the_app_is_killed(tiny_models, tmp_path):
@@ -255,7 +384,8 @@ def test_the_trainer_exits_when_the_app_is_killed(tiny_models, tmp_path):
         cwd=ROOT, stdout=subprocess.PIPE, text=True,
     )
     trainer_pid = int(parent.stdout.readline())
-    time.sleep(3)
+    store = DataSet.for_models(tmp_path, str(tiny_models["sft"]), str(tiny_models["sft"])).open_store()
+    assert wait_for(lambda: (store.trainer_state() or {}).get("pid") == trainer_pid, timeout=60), "trainer never up"
     parent.kill()
     parent.wait()
 

@@ -1,0 +1,75 @@
+"""What the panels, `/stats` and `versions` show about a data set: counts, rounds and their steps, versions with
+their vote win rates, the leaderboard, the trainer's state.
+
+Computed once per change of the store (`Store.changes()`), not once per viewer: every open page refreshes its
+panels every few seconds, and they all share one computation.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from . import leaderboard
+from .store import Store
+
+ROUND_FIELDS = ("id", "status", "version", "parent_version", "pairs_used", "steps_done", "steps_total", "error",
+                "started_at", "finished_at")
+VERSION_FIELDS = ("version", "parent_version", "state", "reason", "pairs_used", "serving", "served_on_publish",
+                  "metrics", "path", "hyperparams", "created_at")
+
+
+def compute(store: Store) -> dict[str, Any]:
+    """Every figure at once, from one pass over the votes (ratings and win rates come from the same games)."""
+    changes = store.changes()
+    games = leaderboard.games_from_votes(store.export_votes())
+    rates = leaderboard.win_rates(games)
+    serving = store.serving_version()
+
+    def win_rate(player: str) -> dict | None:
+        rate = rates.get(player)
+        return {"games": rate.games, "wins": rate.wins, "rate": rate.rate} if rate else None
+
+    versions = [{k: v.get(k) for k in VERSION_FIELDS} | {"vote_win_rate": win_rate(f"pref v{v['version']}")}
+                for v in store.versions()]
+    running = store.running_round()
+    return {
+        "changes": changes,
+        "serving_version": serving,
+        "counts": store.counts(),
+        "running_round": _round(running) if running else None,
+        "rounds": [_round(r) for r in store.rounds()],
+        "steps": store.round_steps(),
+        "versions": versions,
+        "sft_win_rate": win_rate("sft"),  # version 0: the SFT model plays the preference arm
+        "standings": leaderboard.standings(games),
+        "win_rates": {name: win_rate(name) for name in rates},
+        "trainer": store.trainer_state(),
+    }
+
+
+def _round(r: dict) -> dict:
+    return {k: r.get(k) for k in ROUND_FIELDS}
+
+
+class Dashboard:
+    """`compute(store)`, cached until the store changes; safe to call from many threads at once."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self.computed = 0  # how many times the figures were computed (the panel benchmark and tests read it)
+        self._facts: dict | None = None
+        self._lock = threading.Lock()
+
+    def facts(self) -> dict[str, Any]:
+        changes = self.store.changes()
+        facts = self._facts
+        if facts is not None and facts["changes"] == changes:
+            return facts
+        with self._lock:  # one viewer computes; the others wait for its result instead of computing it again
+            facts = self._facts
+            if facts is None or facts["changes"] != self.store.changes():
+                facts = compute(self.store)
+                self._facts = facts
+                self.computed += 1
+            return facts

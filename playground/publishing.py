@@ -1,0 +1,196 @@
+"""Getting the data out: JSONL exports (preference pairs in TRL's format, raw votes), an adapter version as a
+folder that loads anywhere (with a model card), and pushes of both to the Hugging Face Hub. The CLI and the page
+share these.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+from .store import Store
+
+EXPORTS = ("pairs", "votes")
+EXPORT_KEEP_SECONDS = 3600
+QUANTIZED_NOTE = ("The SFT weights this adapter was trained on came from a GGUF file ({source}) de-quantized to "
+                  "float32, not from the original checkpoint: expect small differences on the original weights.")
+
+
+def write_export(store: Store, what: str, path: str | Path) -> int:
+    """Write 'pairs' (TRL conversational format) or 'votes' (raw, with their answers) as JSONL; the row count."""
+    if what not in EXPORTS:
+        raise ValueError(f"Unknown export {what!r}; choose one of {', '.join(EXPORTS)}.")
+    rows = store.export_pairs() if what == "pairs" else store.export_votes()
+    n = 0
+    with open(path, "w", encoding="utf-8") as out:
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+            n += 1
+    return n
+
+
+def export_file(store: Store, what: str = "pairs") -> tuple[Path, int]:
+    """A fresh export file for a download. Files go to the system temp dir (Gradio serves files from there);
+    exports older than an hour are deleted, so a long-running server does not fill its disk with them."""
+    folder = Path(tempfile.gettempdir()) / "alignment-playground-exports"
+    folder.mkdir(exist_ok=True)
+    for old in folder.iterdir():
+        try:
+            if time.time() - old.stat().st_mtime > EXPORT_KEEP_SECONDS:
+                shutil.rmtree(old, ignore_errors=True)
+        except FileNotFoundError:  # another export pruned it first
+            pass
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = "preference-pairs" if what == "pairs" else "votes"
+    path = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=folder)) / f"{name}-{stamp}.jsonl"
+    return path, write_export(store, what, path)
+
+
+def lineage(store: Store, version: int) -> list[dict]:
+    """The version and its ancestors, oldest first: the rounds that made it."""
+    chain, seen = [], set()
+    while version and version not in seen:
+        seen.add(version)
+        row = store.version(version)
+        if row is None:
+            break
+        chain.append(row)
+        version = row["parent_version"] or 0
+    return chain[::-1]
+
+
+def model_card(store: Store, version: int, *, sft_spec: str, sft_hub_id: str | None, dataset_repo: str | None = None,
+               win_rate: dict | None = None) -> str:
+    """A Hub model card (README.md with metadata) for an adapter version: what it adapts, what trained it."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    row = store.version(version)
+    chain = lineage(store, version)
+    params = row.get("hyperparams") or {}
+    metrics = row.get("metrics") or {}
+    base = sft_hub_id or sft_spec
+    data = ModelCardData(
+        base_model=sft_hub_id, library_name="peft", license=None, datasets=[dataset_repo] if dataset_repo else None,
+        tags=["dpo", "lora", "trl", "peft", "alignment-playground"],
+    )
+    settings = ", ".join(f"{k}={params[k]}" for k in ("beta", "learning_rate", "epochs", "batch_size",
+                                                        "grad_accumulation", "max_length", "lora_r", "lora_alpha",
+                                                        "lora_dropout", "target_modules") if k in params)
+    rounds = "\n".join(
+        f"| v{v['version']} | v{v['parent_version'] or 0} | {v.get('pairs_used') or '–'} | "
+        f"{_number((v.get('metrics') or {}).get('final_loss'))} | "
+        f"{_number((v.get('metrics') or {}).get('final_reward_margin'))} | "
+        f"{_number((v.get('metrics') or {}).get('final_reward_accuracy'))} |" for v in chain)
+    notes = []
+    if sft_spec.startswith("embedded:") or sft_spec.endswith(".gguf"):
+        notes.append(QUANTIZED_NOTE.format(source=sft_spec))
+    if sft_hub_id is None:
+        notes.append(f"The SFT model was a local model (`{sft_spec}`) with no Hub id; `base_model_name_or_path` "
+                     "names that folder. Point it at your copy of the model before loading.")
+    usage = (f'from peft import AutoPeftModelForCausalLM\n\nmodel = AutoPeftModelForCausalLM.from_pretrained("REPO")'
+             if sft_hub_id else "from peft import PeftModel\n\nmodel = PeftModel.from_pretrained(sft_model, \"REPO\")")
+    votes = (f"Its answers won {win_rate['wins']:g} of {win_rate['games']} games in the votes so far."
+             if win_rate and win_rate.get("games") else "")
+    content = f"""---
+{data.to_yaml()}
+---
+
+# Alignment Playground adapter v{version}
+
+A LoRA adapter for [{base}]({'https://huggingface.co/' + sft_hub_id if sft_hub_id else base}), trained with
+DPO ([trl](https://github.com/huggingface/trl)) on the preference votes people cast in an Alignment
+Playground app. The reference model of every round was the SFT model itself
+(the adapter disabled). {votes}
+
+- Version {version}, made by round {row.get('round_id')} from {row.get('pairs_used') or 0} preference pairs
+  ({params.get('new_pairs', '?')} new, {params.get('replayed_pairs', '?')} replayed from earlier rounds).
+- DPO settings: {settings or 'not recorded'}.
+- Final loss {_number(metrics.get('final_loss'))}, reward margin {_number(metrics.get('final_reward_margin'))},
+  reward accuracy {_number(metrics.get('final_reward_accuracy'))} (on the round's own training pairs).
+{('- Preference pairs: the dataset [' + dataset_repo + '](https://huggingface.co/datasets/' + dataset_repo + ').') if dataset_repo else ''}
+
+## Rounds that made it
+
+| version | parent | pairs | final loss | reward margin | reward accuracy |
+|---|---|---|---|---|---|
+{rounds}
+
+## Use
+
+```python
+{usage}
+```
+
+{chr(10).join('**Note.** ' + n for n in notes)}
+"""
+    return str(ModelCard(content))
+
+
+def _number(value) -> str:
+    return format(value, ".3f") if isinstance(value, (int, float)) else "–"
+
+
+def adapter_folder(store: Store, version: int, out: str | Path, *, sft_spec: str, sft_hub_id: str | None,
+                   dataset_repo: str | None = None, win_rate: dict | None = None) -> Path:
+    """A copy of an adapter version that loads elsewhere: PEFT's files, `base_model_name_or_path` set to the SFT
+    model's Hub id (when it has one), the playground's round record and a model card."""
+    row = store.version(version) if version else None
+    if row is None:
+        raise ValueError(f"Adapter version {version} does not exist." if version else
+                         "Version 0 is the SFT model itself: there is no adapter to publish.")
+    source = Path(row["path"])
+    if not (source / "adapter_config.json").is_file():
+        raise ValueError(f"Adapter version {version}'s folder {source} is missing or incomplete.")
+    out = Path(out)
+    shutil.copytree(source, out, dirs_exist_ok=True)
+    config = json.loads((out / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = sft_hub_id or config.get("base_model_name_or_path") or sft_spec
+    (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
+    (out / "README.md").write_text(model_card(store, version, sft_spec=sft_spec, sft_hub_id=sft_hub_id,
+                                              dataset_repo=dataset_repo, win_rate=win_rate))
+    return out
+
+
+def push_to_hub(store: Store, token: str | None, dataset_repo: str, model_repo: str | None = None,
+                version: int = 0, *, sft_spec: str = "", sft_hub_id: str | None = None, private: bool = True,
+                win_rate: dict | None = None, endpoint: str | None = None) -> str:
+    """Upload the preference pairs (and an adapter version with its model card) to the Hugging Face Hub; a message
+    either way."""
+    import huggingface_hub
+
+    dataset_repo, model_repo = (dataset_repo or "").strip(), (model_repo or "").strip()
+    if not dataset_repo:
+        return "⚠ Enter a dataset repo id, like `your-name/alignment-playground-votes`."
+    if huggingface_hub.is_offline_mode():
+        return ("⚠ Cannot push: this server runs offline (HF_HUB_OFFLINE is set), so the Hugging Face Hub is out "
+                "of reach. Download the export instead.")
+    if model_repo and not version:
+        return "⚠ No adapter serves yet (version 0), so there is nothing to upload to a model repo."
+    api = huggingface_hub.HfApi(endpoint=endpoint, token=(token or "").strip() or None)
+    path, n = export_file(store, "pairs")
+    step = "creating the dataset repo"
+    try:
+        api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True, private=private)
+        step = "uploading the pairs"
+        api.upload_file(path_or_fileobj=str(path), path_in_repo="preference_pairs.jsonl", repo_id=dataset_repo,
+                        repo_type="dataset", commit_message=f"Alignment Playground export: {n} preference pairs")
+        done = f"✓ Pushed {n} pairs to the dataset `{dataset_repo}`"
+        if model_repo:
+            step = "preparing the adapter"
+            with tempfile.TemporaryDirectory() as work:
+                folder = adapter_folder(store, version, Path(work) / "adapter", sft_spec=sft_spec,
+                                        sft_hub_id=sft_hub_id, dataset_repo=dataset_repo, win_rate=win_rate)
+                step = "uploading the adapter"
+                api.create_repo(model_repo, exist_ok=True, private=private)
+                api.upload_folder(folder_path=str(folder), repo_id=model_repo,
+                                  commit_message=f"Alignment Playground adapter v{version}")
+            done += f" and adapter v{version} to `{model_repo}`"
+        return done + "."
+    except Exception as error:  # network, auth, permissions: all end in one readable line
+        detail = " ".join(str(error).split())[:300] or type(error).__name__
+        return (f"⚠ Push failed while {step}: {type(error).__name__}: {detail}. "
+                "Check the token, the repo id and the network.")

@@ -1,0 +1,274 @@
+"""Every setting of the playground, defined once as dataclasses and parsed once, for `python app.py` and for
+`python -m playground …`: a flag, else the `PLAYGROUND_<NAME>` environment variable, else the default.
+
+- `ModelSettings`: which models, where their files live, how they run (every command).
+- `Sampling`: how an answer is drawn (the CLI's answers; the page's defaults).
+- `RoundSettings`: what a DPO round does (the trainer; the app passes its complete copy to its trainer process).
+- `ServerSettings`: the web server (app.py only).
+
+Flags are the field names with dashes (`--min-pairs`); transformers' `HfArgumentParser` turns the fields into
+argparse options, and `add_settings` puts the environment in between. `PLAYGROUND_ADMIN_TOKEN` is read from the
+environment only (a flag would show in `ps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import random
+import typing
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ENV_PREFIX = "PLAYGROUND_"
+ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
+PRECISIONS = ("auto", "int8", "float")
+MAX_NEW_TOKENS_LIMIT = 1024
+
+
+def half_the_cores() -> int:
+    """Torch threads for one of the two busy processes (the server decodes two models at once; the trainer trains):
+    half the CPUs this process may use, at least 1."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    return max(1, cpus // 2)
+
+
+def default_data_dir() -> Path:
+    """The data directory when none is given: on a Hugging Face Space with a writable `/data` volume, there;
+    elsewhere the XDG data home. (Votes live here, so it is a data directory, not a cache.)"""
+    space_storage = Path("/data")
+    if os.environ.get("SPACE_ID") and space_storage.is_dir() and os.access(space_storage, os.W_OK):
+        return space_storage / "alignment-playground"
+    xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(xdg) / "alignment-playground"
+
+
+def _default_host() -> str:
+    # On a Space the server must listen on all interfaces; elsewhere only this machine sees it unless asked.
+    return "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"
+
+
+def _default_port() -> int:
+    return int(os.environ.get("GRADIO_SERVER_PORT") or 7860)
+
+
+def _help(text: str, **extra) -> dict:
+    return {"help": text, **extra}
+
+
+@dataclass
+class ModelSettings:
+    _argument_group_name = "models and data"
+
+    preset: str = field(default="auto", metadata=_help(
+        "`auto`: `embedded` when its packages are installed, else `smollm2-135m` (see Models and presets)"))
+    base: str | None = field(default=None, metadata=_help("base model: Hub id, local folder or .gguf file"))
+    sft: str | None = field(default=None, metadata=_help("SFT model: Hub id, local folder or .gguf file"))
+    data_dir: str | None = field(default=None, metadata=_help(
+        "model caches and the data sets (votes, adapters): see Data directory"))
+    device: str = field(default="cpu", metadata=_help("`cpu` or `cuda`"))
+    precision: str = field(default="auto", metadata=_help(
+        "`auto`: on a CPU the base model runs with int8 weights, the SFT model in float; `int8`: both; `float`: "
+        "neither; on a GPU `auto` is float (docs/performance.md)", choices=PRECISIONS))
+    serve_threads: int = field(default_factory=half_the_cores, metadata=_help(
+        "torch threads for generation: half the CPU cores, so the base and SFT models each get their own"))
+    trust_remote_code: bool = field(default=False, metadata=_help("let model repos run their own code"))
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"Unknown precision '{self.precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
+        if self.serve_threads is not None and self.serve_threads < 1:
+            raise ValueError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
+
+    def resolved_data_dir(self) -> Path:
+        path = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+
+@dataclass
+class Sampling:
+    _argument_group_name = "sampling"
+
+    temperature: float = field(default=0.7, metadata=_help("0 = greedy"))
+    top_p: float = field(default=0.9, metadata=_help("nucleus sampling"))
+    max_new_tokens: int = field(default=128, metadata=_help(
+        f"answer length in tokens (the page's default; a visitor can pick 8–512; at most {MAX_NEW_TOKENS_LIMIT})"))
+    seed: int | None = field(default=None, metadata=_help("a fixed seed; unset: a fresh one, recorded"))
+
+    def checked(self) -> "Sampling":
+        """A copy with a concrete seed; raises ValueError with a readable message on nonsense settings."""
+        if not 0 <= self.temperature <= 5:
+            raise ValueError(f"temperature must be between 0 and 5 (got {self.temperature}); 0 means greedy.")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p}).")
+        if not 1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
+            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens}).")
+        seed = self.seed if self.seed is not None else random.randrange(2**31)
+        return Sampling(float(self.temperature), float(self.top_p), int(self.max_new_tokens), int(seed))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class RoundSettings:
+    _argument_group_name = "DPO rounds"
+
+    min_pairs: int = field(default=8, metadata=_help("new training pairs that start a round (or Train now)"))
+    max_new_pairs: int = field(default=64, metadata=_help("new pairs per round; more wait for the next one"))
+    replay_pairs: int = field(default=32, metadata=_help("earlier pairs trained again in each round"))
+    epochs: int = field(default=2, metadata=_help("passes over a round's pairs"))
+    batch_size: int = field(default=1, metadata=_help("pairs per forward/backward pass"))
+    grad_accumulation: int = field(default=4, metadata=_help(
+        "passes per optimizer step: 4 passes of 1 pair make the updates of one pass of 4, in less memory"))
+    learning_rate: float = field(default=2e-4, metadata=_help("constant learning rate"))
+    beta: float = field(default=0.1, metadata=_help("DPO β: the strength of the pull to the SFT model"))
+    max_length: int = field(default=256, metadata=_help("tokens of prompt + answer in training"))
+    lora_r: int = field(default=8, metadata=_help("LoRA rank"))
+    lora_alpha: int = field(default=16, metadata=_help("LoRA scale numerator"))
+    lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout"))
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata=_help(
+        "the layers LoRA adapts (they stay float in an int8 SFT model)"))
+    train_threads: int = field(default_factory=half_the_cores, metadata=_help("torch threads of the trainer"))
+    train_seed: int = field(default=0, metadata=_help("seed of the data order, LoRA init and replay choice"))
+
+    def __post_init__(self):
+        # `--target-modules q_proj,v_proj` reads as one word; the environment variable is comma-separated too.
+        self.target_modules = [part.strip() for item in ([self.target_modules] if isinstance(self.target_modules, str)
+                                                          else self.target_modules)
+                               for part in str(item).split(",") if part.strip()]
+        problems = [f"{name} must be at least {low} (got {getattr(self, name)})"
+                    for name, low in (("min_pairs", 1), ("max_new_pairs", 1), ("replay_pairs", 0), ("epochs", 1),
+                                      ("batch_size", 1), ("grad_accumulation", 1), ("max_length", 16),
+                                      ("lora_r", 1), ("lora_alpha", 1), ("train_threads", 1))
+                    if getattr(self, name) < low]
+        if not self.learning_rate > 0 or not self.beta > 0:
+            problems.append("learning_rate and beta must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
+        if not self.target_modules:
+            problems.append("target_modules must name at least one layer")
+        if problems:
+            raise ValueError("Round settings: " + "; ".join(problems) + ".")
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict())
+
+    @classmethod
+    def from_json(cls, text: str) -> "RoundSettings":
+        return from_dict(cls, json.loads(text))
+
+
+@dataclass
+class ServerSettings:
+    _argument_group_name = "web server"
+
+    host: str = field(default_factory=_default_host, metadata=_help(
+        "interface to listen on: `127.0.0.1`, or `0.0.0.0` on a Space"))
+    port: int = field(default_factory=_default_port, metadata=_help("port (or `GRADIO_SERVER_PORT`): 7860"))
+    votes_per_minute: int = field(default=20, metadata=_help("votes per browser session and minute"))
+    trainer: bool = field(default=True, metadata=_help(
+        "run the trainer process; `--no-trainer`: serve only and train elsewhere on the same data directory "
+        "(`python -m playground train --watch`)"))
+
+
+SETTINGS = (ModelSettings, Sampling, RoundSettings, ServerSettings)
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def from_dict(cls, values: dict):
+    """An instance from a dict, ignoring keys the class does not have (e.g. from a newer or older version)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in values.items() if k in names})
+
+
+def _from_env(text: str, kind) -> object:
+    """An environment variable's text as the field's type."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        origin = typing.get_origin(kind)
+    if kind is bool:
+        lowered = text.strip().lower()
+        if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+            raise ValueError(f"expected true or false, got {text!r}")
+        return lowered in ("1", "true", "yes", "on")
+    if origin is list:
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return kind(text)
+
+
+def add_settings(parser, *classes) -> None:
+    """Add the options of these settings classes to `parser` (an `HfArgumentParser`), each defaulting to its
+    environment variable."""
+    for cls in classes:
+        parser._add_dataclass_arguments(cls)
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            name = env_name(f.name)
+            for action in parser._actions:
+                if action.dest == f.name and action.help and "[env" not in action.help:
+                    action.help += f" [env {name}]"
+            if os.environ.get(name) not in (None, ""):
+                try:
+                    value = _from_env(os.environ[name], hints[f.name])
+                except (TypeError, ValueError) as error:
+                    parser.error(f"environment variable {name}={os.environ[name]!r}: {error}")
+                parser.set_defaults(**{f.name: value})
+
+
+def settings_from(args: argparse.Namespace, cls):
+    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def parser_class():
+    """transformers' dataclass-aware ArgumentParser (imported on first use: it is not free)."""
+    from transformers import HfArgumentParser
+
+    return HfArgumentParser
+
+
+def parser_with(*classes, **kwargs) -> argparse.ArgumentParser:
+    parser = parser_class()(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+    add_settings(parser, *classes)
+    return parser
+
+
+# Defaults computed at start-up, in words for the options table.
+_COMPUTED_DEFAULTS = {
+    "serve_threads": "half the CPU cores",
+    "train_threads": "half the CPU cores",
+    "target_modules": "`q_proj,v_proj`",
+    "host": "`127.0.0.1`",
+    "port": "`7860`",
+}
+
+
+def options_table(classes=SETTINGS) -> str:
+    """Every setting as a Markdown table (flag, environment variable, default, meaning): the README's options
+    table is this text (`python -m playground options` prints it; a test compares the two)."""
+    lines = ["| option | environment | default | what it does |", "|---|---|---|---|"]
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            flag = "--no-trainer" if f.name == "trainer" else "--" + f.name.replace("_", "-")
+            if f.name in _COMPUTED_DEFAULTS:
+                default = _COMPUTED_DEFAULTS[f.name]
+            elif f.default is None:
+                default = "unset"
+            else:
+                default = f"`{json.dumps(f.default).strip(chr(34))}`"
+            lines.append(f"| `{flag}` | `{env_name(f.name)}` | {default} | {f.metadata.get('help', '')} |")
+    return "\n".join(lines) + "\n"

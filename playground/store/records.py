@@ -1,0 +1,308 @@
+"""What people gave: prompts, comparisons and their answers, votes, and the preference pairs the votes make.
+
+A vote is checked, written with its pairs (`votes.pairs_of`) in one transaction, or refused with a message and
+nothing written.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+from .. import votes as rules
+from .schema import StoreError, _json, _row
+
+ARMS = ("base", "sft", "pref")
+MODES = ("compare", "duel")
+_EXPORT_BATCH = 500
+
+_PAIR_SELECT = """
+    SELECT p.id, p.vote_id, v.kind AS vote_kind, v.session_id, p.comparison_id, p.round_id,
+           p.created_at, pr.text AS prompt_text, pr.category,
+           p.chosen_answer_id, c.text AS chosen_text, c.arm AS chosen_arm,
+           c.adapter_version AS chosen_adapter_version,
+           p.rejected_answer_id, r.text AS rejected_text, r.arm AS rejected_arm,
+           r.adapter_version AS rejected_adapter_version
+    FROM pairs p
+    JOIN votes v ON v.id = p.vote_id
+    JOIN comparisons cm ON cm.id = p.comparison_id
+    JOIN prompts pr ON pr.id = cm.prompt_id
+    JOIN answers c ON c.id = p.chosen_answer_id
+    JOIN answers r ON r.id = p.rejected_answer_id
+"""
+
+ANSWER_FIELDS = ("text", "model", "adapter_version", "settings", "seed", "prompt_tokens", "new_tokens", "seconds",
+                 "ttft", "finish_reason")
+
+
+class VoteError(StoreError):
+    """A vote that was refused; nothing was written."""
+
+
+@dataclass(frozen=True)
+class VoteReceipt:
+    vote_id: int
+    kind: str
+    pairs_created: int
+    message: str
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+class Records:
+    """Prompts, comparisons, answers, votes and pairs (a part of `Store`)."""
+
+    # -- prompts, comparisons, answers ---------------------------------------------------------------
+
+    def add_comparison(self, prompt: str, session_id: str, mode: str = "compare", category: str | None = None,
+                       answers: Iterable[dict] = ()) -> tuple[int, list[int]]:
+        """A comparison with its answers, in one transaction: (comparison id, answer ids in order).
+        Each answer is a dict with `arm` and ANSWER_FIELDS; its slot is its position."""
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
+        answers = list(answers)
+        for answer in answers:
+            if answer["arm"] not in ARMS:
+                raise ValueError(f"arm must be one of {ARMS}, not {answer['arm']!r}")
+        now = time.time()
+        with self._write() as conn:
+            prompt_id = conn.execute(
+                "INSERT INTO prompts (text, category, created_at) VALUES (?, ?, ?) "
+                "ON CONFLICT (text) DO UPDATE SET category = coalesce(prompts.category, excluded.category) "
+                "RETURNING id",
+                (prompt, category, now),
+            ).fetchone()[0]
+            comparison_id = conn.execute(
+                "INSERT INTO comparisons (prompt_id, session_id, mode, created_at) VALUES (?, ?, ?, ?)",
+                (prompt_id, session_id, mode, now),
+            ).lastrowid
+            ids = [self._insert_answer(conn, comparison_id, slot, answer) for slot, answer in enumerate(answers)]
+            return comparison_id, ids
+
+    def add_answer(self, comparison_id: int, arm: str, slot: int, **fields) -> int:
+        """One more answer to an existing comparison (keyword arguments: ANSWER_FIELDS)."""
+        if arm not in ARMS:
+            raise ValueError(f"arm must be one of {ARMS}, not {arm!r}")
+        with self._write() as conn:
+            return self._insert_answer(conn, comparison_id, slot, {"arm": arm, **fields})
+
+    @staticmethod
+    def _insert_answer(conn: sqlite3.Connection, comparison_id: int, slot: int, answer: dict) -> int:
+        values = {key: answer.get(key) for key in ANSWER_FIELDS}
+        return conn.execute(
+            "INSERT INTO answers (comparison_id, arm, slot, model, adapter_version, settings, seed, text, "
+            "prompt_tokens, new_tokens, seconds, ttft, finish_reason, created_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (comparison_id, answer["arm"], slot, values["model"], values["adapter_version"] or 0,
+             _json(values["settings"] or {}), values["seed"], values["text"], values["prompt_tokens"],
+             values["new_tokens"], values["seconds"], values["ttft"], values["finish_reason"], time.time()),
+        ).lastrowid
+
+    def comparison(self, comparison_id: int) -> dict | None:
+        """The comparison with its prompt text, category and answers (by slot)."""
+        with self._read() as conn:
+            c = _row(conn.execute(
+                "SELECT cm.id, cm.prompt_id, p.text AS prompt, p.category, cm.session_id, cm.mode, cm.created_at "
+                "FROM comparisons cm JOIN prompts p ON p.id = cm.prompt_id WHERE cm.id = ?",
+                (comparison_id,),
+            ).fetchone())
+            if c is not None:
+                c["answers"] = self._answers_of(conn, comparison_id)
+            return c
+
+    def answer(self, answer_id: int) -> dict | None:
+        with self._read() as conn:
+            return _row(conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone())
+
+    @staticmethod
+    def _answers_of(conn: sqlite3.Connection, comparison_id: int) -> list[dict]:
+        rows = conn.execute("SELECT * FROM answers WHERE comparison_id = ? ORDER BY slot", (comparison_id,))
+        return [_row(r) for r in rows]
+
+    # -- votes ---------------------------------------------------------------------------------------
+
+    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int]) -> VoteReceipt:
+        """`ranking`: answer ids best first, either just the winner or every answer of the comparison."""
+        ranking = list(ranking)
+        with self._write() as conn:
+            answers = self._vote_target(conn, session_id, comparison_id)
+            self._check_members(conn, comparison_id, answers, ranking)
+            problem = rules.ranking_problem(ranking, [a["id"] for a in answers])
+            if problem:
+                raise VoteError(problem)
+            self._check_not_voted(conn, "best", session_id, comparison_id)
+            by_id = {a["id"]: a for a in answers}
+            return self._record(conn, "best", session_id, comparison_id, None, [by_id[i] for i in ranking], answers)
+
+    def vote_all_bad(self, session_id: str, comparison_id: int) -> VoteReceipt:
+        with self._write() as conn:
+            answers = self._vote_target(conn, session_id, comparison_id)
+            self._check_not_voted(conn, "all_bad", session_id, comparison_id)
+            return self._record(conn, "all_bad", session_id, comparison_id, None, [], answers)
+
+    def vote_pairwise(self, session_id: str, comparison_id: int, answer_a: int, answer_b: int,
+                      outcome: str) -> VoteReceipt:
+        """outcome: 'a' or 'b' (the winner), 'tie' or 'both_bad'."""
+        if outcome not in rules.PAIRWISE_OUTCOMES:
+            raise VoteError(f"Unknown outcome {outcome!r}; expected one of {', '.join(rules.PAIRWISE_OUTCOMES)}.")
+        if answer_a == answer_b:
+            raise VoteError("Answer A and answer B must be two different answers.")
+        with self._write() as conn:
+            answers = self._vote_target(conn, session_id, comparison_id)
+            self._check_members(conn, comparison_id, answers, [answer_a, answer_b])
+            self._check_not_voted(conn, "pairwise", session_id, comparison_id)
+            by_id = {a["id"]: a for a in answers}
+            pair = [by_id[answer_a], by_id[answer_b]]
+            return self._record(conn, "pairwise", session_id, comparison_id, outcome, pair, answers)
+
+    def vote_thumb(self, session_id: str, answer_id: int, up: bool) -> VoteReceipt:
+        with self._write() as conn:
+            row = conn.execute("SELECT comparison_id FROM answers WHERE id = ?", (answer_id,)).fetchone()
+            if row is None:
+                raise VoteError(f"Answer {answer_id} does not exist.")
+            comparison_id = row[0]
+            answers = self._vote_target(conn, session_id, comparison_id)
+            already = conn.execute(
+                "SELECT 1 FROM votes v JOIN vote_answers va ON va.vote_id = v.id "
+                "WHERE v.kind = 'thumb' AND v.session_id = ? AND va.answer_id = ?",
+                (session_id, answer_id),
+            ).fetchone()
+            if already:
+                raise VoteError("You already rated this answer.")
+            answer = next(a for a in answers if a["id"] == answer_id)
+            return self._record(conn, "thumb", session_id, comparison_id, "up" if up else "down", [answer], answers)
+
+    @staticmethod
+    def _vote_target(conn: sqlite3.Connection, session_id: str, comparison_id: int) -> list[dict]:
+        if not session_id:
+            raise VoteError("A vote needs a session id.")
+        if conn.execute("SELECT 1 FROM comparisons WHERE id = ?", (comparison_id,)).fetchone() is None:
+            raise VoteError(f"Comparison {comparison_id} does not exist.")
+        return Records._answers_of(conn, comparison_id)
+
+    @staticmethod
+    def _check_members(conn: sqlite3.Connection, comparison_id: int, answers: list[dict], ids: Iterable[int]) -> None:
+        own = {a["id"] for a in answers}
+        for answer_id in ids:
+            if answer_id in own:
+                continue
+            row = conn.execute("SELECT comparison_id FROM answers WHERE id = ?", (answer_id,)).fetchone()
+            if row is None:
+                raise VoteError(f"Answer {answer_id} does not exist.")
+            raise VoteError(f"Answer {answer_id} belongs to comparison {row[0]}, not to comparison {comparison_id}.")
+
+    @staticmethod
+    def _check_not_voted(conn: sqlite3.Connection, kind: str, session_id: str, comparison_id: int) -> None:
+        # 'best' and 'all_bad' are two answers to one question, so either one closes it.
+        kinds = ("best", "all_bad") if kind in ("best", "all_bad") else (kind,)
+        row = conn.execute(
+            f"SELECT kind FROM votes WHERE session_id = ? AND comparison_id = ? "
+            f"AND kind IN ({','.join('?' * len(kinds))})",
+            (session_id, comparison_id, *kinds),
+        ).fetchone()
+        if row is not None:
+            what = {"best": "picked the best answer", "all_bad": "marked every answer bad",
+                    "pairwise": "voted on this duel"}[row[0]]
+            raise VoteError(f"You already {what} for this prompt; each session votes once per comparison.")
+
+    @staticmethod
+    def _record(conn: sqlite3.Connection, kind: str, session_id: str, comparison_id: int, outcome: str | None,
+                named: list[dict], answers: list[dict]) -> VoteReceipt:
+        now = time.time()
+        vote_id = conn.execute(
+            "INSERT INTO votes (kind, session_id, comparison_id, outcome, created_at) VALUES (?, ?, ?, ?, ?)",
+            (kind, session_id, comparison_id, outcome, now),
+        ).lastrowid
+        conn.executemany(
+            "INSERT INTO vote_answers (vote_id, answer_id, position) VALUES (?, ?, ?)",
+            [(vote_id, a["id"], position) for position, a in enumerate(named)],
+        )
+        pairs = rules.pairs_of(kind, named, outcome, answers)
+        conn.executemany(
+            "INSERT INTO pairs (vote_id, comparison_id, chosen_answer_id, rejected_answer_id, created_at) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [(vote_id, comparison_id, chosen, rejected, now) for chosen, rejected in pairs],
+        )
+        return VoteReceipt(vote_id, kind, len(pairs), _thanks(kind, outcome, len(pairs)))
+
+    # -- pairs ---------------------------------------------------------------------------------------
+
+    def pending_pairs(self, limit: int | None = None) -> list[dict]:
+        """Pairs no finished round has trained on yet, oldest first."""
+        with self._read() as conn:
+            rows = conn.execute(
+                _PAIR_SELECT + " WHERE p.round_id IS NULL ORDER BY p.id LIMIT ?",
+                (-1 if limit is None else limit,),
+            )
+            return [_row(r) for r in rows]
+
+    def pending_pair_count(self) -> int:
+        with self._read() as conn:
+            return conn.execute("SELECT count(*) FROM pairs WHERE round_id IS NULL").fetchone()[0]
+
+    def pairs(self, ids: Iterable[int] | None = None) -> list[dict]:
+        """Pairs (all, or those with these ids) by id: prompt/chosen/rejected texts, arms, versions."""
+        with self._read() as conn:
+            if ids is None:
+                rows = conn.execute(_PAIR_SELECT + " ORDER BY p.id")
+            else:
+                rows = conn.execute(
+                    _PAIR_SELECT + " WHERE p.id IN (SELECT value FROM json_each(?)) ORDER BY p.id",
+                    (json.dumps(list(ids)),),
+                )
+            return [_row(r) for r in rows]
+
+    def export_pairs(self) -> Iterator[dict]:
+        """Every pair in TRL's conversational format (keys prompt/chosen/rejected only)."""
+        last = 0
+        while True:
+            with self._read() as conn:  # one short transaction per batch: never pins the WAL for long
+                batch = [_row(r) for r in conn.execute(
+                    _PAIR_SELECT + " WHERE p.id > ? ORDER BY p.id LIMIT ?", (last, _EXPORT_BATCH))]
+            if not batch:
+                return
+            for pair in batch:
+                yield rules.to_trl(pair)
+            last = batch[-1]["id"]
+
+    def export_votes(self) -> Iterator[dict]:
+        """Every vote, raw: kind, session, outcome, time, prompt and the comparison's answers, each with
+        the `position` the vote gave it (None when the vote did not name it, e.g. all_bad)."""
+        last = 0
+        while True:
+            with self._read() as conn:
+                votes = [_row(r) for r in conn.execute(
+                    "SELECT v.id AS vote_id, v.kind, v.session_id, v.outcome, v.created_at, v.comparison_id, "
+                    "cm.mode, p.text AS prompt, p.category FROM votes v "
+                    "JOIN comparisons cm ON cm.id = v.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
+                    "WHERE v.id > ? ORDER BY v.id LIMIT ?", (last, _EXPORT_BATCH))]
+                for vote in votes:
+                    vote["answers"] = [_row(r) for r in conn.execute(
+                        "SELECT a.id AS answer_id, va.position, a.slot, a.arm, a.model, a.adapter_version, "
+                        "a.settings, a.seed, a.text FROM answers a "
+                        "LEFT JOIN vote_answers va ON va.answer_id = a.id AND va.vote_id = ? "
+                        "WHERE a.comparison_id = ? ORDER BY va.position IS NULL, va.position, a.slot",
+                        (vote["vote_id"], vote["comparison_id"]))]
+            if not votes:
+                return
+            yield from votes
+            last = votes[-1]["vote_id"]
+
+
+def _thanks(kind: str, outcome: str | None, n_pairs: int) -> str:
+    if kind == "thumb":
+        return f"Thanks for the thumbs {outcome}!"
+    if kind == "all_bad":
+        return "Thanks! Noted that every answer was bad; that is kept as feedback but makes no training pair."
+    if outcome == "tie":
+        return "Thanks! Tie recorded; a tie makes no training pair."
+    if outcome == "both_bad":
+        return "Thanks! Noted that both answers were bad; that makes no training pair."
+    if n_pairs == 0:
+        return "Thanks! Vote saved; it made no training pair because the answers compared had identical text."
+    return f"Thanks! Your vote added {_plural(n_pairs, 'training pair')}."

@@ -1,0 +1,64 @@
+"""The web page: Gradio wiring only, one module per tab. Everything it does goes through the `Playground` (models,
+votes, versions, exports); the shared panels are rendered once per change (panel.py).
+
+    common.py    the Page (playground + server policies), queue groups, formatting, streaming into the page
+    compare.py   Compare: three answers, best / ranking / all bad / good-bad
+    duel.py      Duel: two answers, A / B / tie / both bad
+    training.py  Training: status, progress, plots, versions, Train now, rollback
+    data.py      Leaderboard and Data: ratings, counts, exports, Hub pushes
+    panel.py     the refresh every page runs, computed once per change for all of them
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..prompting import load_prompts
+from .common import CSS, PANEL, QUEUE_SIZE, REFRESH_SECONDS, THEME, Page
+from .compare import CompareTab
+from .data import DataTab
+from .duel import DuelTab
+from .panel import OUTPUTS, Panel
+from .training import TrainingTab
+
+__all__ = ["Page", "build_app", "launch"]
+
+
+def build_app(page: Page) -> gr.Blocks:
+    prompts = load_prompts()
+    page.categories = {p["prompt"]: p["category"] for p in prompts}
+    panel = Panel(page)
+    compare, duel, training, data = CompareTab(page), DuelTab(page), TrainingTab(page), DataTab(page, panel)
+    refreshed = {}
+
+    with gr.Blocks(title="Alignment Playground") as demo:
+        gr.Markdown("# Alignment Playground\nOne prompt, three models: **base** (pretrained only), **SFT** "
+                    "(instruction-tuned) and **preference-tuned** (SFT + a LoRA adapter trained with DPO on "
+                    "the votes cast here). Your votes become training pairs; new adapter versions swap in live.")
+        refreshed["status"] = gr.Markdown(page.status_line(), elem_id="status-line", label="status")
+        sent = gr.State({})
+        with gr.Tabs():
+            with gr.Tab("Compare", id="compare"):
+                compare.build([p["prompt"] for p in prompts][:10])
+            with gr.Tab("Duel", id="duel"):
+                duel.build()
+            with gr.Tab("Training", id="training"):
+                refreshed |= training.build()
+            with gr.Tab("Leaderboard", id="leaderboard"):
+                refreshed |= data.build_leaderboard()
+            with gr.Tab("Data", id="data"):
+                refreshed |= data.build_data()
+
+        outputs = [refreshed[name] for name in OUTPUTS] + [sent]
+        timer = gr.Timer(REFRESH_SECONDS)
+        timer.tick(panel.refresh, [sent], outputs, api_name="panel", show_progress="hidden", **PANEL)
+        demo.load(panel.refresh, [sent], outputs, api_visibility="private", show_progress="hidden", **PANEL)
+    demo.panel = panel  # for tests and benchmarks: how often the panels were rendered
+    return demo
+
+
+def launch(demo: gr.Blocks, host: str, port: int, **kwargs) -> None:
+    """Queue and start the server without blocking (the caller decides how to wait and how to stop)."""
+    demo.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, theme=THEME, css=CSS,
+                show_error=True, **kwargs)

@@ -1,0 +1,247 @@
+"""What every tab of the page shares: the `Page` (the playground and the server's policies: vote limit, admin
+token), queue groups, theme, and small formatting helpers.
+
+Every answer is shown in a Textbox, which displays text literally: an answer (or a prompt) containing HTML is never
+rendered as HTML. Dynamic text inside Markdown goes through `code()`.
+"""
+
+from __future__ import annotations
+
+import collections
+import hmac
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from ..core import Playground
+from ..generation import ARM_TITLES
+from ..models import cached_copy
+from ..settings import Sampling
+
+# Generation is CPU-bound and the engine serializes each model anyway: two at once keeps both models busy without
+# piling up threads. Votes and panel refreshes are quick database calls with their own, higher limits, so a long
+# generation never makes a vote or the training panel wait.
+GENERATION = {"concurrency_id": "generation", "concurrency_limit": 2}
+VOTES = {"concurrency_id": "votes", "concurrency_limit": 8}
+PANEL = {"concurrency_id": "panel", "concurrency_limit": 4}
+DATA = {"concurrency_id": "data", "concurrency_limit": 1}
+QUEUE_SIZE = 64
+
+REFRESH_SECONDS = 2.0
+STREAM_INTERVAL = 0.1  # seconds between streamed updates: the browser cannot show more, the socket need not carry it
+
+THEME = gr.themes.Soft(primary_hue="indigo", secondary_hue="amber")
+CSS = """
+.pg-progress { height: 14px; border-radius: 7px; background: var(--neutral-200); overflow: hidden; }
+.pg-progress-fill { height: 100%; background: var(--primary-500); transition: width 0.5s; }
+.pg-answer textarea { font-size: 0.95rem; line-height: 1.45; }
+.pg-meta { font-size: 0.85rem; opacity: 0.8; min-height: 1.5em; }
+"""
+
+
+class RateLimiter:
+    """At most `limit` actions per `window` seconds per key (a sliding window)."""
+
+    def __init__(self, limit: int, window: float = 60.0):
+        self.limit, self.window = limit, window
+        self._times: dict[str, collections.deque] = {}
+        self._lock = threading.Lock()
+
+    def wait_time(self, key: str, now: float | None = None) -> float:
+        """0 and the action is counted, or the seconds until the key may act again (not counted)."""
+        now = time.monotonic() if now is None else now
+        with self._lock:
+            times = self._times.setdefault(key, collections.deque())
+            while times and now - times[0] >= self.window:
+                times.popleft()
+            if len(times) >= self.limit:
+                return self.window - (now - times[0])
+            times.append(now)
+            if len(self._times) > 10_000:  # forget idle sessions so the dict cannot grow without bound
+                self._times = {k: v for k, v in self._times.items() if v and now - v[-1] < self.window}
+            return 0.0
+
+
+@dataclass
+class Page:
+    """What the page's handlers talk to: the playground, and the server's policies."""
+
+    playground: Playground
+    votes_per_minute: int = 20
+    admin_token: str | None = None
+    defaults: Sampling = field(default_factory=Sampling)
+    categories: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.limiter = RateLimiter(self.votes_per_minute)
+        self.loading_message = loading_message(self.playground)
+
+    @property
+    def ready(self) -> bool:
+        return self.playground.ready
+
+    def not_ready_message(self) -> str:
+        if self.playground.error:
+            return "⚠ The models could not be loaded, so no answers can be written. See the line at the top."
+        return f"⚠ {self.loading_message} Try again when the line at the top says ready."
+
+    def admin_refusal(self, token: str | None) -> str | None:
+        """None when allowed; else why not. Without PLAYGROUND_ADMIN_TOKEN everyone is allowed."""
+        if not self.admin_token:
+            return None
+        if not token:
+            return "⚠ This server requires the admin token for that: enter it in the admin token box."
+        if not hmac.compare_digest(token.encode(), self.admin_token.encode()):
+            return "⚠ Wrong admin token."
+        return None
+
+    def status_line(self) -> str:
+        pg = self.playground
+        data_set = f"data set {code(pg.data_set.name)}"
+        if pg.error:
+            return f"✗ **The models could not be loaded.** {code(pg.error)} · {data_set}"
+        if not pg.ready:
+            return f"**{self.loading_message}** The page works meanwhile; answers need the models. · {data_set}"
+        engine = pg.engine
+        trainer = "trainer running" if pg.trainer_alive() else ("trainer stopped" if pg.trainer.wanted else "no trainer")
+        base, sft = (code(short_model(m.name)) for m in (engine.base, engine.sft))
+        return (f"✓ Ready · base {base} · SFT {sft} · "
+                f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}")
+
+
+def loading_message(playground: Playground) -> str:
+    specs = (playground.preset.base, playground.preset.sft)
+    converts = any((s.startswith("embedded:") or s.endswith(".gguf")) and cached_copy(s, playground.data_dir) is None
+                   for s in specs)
+    if converts:
+        return "Loading models… converting the embedded GGUF once, about a minute."
+    return "Loading models…"
+
+
+def code(text) -> str:
+    """Dynamic text inside Markdown as a code span: shown literally, whatever characters it holds."""
+    text = " ".join(str(text).split())[:300].replace("`", "'")
+    return f"`{text}`"
+
+
+def short_model(model: str) -> str:
+    # A local folder's full path is long and says nothing to a visitor; its last part names the model.
+    return Path(model).name if model.startswith(("/", ".", "~")) else model
+
+
+def title(arm: str, model: str, version: int) -> str:
+    suffix = f" v{version}" if arm == "pref" else ""
+    return f"#### {ARM_TITLES[arm]}{suffix} · {code(short_model(model))}"
+
+
+def blind_title(column: int) -> str:
+    return f"#### Answer {column + 1}"
+
+
+def meta(answer: dict, revealed: bool) -> str:
+    if not answer.get("done", True):
+        return f"writing… {answer.get('new_tokens') or 0} tokens"
+    parts = [f"{answer.get('new_tokens') or 0} tokens", f"{answer.get('seconds') or 0:.1f} s"]
+    if answer.get("finish_reason") == "length":
+        parts.append("stopped at the token limit")
+    if revealed and answer.get("arm") == "pref" and not answer.get("adapter_version"):
+        parts.append("v0 = the SFT model itself (no DPO round yet)")
+    return " · ".join(parts)
+
+
+def answer_dict(answer) -> dict:
+    return {"arm": answer.arm, "model": answer.model, "adapter_version": answer.adapter_version, "text": answer.text,
+            "new_tokens": answer.new_tokens, "seconds": answer.seconds, "finish_reason": answer.finish_reason,
+            "done": answer.done}
+
+
+def sampling(temperature, top_p, max_new_tokens, seed) -> Sampling:
+    seed = None if seed in (None, "") else int(seed)
+    return Sampling(float(temperature), float(top_p), int(max_new_tokens), seed).checked()
+
+
+def session(request: gr.Request | None) -> str:
+    return getattr(request, "session_hash", None) or "anonymous"
+
+
+def fixed(method, *fixed_args):
+    """`method` with its first arguments fixed (a button per column), keeping gr.Request injection working:
+    Gradio finds the request parameter by its annotation, which functools.partial would hide."""
+    def handler(state, request: gr.Request = None):
+        return method(*fixed_args, state, request)
+
+    return handler
+
+
+# ---- what the compare and duel tabs share: streaming answers into the page, checking a vote -----------------
+
+
+def generation_problem(page: Page, prompt) -> str | None:
+    from ..prompting import PromptError, check_prompt
+
+    try:
+        check_prompt(prompt)
+    except PromptError as error:
+        return f"⚠ {error}"
+    return None if page.ready else page.not_ready_message()
+
+
+def stream_answers(page: Page, prompt, sampling_args, current, state, n_outputs, render, start):
+    """Check the prompt and settings, stream at most every STREAM_INTERVAL (the last update, which carries the
+    stored ids, always), and turn any failure into a message on the page. Yields (*outputs, message, state)."""
+    import logging
+
+    from ..prompting import PromptError
+
+    keep = [gr.skip()] * n_outputs
+    problem = generation_problem(page, prompt)
+    if problem:
+        yield *keep, problem, current
+        return
+    try:
+        stream = start(sampling(*sampling_args))
+        last = 0.0
+        for answers, recorded in stream:
+            now = time.monotonic()
+            if recorded is None and now - last < STREAM_INTERVAL:
+                continue
+            last = now
+            if recorded is not None:
+                state |= {"comparison": recorded.comparison_id, "answers": recorded.answer_ids, "streaming": False}
+            outputs, status = render(answers, recorded)
+            yield *outputs, status, state
+    except (PromptError, ValueError) as error:
+        yield *keep, f"⚠ {error}", current if state["comparison"] is None else None
+    except Exception as error:  # a crash mid-stream: say so; nothing was recorded
+        logging.getLogger(__name__).exception("Generation failed")
+        yield *keep, f"⚠ Generation failed: {code(error)}", None
+
+
+def vote_problem(page: Page, state, request, mode: str) -> str | None:
+    wait = page.limiter.wait_time(session(request))
+    if wait:
+        return f"⚠ Too many votes: at most {page.limiter.limit} a minute per session. Try again in {wait:.0f} s."
+    if not state or state.get("mode") != mode:
+        return "⚠ Nothing to vote on yet: ask something first."
+    if state.get("streaming"):
+        return "⚠ The answers are still being written; vote when they are complete."
+    return None
+
+
+def sampling_controls(defaults: Sampling):
+    with gr.Accordion("Sampling settings", open=False):
+        temperature = gr.Slider(0, 2, value=defaults.temperature, step=0.05, label="Temperature (0 = greedy)")
+        top_p = gr.Slider(0.05, 1, value=defaults.top_p, step=0.05, label="top_p")
+        tokens = gr.Slider(8, 512, value=min(max(defaults.max_new_tokens, 8), 512), step=8, label="Max new tokens")
+        seed = gr.Number(value=defaults.seed, precision=0, label="Seed (empty = random)")
+    return [temperature, top_p, tokens, seed]
+
+
+def prompt_box(elem_id: str) -> gr.Textbox:
+    from ..prompting import MAX_PROMPT_CHARS
+
+    return gr.Textbox(label="Prompt", placeholder="Ask something…", lines=2, max_lines=8, elem_id=elem_id,
+                      info=f"Up to {MAX_PROMPT_CHARS:,} characters.")

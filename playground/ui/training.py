@@ -1,0 +1,165 @@
+"""The Training tab: the serving version, the trainer's state, the running round's progress, DPO loss / reward
+margin / reward accuracy across rounds, every version with its metrics and vote win rate; Train now and rollback.
+
+The render functions turn the shared figures (`dashboard.compute`) into what the components show; panel.py calls
+them once per change for every open page.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import pandas as pd
+
+from ..store import StoreError
+from .common import VOTES, Page, code
+
+VERSION_HEADERS = ["version", "serving", "parent", "state", "pairs", "final loss", "reward margin", "reward acc",
+                   "vote win rate"]
+
+
+class TrainingTab:
+    def __init__(self, page: Page):
+        self.page = page
+
+    def train_now(self):
+        pg = self.page.playground
+        pending = pg.store.pending_pair_count()
+        if not pending:
+            return "⚠ No new training pairs wait: vote first (a tie, all-bad or thumbs vote makes none)."
+        if pg.store.running_round():
+            return "A round is already running; the pairs that arrived since wait for the next one."
+        pg.train_now()
+        trainer = "" if pg.trainer_alive() else (
+            " The trainer process is not running yet; it starts when the models are ready." if not pg.ready else
+            " No trainer process runs here; a trainer on this data set (`train --watch`) takes it.")
+        return f"✓ Asked for a round on {pending} pending pair{'s' * (pending != 1)}.{trainer}"
+
+    def rollback(self, version, admin_token):
+        refusal = self.page.admin_refusal(admin_token)
+        if refusal:
+            return refusal
+        try:
+            version = int(version)
+            serving = self.page.playground.rollback(version)
+        except (TypeError, ValueError):
+            return "⚠ Enter a version number (0 = no adapter)."
+        except StoreError as error:
+            return f"⚠ {error}"
+        if serving != version:
+            return f"⚠ Version {version} could not be loaded; version {serving} serves instead."
+        return f"✓ Now serving version {serving}" + (" (no adapter: the SFT model)." if serving == 0 else ".")
+
+    def build(self) -> dict:
+        """The components; returns those the panel refreshes."""
+        training = gr.Markdown(elem_id="training-status", label="training status")
+        progress = gr.HTML(progress_html(None), elem_id="progress", label="progress")
+        with gr.Row():
+            train_btn = gr.Button("Train now", elem_id="train-now")
+            train_message = gr.Markdown(label="message")
+        with gr.Row():
+            plots = {
+                "loss": gr.LinePlot(x="step", y="loss", color="round", title="DPO loss", height=260,
+                                    x_title="step (all rounds)"),
+                "margin": gr.LinePlot(x="step", y="reward_margin", color="round", title="Reward margin", height=260,
+                                      x_title="step (all rounds)"),
+                "accuracy": gr.LinePlot(x="step", y="reward_accuracy", color="round", title="Reward accuracy",
+                                        height=260, x_title="step (all rounds)", y_lim=[0, 1]),
+            }
+        gr.Markdown("Reward margin: how much more the adapter prefers the chosen answer than the SFT model does (in "
+                    "β-scaled log-probability); accuracy: the share of pairs where it prefers the chosen one. Both "
+                    "are measured on the round's own training pairs. Vote win rate: the share of games a version "
+                    "won in the votes (ties half), the games the leaderboard counts.")
+        versions = gr.Dataframe(headers=VERSION_HEADERS, interactive=False, elem_id="versions",
+                                label="Adapter versions")
+        with gr.Row():
+            version = gr.Number(label="Serve version (0 = no adapter)", precision=0, value=0)
+            token = gr.Textbox(label="Admin token", type="password", visible=bool(self.page.admin_token))
+            rollback_btn = gr.Button("Roll back / forward", elem_id="rollback")
+        rollback_message = gr.Markdown(label="message")
+
+        train_btn.click(self.train_now, None, [train_message], api_name="train_now", **VOTES)
+        rollback_btn.click(self.rollback, [version, token], [rollback_message], api_name="rollback", **VOTES)
+        return {"training": training, "progress": progress, **plots, "versions": versions}
+
+
+# ---- rendering the shared figures -----------------------------------------------------------------------------
+
+
+def training_status(facts: dict, engine_version: int | None, trainer_alive: bool, min_pairs: int) -> str:
+    """min_pairs: this app's setting; a trainer that says its own (one started elsewhere) is believed instead."""
+    counts, running, serving = facts["counts"], facts["running_round"], facts["serving_version"]
+    trainer = facts["trainer"] or {}
+    pending, need = counts["pairs_pending"], trainer.get("min_pairs") or min_pairs
+    lines = [f"**Serving:** adapter **v{serving}**"
+             + (" (none yet: the preference-tuned arm is the SFT model)" if serving == 0 else "")]
+    if engine_version is not None and engine_version != serving:
+        lines.append(f"Swapping in v{serving} (v{engine_version} answers meanwhile)…")
+    newest = facts["versions"][-1] if facts["versions"] else None
+    if newest and not newest["serving"] and not newest["served_on_publish"] and newest["state"] == "ready":
+        lines.append(f"**v{newest['version']} was published but does not serve:** the serving version changed "
+                     f"while its round ran (from v{newest['parent_version'] or 0}), and that choice stands. "
+                     f"Roll forward to v{newest['version']} to serve it.")
+    if running:
+        lines.append(f"**Round {running['id']} running** on {running['pairs_used']} pairs.")
+    elif pending >= need:
+        lines.append(f"**{pending} pairs wait**: the trainer starts a round within seconds.")
+    else:
+        lines.append(f"**Pending pairs:** {pending} of the {need} that start a round (or press Train now).")
+    state = trainer.get("state")
+    doing = {"waiting": "waiting for pairs", "training": "training", "stopped": "stopped"}.get(state, "not seen yet")
+    lines.append(f"**Trainer process:** {'running' if trainer_alive else 'not running here'} ({doing}) · "
+                 f"**rounds:** {sum(r['status'] == 'done' for r in facts['rounds'])} done, "
+                 f"{sum(r['status'] == 'failed' for r in facts['rounds'])} failed")
+    failed = [r for r in facts["rounds"] if r["status"] == "failed"]
+    if failed and failed[-1] is facts["rounds"][-1]:
+        lines.append(f"Last round failed (its pairs stay pending): {code(failed[-1]['error'])}")
+    return "  \n".join(lines)
+
+
+def progress_html(running: dict | None) -> str:
+    # Built from integers only: nothing a user typed reaches this HTML.
+    if not running:
+        return ("<div class='pg-progress'><div class='pg-progress-fill' style='width: 0%'></div></div>"
+                "<div class='pg-meta'>No round running.</div>")
+    done, total = int(running["steps_done"] or 0), int(running["steps_total"] or 0)
+    percent = int(100 * done / total) if total else 0
+    return (f"<div class='pg-progress' role='progressbar' aria-valuenow='{done}' aria-valuemax='{total}'>"
+            f"<div class='pg-progress-fill' style='width: {percent}%'></div></div>"
+            f"<div class='pg-meta'>Round {int(running['id'])}: step {done} of {total or '?'}</div>")
+
+
+def steps_frame(steps: list[dict], rounds: list[dict]) -> pd.DataFrame:
+    """One row per logged step, x = step index across all rounds, colour = round (with the version it made)."""
+    made = {r["id"]: r["version"] for r in rounds}
+    rows = []
+    for index, s in enumerate(steps, 1):
+        version = made.get(s["round_id"])
+        label = f"round {s['round_id']}" + (f" → v{version}" if version else "")
+        rows.append({"step": index, "round": label, "loss": s["loss"], "reward_margin": s["reward_margin"],
+                     "reward_accuracy": s["reward_accuracy"]})
+    return pd.DataFrame(rows, columns=["step", "round", "loss", "reward_margin", "reward_accuracy"])
+
+
+def plot_frame(steps: pd.DataFrame, column: str) -> pd.DataFrame:
+    return steps[["step", "round", column]].dropna().reset_index(drop=True)
+
+
+def versions_table(facts: dict) -> list[list]:
+    def rate(win_rate):
+        return f"{win_rate['rate']:.0%} of {win_rate['games']}" if win_rate else "–"
+
+    def number(value, fmt):
+        return format(value, fmt) if isinstance(value, (int, float)) else "–"
+
+    rows = [["v0 (SFT, no adapter)", "✓" if facts["serving_version"] == 0 else "", "", "ready", "", "", "", "",
+             rate(facts["sft_win_rate"])]]
+    for v in facts["versions"]:
+        m = v["metrics"] or {}
+        state = v["state"] + (f" ({v['reason']})" if v["reason"] else "")
+        if not v["served_on_publish"] and v["state"] == "ready":
+            state += " (published, not served)"
+        rows.append([f"v{v['version']}", "✓" if v["serving"] else "", f"v{v['parent_version'] or 0}", state,
+                     number(v["pairs_used"], "d"), number(m.get("final_loss"), ".3f"),
+                     number(m.get("final_reward_margin"), ".3f"), number(m.get("final_reward_accuracy"), ".2f"),
+                     rate(v["vote_win_rate"])])
+    return rows

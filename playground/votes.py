@@ -1,0 +1,113 @@
+"""What a vote means, written once: a stored vote becomes outcomes (which answer beat which), and the training pairs,
+the leaderboard and the win rates all derive from those outcomes.
+
+Pure functions, no database: the rules are the part people argue about, so they live here where they can be read
+and tested on their own. The store calls `pairs_of` inside the vote's transaction; the leaderboard and the win
+rates call `outcomes_of` on exported votes.
+
+- best, winner only: the winner beats each other answer of the comparison;
+- best, full ranking: each answer beats every answer ranked below it;
+- pairwise (duel): 'a' or 'b' beats the other; 'tie' is half a win each way; 'both_bad' says nothing;
+- all_bad and thumbs name no winner: no outcome (they are kept as feedback, and exported);
+- two answers with identical text (after strip) cannot be told apart: no outcome between them.
+
+A decisive outcome (score 1) is a DPO pair (chosen, rejected); a tie is no pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import combinations
+from typing import Any, Mapping, Sequence
+
+VOTE_KINDS = ("best", "all_bad", "pairwise", "thumb")
+PAIRWISE_OUTCOMES = ("a", "b", "tie", "both_bad")
+
+# An answer as the rules see it: a mapping with at least "id" and "text" (the store adds "arm", "adapter_version").
+Answer = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """`first` met `second` and earned `score`: 1 a win, 0.5 a tie."""
+
+    first: Answer
+    second: Answer
+    score: float
+
+    @property
+    def decisive(self) -> bool:
+        return self.score == 1.0
+
+
+def ranking_problem(ranking: Sequence[int], answer_ids: Sequence[int]) -> str | None:
+    """Why a 'best' ranking (answer ids, best first) is unusable, or None when it is fine.
+
+    A ranking is either just the winner or an ordering of every answer: a partial order of two out of
+    three would silently claim nothing about the third, which is ambiguous, so it is refused.
+    """
+    if not ranking:
+        return "Pick at least the best answer."
+    if len(set(ranking)) != len(ranking):
+        return "The ranking names the same answer more than once."
+    if len(ranking) > 1 and set(ranking) != set(answer_ids):
+        return (
+            f"Rank either just the best answer or all {len(answer_ids)} answers; "
+            f"this ranking has {len(ranking)}."
+        )
+    return None
+
+
+def same_text(a: Answer, b: Answer) -> bool:
+    # Identical texts teach nothing: DPO would see chosen and rejected with the same likelihood, and a rating
+    # would count a model beating itself.
+    return str(a["text"]).strip() == str(b["text"]).strip()
+
+
+def outcomes(kind: str, named: Sequence[Answer], outcome: str | None, answers: Sequence[Answer]) -> list[Outcome]:
+    """The outcomes of one vote. `named`: the answers the vote names, in its order (best first for 'best', [A, B]
+    for 'pairwise', the rated answer for 'thumb', none for 'all_bad'); `answers`: every answer of the comparison."""
+    if kind == "best":
+        ranked = list(named)
+        problem = ranking_problem([a["id"] for a in ranked], [a["id"] for a in answers])
+        if problem:
+            raise ValueError(problem)
+        if len(ranked) == 1:
+            found = [Outcome(ranked[0], other, 1.0) for other in answers if other["id"] != ranked[0]["id"]]
+        else:
+            found = [Outcome(higher, lower, 1.0) for higher, lower in combinations(ranked, 2)]
+    elif kind == "pairwise":
+        if outcome not in PAIRWISE_OUTCOMES:
+            raise ValueError(f"unknown pairwise outcome {outcome!r}")
+        a, b = named
+        found = {"a": [Outcome(a, b, 1.0)], "b": [Outcome(b, a, 1.0)], "tie": [Outcome(a, b, 0.5)]}.get(outcome, [])
+    elif kind in ("all_bad", "thumb"):
+        found = []
+    else:
+        raise ValueError(f"unknown vote kind {kind!r}")
+    return [o for o in found if not same_text(o.first, o.second)]
+
+
+def pairs_of(kind: str, named: Sequence[Answer], outcome: str | None, answers: Sequence[Answer]) -> list[tuple[int, int]]:
+    """(chosen_id, rejected_id) for every decisive outcome of a vote: its DPO training pairs."""
+    return [(o.first["id"], o.second["id"]) for o in outcomes(kind, named, outcome, answers) if o.decisive]
+
+
+def outcomes_of(vote: Mapping) -> list[Outcome]:
+    """The outcomes of an exported vote (`Store.export_votes()`: answers carry the `position` the vote gave them,
+    None when it did not name them)."""
+    answers = [a if "id" in a else {**a, "id": a["answer_id"]} for a in vote["answers"]]
+    named = sorted((a for a in answers if a["position"] is not None), key=lambda a: a["position"])
+    if vote["kind"] == "all_bad":
+        named = []
+    return outcomes(vote["kind"], named, vote["outcome"], answers)
+
+
+def to_trl(pair: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """A store pair (with prompt_text / chosen_text / rejected_text) in TRL's conversational
+    preference format, so DPOTrainer applies the model's chat template itself."""
+    return {
+        "prompt": [{"role": "user", "content": pair["prompt_text"]}],
+        "chosen": [{"role": "assistant", "content": pair["chosen_text"]}],
+        "rejected": [{"role": "assistant", "content": pair["rejected_text"]}],
+    }
