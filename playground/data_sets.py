@@ -172,20 +172,32 @@ def _adopt_legacy_store(data_dir: Path, data_set: DataSet, base_spec: str, sft_s
         if not all(set(names) <= mine[role] for role, names in models.items()):
             log.warning("%s holds answers of other models (%s); it stays there for them.", legacy, models)
             return
-        with contextlib.closing(sqlite3.connect(legacy)) as conn:
-            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # everything into the main file before it moves
-            old_adapters = str(data_dir / "adapters")
-            with conn:
-                for version, path in conn.execute("SELECT version, path FROM adapter_versions").fetchall():
-                    if path.startswith(old_adapters + os.sep):
-                        conn.execute("UPDATE adapter_versions SET path = ? WHERE version = ?",
-                                     ("adapters" + path[len(old_adapters):], version))
+        if not _rewrite_for_moving(legacy, str(data_dir / "adapters")):
+            log.warning("%s is in use by another process; it moves into its data set at a later start.", legacy)
+            return
         if (data_dir / "adapters").is_dir():
             os.replace(data_dir / "adapters", data_set.adapters_dir)
         if (data_dir / "trainer.log").exists():
             os.replace(data_dir / "trainer.log", data_set.trainer_log)
-        for suffix in ("-wal", "-shm"):
-            with contextlib.suppress(FileNotFoundError):
-                os.remove(str(legacy) + suffix)
         os.replace(legacy, data_set.store_path)
         log.info("Moved the store of %s into the data set %s.", data_dir, data_set.name)
+
+
+def _rewrite_for_moving(store: Path, old_adapters: str) -> bool:
+    """One self-contained file (no -wal) with adapter paths relative to the data set, ready to move; False (and
+    nothing changed) when another process uses the store."""
+    with contextlib.closing(sqlite3.connect(store, isolation_level=None, timeout=0)) as conn:
+        # Leaving WAL mode checkpoints everything into the main file (SQLite then removes -wal and -shm); it needs
+        # the only connection, so it also tells whether anyone else has the store open.
+        try:
+            if conn.execute("PRAGMA journal_mode = DELETE").fetchone()[0] != "delete":
+                return False
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError:
+            return False
+        for version, path in conn.execute("SELECT version, path FROM adapter_versions").fetchall():
+            if path.startswith(old_adapters + os.sep):
+                conn.execute("UPDATE adapter_versions SET path = ? WHERE version = ?",
+                             ("adapters" + path[len(old_adapters):], version))
+        conn.execute("COMMIT")
+        return True

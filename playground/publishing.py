@@ -64,7 +64,7 @@ def lineage(store: Store, version: int) -> list[dict]:
 
 
 def model_card(store: Store, version: int, *, sft_spec: str, sft_hub_id: str | None, dataset_repo: str | None = None,
-               win_rate: dict | None = None) -> str:
+               model_repo: str | None = None, win_rate: dict | None = None) -> str:
     """A Hub model card (README.md with metadata) for an adapter version: what it adapts, what trained it."""
     from huggingface_hub import ModelCard, ModelCardData
 
@@ -91,8 +91,9 @@ def model_card(store: Store, version: int, *, sft_spec: str, sft_hub_id: str | N
     if sft_hub_id is None:
         notes.append(f"The SFT model was a local model (`{sft_spec}`) with no Hub id; `base_model_name_or_path` "
                      "names that folder. Point it at your copy of the model before loading.")
-    usage = (f'from peft import AutoPeftModelForCausalLM\n\nmodel = AutoPeftModelForCausalLM.from_pretrained("REPO")'
-             if sft_hub_id else "from peft import PeftModel\n\nmodel = PeftModel.from_pretrained(sft_model, \"REPO\")")
+    repo = model_repo or "THIS/REPO"
+    usage = (f'from peft import AutoPeftModelForCausalLM\n\nmodel = AutoPeftModelForCausalLM.from_pretrained("{repo}")'
+             if sft_hub_id else f'from peft import PeftModel\n\nmodel = PeftModel.from_pretrained(sft_model, "{repo}")')
     votes = (f"Its answers won {win_rate['wins']:g} of {win_rate['games']} games in the votes so far."
              if win_rate and win_rate.get("games") else "")
     content = f"""---
@@ -135,7 +136,8 @@ def _number(value) -> str:
 
 
 def adapter_folder(store: Store, version: int, out: str | Path, *, sft_spec: str, sft_hub_id: str | None,
-                   dataset_repo: str | None = None, win_rate: dict | None = None) -> Path:
+                   dataset_repo: str | None = None, model_repo: str | None = None,
+                   win_rate: dict | None = None) -> Path:
     """A copy of an adapter version that loads elsewhere: PEFT's files, `base_model_name_or_path` set to the SFT
     model's Hub id (when it has one), the playground's round record and a model card."""
     row = store.version(version) if version else None
@@ -151,7 +153,7 @@ def adapter_folder(store: Store, version: int, out: str | Path, *, sft_spec: str
     config["base_model_name_or_path"] = sft_hub_id or config.get("base_model_name_or_path") or sft_spec
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
     (out / "README.md").write_text(model_card(store, version, sft_spec=sft_spec, sft_hub_id=sft_hub_id,
-                                              dataset_repo=dataset_repo, win_rate=win_rate))
+                                              dataset_repo=dataset_repo, model_repo=model_repo, win_rate=win_rate))
     return out
 
 
@@ -183,7 +185,8 @@ def push_to_hub(store: Store, token: str | None, dataset_repo: str, model_repo: 
             step = "preparing the adapter"
             with tempfile.TemporaryDirectory() as work:
                 folder = adapter_folder(store, version, Path(work) / "adapter", sft_spec=sft_spec,
-                                        sft_hub_id=sft_hub_id, dataset_repo=dataset_repo, win_rate=win_rate)
+                                        sft_hub_id=sft_hub_id, dataset_repo=dataset_repo, model_repo=model_repo,
+                                        win_rate=win_rate)
                 step = "uploading the adapter"
                 api.create_repo(model_repo, exist_ok=True, private=private)
                 api.upload_folder(folder_path=str(folder), repo_id=model_repo,

@@ -21,7 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def embedded_data_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("embedded-data")
+    """A data directory holding the converted embedded models (converted once per test run, by whichever test
+    asks first)."""
+    data_dir = tmp_path_factory.mktemp("embedded-data")
+    for spec in ("embedded:smollm2-135m-instruct", "embedded:gemma-3-270m"):
+        models.model_folder(spec, data_dir, trust_remote_code=False)
+    return data_dir
 
 
 def run_cli(*args, data_dir: Path, timeout=600) -> subprocess.CompletedProcess:
@@ -49,8 +54,9 @@ def test_generate_cli_prints_three_answers_as_json_offline(embedded_data_dir):
     result = run_cli("generate", "Why is the sky blue?", "--json", "--max-new-tokens", "24", "--seed", "1",
                      "--preset", "embedded", data_dir=embedded_data_dir)
     assert result.returncode == 0, result.stderr[-2000:]
-    answers = json.loads(result.stdout)
-    assert set(answers) == {"base", "sft", "pref"}
+    report = json.loads(result.stdout)
+    assert (report["adapter_version"], report["serving_version"]) == (0, 0)  # a fresh data set: nothing trained
+    answers = {arm: report[arm] for arm in ("base", "sft", "pref")}
     for arm, answer in answers.items():
         assert answer["text"].strip(), f"{arm} answered nothing"
         assert {"text", "model", "adapter_version", "new_tokens", "seconds"} <= answer.keys()
@@ -68,9 +74,11 @@ def test_info_reports_preset_and_cache_state(embedded_data_dir):
     facts = json.loads(result.stdout)
     assert facts["preset"] == "embedded" and facts["embedded_packages_installed"] is True
     assert facts["models"]["sft"]["spec"] == "embedded:smollm2-135m-instruct"
-    for role in ("base", "sft"):  # converted by the first test of this module
+    for role in ("base", "sft"):  # converted by the embedded_data_dir fixture
         assert facts["models"][role]["converted_copy"] and facts["models"][role]["needs_conversion"] is False
     assert facts["data_dir"] == str(embedded_data_dir)
+    assert facts["data_set"]["name"].startswith("smollm2-135m-instruct__gemma-3-270m-")
+    assert facts["data_set"]["path"] == str(embedded_data_dir / "datasets" / facts["data_set"]["name"])
 
 
 def test_unloadable_model_ends_with_a_short_message_not_a_trace(embedded_data_dir):

@@ -42,17 +42,23 @@ def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path)
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
         [sys.executable, "-m", "playground", "-q", "simulate", "--oracle", "shorter", "--votes", "4",
-         "--min-pairs", "2", "--epochs", "1", "--heldout-limit", "2", "--max-new-tokens", "8", "--threads", "1",
+         "--min-pairs", "2", "--epochs", "1", "--heldout-limit", "3", "--max-new-tokens", "12", "--train-threads", "1",
+         "--learning-rate", "5e-2",
          "--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir", str(tmp_path), "--json"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout)
-    assert 0 <= report["win_rate"] <= 1 and report["after"]["prompts"] == 2
+    before, after = report["before"]["answers"], report["after"]["answers"]
+    assert report["after"]["prompts"] == 3 and len(before) == len(after) == 3
+    # Same seeds before and after: the SFT answers repeat, the preference-tuned ones changed with the adapter.
+    assert [a["sft"] for a in after] == [b["sft"] for b in before]
+    assert [a["pref"] for a in after] != [b["pref"] for b in before], "training changed no answer"
+    assert report["win_rate"] == report["after"]["win_rate"]
     assert report["votes"]["votes"] == 4 and report["votes"]["pairs"] >= 2
     assert report["rounds"] and all(r["status"] == "done" for r in report["rounds"])
     assert report["after"]["adapter_version"] == report["rounds"][-1]["version"]
     assert all(step["loss"] is not None for r in report["rounds"] for step in r["steps"])
     assert set(report["after"]["mean_chars"]) == {"sft", "pref"}
-    assert not (tmp_path / "playground.sqlite3").exists(), "simulated votes never mix with real ones"
+    assert not (tmp_path / "datasets").exists(), "simulated votes never mix with real ones"
     assert Path(report["workspace"]).parent == tmp_path / "simulations"

@@ -69,13 +69,32 @@ def vote_best(client, ranking: str) -> tuple[str, list[str]]:
     return out[0], list(out[1::2])
 
 
+def a_version_serves(app) -> int:
+    """Make sure a trained version serves (voting for one if none does yet); returns it."""
+    client = new_client(app)
+    quiet = wait_until(lambda: settled(client), 180, "the trainer to be idle")
+    if quiet["serving_version"] >= 1:
+        return quiet["serving_version"]
+    compare(client, "What makes a good cup of tea?")
+    assert "2 training pairs" in vote_best(client, "1")[0]  # 2 pairs = --min-pairs: a round starts
+    return wait_until(lambda: (s := settled(client)) and s["serving_version"] >= 1 and s["serving_version"], 180,
+                      "a round to train the pairs and its version to serve")
+
+
 def test_compare_streams_three_answers(client):
-    result = compare(client)
+    serving = stats(client)["serving_version"]
+    if serving:  # other tests may have trained: show version 0 (the SFT model itself) for this one
+        assert "Now serving version 0" in client.predict(0, ADMIN, api_name="/rollback")
+    try:
+        result = compare(client)
+    finally:
+        if serving:
+            client.predict(serving, ADMIN, api_name="/rollback")
     assert [arm_of(t) for t in result["titles"]] == list(ARM_TITLES)
     assert version_of(result["titles"][2]) == 0
     assert all(text.strip() for text in result["texts"])
     assert all("tokens" in d for d in result["details"])
-    assert "the SFT model itself" in result["details"][2]  # nothing trained yet: v0 = SFT
+    assert "the SFT model itself" in result["details"][2]  # v0 = SFT
     assert "Which answer is best?" in result["message"]
 
 
@@ -225,9 +244,8 @@ def test_train_now_runs_a_round_below_the_threshold(client):
     wait_until(lambda: stats(client)["engine_version"] == before + 1, 180, f"version {before + 1} to serve")
 
 
-def test_rollback_needs_the_admin_token(client):
-    latest = stats(client)["serving_version"]
-    assert latest >= 1
+def test_rollback_needs_the_admin_token(app, client):
+    latest = a_version_serves(app)
     assert "requires the admin token" in client.predict(0, "", api_name="/rollback")
     assert "Wrong admin token" in client.predict(0, "guess", api_name="/rollback")
     assert stats(client)["serving_version"] == latest
@@ -243,6 +261,8 @@ def test_rollback_needs_the_admin_token(client):
 def test_export_loads_with_datasets(client):
     from datasets import load_dataset
 
+    compare(client, "Name a colour.")
+    assert vote_best(client, "1")[0].startswith("✓ Thanks!")  # at least one pair and one vote to export
     path, message = client.predict("pairs", api_name="/export")
     pairs = stats(client)["counts"]["pairs"]
     assert f"{pairs} preference pairs" in message
@@ -268,8 +288,8 @@ def test_push_to_hub_fails_clearly_without_network(tmp_path, monkeypatch):
     import huggingface_hub.constants
 
     from app_process import free_port
+    from playground.publishing import push_to_hub
     from playground.store import Store
-    from playground.ui import push_to_hub
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     message = push_to_hub(Store(tmp_path / "db.sqlite3"), "hf_fake", "someone/votes",
@@ -278,10 +298,14 @@ def test_push_to_hub_fails_clearly_without_network(tmp_path, monkeypatch):
     assert "Check the token, the repo id and the network" in message
 
 
-def test_stopping_the_app_stops_its_trainer(app, client):
-    trainer = stats(client)["trainer_pid"]
-    assert trainer and pid_alive(trainer)
-    assert app.stop() == 0
+def test_stopping_the_app_stops_its_trainer(tiny_models, tmp_path):
+    own = start_app(tiny_models, tmp_path / "data")  # its own app: stopping the shared one would end the others
+    try:
+        client = Client(own.url, verbose=False)
+        trainer = wait_until(lambda: stats(client)["trainer_pid"], 180, "the trainer to start")
+        assert pid_alive(trainer)
+    finally:
+        assert own.stop() == 0
     wait_until(lambda: not pid_alive(trainer), 30, "the trainer process to end")
 
 
@@ -306,29 +330,34 @@ def test_readme_front_matter_configures_a_gradio_space():
 
 
 def test_while_the_models_load_the_page_says_so(tmp_path):
-    # No app process: a backend whose loading has not started is exactly the page's first minute.
-    from playground.models import Preset
-    from playground.ui import Backend, Handlers
+    # No app process: a playground whose loading has not started is exactly the page's first minute.
+    from playground.core import Playground
+    from playground.settings import ModelSettings
+    from playground.ui import Page, build_app
+    from playground.ui.compare import CompareTab
+    from playground.ui.training import TrainingTab
 
-    preset = Preset("embedded", "embedded:gemma-3-270m", "embedded:smollm2-135m-instruct", "test")
-    backend = Backend(preset=preset, data_dir=tmp_path)
-    assert "Loading models… converting the embedded GGUF once, about a minute" in backend.status_line()
-    handlers = Handlers(backend)
-    *_, message, state = next(handlers.compare("Hello?", 0.7, 0.9, 16, None, False, None))
+    playground = Playground(ModelSettings(preset="embedded", data_dir=str(tmp_path)))
+    page = Page(playground)
+    build_app(page)
+    assert "Loading models… converting the embedded GGUF once, about a minute" in page.status_line()
+    assert playground.data_set.name in page.status_line(), "the page says which data set is in use"
+    *_, message, state = next(CompareTab(page).compare("Hello?", 0.7, 0.9, 16, None, False, None))
     assert "converting the embedded GGUF once" in message and "Try again when" in message and state is None
-    assert "No new training pairs" in handlers.train_now()  # the store works before the models do
-    assert handlers.stats()["ready"] is False
+    assert "No new training pairs" in TrainingTab(page).train_now()  # the store works before the models do
+    assert build_app(page).panel.stats()["ready"] is False
 
-    backend.error = "No such model folder: /nowhere. Fix: check the path."
-    assert "could not be loaded" in backend.status_line() and "/nowhere" in backend.status_line()
-    *_, message, _ = next(handlers.compare("Hello?", 0.7, 0.9, 16, None, False, None))
+    playground.error = "No such model folder: /nowhere. Fix: check the path."
+    assert "could not be loaded" in page.status_line() and "/nowhere" in page.status_line()
+    *_, message, _ = next(CompareTab(page).compare("Hello?", 0.7, 0.9, 16, None, False, None))
     assert "could not be loaded" in message
 
 
-def test_app_options_come_from_the_environment(monkeypatch):
+def test_app_options_come_from_the_flags_then_the_environment_then_the_defaults(monkeypatch):
     import importlib.util
 
     from app_process import REPO
+    from playground.settings import ModelSettings, RoundSettings, Sampling, ServerSettings
 
     spec = importlib.util.spec_from_file_location("app", REPO / "app.py")
     app = importlib.util.module_from_spec(spec)
@@ -337,10 +366,21 @@ def test_app_options_come_from_the_environment(monkeypatch):
     monkeypatch.setenv("PLAYGROUND_MIN_PAIRS", "3")
     monkeypatch.setenv("PLAYGROUND_PORT", "9999")
     monkeypatch.setenv("PLAYGROUND_PRESET", "smollm2-135m")
+    monkeypatch.setenv("PLAYGROUND_TARGET_MODULES", "q_proj,k_proj")
+    monkeypatch.setenv("PLAYGROUND_TRAINER", "false")
     monkeypatch.setenv("SPACE_ID", "someone/alignment-playground")
     monkeypatch.delenv("PLAYGROUND_HOST", raising=False)
-    args = app.parse_args([])
-    assert (args.min_pairs, args.port, args.preset, args.host) == (3, 9999, "smollm2-135m", "0.0.0.0")
-    assert app.parse_args(["--min-pairs", "5", "--host", "127.0.0.1"]).min_pairs == 5
+    settings = app.parse_args([])
+    rounds, server = settings[RoundSettings], settings[ServerSettings]
+    assert (rounds.min_pairs, server.port, settings[ModelSettings].preset, server.host) == (
+        3, 9999, "smollm2-135m", "0.0.0.0")
+    assert rounds.target_modules == ["q_proj", "k_proj"] and server.trainer is False
+    flags = app.parse_args(["--min-pairs", "5", "--host", "127.0.0.1", "--lora-r", "4", "--max-new-tokens", "64",
+                            "--trainer"])
+    assert (flags[RoundSettings].min_pairs, flags[RoundSettings].lora_r, flags[ServerSettings].host) == (5, 4, "127.0.0.1")
+    assert flags[Sampling].max_new_tokens == 64 and flags[ServerSettings].trainer is True
     monkeypatch.delenv("SPACE_ID")
-    assert app.parse_args([]).host == "127.0.0.1"
+    assert app.parse_args([])[ServerSettings].host == "127.0.0.1"
+    monkeypatch.setenv("PLAYGROUND_LORA_R", "many")
+    with pytest.raises(SystemExit):  # a clear error, not a trace
+        app.parse_args([])
