@@ -38,7 +38,7 @@ def plain_trl_round(sft_dir: str, n_pairs: int, settings) -> float:
 
     from bench.pairs import fixed_pairs
 
-    torch.set_num_threads(settings.threads)
+    torch.set_num_threads(settings.train_threads)
     rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
              "rejected": [{"role": "assistant", "content": r}]} for p, c, r in fixed_pairs(n_pairs)]
     model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), AutoTokenizer.from_pretrained(sft_dir)
@@ -61,23 +61,22 @@ def plain_trl_round(sft_dir: str, n_pairs: int, settings) -> float:
 def run(args) -> dict:
     from bench.common import report
     from bench.pairs import fill_store
-    from playground import config
+    from playground.data_sets import DataSet
     from playground.models import model_folder, resolve_preset
-    from playground.store import Store
-    from playground.training import RoundSettings
+    from playground.settings import ModelSettings, RoundSettings
 
-    data_dir = config.resolve_data_dir(args.data_dir)
+    data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     preset = resolve_preset(args.preset)
     sft_dir = model_folder(preset.sft, data_dir, False)  # converts once if needed, before timing
-    settings = RoundSettings(epochs=args.epochs, threads=args.threads, batch_size=args.batch_size,
+    settings = RoundSettings(epochs=args.epochs, train_threads=args.threads, batch_size=args.batch_size,
                              grad_accumulation=args.grad_accumulation)
     with tempfile.TemporaryDirectory() as work:
-        store = Store.open(work)
+        store = DataSet.for_models(work, sft_dir, sft_dir).open_store()
         fill_store(store, args.pairs)
         start = time.perf_counter()
         subprocess.run(
             [sys.executable, "-m", "playground", "-q", "train", "--once", "--data-dir", work, "--sft", sft_dir,
-             "--base", sft_dir, "--epochs", str(args.epochs), "--threads", str(args.threads), "--device", args.device,
+             "--base", sft_dir, "--epochs", str(args.epochs), "--train-threads", str(args.threads), "--device", args.device,
              "--batch-size", str(args.batch_size), "--grad-accumulation", str(args.grad_accumulation)],
             cwd=ROOT, check=True, stdout=sys.stderr,
         )
@@ -116,7 +115,7 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=1, help="the app runs 2; 1 keeps the baseline comparison short")
     parser.add_argument("--threads", type=int, default=2, help="the bench has the machine to itself")
     parser.add_argument("--device", default="cpu")
-    from playground.training import RoundSettings
+    from playground.settings import RoundSettings
 
     defaults = RoundSettings()
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)

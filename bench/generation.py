@@ -7,7 +7,7 @@ Figures per arm: time to first token, tokens/s; the three arms' wall time; and t
 same number of new tokens. Ratios are against that baseline, measured in turn with each configuration, so they
 hold on a noisy machine. Configurations on a CPU, each with half the cores as torch threads unless said: the app's
 default (`--precision auto`: base model int8, SFT float), both int8, both float, and both float with torch's
-default threads (the default before). Also reported: a plain `generate` of the int8 SFT model, and how closely
+default threads. Also reported: a plain `generate` of the int8 SFT model, and how closely
 each int8 model follows its float self (next-token agreement, perplexity of the float model's greedy answer).
 A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the values) is loaded so the
 preference arm really runs, and the base arm's answer-boundary stop is off so it runs the full length unless it
@@ -101,13 +101,12 @@ def run(args) -> dict:
     import torch
 
     from bench.common import report
-    from playground import config
-    from playground.generation import Engine, Sampling
+    from playground.generation import Engine
     from playground.models import load_model, resolve_preset
-    from playground.training import RoundSettings
+    from playground.settings import ModelSettings, RoundSettings, Sampling, half_the_cores
 
     preset = resolve_preset(args.preset)
-    data_dir = config.resolve_data_dir(args.data_dir)
+    data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     cpu = args.device == "cpu"
     torch_default_threads = torch.get_num_threads()
     # The serving configurations measured, each against the same plain baseline, interleaved so drift on a
@@ -116,7 +115,7 @@ def run(args) -> dict:
     if cpu:
         configs["int8_weights"] = ("int8", None)
         configs["float_weights"] = ("float", None)
-        configs["float_weights_default_threads"] = ("float", torch_default_threads)  # the previous default
+        configs["float_weights_default_threads"] = ("float", torch_default_threads)  # torch's own thread count
     by_precision = {}  # one engine per precision: configurations that differ only in threads share it
     for precision, _ in configs.values():
         if precision not in by_precision:
@@ -128,11 +127,11 @@ def run(args) -> dict:
     engines = {name: by_precision[precision] for name, (precision, _) in configs.items()}
     # The baseline: the SFT model as transformers loads it, no adapter, torch's default threads.
     plain = load_model(preset.sft, data_dir, "sft", device=args.device)
-    plain_int8 = (load_model(preset.sft, data_dir, "sft", int8=True, keep_float=RoundSettings().target_modules)
+    plain_int8 = (load_model(preset.sft, data_dir, "sft", int8=True, keep_float=tuple(RoundSettings().target_modules))
                   if cpu else None)
 
     def threads_for(name):
-        return configs[name][1] or (config.half_the_cores() if cpu else torch_default_threads)
+        return configs[name][1] or (half_the_cores() if cpu else torch_default_threads)
 
     sampling = Sampling(temperature=0, max_new_tokens=args.tokens, seed=0)
     for name, engine in engines.items():  # warm-up

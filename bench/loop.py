@@ -22,23 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def run(args) -> dict:
     from bench.common import report
     from bench.pairs import fill_store
-    from playground import config
     from playground.core import Playground, wait_for
-    from playground.generation import Sampling
     from playground.models import models_dir, resolve_preset
-    from playground.training import RoundSettings
+    from playground.settings import ModelSettings, RoundSettings, Sampling
 
-    data_dir = config.resolve_data_dir(args.data_dir)
+    data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     preset = resolve_preset(args.preset)
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "models").symlink_to(models_dir(data_dir).resolve())
-        settings = RoundSettings(min_pairs=args.pairs, epochs=args.epochs, threads=args.threads)
-        playground = Playground.open(preset, Path(work), round_settings=settings)
+        settings = RoundSettings(min_pairs=args.pairs, epochs=args.epochs, train_threads=args.threads)
+        playground = Playground(ModelSettings(preset=preset.name, data_dir=work), settings)
+        playground.load_models()
         playground.start_trainer()
         playground.follow_versions(interval=0.5)
         try:
             fill_store(playground.store, args.pairs - 1, session="earlier")
-            time.sleep(5)  # the trainer is up and idle (15 < min_pairs)
+            # The trainer is up and has seen the pairs, one short of a round.
+            assert wait_for(lambda: (playground.store.trainer_state() or {}).get("pending") == args.pairs - 1, 300)
             assert not playground.store.versions()
             start = time.perf_counter()
             fill_store(playground.store, 1, session="the-last-vote")
@@ -71,11 +71,11 @@ def main(argv=None):
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--pairs", type=int, default=16)
-    from playground.training import RoundSettings
+    from playground.settings import RoundSettings
 
     defaults = RoundSettings()  # as the app runs a round
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
-    parser.add_argument("--threads", type=int, default=defaults.threads)
+    parser.add_argument("--threads", type=int, default=defaults.train_threads, help="torch threads of the trainer")
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))
 

@@ -119,15 +119,15 @@ def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
         idle = cpu_seconds(server.pid) - start
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-            context = browser.new_context()
             pages = []
             for _ in range(args.pages):
-                page = context.new_page()
-                page.goto(url)
+                # A context per page, as separate visitors: one browser profile opens at most 6 connections to a
+                # host, and every Gradio page holds one open for its event stream.
+                page = browser.new_context().new_page()
+                page.goto(url, wait_until="domcontentloaded", timeout=300_000)
+                page.locator("#status-line").filter(has_text="Ready").wait_for(timeout=300_000)
                 pages.append(page)
-            for page in pages:
-                page.locator("#status-line").filter(has_text="Ready").wait_for(timeout=120_000)
-            time.sleep(5)  # past the first full refresh of every page
+            time.sleep(10)  # past every page's first refresh
             start = cpu_seconds(server.pid)
             time.sleep(args.seconds)
             busy = cpu_seconds(server.pid) - start

@@ -52,10 +52,10 @@ def run(args) -> dict:
     from gradio_client import Client
 
     from bench.common import report
-    from playground import config
     from playground.models import models_dir
+    from playground.settings import ModelSettings
 
-    data_dir = config.resolve_data_dir(args.data_dir)
+    data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     with tempfile.TemporaryDirectory() as work:
         (Path(work) / "models").symlink_to(models_dir(data_dir).resolve())
         port = free_port()

@@ -17,6 +17,7 @@ import json
 import math
 import os
 import sqlite3
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Iterator
@@ -298,10 +299,16 @@ class Database:
             }
 
     def changes(self) -> int:
-        """How many write transactions changed something so far: equal numbers mean equal contents."""
-        with contextlib.closing(self._connect()) as conn:
-            row = conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()
-            return int(row[0]) if row else 0
+        """How many write transactions changed something so far: equal numbers mean equal contents.
+
+        Every open page asks this every few seconds, so each thread keeps one connection for it (opening one costs
+        more than the query); outside a transaction, each query reads the latest commit."""
+        local = self.__dict__.setdefault("_local", threading.local())
+        conn = getattr(local, "conn", None)
+        if conn is None:
+            conn = local.conn = self._connect()
+        row = conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()
+        return int(row[0]) if row else 0
 
     # -- small shared values -------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ votes, versions, exports); the shared panels are rendered once per change (panel
 
 from __future__ import annotations
 
+import os
+
 import gradio as gr
 
 from ..prompting import load_prompts
@@ -25,6 +27,9 @@ __all__ = ["Page", "build_app", "launch"]
 
 
 def build_app(page: Page) -> gr.Blocks:
+    # Gradio summarises all its recent events (up to 10,000, in a pandas DataFrame) after every event, for a
+    # monitoring page this app does not use; every open page's refresh is an event. Every 100th is plenty.
+    os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
     prompts = load_prompts()
     page.categories = {p["prompt"]: p["category"] for p in prompts}
     panel = Panel(page)
