@@ -188,17 +188,14 @@ def cmd_rollback(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from . import publishing
-
     playground = playground_from(args)
     what = "votes" if args.raw else args.what
     if what == "adapter":
         version = playground.store.serving_version() if args.version is None else args.version
-        folder = publishing.adapter_folder(playground.store, version, args.out, sft_spec=playground.preset.sft,
-                                           sft_hub_id=playground.sft_hub_id)
+        folder = playground.export_adapter(version, args.out)
         print(f"Wrote adapter v{version} with its model card to {folder}.")
         return 0
-    n = publishing.write_export(playground.store, what, args.out)
+    _, n = playground.export(what, args.out)
     noun = "votes with their answers" if what == "votes" else "preference pairs (TRL conversational format)"
     print(f"Wrote {n} {noun} to {args.out}.")
     return 0

@@ -40,13 +40,13 @@ class Recorded:
 
 class Playground:
     def __init__(self, models: ModelSettings | None = None, rounds: RoundSettings | None = None, *,
-                 engine: Engine | None = None, store: Store | None = None):
+                 engine: Engine | None = None):
         self.models = models or ModelSettings()
         self.round_settings = rounds or RoundSettings()
         self.preset: Preset = resolve_preset(self.models.preset, self.models.base, self.models.sft)
         self.data_dir = self.models.resolved_data_dir()
         self.data_set = DataSet.for_models(self.data_dir, self.preset.base, self.preset.sft)
-        self.store = store or self.data_set.open_store()
+        self.store: Store = self.data_set.open_store()
         self.dashboard = Dashboard(self.store)
         self.engine: Engine | None = None
         self.error: str | None = None  # why the models could not be loaded
@@ -227,15 +227,27 @@ class Playground:
         self.store.request_round()
 
     # ---- data out -----------------------------------------------------------------------------------------
-    def export(self, what: str = "pairs") -> tuple[Path, int]:
-        return publishing.export_file(self.store, what)
+    def export(self, what: str = "pairs", path: str | Path | None = None) -> tuple[Path, int]:
+        """'pairs' (TRL format) or 'votes' (raw) as JSONL, to `path` or a fresh download file: (path, rows)."""
+        if path is None:
+            return publishing.export_file(self.store, what)
+        return Path(path), publishing.write_export(self.store, what, path)
+
+    def export_adapter(self, version: int | None, out: str | Path) -> Path:
+        """An adapter version (default: the serving one) as a folder that loads elsewhere, with its model card."""
+        version = self.store.serving_version() if version is None else version
+        return publishing.adapter_folder(self.store, version, out, sft_spec=self.preset.sft,
+                                         sft_hub_id=self.sft_hub_id, win_rate=self._win_rate(version))
+
+    def _win_rate(self, version: int) -> dict | None:
+        return next((v["vote_win_rate"] for v in self.dashboard.facts()["versions"] if v["version"] == version), None)
 
     def push(self, token: str | None, dataset_repo: str, model_repo: str | None = None, *, private: bool = True,
              version: int | None = None, endpoint: str | None = None) -> str:
         version = self.store.serving_version() if version is None else version
-        rate = next((v["vote_win_rate"] for v in self.dashboard.facts()["versions"] if v["version"] == version), None)
         return publishing.push_to_hub(self.store, token, dataset_repo, model_repo, version, sft_spec=self.preset.sft,
-                                      sft_hub_id=self.sft_hub_id, private=private, win_rate=rate, endpoint=endpoint)
+                                      sft_hub_id=self.sft_hub_id, private=private, win_rate=self._win_rate(version),
+                                      endpoint=endpoint)
 
     def close(self) -> None:
         with self._lock:

@@ -13,7 +13,6 @@ the request's seed: with the same sampling noise, whatever differs between those
 
 from __future__ import annotations
 
-import copy
 import json
 import queue
 import threading
@@ -23,13 +22,12 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
-from transformers.generation import TemperatureLogitsWarper, TopPLogitsWarper
-from transformers.generation.streamers import BaseStreamer
+from transformers import LogitsProcessorList, StoppingCriteriaList
 
+from .decoding import AnswerBoundary, Mirror, RowStreamer, SeededSampler
 from .int8 import int8_roles
 from .models import LoadedModel, Preset, load_model
-from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt, cut_at_stop
+from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt
 from .settings import RoundSettings, Sampling, half_the_cores
 
 ARMS = ("base", "sft", "pref")
@@ -68,81 +66,6 @@ class Answer:
         row = asdict(self)
         row["tokens_per_second"] = round(self.tokens_per_second, 2)
         return row
-
-
-class SeededSampler(LogitsProcessor):
-    """Temperature + top-p sampling with one generator per row, expressed as a logits processor.
-
-    It masks every token but the sampled one, so `generate` runs in greedy mode and simply takes it. Drawing
-    from per-row generators (instead of torch's global RNG, which `generate` uses) keeps answers reproducible
-    when several generations run in parallel threads and when rows are batched together.
-    """
-
-    def __init__(self, seeds: list[int], temperature: float, top_p: float):
-        self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
-        self.warpers = [TemperatureLogitsWarper(temperature)]
-        if top_p < 1:
-            self.warpers.append(TopPLogitsWarper(top_p))
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for warper in self.warpers:
-            scores = warper(input_ids, scores)
-        probs = torch.softmax(scores.float(), dim=-1).cpu()
-        chosen = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
-        masked = torch.full_like(scores, float("-inf"))
-        return masked.scatter_(1, chosen.to(scores.device), 0.0)
-
-
-class AnswerBoundary(StoppingCriteria):
-    """Stops a row where its answer ends (see prompting.cut_at_stop); also stops everything when cancelled."""
-
-    def __init__(self, tokenizer, prompt_len: int, stops: tuple[str, ...], cancel: threading.Event):
-        self.tokenizer, self.prompt_len, self.stops, self.cancel = tokenizer, prompt_len, stops, cancel
-
-    def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        if self.cancel.is_set():
-            return torch.ones(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        if not self.stops:
-            return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
-        return torch.tensor([cut_at_stop(t, self.stops)[1] for t in texts], device=input_ids.device)
-
-
-class RowStreamer(BaseStreamer):
-    """Turns `generate`'s per-step token tensors into per-arm text events on a queue."""
-
-    def __init__(self, events: queue.Queue, arms: list[str], tokenizer, stops: tuple[str, ...], eos_ids: set[int]):
-        self.events, self.arms, self.tokenizer, self.stops, self.eos_ids = events, arms, tokenizer, stops, eos_ids
-        self.tokens: list[list[int]] = [[] for _ in arms]
-        self.finished = [False] * len(arms)
-        self.prompt_seen = False
-
-    def put(self, value: torch.Tensor) -> None:
-        if not self.prompt_seen:  # generate first hands over the prompt ids
-            self.prompt_seen = True
-            return
-        step = value.reshape(len(self.arms), -1)[:, -1].tolist()
-        for row, token in enumerate(step):
-            if self.finished[row]:
-                continue  # a finished row is padded until the batch ends
-            if token in self.eos_ids:
-                self._finish(row, "eos")
-                continue
-            self.tokens[row].append(token)
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, self.stops) if self.stops else (text, False)
-            self.events.put(("text", self.arms[row], text, len(self.tokens[row])))
-            if stopped:
-                self._finish(row, "stop")
-
-    def _finish(self, row: int, reason: str) -> None:
-        self.finished[row] = True
-        self.events.put(("done", self.arms[row], reason, len(self.tokens[row]) + (reason == "eos")))
-
-    def end(self) -> None:
-        for row in range(len(self.arms)):
-            if not self.finished[row]:
-                self._finish(row, "length")
 
 
 class Engine:
@@ -360,7 +283,7 @@ class Engine:
         inputs = tokenizer([text] * len(rows), return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
         inputs = inputs.to(loaded.model.device)
         prompt_len = inputs["input_ids"].shape[1]
-        sink = _Mirror(events, mirrors) if mirrors else events
+        sink = Mirror(events, mirrors) if mirrors else events
         for key in keys:
             sink.put(("prompt_tokens", key, prompt_len))
         eos = loaded.model.generation_config.eos_token_id
@@ -401,15 +324,3 @@ def _last(stream: Iterator[dict[str, Answer]]) -> dict[str, Answer]:
     for answers in stream:
         pass
     return answers
-
-
-class _Mirror:
-    """A queue proxy that repeats a row's events for rows that would generate exactly the same tokens."""
-
-    def __init__(self, events: queue.Queue, mirrors: dict[str, list[str]]):
-        self.events, self.mirrors = events, mirrors
-
-    def put(self, event) -> None:
-        self.events.put(event)
-        for key in self.mirrors.get(event[1], ()):
-            self.events.put((event[0], key, *copy.copy(event[2:])))

@@ -12,7 +12,6 @@ them once into a safetensors copy under ``<data dir>/models`` and every later st
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import importlib.util
 import logging

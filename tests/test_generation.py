@@ -8,7 +8,8 @@ import threading
 import pytest
 import torch
 
-from playground.generation import AnswerBoundary, Engine, RowStreamer, Sampling
+from playground.decoding import AnswerBoundary, RowStreamer
+from playground.generation import Engine, Sampling
 from playground.models import load_model
 from playground.prompting import BASE_STOP_STRINGS, PromptError, base_prompt, chat_prompt, cut_at_stop
 

@@ -173,8 +173,6 @@ def test_int8_model_takes_lora_adapters_and_refuses_ones_on_its_int8_layers(tiny
     import json
     import shutil
 
-    import torch
-
     from playground.generation import AdapterError, Engine, Sampling
 
     def engine(keep):
