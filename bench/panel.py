@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -70,12 +69,6 @@ print(store.counts())
 """
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_seconds(pid: int) -> float:
@@ -88,6 +81,8 @@ def cpu_seconds(pid: int) -> float:
 def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
     """Seed, start the app, measure CPU with no page and with `pages` pages, stop."""
     from gradio_client import Client
+
+    from bench.common import free_port, stop_app
     from playwright.sync_api import sync_playwright
 
     data_dir = work / "data"
@@ -133,11 +128,7 @@ def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
             busy = cpu_seconds(server.pid) - start
             browser.close()
     finally:
-        server.send_signal(signal.SIGINT)
-        try:
-            server.wait(30)
-        except subprocess.TimeoutExpired:
-            server.kill()
+        stop_app(server)
     return {"no_page_cpu_s": round(idle, 2), "pages_cpu_s": round(busy, 2),
             "cpu_s_per_page_minute": round((busy - idle) / args.pages * 60 / args.seconds, 3)}
 

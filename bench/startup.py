@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,10 +21,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def tree_memory_mb(pid: int) -> dict[str, float]:
@@ -51,7 +45,7 @@ def run(args) -> dict:
     import httpx
     from gradio_client import Client
 
-    from bench.common import report
+    from bench.common import free_port, report, stop_app
     from playground.models import models_dir
     from playground.settings import ModelSettings
 
@@ -87,11 +81,7 @@ def run(args) -> dict:
                 peak = {k: max(peak[k], v) for k, v in (rss | total).items()}
                 time.sleep(0.5)
         finally:
-            server.send_signal(signal.SIGINT)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            stop_app(server)
     figures = {
         "process_start_to_page_s": round(page, 1) if page else None,
         "process_start_to_first_answer_s": round(answered, 1) if answered else None,

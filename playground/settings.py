@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import random
+import types
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -198,7 +199,7 @@ def from_dict(cls, values: dict):
 def _from_env(text: str, kind) -> object:
     """An environment variable's text as the field's type."""
     origin = typing.get_origin(kind)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
         origin = typing.get_origin(kind)
     if kind is bool:

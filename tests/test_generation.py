@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 
 import pytest
 import torch
@@ -121,28 +122,37 @@ def test_concurrent_requests_and_hot_swaps_never_mix_adapter_state(tiny_engine, 
     sft_text = expected[0][0]
 
     results, errors, swaps = [], [], []
-    generating = threading.Event()  # set while a user's answer is being written
+    streaming: dict[int, int] = {}  # answers being written (first token out, not finished): id -> their version
+    lock = threading.Lock()
+    ids = iter(range(10**6))
 
     def user():
         try:
             for _ in range(4):
                 stream = tiny_engine.stream(prompt, long, arms=("sft", "pref"))
-                answers = next(stream)  # the first token is out: this generation holds the model now
-                generating.set()
+                answers = next(stream)  # the first token is out: this answer's version is fixed now
+                with lock:
+                    me = next(ids)
+                    streaming[me] = answers["pref"].adapter_version
                 for answers in stream:
                     pass
-                generating.clear()
-                results.append((answers["pref"].adapter_version, answers["sft"].text, answers["pref"].text))
+                with lock:
+                    started_with = streaming.pop(me)
+                results.append((answers["pref"].adapter_version, answers["sft"].text, answers["pref"].text,
+                                started_with))
         except Exception as error:  # surfaced below
             errors.append(error)
 
     def swapper():
         for version in (1, 2, 0, 2, 1):
-            if not generating.wait(timeout=60):
-                errors.append(AssertionError("no generation started"))
-                return
-            # A swap requested while an answer is being written must wait for it, not change it under its feet.
-            swaps.append(tiny_engine._locks["sft"].locked())
+            deadline = time.monotonic() + 60
+            while True:  # a swap requested while answers are being written must not change them
+                with lock:
+                    in_flight = dict(streaming)
+                if in_flight or time.monotonic() > deadline:
+                    break
+                time.sleep(0.001)
+            swaps.append(in_flight)
             tiny_engine.use_adapter(version, str(tiny_adapters[version]) if version else None)
 
     threads = [threading.Thread(target=user) for _ in range(3)] + [threading.Thread(target=swapper)]
@@ -152,9 +162,10 @@ def test_concurrent_requests_and_hot_swaps_never_mix_adapter_state(tiny_engine, 
         t.join(timeout=300)
     assert not errors, errors
     assert len(results) == 12
-    assert swaps == [True] * 5, "every swap was requested while a generation held the model"
-    assert len({version for version, _, _ in results}) >= 2, "answers were written under several versions"
-    for version, sft, pref in results:
+    assert all(swaps), "every swap was requested while answers were being written"
+    assert len({version for version, *_ in results}) >= 2, "answers were written under several versions"
+    for version, sft, pref, started_with in results:
+        assert version == started_with, "a swap changed the version of an answer being written"
         assert sft == sft_text, "an SFT answer was written with an adapter on"
         assert pref == expected[version][1], f"answer recorded as v{version} was written by another version"
 

@@ -169,15 +169,24 @@ def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp
 def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
     engine = playground.engine
     sft_text = engine.generate("Keep chatting", GREEDY)["sft"].text
-    swaps, swapped = [], threading.Event()
+    streaming: dict[int, int] = {}  # answers being written (first token out, not finished): id -> their version
+    lock, ids, swaps, swapped = threading.Lock(), iter(range(10**6)), [], threading.Event()
     use_adapter = engine.use_adapter
 
-    def recording_use_adapter(version, path):
-        swaps.append((version, engine._locks["sft"].locked()))  # was an answer being written right then?
+    def swap_while_chatting(version, path):
+        # The follower's swap waits for an answer to be in progress, so the swap surely lands mid-chat.
+        deadline = time.monotonic() + 60
+        while True:
+            with lock:
+                in_flight = dict(streaming)
+            if in_flight or time.monotonic() > deadline:
+                break
+            time.sleep(0.001)
+        swaps.append((version, in_flight))
         use_adapter(version, path)
         swapped.set()
 
-    engine.use_adapter = recording_use_adapter
+    engine.use_adapter = swap_while_chatting
     playground.start_trainer()
     playground.follow_versions(interval=0.2)
     try:
@@ -185,14 +194,24 @@ def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
         seen, errors = [], []
         deadline = time.monotonic() + 400
 
+        def answer():
+            stream = engine.stream("Keep chatting", GREEDY, arms=("sft", "pref"))
+            answers = next(stream)
+            with lock:
+                me = next(ids)
+                streaming[me] = answers["pref"].adapter_version
+            for answers in stream:
+                pass
+            with lock:
+                started_with = streaming.pop(me)
+            seen.append((answers["pref"].adapter_version, answers["sft"].text, started_with))
+
         def chat():
             try:
                 while not swapped.is_set() and time.monotonic() < deadline and not playground.trainer.exits:
-                    answers = engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
-                    seen.append((answers["pref"].adapter_version, answers["sft"].text))
+                    answer()
                 for _ in range(3):
-                    answers = engine.generate("Keep chatting", GREEDY, arms=("sft", "pref"))
-                    seen.append((answers["pref"].adapter_version, answers["sft"].text))
+                    answer()
             except Exception as error:
                 errors.append(error)
 
@@ -204,9 +223,11 @@ def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
         assert not errors, errors
         assert swapped.is_set(), "the new version was never swapped in"
         assert engine.adapter_version == 1
-        assert swaps[0] == (1, True), "the swap came while people were chatting (an answer held the model)"
-        assert {version for version, _ in seen} == {0, 1}, "answers were served before and after the swap"
-        assert all(text == sft_text for _, text in seen), "the SFT arm never saw the adapter"
+        (version, in_flight), = swaps
+        assert version == 1 and in_flight and set(in_flight.values()) == {0}, "swapped while v0 answers streamed"
+        assert {version for version, _, _ in seen} == {0, 1}, "answers were served before and after the swap"
+        assert all(version == started for version, _, started in seen), "no answer changed version mid-way"
+        assert all(text == sft_text for _, text, _ in seen), "the SFT arm never saw the adapter"
     finally:
         playground.stop_trainer()
     assert not playground.trainer_alive()
