@@ -22,13 +22,13 @@ VERSION_FIELDS = ("version", "parent_version", "state", "reason", "pairs_used", 
 def compute(store: Store) -> dict[str, Any]:
     """Every figure at once, from one pass over the votes (ratings and win rates come from the same games)."""
     changes = store.changes()
-    games = leaderboard.games_from_votes(store.export_votes())
-    rates = leaderboard.win_rates(games)
+    standings = leaderboard.leaderboard(store.export_votes())
+    # A player's win rate: its games and wins (ties half) in the games the ratings were fitted to.
+    rates = {s.player: {"games": s.comparisons, "wins": s.wins, "rate": s.win_rate} for s in standings}
     serving = store.serving_version()
 
     def win_rate(player: str) -> dict | None:
-        rate = rates.get(player)
-        return {"games": rate.games, "wins": rate.wins, "rate": rate.rate} if rate else None
+        return rates.get(player)
 
     versions = [{k: v.get(k) for k in VERSION_FIELDS} | {"vote_win_rate": win_rate(f"pref v{v['version']}")}
                 for v in store.versions()]
@@ -42,8 +42,8 @@ def compute(store: Store) -> dict[str, Any]:
         "steps": store.round_steps(),
         "versions": versions,
         "sft_win_rate": win_rate("sft"),  # version 0: the SFT model plays the preference arm
-        "standings": leaderboard.standings(games),
-        "win_rates": {name: win_rate(name) for name in rates},
+        "standings": standings,
+        "win_rates": rates,
         "trainer": store.trainer_state(),
     }
 

@@ -75,27 +75,6 @@ def games_from_votes(votes: Iterable[Mapping]) -> list[Game]:
     return games
 
 
-@dataclass(frozen=True)
-class WinRate:
-    player: str
-    games: int
-    wins: float  # ties count half
-
-    @property
-    def rate(self) -> float:
-        return self.wins / self.games if self.games else 0.0
-
-
-def win_rates(games: Sequence[Game]) -> dict[str, WinRate]:
-    """Each player's games and wins (ties half) in the same games the ratings are fitted to."""
-    played: dict[str, list[float]] = {}
-    for game in games:
-        played.setdefault(game.first, []).append(game.score)
-        played.setdefault(game.second, []).append(1 - game.score)
-    return {name: WinRate(name, len(scores), sum(scores)) for name, scores in
-            sorted(played.items(), key=lambda item: _player_order(item[0]))}
-
-
 def fit(n_players: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None,
         prior: float = PRIOR_GAMES, tol: float = 1e-9, max_iter: int = 10_000) -> np.ndarray:
     """Bradley-Terry log-strengths, centred on their mean, by Hunter's MM iteration.

@@ -162,13 +162,6 @@ class RoundSettings:
     def as_dict(self) -> dict:
         return asdict(self)
 
-    def to_json(self) -> str:
-        return json.dumps(self.as_dict())
-
-    @classmethod
-    def from_json(cls, text: str) -> "RoundSettings":
-        return from_dict(cls, json.loads(text))
-
 
 @dataclass
 class ServerSettings:

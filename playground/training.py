@@ -218,7 +218,7 @@ def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:
 
 
 def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
-          once: bool = False, sft_hub_id: str | None = None) -> list[int]:
+          sft_hub_id: str | None = None) -> None:
     """The trainer process's loop: run a round whenever enough pairs wait or one is requested.
 
     A failed round is logged and recorded (its pairs stay pending); the loop goes on. SIGTERM ends the loop; a
@@ -231,7 +231,6 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
     signal.signal(signal.SIGTERM, stop)
     for interrupted in store.recover_interrupted_rounds():
         log.warning("Round %d was interrupted (trainer killed); its pairs are still pending.", interrupted["id"])
-    versions: list[int] = []
     failures = 0
     said: dict = {}
 
@@ -244,13 +243,12 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
 
     try:
         while True:
-            forced = store.take_round_request() or once
+            forced = store.take_round_request()
             pending = store.pending_pair_count()
-            version = None
             if pending and (forced or pending >= settings.min_pairs):
                 say("training", pending=pending)
                 try:
-                    version = run_round(store, adapters_dir, sft_dir, settings, force=True, sft_hub_id=sft_hub_id)
+                    run_round(store, adapters_dir, sft_dir, settings, force=True, sft_hub_id=sft_hub_id)
                     failures = 0
                 except Exception as error:  # a crashed round must not end the trainer
                     log.exception("Round failed: %s", error)
@@ -258,10 +256,6 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
                     say("waiting", pending=store.pending_pair_count(), failures=failures)
             else:
                 say("waiting", pending=pending, failures=failures)
-            if version:
-                versions.append(version)
-            if once:
-                return versions
             time.sleep(poll_seconds * min(2**failures, 30))
     finally:
         try:

@@ -24,3 +24,40 @@ def add_short_vs_long_votes(store: Store, n: int, session="sim") -> int:
              "new_tokens": 30}])
         created += store.vote_pairwise(session, comparison, a, b, "a").pairs_created
     return created
+
+
+class AnswersInFlight:
+    """Answers being written (first token out, not finished), so a test can make a hot swap land mid-answer and
+    check that those answers keep the adapter version they started with."""
+
+    def __init__(self):
+        import itertools
+        import threading
+
+        self._lock, self._ids = threading.Lock(), itertools.count()
+        self._streaming: dict[int, int] = {}  # id -> the version the answer started with
+
+    def answer(self, engine, prompt: str, sampling, arms=("sft", "pref")):
+        """Stream one answer to the end: (answers, the preference arm's version when its first token was out)."""
+        stream = engine.stream(prompt, sampling, arms=arms)
+        answers = next(stream)  # the first token is out: this answer's version is fixed now
+        with self._lock:
+            me = next(self._ids)
+            self._streaming[me] = answers["pref"].adapter_version
+        for answers in stream:
+            pass
+        with self._lock:
+            started_with = self._streaming.pop(me)
+        return answers, started_with
+
+    def wait(self, timeout: float = 60) -> dict[int, int]:
+        """The answers being written once there is at least one (empty after `timeout`)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                now = dict(self._streaming)
+            if now or time.monotonic() > deadline:
+                return now
+            time.sleep(0.001)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import queue
 import threading
-import time
 
 import pytest
 import torch
 
+from helpers import AnswersInFlight
 from playground.decoding import AnswerBoundary, RowStreamer
 from playground.generation import Engine, Sampling
 from playground.models import load_model
@@ -122,22 +122,12 @@ def test_concurrent_requests_and_hot_swaps_never_mix_adapter_state(tiny_engine, 
     sft_text = expected[0][0]
 
     results, errors, swaps = [], [], []
-    streaming: dict[int, int] = {}  # answers being written (first token out, not finished): id -> their version
-    lock = threading.Lock()
-    ids = iter(range(10**6))
+    in_flight = AnswersInFlight()
 
     def user():
         try:
             for _ in range(4):
-                stream = tiny_engine.stream(prompt, long, arms=("sft", "pref"))
-                answers = next(stream)  # the first token is out: this answer's version is fixed now
-                with lock:
-                    me = next(ids)
-                    streaming[me] = answers["pref"].adapter_version
-                for answers in stream:
-                    pass
-                with lock:
-                    started_with = streaming.pop(me)
+                answers, started_with = in_flight.answer(tiny_engine, prompt, long)
                 results.append((answers["pref"].adapter_version, answers["sft"].text, answers["pref"].text,
                                 started_with))
         except Exception as error:  # surfaced below
@@ -145,14 +135,7 @@ def test_concurrent_requests_and_hot_swaps_never_mix_adapter_state(tiny_engine, 
 
     def swapper():
         for version in (1, 2, 0, 2, 1):
-            deadline = time.monotonic() + 60
-            while True:  # a swap requested while answers are being written must not change them
-                with lock:
-                    in_flight = dict(streaming)
-                if in_flight or time.monotonic() > deadline:
-                    break
-                time.sleep(0.001)
-            swaps.append(in_flight)
+            swaps.append(in_flight.wait())  # a swap requested while answers are being written must not change them
             tiny_engine.use_adapter(version, str(tiny_adapters[version]) if version else None)
 
     threads = [threading.Thread(target=user) for _ in range(3)] + [threading.Thread(target=swapper)]

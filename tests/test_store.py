@@ -56,8 +56,7 @@ def test_wal_foreign_keys_and_durable_sync(store):
     assert p["busy_timeout"] >= 30000
     assert p["user_version"] == len(store_module.MIGRATIONS)
     with pytest.raises(sqlite3.IntegrityError):  # foreign keys are enforced, not just declared
-        store.add_answer(999, "base", 0, text="x", model="m", adapter_version=0, settings={}, seed=0,
-                         prompt_tokens=1, new_tokens=1, seconds=0.1)
+        store.log_step(999, 1, {"loss": 0.5})  # a step of a round that does not exist
 
 
 def test_open_uses_data_dir(tmp_path):

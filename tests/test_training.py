@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import add_short_vs_long_votes
+from helpers import AnswersInFlight, add_short_vs_long_votes
 from playground.core import Playground, wait_for
 from playground.data_sets import DataSet
 from playground.generation import Engine
@@ -169,20 +169,12 @@ def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp
 def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
     engine = playground.engine
     sft_text = engine.generate("Keep chatting", GREEDY)["sft"].text
-    streaming: dict[int, int] = {}  # answers being written (first token out, not finished): id -> their version
-    lock, ids, swaps, swapped = threading.Lock(), iter(range(10**6)), [], threading.Event()
+    in_flight, swaps, swapped = AnswersInFlight(), [], threading.Event()
     use_adapter = engine.use_adapter
 
     def swap_while_chatting(version, path):
         # The follower's swap waits for an answer to be in progress, so the swap surely lands mid-chat.
-        deadline = time.monotonic() + 60
-        while True:
-            with lock:
-                in_flight = dict(streaming)
-            if in_flight or time.monotonic() > deadline:
-                break
-            time.sleep(0.001)
-        swaps.append((version, in_flight))
+        swaps.append((version, in_flight.wait()))
         use_adapter(version, path)
         swapped.set()
 
@@ -195,15 +187,7 @@ def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
         deadline = time.monotonic() + 400
 
         def answer():
-            stream = engine.stream("Keep chatting", GREEDY, arms=("sft", "pref"))
-            answers = next(stream)
-            with lock:
-                me = next(ids)
-                streaming[me] = answers["pref"].adapter_version
-            for answers in stream:
-                pass
-            with lock:
-                started_with = streaming.pop(me)
+            answers, started_with = in_flight.answer(engine, "Keep chatting", GREEDY)
             seen.append((answers["pref"].adapter_version, answers["sft"].text, started_with))
 
         def chat():

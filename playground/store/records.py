@@ -84,13 +84,6 @@ class Records:
             ids = [self._insert_answer(conn, comparison_id, slot, answer) for slot, answer in enumerate(answers)]
             return comparison_id, ids
 
-    def add_answer(self, comparison_id: int, arm: str, slot: int, **fields) -> int:
-        """One more answer to an existing comparison (keyword arguments: ANSWER_FIELDS)."""
-        if arm not in ARMS:
-            raise ValueError(f"arm must be one of {ARMS}, not {arm!r}")
-        with self._write() as conn:
-            return self._insert_answer(conn, comparison_id, slot, {"arm": arm, **fields})
-
     @staticmethod
     def _insert_answer(conn: sqlite3.Connection, comparison_id: int, slot: int, answer: dict) -> int:
         values = {key: answer.get(key) for key in ANSWER_FIELDS}

@@ -220,6 +220,7 @@ class Database:
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()  # each thread's connection for changes()
         with contextlib.closing(self._connect()) as conn:
             # journal_mode is persistent in the file; only switch when needed (it takes an exclusive lock).
             mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
@@ -303,10 +304,9 @@ class Database:
 
         Every open page asks this every few seconds, so each thread keeps one connection for it (opening one costs
         more than the query); outside a transaction, each query reads the latest commit."""
-        local = self.__dict__.setdefault("_local", threading.local())
-        conn = getattr(local, "conn", None)
+        conn = getattr(self._local, "conn", None)
         if conn is None:
-            conn = local.conn = self._connect()
+            conn = self._local.conn = self._connect()
         row = conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()
         return int(row[0]) if row else 0
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import hmac
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -19,7 +20,10 @@ import gradio as gr
 from ..core import Playground
 from ..generation import ARM_TITLES
 from ..models import cached_copy
+from ..prompting import MAX_PROMPT_CHARS, PromptError, check_prompt
 from ..settings import Sampling
+
+log = logging.getLogger(__name__)
 
 # Generation is CPU-bound and the engine serializes each model anyway: two at once keeps both models busy without
 # piling up threads. Votes and panel refreshes are quick database calls with their own, higher limits, so a long
@@ -180,8 +184,6 @@ def fixed(method, *fixed_args):
 
 
 def generation_problem(page: Page, prompt) -> str | None:
-    from ..prompting import PromptError, check_prompt
-
     try:
         check_prompt(prompt)
     except PromptError as error:
@@ -192,10 +194,6 @@ def generation_problem(page: Page, prompt) -> str | None:
 def stream_answers(page: Page, prompt, sampling_args, current, state, n_outputs, render, start):
     """Check the prompt and settings, stream at most every STREAM_INTERVAL (the last update, which carries the
     stored ids, always), and turn any failure into a message on the page. Yields (*outputs, message, state)."""
-    import logging
-
-    from ..prompting import PromptError
-
     keep = [gr.skip()] * n_outputs
     problem = generation_problem(page, prompt)
     if problem:
@@ -216,7 +214,7 @@ def stream_answers(page: Page, prompt, sampling_args, current, state, n_outputs,
     except (PromptError, ValueError) as error:
         yield *keep, f"⚠ {error}", current if state["comparison"] is None else None
     except Exception as error:  # a crash mid-stream: say so; nothing was recorded
-        logging.getLogger(__name__).exception("Generation failed")
+        log.exception("Generation failed")
         yield *keep, f"⚠ Generation failed: {code(error)}", None
 
 
@@ -241,7 +239,5 @@ def sampling_controls(defaults: Sampling):
 
 
 def prompt_box(elem_id: str) -> gr.Textbox:
-    from ..prompting import MAX_PROMPT_CHARS
-
     return gr.Textbox(label="Prompt", placeholder="Ask something…", lines=2, max_lines=8, elem_id=elem_id,
                       info=f"Up to {MAX_PROMPT_CHARS:,} characters.")
