@@ -36,14 +36,33 @@ def half_the_cores() -> int:
     return max(1, cpus // 2)
 
 
+SPACE_VOLUME = Path("/data")
+
+
+def on_space() -> bool:
+    """Whether this process runs on a Hugging Face Space (which sets SPACE_ID)."""
+    return bool(os.environ.get("SPACE_ID"))
+
+
 def default_data_dir() -> Path:
-    """The data directory when none is given: on a Hugging Face Space with a writable `/data` volume, there;
-    elsewhere the XDG data home. (Votes live here, so it is a data directory, not a cache.)"""
-    space_storage = Path("/data")
-    if os.environ.get("SPACE_ID") and space_storage.is_dir() and os.access(space_storage, os.W_OK):
-        return space_storage / "alignment-playground"
+    """The data directory when none is given: the XDG data home, always on local disk. (The live SQLite database
+    must not sit on a Space's bucket volume: its files can be seconds stale and its locks are unreliable. The durable
+    copy goes there instead: `persist`.)"""
     xdg = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(xdg) / "alignment-playground"
+
+
+def default_persist_dir() -> Path | None:
+    """On a Space with a writable volume mounted at /data: there; elsewhere no durable copy unless asked."""
+    if on_space() and SPACE_VOLUME.is_dir() and os.access(SPACE_VOLUME, os.W_OK):
+        return SPACE_VOLUME
+    return None
+
+
+def _default_pairs_per_voter() -> int:
+    # On a public Space one script must not steer the model: a voter's pairs in one round stay below half of the
+    # pairs that start one, so a round always needs at least two voters. A lone local user trains on their own votes.
+    return 4 if on_space() else 0
 
 
 def _default_host() -> str:
@@ -76,6 +95,12 @@ class ModelSettings:
     serve_threads: int = field(default_factory=half_the_cores, metadata=_help(
         "torch threads for generation: half the CPU cores, so the base and SFT models each get their own"))
     trust_remote_code: bool = field(default=False, metadata=_help("let model repos run their own code"))
+    persist: str | None = field(default=None, metadata=_help(
+        "folder that receives the durable copy of every record and adapter (a Space's bucket volume) and that an "
+        "empty data set is restored from; `off`: none (see Deploy as a Space)"))
+    hub_dataset: str | None = field(default=None, metadata=_help(
+        "dataset repo (`owner/name`) the durable copy is also pushed to every 5 minutes, for a Space without a "
+        "volume; it is restored from when the local copy is empty"))
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -87,6 +112,20 @@ class ModelSettings:
         path = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
         path.mkdir(parents=True, exist_ok=True)
         return path
+
+    def resolved_persist(self) -> Path | None:
+        """Where the durable copy goes: `persist`; with only `hub_dataset`, a local folder the scheduler pushes;
+        None when there is no target."""
+        if self.persist and self.persist.strip().lower() in ("off", "none", "no", "0"):
+            return None
+        if self.persist:
+            return Path(self.persist).expanduser()
+        default = default_persist_dir()
+        if default is not None:
+            return default
+        if self.hub_dataset:
+            return self.resolved_data_dir() / "durable-copy"
+        return None
 
 
 @dataclass
@@ -139,6 +178,9 @@ class RoundSettings:
         "the layers LoRA adapts (they stay float in an int8 SFT model)"))
     train_threads: int = field(default_factory=half_the_cores, metadata=_help("torch threads of the trainer"))
     train_seed: int = field(default=0, metadata=_help("seed of the data order, LoRA init and replay choice"))
+    pairs_per_voter: int = field(default_factory=_default_pairs_per_voter, metadata=_help(
+        "most new pairs one voter (address or signed-in user) puts into one round; the rest wait for later "
+        "rounds; 0 = no cap"))
 
     def __post_init__(self):
         # `--target-modules q_proj,v_proj` reads as one word; the environment variable is comma-separated too.
@@ -148,7 +190,8 @@ class RoundSettings:
         problems = [f"{name} must be at least {low} (got {getattr(self, name)})"
                     for name, low in (("min_pairs", 1), ("max_new_pairs", 1), ("replay_pairs", 0), ("epochs", 1),
                                       ("batch_size", 1), ("grad_accumulation", 1), ("max_length", 16),
-                                      ("lora_r", 1), ("lora_alpha", 1), ("train_threads", 1))
+                                      ("lora_r", 1), ("lora_alpha", 1), ("train_threads", 1),
+                                      ("pairs_per_voter", 0))
                     if getattr(self, name) < low]
         if not self.learning_rate > 0 or not self.beta > 0:
             problems.append("learning_rate and beta must be positive")
@@ -171,6 +214,11 @@ class ServerSettings:
         "interface to listen on: `127.0.0.1`, or `0.0.0.0` on a Space"))
     port: int = field(default_factory=_default_port, metadata=_help("port (or `GRADIO_SERVER_PORT`): 7860"))
     votes_per_minute: int = field(default=20, metadata=_help("votes per browser session and minute"))
+    votes_per_minute_per_address: int = field(default=60, metadata=_help(
+        "votes per client address and minute, whatever the sessions (behind a Space's proxy: the forwarded "
+        "address)"))
+    require_login: bool = field(default=False, metadata=_help(
+        "voting needs a signed-in Hugging Face user (on a Space with `hf_oauth: true`); votes record who cast them"))
     trainer: bool = field(default=True, metadata=_help(
         "run the trainer process; `--no-trainer`: serve only and train elsewhere on the same data directory "
         "(`python -m playground train --watch`)"))
@@ -248,6 +296,8 @@ _COMPUTED_DEFAULTS = {
     "target_modules": "`q_proj,v_proj`",
     "host": "`127.0.0.1`",
     "port": "`7860`",
+    "persist": "`/data` on a Space with a writable volume there; else none",
+    "pairs_per_voter": "`4` on a Space; else `0`",
 }
 
 

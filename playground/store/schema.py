@@ -169,9 +169,40 @@ MIGRATIONS: list[str] = [
     INSERT INTO meta (key, value) VALUES ('changes', '0') ON CONFLICT (key) DO NOTHING;
     ALTER TABLE adapter_versions ADD COLUMN served_on_publish INTEGER NOT NULL DEFAULT 1;
     """,
+    # 4: the durable copy's change log (filled by triggers, see `changelog_triggers`; emptied as the copy catches up)
+    # and who cast a vote ('ip:<keyed hash>' or 'hf:<user name>'; NULL for votes from before).
+    """
+    CREATE TABLE changelog (
+        seq  INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: orders every copied record across restarts
+        tbl  TEXT NOT NULL,
+        key  TEXT NOT NULL                       -- JSON array of the row's primary key
+    );
+    ALTER TABLE votes ADD COLUMN voter TEXT;
+    CREATE INDEX votes_voter ON votes (voter);
+    """,
 ]
 
+# Meta keys that describe this process or this copy of the file, not the data: never copied, never restored.
+LOCAL_META_KEYS = ("changes", "trainer", "voter_salt", "durable_copy")
+# Tables that are the copy's own bookkeeping.
+UNCOPIED_TABLES = ("changelog",)
+
 _JSON_COLUMNS = {"settings", "hyperparams", "metrics", "extra"}
+
+
+def changelog_triggers(tables: dict[str, dict]) -> list[tuple[str, str]]:
+    """(name, CREATE TRIGGER statement) for every data table and operation."""
+    bound = "(SELECT 1 FROM meta WHERE key = 'durable_copy') IS NOT NULL"
+    local = ", ".join(f"'{k}'" for k in LOCAL_META_KEYS)
+    out = []
+    for table, spec in tables.items():
+        for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
+            name = f"changelog_{table}_{op.lower()}"
+            when = bound + (f" AND {row}.key NOT IN ({local})" if table == "meta" else "")
+            key = ", ".join(f"{row}.{c}" for c in spec["key"])
+            out.append((name, f"CREATE TRIGGER {name} AFTER {op} ON {table} WHEN {when} "
+                              f"BEGIN INSERT INTO changelog (tbl, key) VALUES ('{table}', json_array({key})); END"))
+    return out
 
 
 class StoreError(Exception):
@@ -231,6 +262,7 @@ class Database:
             applied = conn.execute("PRAGMA user_version").fetchone()[0]
         if applied != len(MIGRATIONS):
             self._migrate()
+        self._install_changelog_triggers()
 
     @property
     def root(self) -> Path:
@@ -290,6 +322,35 @@ class Database:
                 for statement in _statements(MIGRATIONS[applied]):
                     conn.execute(statement)
                 conn.execute(f"PRAGMA user_version = {applied + 1}")
+
+    def tables(self, conn: sqlite3.Connection) -> dict[str, dict]:
+        """Every data table: {name: {"columns": [...], "key": [primary key columns]}} (what the durable copy copies;
+        read from the schema, so tables and columns added later are copied too)."""
+        names = [r[0] for r in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        out = {}
+        for name in names:
+            if name in UNCOPIED_TABLES:
+                continue
+            info = conn.execute(f"PRAGMA table_info({name})").fetchall()
+            key = [r["name"] for r in sorted((r for r in info if r["pk"]), key=lambda r: r["pk"])]
+            out[name] = {"columns": [r["name"] for r in info], "key": key or ["rowid"]}
+        return out
+
+    def _install_changelog_triggers(self) -> None:
+        """Triggers that log the key of every inserted, updated or deleted row into `changelog` while a durable
+        copy is bound to this file (meta 'durable_copy' set); generated from the schema, so they follow it."""
+        with contextlib.closing(self._connect()) as conn:
+            wanted = changelog_triggers(self.tables(conn))
+            have = {r[0]: r[1] for r in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                                                      "AND name LIKE 'changelog_%'")}
+        if {name: sql for name, sql in wanted} == have:
+            return
+        with self._write() as conn:  # under the write lock, so two processes opening the file do this once
+            for name in have:
+                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
+            for _, sql in wanted:
+                conn.execute(sql)
 
     def pragmas(self) -> dict[str, Any]:
         """The settings a connection actually runs with, for health checks."""
