@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from .models import ModelLoadError
 from .prompting import PromptError
@@ -20,10 +21,18 @@ from .store import StoreError
 EXIT_USAGE = 2
 
 
+_opened = []  # the playgrounds a command opened: closed when it ends, so their durable copy is flushed
+
+
+def opened(playground):
+    _opened.append(playground)
+    return playground
+
+
 def playground_from(args, rounds: RoundSettings | None = None):
     from .core import Playground
 
-    return Playground(settings_from(args, ModelSettings), rounds)
+    return opened(Playground(settings_from(args, ModelSettings), rounds))
 
 
 def cmd_generate(args) -> int:
@@ -133,7 +142,7 @@ def cmd_train(args) -> int:
         models, rounds = from_dict(ModelSettings, given["models"]), from_dict(RoundSettings, given["rounds"])
     else:
         models, rounds = settings_from(args, ModelSettings), settings_from(args, RoundSettings)
-    playground = Playground(models, rounds)
+    playground = opened(Playground(models, rounds))
     sft_dir = model_folder(playground.preset.sft, playground.data_dir, models.trust_remote_code)
     where = dict(adapters_dir=playground.data_set.adapters_dir, sft_dir=sft_dir, settings=rounds)
     if args.watch:
@@ -223,7 +232,7 @@ def cmd_simulate(args) -> int:
         heldout = heldout[: args.heldout_limit]
     models = settings_from(args, ModelSettings)
     models.data_dir = str(workspace(models.resolved_data_dir()))
-    playground = Playground(models, settings_from(args, RoundSettings))
+    playground = opened(Playground(models, settings_from(args, RoundSettings)))
     playground.load_models()
     result = simulate(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
                       sampling=settings_from(args, Sampling), seed=args.seed or 0)
@@ -243,6 +252,66 @@ def cmd_simulate(args) -> int:
         print(f"  round {r['round']}: {r['status']} v{r['version']} pairs {r['pairs_used']} {r['seconds']:.0f}s "
               f"loss {last.get('loss')} margin {last.get('reward_margin')} acc {last.get('reward_accuracy')}")
     print(f"time: {result['seconds']}; workspace: {result['workspace']}")
+    return 0
+
+
+def data_set_of(args):
+    """The data set the model options pick, without binding or restoring anything (unlike a Playground)."""
+    from .data_sets import DataSet
+    from .models import resolve_preset
+
+    models = settings_from(args, ModelSettings)
+    preset = resolve_preset(models.preset, models.base, models.sft)
+    return models, DataSet.for_models(models.resolved_data_dir(), preset.base, preset.sft)
+
+
+def cmd_stats(args) -> int:
+    from .store import durable
+
+    models, data_set = data_set_of(args)
+    store = data_set.open_store()
+    counts = store.counts()
+    facts = {"data_set": data_set.name, "serving_version": store.serving_version(),
+             **{k: counts[k] for k in ("prompts", "comparisons", "answers", "votes", "pairs", "rounds", "versions")},
+             "pairs_pending": counts["pairs_pending"], "votes_by_kind": counts["votes_by_kind"]}
+    target = models.resolved_persist()
+    if target is not None:
+        copy = durable.DurableCopy(store, data_set.name, target)
+        facts["durable_copy"] = {"target": str(target), "pending": copy.pending(),
+                                 "shards": len(durable.shards(copy.folder))}
+    if args.json:
+        print(json.dumps(facts, indent=2))
+        return 0
+    print(f"data set {facts['data_set']}: serving v{facts['serving_version']}")
+    for key in ("prompts", "comparisons", "answers", "votes", "pairs", "pairs_pending", "rounds", "versions"):
+        print(f"  {key:<14}{facts[key]:>8}")
+    if "durable_copy" in facts:
+        d = facts["durable_copy"]
+        print(f"durable copy: {d['target']} ({d['shards']} shards, {d['pending']} changes not copied yet)")
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from .store import durable
+
+    models, data_set = data_set_of(args)
+    source = Path(args.source).expanduser()
+    folder = source if durable.shards(source) else durable.data_set_folder(source, data_set.name)
+    if not durable.shards(folder):
+        found = sorted(p.parent.parent.name for p in source.glob("datasets/*/records/*.jsonl"))
+        hint = f" It holds data sets {sorted(set(found))}: pick their models with --preset/--base/--sft." if found else ""
+        print(f"error: {source} holds no durable copy of data set {data_set.name}.{hint}", file=sys.stderr)
+        return EXIT_USAGE
+    store = data_set.open_store()
+    target = models.resolved_persist()
+    # Restoring from the configured target continues its history; from elsewhere, the target starts afresh.
+    same = target is not None and durable.data_set_folder(target, data_set.name).resolve() == folder.resolve()
+    summary = durable.restore(store, folder, bind=same)
+    for warning in summary["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
+    rows = summary["rows"]
+    print(f"Restored data set {data_set.name} from {folder}: " + ", ".join(f"{n} {t}" for t, n in rows.items())
+          + f"; serving v{store.serving_version()}.")
     return 0
 
 
@@ -332,6 +401,15 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--heldout-limit", type=int, default=None, help="evaluate on the first N held-out prompts")
     sim.add_argument("--json", action="store_true")
 
+    st = command("stats", cmd_stats, "counts (prompts, comparisons, answers, votes, pairs, rounds, versions) and "
+                 "the serving version of the data set", ModelSettings)
+    st.add_argument("--json", action="store_true")
+
+    rs = command("restore", cmd_restore, "rebuild an empty local store (rows, serving version, adapters) from a "
+                 "durable copy", ModelSettings)
+    rs.add_argument("--from", dest="source", required=True,
+                    help="the durable copy's folder (a --persist target, or one data set's folder in it)")
+
     be = command("bench", cmd_bench, "benchmarks against plain baselines, one JSON object each (see bench/)")
     be.add_argument("suite", choices=tuple(BENCH_SUITES))
     be.add_argument("--json", action="store_true")
@@ -359,4 +437,7 @@ def main(argv=None) -> int:
     except (ModelLoadError, PromptError, ValueError, StoreError) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        while _opened:
+            _opened.pop().close()
 

@@ -25,6 +25,7 @@ from .generation import AdapterError, Answer, Engine
 from .models import PRESETS, ModelLoadError, Preset, hub_id, resolve_preset
 from .settings import ModelSettings, RoundSettings, Sampling
 from .store import Store, StoreError, VoteReceipt
+from .store import durable
 from .trainer_process import TrainerProcess
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,10 @@ class Playground:
         self.data_dir = self.models.resolved_data_dir()
         self.data_set = DataSet.for_models(self.data_dir, self.preset.base, self.preset.sft)
         self.store: Store = self.data_set.open_store()
+        self.durable: durable.DurableCopy | None = None
+        self.hub_scheduler = None
+        self.durable_binding: str | None = None  # 'restored', 'continued' or 'started'
+        self._bind_durable_copy()
         self.dashboard = Dashboard(self.store)
         self.engine: Engine | None = None
         self.error: str | None = None  # why the models could not be loaded
@@ -56,6 +61,38 @@ class Playground:
         self._lock = threading.Lock()
         if engine is not None:
             self.attach(engine)
+
+    # ---- the durable copy ---------------------------------------------------------------------------------
+    def _bind_durable_copy(self) -> None:
+        """Before anything is served: restore an empty store from the durable copy (the target folder, else the
+        dataset repo), or copy a store into an empty target. Raises DurableCopyError on a conflict."""
+        target = self.models.resolved_persist()
+        if target is None:
+            return
+        about = {"base": self.data_set.base, "sft": self.data_set.sft}
+        self.durable = durable.DurableCopy(self.store, self.data_set.name, target, about)
+        restore_from = None
+        repo = self.models.hub_dataset
+        if repo and not durable.shards(self.durable.folder) and durable.is_empty(self.store):
+            restore_from = durable.download_hub_copy(repo, self.data_set.name, self.data_dir / "hub-download")
+        self.durable_binding = self.durable.bind(restore_from)
+        log.info("Durable copy to %s: %s.", target, self.durable_binding)
+        if repo:
+            try:
+                self.hub_scheduler = durable.start_hub_scheduler(repo, target)
+            except Exception as error:  # the folder copy goes on; the page says the repo is not reachable
+                self.durable.last_error = f"dataset repo {repo}: {type(error).__name__}: {error}"
+                log.error("Cannot push the durable copy to %s: %s", repo, error)
+
+    def durable_status(self) -> dict | None:
+        """How far the durable copy lags (None without one)."""
+        if self.durable is None:
+            return None
+        status = self.durable.status() | {"binding": self.durable_binding, "hub_dataset": self.models.hub_dataset}
+        future = getattr(self.hub_scheduler, "last_future", None)
+        if future is not None and future.done() and future.exception() is not None:
+            status["hub_error"] = f"{type(future.exception()).__name__}: {future.exception()}"
+        return status
 
     # ---- models -------------------------------------------------------------------------------------------
     @property
@@ -80,8 +117,12 @@ class Playground:
         self.sync_adapter()
 
     def start(self, trainer: bool = True, follow_interval: float = 2.0) -> threading.Thread:
-        """Load the models in the background (callers can use the store meanwhile), then follow new versions and
-        start the trainer process. A failure to load ends in `error`, a message for people."""
+        """Start copying to the durable copy; load the models in the background (callers can use the store
+        meanwhile), then follow new versions and start the trainer process. A failure to load ends in `error`, a
+        message for people."""
+        if self.durable is not None:
+            self.durable.start()
+
         def load():
             try:
                 self.load_models()
@@ -207,8 +248,9 @@ class Playground:
         data set) and every round setting."""
         # With base and sft both given, the preset only names the pair ("custom"): any known name resolves to them.
         preset = self.preset.name if self.preset.name in PRESETS else "auto"
+        # persist off: this process copies what the trainer writes (the trainer's records reach the change log).
         models = replace(self.models, preset=preset, base=self.preset.base, sft=self.preset.sft,
-                         data_dir=str(self.data_dir))
+                         data_dir=str(self.data_dir), persist="off", hub_dataset=None)
         settings = {"models": asdict(models), "rounds": self.round_settings.as_dict()}
         return [sys.executable, "-m", "playground", "-q", "train", "--watch", "--parent-pid", str(os.getpid()),
                 "--settings-json", json.dumps(settings)]
@@ -253,6 +295,8 @@ class Playground:
         with self._lock:
             self._stop.set()
         self.trainer.stop()
+        if self.durable is not None:
+            self.durable.stop(flush=True)  # what the trainer wrote last is copied too
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:

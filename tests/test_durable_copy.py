@@ -1,0 +1,271 @@
+"""The durable copy at the store level: every record reaches the target, an empty store is rebuilt from it with the
+same ids, nothing is duplicated, a cut shard loses only its cut line, and a slow or failing target never blocks or
+loses a vote. (tests/test_restart.py does the same through real app processes.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from helpers import add_compare, add_short_vs_long_votes
+from playground.store import Store, durable
+
+TABLES = ("prompts", "comparisons", "answers", "votes", "vote_answers", "pairs", "rounds", "round_pairs",
+          "round_steps", "adapter_versions")
+
+
+def dump(store: Store) -> dict:
+    """Every data row of every table, and the shared meta values (the local-only ones left out)."""
+    conn = sqlite3.connect(store.path)
+    out = {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}"))) for t in TABLES}
+    out["meta"] = sorted(r for r in conn.execute("SELECT key, value FROM meta")
+                         if r[0] not in durable.LOCAL_META_KEYS)
+    conn.close()
+    return out
+
+
+def fake_adapter(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4}))
+    (folder / "adapter_model.safetensors").write_bytes(os.urandom(4096))
+    return folder
+
+
+def a_round(store: Store, parent: int | None = None) -> int:
+    """A finished round with steps and a version whose folder lies inside the data set."""
+    pairs = [p["id"] for p in store.pending_pairs()]
+    round_id = store.start_round(parent, pairs, {"beta": 0.1}, pid=os.getpid())
+    for step in range(1, 4):
+        store.log_step(round_id, step, {"loss": 0.7 - step / 10, "rewards/margins": step / 10, "epoch": 0.5})
+        store.set_round_progress(round_id, step, 3)
+    folder = fake_adapter(store.root / "adapters" / f"round-{round_id:04d}")
+    return store.finish_round(round_id, folder, {"final_loss": float("nan")})
+
+
+def busy_history(store: Store) -> None:
+    """Every kind of record: comparisons, each vote kind, pairs, rounds with steps, two versions, a rollback,
+    a version marked bad, a deleted meta key."""
+    c, ids = add_compare(store, "Tell me about rivers.", {"base": "b", "sft": "s", "pref": "p"})
+    store.vote_best("s1", c, [ids["pref"], ids["sft"], ids["base"]])
+    store.vote_thumb("s1", ids["base"], up=False)
+    c2, _ = add_compare(store, "Tell me about hills.", {"base": "x", "sft": "y", "pref": "z"}, session="s2")
+    store.vote_all_bad("s2", c2)
+    add_short_vs_long_votes(store, 4)
+    v1 = a_round(store)
+    add_short_vs_long_votes(store, 3, session="later")
+    v2 = a_round(store, parent=v1)
+    store.set_serving_version(v1)  # a rollback
+    store.mark_version_bad(v2, "tests say so")
+    store.request_round()
+    store.take_round_request()
+    failed = store.start_round(v1, [], {}, pid=os.getpid())
+    store.fail_round(failed, "boom")
+
+
+@pytest.fixture
+def store(tmp_path) -> Store:
+    return Store.open(tmp_path / "local" / "datasets" / "ds")
+
+
+def copy_of(store: Store, target: Path) -> durable.DurableCopy:
+    return durable.DurableCopy(store, "ds", target)
+
+
+def fresh_store(tmp_path, name="restored") -> Store:
+    return Store.open(tmp_path / name / "datasets" / "ds")
+
+
+def test_every_record_written_after_binding_is_restored_with_the_same_ids(store, tmp_path):
+    target = tmp_path / "target"
+    copy = copy_of(store, target)
+    assert copy.bind() == "started"
+    busy_history(store)
+    assert copy.pending() > 0
+    copy.copy_pending()
+    assert copy.pending() == 0
+
+    again = fresh_store(tmp_path)
+    summary = durable.restore(again, copy.folder)
+    assert summary["warnings"] == []
+    assert dump(again) == dump(store)
+    assert again.serving_version() == store.serving_version() == 1
+    # the adapters are in place, at the paths the rows name, byte for byte
+    for version in again.versions():
+        original = store.version(version["version"])["path"]
+        assert Path(version["path"]).is_relative_to(again.root)
+        assert (Path(version["path"]) / "adapter_model.safetensors").read_bytes() == \
+            (Path(original) / "adapter_model.safetensors").read_bytes()
+
+
+def test_binding_a_store_with_data_copies_what_it_already_holds(store, tmp_path):
+    busy_history(store)  # written before any target existed: the triggers were not logging
+    copy = copy_of(store, tmp_path / "target")
+    assert copy.bind() == "started"
+    again = fresh_store(tmp_path)
+    durable.restore(again, copy.folder)
+    assert dump(again) == dump(store)
+
+
+def test_a_restored_store_continues_the_same_history_without_duplicates(store, tmp_path):
+    target = tmp_path / "target"
+    copy = copy_of(store, target)
+    copy.bind()
+    busy_history(store)
+    copy.stop()
+
+    restarted = fresh_store(tmp_path, "restart-1")
+    first = copy_of(restarted, target)
+    assert first.bind() == "restored"
+    assert first.pending() == 0  # what was restored is not copied again
+    add_short_vs_long_votes(restarted, 2, session="after-restart")  # ids continue after the restored ones
+    first.stop()
+    assert first.bind() == "continued"  # a second start with a full store adds nothing
+
+    again = fresh_store(tmp_path, "restart-2")
+    copy_of(again, target).bind()
+    assert dump(again) == dump(restarted)
+    assert again.counts()["votes"] == store.counts()["votes"] + 2
+
+
+def test_a_shard_cut_mid_line_loses_only_that_line(store, tmp_path):
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    add_short_vs_long_votes(store, 5)
+    copy.stop()
+    [shard] = durable.shards(copy.folder)
+    lines = shard.read_text().splitlines(keepends=True)
+    last_vote = max(i for i, line in enumerate(lines) if '"table":"votes"' in line)
+    cut = lines[last_vote][: len(lines[last_vote]) // 2]
+    shard.write_text("".join(lines[:last_vote]) + cut)  # a crash while writing that line
+
+    again = fresh_store(tmp_path)
+    summary = durable.restore(again, copy.folder)
+    assert len(summary["warnings"]) == 1 and "cut short" in summary["warnings"][0]
+    assert again.counts()["votes"] == 4
+    assert again.counts()["comparisons"] == 5
+
+
+def test_a_failing_target_blocks_no_vote_and_loses_none(store, tmp_path, monkeypatch):
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    add_short_vs_long_votes(store, 2)
+    copy.copy_pending()
+
+    def broken_fsync(fd):
+        raise OSError(5, "Input/output error")  # the bucket mount went away
+
+    monkeypatch.setattr(durable.os, "fsync", broken_fsync)
+    add_short_vs_long_votes(store, 3, session="during-outage")  # still committed locally
+    with pytest.raises(OSError):
+        copy.copy_pending()
+    assert copy.pending() > 0  # nothing forgotten
+    monkeypatch.undo()
+    copy.copy_pending()  # the retry goes into a fresh shard: a half-written line cannot swallow the next record
+    assert len(durable.shards(copy.folder)) == 2
+    again = fresh_store(tmp_path)
+    durable.restore(again, copy.folder)
+    assert dump(again) == dump(store)
+
+
+def test_votes_commit_while_the_copier_holds_its_lock(store, tmp_path):
+    # A slow target holds the copier (and its lock); a vote must not wait for it.
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    release, entered = threading.Event(), threading.Event()
+    real_append = copy._append
+
+    def slow_append(records):
+        entered.set()
+        release.wait(30)
+        real_append(records)
+
+    copy._append = slow_append
+    add_short_vs_long_votes(store, 1)
+    worker = threading.Thread(target=copy.copy_pending)
+    worker.start()
+    assert entered.wait(10)
+    add_short_vs_long_votes(store, 2, session="while-copying")  # returns although the copy is stuck
+    assert store.counts()["votes"] == 3
+    release.set()
+    worker.join(30)
+    copy.copy_pending()
+    assert copy.pending() == 0
+
+
+def test_a_store_is_never_mixed_into_another_history(store, tmp_path):
+    target = tmp_path / "target"
+    copy = copy_of(store, target)
+    copy.bind()
+    add_short_vs_long_votes(store, 2)
+    copy.copy_pending()
+    other = fresh_store(tmp_path, "someone-else")
+    add_short_vs_long_votes(other, 1)
+    with pytest.raises(durable.DurableCopyError, match="another history"):
+        copy_of(other, target).bind()
+    # also before the first record: a bound target with no shards yet is still someone's history
+    empty_target = tmp_path / "empty-target"
+    copy_of(fresh_store(tmp_path, "first"), empty_target).bind()
+    with pytest.raises(durable.DurableCopyError, match="another history"):
+        copy_of(other, empty_target).bind()
+
+
+def test_restore_refuses_a_store_that_is_not_empty(store, tmp_path):
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    add_short_vs_long_votes(store, 1)
+    copy.stop()
+    with pytest.raises(durable.DurableCopyError, match="not empty"):
+        durable.restore(store, copy.folder)
+
+
+def test_the_target_holds_only_append_only_files(store, tmp_path):
+    # What a CommitScheduler needs: every file, once it exists, only grows (earlier content is a prefix).
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    seen: dict[Path, bytes] = {}
+
+    def check():
+        for path in copy.target.rglob("*"):
+            if path.is_file():
+                data = path.read_bytes()
+                if path in seen:
+                    assert data.startswith(seen[path]), f"{path} was rewritten"
+                seen[path] = data
+
+    for _ in range(3):
+        add_short_vs_long_votes(store, 2)
+        a_round(store, parent=store.serving_version() or None)
+        copy.copy_pending()
+        check()
+    assert not [p for p in copy.target.rglob("*") if p.name.startswith(durable.PARTIAL)]
+
+
+def test_local_only_meta_never_leaves_the_machine(store, tmp_path):
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    store.set_trainer_state({"state": "waiting", "pairs": 3})
+    add_short_vs_long_votes(store, 1)
+    copy.copy_pending()
+    text = "".join(p.read_text() for p in durable.shards(copy.folder))
+    assert '"trainer"' not in text and '"changes"' not in text and durable.META_KEY not in text.replace(
+        '"format":"alignment-playground-durable-copy"', "")
+
+
+def test_a_shard_from_a_newer_app_stops_the_restore(store, tmp_path):
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    add_short_vs_long_votes(store, 1)
+    copy.stop()
+    [shard] = durable.shards(copy.folder)
+    lines = shard.read_text().splitlines(keepends=True)
+    header = json.loads(lines[0])
+    header["header"]["store_schema"] = 999
+    shard.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
+    with pytest.raises(durable.DurableCopyError, match="newer version"):
+        durable.restore(fresh_store(tmp_path), copy.folder)
