@@ -44,6 +44,7 @@ def create_app(settings: dict):
 def main(argv=None) -> int:
     from playground.cli import configure_logging
     from playground.models import ModelLoadError
+    from playground.store import StoreError
     from playground.ui import launch
 
     try:
@@ -54,7 +55,7 @@ def main(argv=None) -> int:
     configure_logging(quiet=False)
     try:
         demo, page = create_app(settings)
-    except (ModelLoadError, ValueError) as error:
+    except (ModelLoadError, ValueError, StoreError) as error:  # StoreError: e.g. the durable copy cannot be bound
         print(f"error: {error}", file=sys.stderr)
         return 2
     playground, server = page.playground, settings[ServerSettings]

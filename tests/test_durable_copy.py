@@ -269,3 +269,97 @@ def test_a_shard_from_a_newer_app_stops_the_restore(store, tmp_path):
     shard.write_text(json.dumps(header) + "\n" + "".join(lines[1:]))
     with pytest.raises(durable.DurableCopyError, match="newer version"):
         durable.restore(fresh_store(tmp_path), copy.folder)
+
+
+class FakeHubApi:
+    """Stands in for huggingface_hub.HfApi, which cannot reach the Hub here: it keeps what CommitScheduler commits
+    (each file's bytes per commit) and serves them back to snapshot_download. The scheduler itself is the real one."""
+
+    def __init__(self):
+        self.files: dict[str, bytes] = {}
+        self.commits: list[dict[str, bytes]] = []
+        self.created: list[dict] = []
+
+    def create_repo(self, repo_id, private=None, repo_type=None, exist_ok=False):
+        from types import SimpleNamespace
+
+        self.created.append({"repo_id": repo_id, "private": private, "repo_type": repo_type})
+        return SimpleNamespace(repo_id=repo_id)
+
+    def run_as_future(self, fn, *args, **kwargs):
+        from concurrent.futures import Future
+
+        future = Future()
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except Exception as error:
+            future.set_exception(error)
+        return future
+
+    def create_commit(self, repo_id, repo_type, operations, commit_message, revision=None):
+        commit = {op.path_in_repo: op.path_or_fileobj.read() for op in operations}
+        self.commits.append(commit)
+        self.files.update(commit)
+
+    def snapshot_download(self, repo_id, repo_type, allow_patterns, local_dir):
+        import fnmatch
+
+        for name, data in self.files.items():
+            if any(fnmatch.fnmatch(name, pattern) for pattern in allow_patterns):
+                path = Path(local_dir) / name
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+        return str(local_dir)
+
+
+def test_the_dataset_repo_gets_append_only_uploads_and_restores(store, tmp_path):
+    api = FakeHubApi()
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    scheduler = durable.start_hub_scheduler("me/votes", copy.target, every_minutes=60, api=api)
+    try:
+        assert api.created == [{"repo_id": "me/votes", "private": True, "repo_type": "dataset"}]
+        for i in range(3):
+            add_short_vs_long_votes(store, 2, session=f"s{i}")
+            a_round(store, parent=store.serving_version() or None)
+            copy.copy_pending()
+            scheduler.trigger().result()
+    finally:
+        scheduler.stop()
+    uploaded = [name for commit in api.commits for name in commit]
+    assert any(name.endswith(".jsonl") for name in uploaded)
+    assert any(name.endswith("adapter_model.safetensors") for name in uploaded)
+    assert not [n for n in uploaded if durable.PARTIAL in n]
+    # every later upload of a file extends the earlier one: what the scheduler's partial reads rely on
+    last: dict[str, bytes] = {}
+    for commit in api.commits:
+        for name, data in commit.items():
+            assert data.startswith(last.get(name, b"")), f"{name} was rewritten between commits"
+            last[name] = data
+
+    folder = durable.download_hub_copy("me/votes", "ds", tmp_path / "download", api=api)
+    again = fresh_store(tmp_path)
+    restored = copy_of(again, tmp_path / "empty-local-target")
+    assert restored.bind(restore_from=folder) == "restored"
+    assert dump(again) == dump(store)
+    # the local target continues the repo's history: the next start just continues
+    assert restored.bind() == "continued"
+
+
+def test_an_unreadable_dataset_repo_stops_the_start(tmp_path):
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    class Missing(FakeHubApi):
+        def snapshot_download(self, **kwargs):
+            import httpx
+
+            raise RepositoryNotFoundError("404 Repository Not Found", response=httpx.Response(
+                404, request=httpx.Request("GET", "https://huggingface.co/api/datasets/me/new")))
+
+    class Unreachable(FakeHubApi):
+        def snapshot_download(self, **kwargs):
+            raise ConnectionError("no route to huggingface.co")
+
+    assert durable.download_hub_copy("me/new", "ds", tmp_path / "a", api=Missing()) is None  # a first start
+    with pytest.raises(durable.DurableCopyError, match="Not starting with an empty store"):
+        durable.download_hub_copy("me/votes", "ds", tmp_path / "b", api=Unreachable())

@@ -66,6 +66,7 @@ class Panel:
             "engine_version": pg.engine.adapter_version if pg.engine else None,
             "trainer_alive": pg.trainer_alive(),
             "trainer_pid": pg.trainer.pid,
+            "durable_copy": pg.durable_status(),
             "trainer": facts["trainer"],
             "min_pairs": (facts["trainer"] or {}).get("min_pairs") or pg.round_settings.min_pairs,
             "counts": facts["counts"],
