@@ -315,7 +315,8 @@ def cmd_restore(args) -> int:
     return 0
 
 
-BENCH_SUITES = {"generate": "generation", "dpo": "dpo", "loop": "loop", "startup": "startup", "panel": "panel"}
+BENCH_SUITES = {"generate": "generation", "dpo": "dpo", "loop": "loop", "startup": "startup", "panel": "panel",
+                "persist": "persist"}
 
 
 def cmd_bench(args) -> int:
