@@ -363,3 +363,32 @@ def test_an_unreadable_dataset_repo_stops_the_start(tmp_path):
     assert durable.download_hub_copy("me/new", "ds", tmp_path / "a", api=Missing()) is None  # a first start
     with pytest.raises(durable.DurableCopyError, match="Not starting with an empty store"):
         durable.download_hub_copy("me/votes", "ds", tmp_path / "b", api=Unreachable())
+
+
+def test_restore_and_stats_from_the_command_line(tiny_models, tmp_path, capsys):
+    from playground import cli
+    from playground.data_sets import DataSet
+
+    models = ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"])]
+    source = DataSet.for_models(tmp_path / "old-machine", str(tiny_models["base"]), str(tiny_models["sft"]))
+    store = source.open_store()
+    busy_history(store)
+    copy = durable.DurableCopy(store, source.name, tmp_path / "bucket")
+    copy.bind()
+    copy.stop()
+
+    assert cli.main(["stats", "--json", *models, "--data-dir", str(tmp_path / "old-machine")]) == 0
+    old = json.loads(capsys.readouterr().out)
+    assert old["votes"] == 10 and old["serving_version"] == 1 and old["versions"] == 2
+
+    new = ["--data-dir", str(tmp_path / "new-machine")]
+    assert cli.main(["restore", "--from", str(tmp_path / "bucket"), *models, *new]) == 0
+    assert "serving v1" in capsys.readouterr().out
+    assert cli.main(["stats", "--json", *models, *new]) == 0
+    restored = json.loads(capsys.readouterr().out)
+    assert {k: v for k, v in restored.items() if k != "durable_copy"} == old
+
+    assert cli.main(["restore", "--from", str(tmp_path / "bucket"), *models, *new]) == 2  # not into a full store
+    assert "not empty" in capsys.readouterr().err
+    assert cli.main(["restore", "--from", str(tmp_path / "nowhere"), *models, "--data-dir", str(tmp_path / "x")]) == 2
+    assert "holds no durable copy" in capsys.readouterr().err
