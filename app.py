@@ -36,8 +36,13 @@ def create_app(settings: dict):
     from playground.ui import Page, build_app
 
     playground = Playground(settings[ModelSettings], settings[RoundSettings])
-    page = Page(playground, votes_per_minute=settings[ServerSettings].votes_per_minute,
-                admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None, defaults=settings[Sampling])
+    from playground.settings import on_space
+
+    server = settings[ServerSettings]
+    page = Page(playground, votes_per_minute=server.votes_per_minute,
+                admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None, defaults=settings[Sampling],
+                votes_per_minute_per_address=server.votes_per_minute_per_address, on_space=on_space(),
+                hub_dataset=settings[ModelSettings].hub_dataset, require_login=server.require_login)
     return build_app(page), page
 
 

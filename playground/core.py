@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
 
-from . import publishing
+from . import publishing, voters
 from .dashboard import Dashboard
 from .data_sets import DataSet
 from .generation import AdapterError, Answer, Engine
@@ -178,17 +178,27 @@ class Playground:
         return Recorded(comparison, dict(zip(answers, ids)))
 
     # ---- votes --------------------------------------------------------------------------------------------
-    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int]) -> VoteReceipt:
-        return self.store.vote_best(session_id, comparison_id, ranking)
+    # `voter`: who cast the vote ('hf:<user>' or 'ip:<keyed hash>', see voters.py; `voter_of` makes it); None when
+    # unknown (the command line, the simulated voter): then the session stands for the voter.
+    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int], *,
+                  voter: str | None = None) -> VoteReceipt:
+        return self.store.vote_best(session_id, comparison_id, ranking, voter=voter)
 
-    def vote_all_bad(self, session_id: str, comparison_id: int) -> VoteReceipt:
-        return self.store.vote_all_bad(session_id, comparison_id)
+    def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
+        return self.store.vote_all_bad(session_id, comparison_id, voter=voter)
 
-    def vote_pairwise(self, session_id: str, comparison_id: int, a: int, b: int, outcome: str) -> VoteReceipt:
-        return self.store.vote_pairwise(session_id, comparison_id, a, b, outcome)
+    def vote_pairwise(self, session_id: str, comparison_id: int, a: int, b: int, outcome: str, *,
+                      voter: str | None = None) -> VoteReceipt:
+        return self.store.vote_pairwise(session_id, comparison_id, a, b, outcome, voter=voter)
 
-    def vote_thumb(self, session_id: str, answer_id: int, up: bool) -> VoteReceipt:
-        return self.store.vote_thumb(session_id, answer_id, up)
+    def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
+        return self.store.vote_thumb(session_id, answer_id, up, voter=voter)
+
+    def voter_of(self, username: str | None, address: str | None) -> str | None:
+        """The voter to record: the signed-in Hugging Face user, else the keyed hash of the client's address."""
+        if username:
+            return voters.user_voter(username)
+        return voters.address_voter(self.store.voter_salt(), address) if address else None
 
     # ---- the serving adapter ------------------------------------------------------------------------------
     def sync_adapter(self) -> int:
@@ -286,7 +296,10 @@ class Playground:
 
     def push(self, token: str | None, dataset_repo: str, model_repo: str | None = None, *, private: bool = True,
              version: int | None = None, endpoint: str | None = None) -> str:
+        """token None: the server's own login (HF_TOKEN or `hf auth login`), for the command line; the page passes
+        the token it decided on, and "" is refused."""
         version = self.store.serving_version() if version is None else version
+        token = publishing.server_token() if token is None else token
         return publishing.push_to_hub(self.store, token, dataset_repo, model_repo, version, sft_spec=self.preset.sft,
                                       sft_hub_id=self.sft_hub_id, private=private, win_rate=self._win_rate(version),
                                       endpoint=endpoint)

@@ -157,22 +157,33 @@ def adapter_folder(store: Store, version: int, out: str | Path, *, sft_spec: str
     return out
 
 
+def server_token() -> str | None:
+    """The server's own Hugging Face login: HF_TOKEN, else the token `hf auth login` saved. Only for whoever runs
+    the server (the command line, an admin of the page), never for a visitor."""
+    import huggingface_hub
+
+    return huggingface_hub.get_token()
+
+
 def push_to_hub(store: Store, token: str | None, dataset_repo: str, model_repo: str | None = None,
                 version: int = 0, *, sft_spec: str = "", sft_hub_id: str | None = None, private: bool = True,
                 win_rate: dict | None = None, endpoint: str | None = None) -> str:
-    """Upload the preference pairs (and an adapter version with its model card) to the Hugging Face Hub; a message
-    either way."""
+    """Upload the preference pairs (and an adapter version with its model card) to the Hugging Face Hub with
+    `token`, and only that token: an empty one is refused, never replaced by the server's login (huggingface_hub
+    would do that for None); a caller entitled to the server's login passes `server_token()`. A message either way."""
     import huggingface_hub
 
-    dataset_repo, model_repo = (dataset_repo or "").strip(), (model_repo or "").strip()
+    dataset_repo, model_repo, token = (dataset_repo or "").strip(), (model_repo or "").strip(), (token or "").strip()
     if not dataset_repo:
         return "⚠ Enter a dataset repo id, like `your-name/alignment-playground-votes`."
+    if not token:
+        return "⚠ No Hugging Face token: enter one with write access to the repos."
     if huggingface_hub.is_offline_mode():
         return ("⚠ Cannot push: this server runs offline (HF_HUB_OFFLINE is set), so the Hugging Face Hub is out "
                 "of reach. Download the export instead.")
     if model_repo and not version:
         return "⚠ No adapter serves yet (version 0), so there is nothing to upload to a model repo."
-    api = huggingface_hub.HfApi(endpoint=endpoint, token=(token or "").strip() or None)
+    api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
     path, n = export_file(store, "pairs")
     step = "creating the dataset repo"
     try:

@@ -39,13 +39,20 @@ class TrainingError(RuntimeError):
 
 
 def select_pairs(store: Store, settings: RoundSettings) -> tuple[list[dict], list[dict]]:
-    """(new pairs, replayed earlier pairs) for the next round."""
-    new = store.pending_pairs(limit=settings.max_new_pairs)
+    """(new pairs, replayed earlier pairs) for the next round. New pairs: the oldest pending ones, at most
+    `pairs_per_voter` of any one voter (so one script cannot fill a round); the others stay pending for later rounds."""
+    new = store.pending_pairs(limit=settings.max_new_pairs, per_voter=settings.pairs_per_voter)
     new_ids = {p["id"] for p in new}
     earlier = [p for p in store.pairs() if p["round_id"] is not None and p["id"] not in new_ids]
     rng = random.Random(settings.train_seed + len(earlier))
     replay = rng.sample(earlier, min(settings.replay_pairs, len(earlier)))
     return new, replay
+
+
+def eligible_pair_count(store: Store, settings: RoundSettings) -> int:
+    """The pending pairs a round could take now (at most `pairs_per_voter` of each voter's): what `min_pairs` is
+    compared with."""
+    return store.pending_pair_count(per_voter=settings.pairs_per_voter)
 
 
 def _load_policy(sft_dir: str):
@@ -236,7 +243,8 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
 
     def say(state: str, **facts) -> None:
         nonlocal said
-        now = {"state": state, "pid": os.getpid(), "min_pairs": settings.min_pairs, **facts}
+        now = {"state": state, "pid": os.getpid(), "min_pairs": settings.min_pairs,
+               "pairs_per_voter": settings.pairs_per_voter, **facts}
         if now != said:
             store.set_trainer_state(now)
             said = now
@@ -244,7 +252,8 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
     try:
         while True:
             forced = store.take_round_request()
-            pending = store.pending_pair_count()
+            # Counted under the per-voter cap, like select_pairs takes them: one voter alone cannot start a round.
+            pending = eligible_pair_count(store, settings)
             if pending and (forced or pending >= settings.min_pairs):
                 say("training", pending=pending)
                 try:
@@ -253,7 +262,7 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
                 except Exception as error:  # a crashed round must not end the trainer
                     log.exception("Round failed: %s", error)
                     failures += 1
-                    say("waiting", pending=store.pending_pair_count(), failures=failures)
+                    say("waiting", pending=eligible_pair_count(store, settings), failures=failures)
             else:
                 say("waiting", pending=pending, failures=failures)
             time.sleep(poll_seconds * min(2**failures, 30))

@@ -239,10 +239,11 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     custom = RoundSettings(min_pairs=3, max_new_pairs=5, replay_pairs=1, epochs=1, batch_size=2, grad_accumulation=2,
                            learning_rate=3e-3, beta=0.25, max_length=96, lora_r=4, lora_alpha=8, lora_dropout=0.05,
                            target_modules=["q_proj", "k_proj", "v_proj"], train_threads=defaults.train_threads + 1,
-                           train_seed=7)
+                           train_seed=7, pairs_per_voter=defaults.pairs_per_voter + 4)
     assert all(getattr(custom, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoundSettings))
     playground.round_settings = custom
-    add_short_vs_long_votes(playground.store, 6)  # 5 train now (max_new_pairs), 1 waits
+    # 6 pairs of one voter (one session, no voter recorded): max_new_pairs would take 5, one voter's share is 4.
+    add_short_vs_long_votes(playground.store, 6)
     playground.start_trainer()
     try:
         assert wait_for(lambda: playground.store.versions(), timeout=300), "no round ran"
@@ -251,7 +252,7 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     (rnd,) = [r for r in playground.store.rounds() if r["status"] == "done"]
     recorded = rnd["hyperparams"]
     assert {k: recorded[k] for k in custom.as_dict()} == custom.as_dict()
-    assert (recorded["new_pairs"], recorded["replayed_pairs"]) == (5, 0)
+    assert (recorded["new_pairs"], recorded["replayed_pairs"]) == (custom.pairs_per_voter, 0)
     config = json.loads((Path(playground.store.version(1)["path"]) / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.05)
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj"}

@@ -270,10 +270,12 @@ def test_export_loads_with_datasets(client):
     assert len(dataset) == pairs and set(dataset.column_names) == {"prompt", "chosen", "rejected"}
     assert dataset[0]["prompt"][0]["role"] == "user" and dataset[0]["chosen"][0]["role"] == "assistant"
 
-    path, message = client.predict("votes", api_name="/export")
+    assert "requires the admin token" in client.predict("votes", "", api_name="/export")[1]  # raw votes: admin only
+    path, message = client.predict("votes", ADMIN, api_name="/export")
     votes = [json.loads(line) for line in open(path, encoding="utf-8")]
     assert len(votes) == stats(client)["counts"]["votes"]
-    assert {"kind", "prompt", "answers"} <= votes[0].keys()
+    assert {"kind", "prompt", "answers", "voter"} <= votes[0].keys()
+    assert votes[-1]["voter"].startswith("ip:"), "a vote records its voter: the hashed address, never the address"
 
 
 def test_push_to_hub_fails_clearly_offline(client):

@@ -7,6 +7,7 @@ nothing written.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -19,8 +20,20 @@ ARMS = ("base", "sft", "pref")
 MODES = ("compare", "duel")
 _EXPORT_BATCH = 500
 
+# The ids of the pending pairs a round may take: with a cap (first parameter, twice; 0 = none), each voter's oldest
+# `cap` pairs. A vote without a voter (from before voters were recorded, or the command line) counts its session as
+# the voter.
+_ELIGIBLE = """
+    SELECT id FROM (
+        SELECT p.id, row_number() OVER (
+            PARTITION BY coalesce(v.voter, 'session:' || v.session_id) ORDER BY p.id) AS nth
+        FROM pairs p JOIN votes v ON v.id = p.vote_id
+        WHERE p.round_id IS NULL)
+    WHERE ? <= 0 OR nth <= ?
+"""
+
 _PAIR_SELECT = """
-    SELECT p.id, p.vote_id, v.kind AS vote_kind, v.session_id, p.comparison_id, p.round_id,
+    SELECT p.id, p.vote_id, v.kind AS vote_kind, v.session_id, v.voter, p.comparison_id, p.round_id,
            p.created_at, pr.text AS prompt_text, pr.category,
            p.chosen_answer_id, c.text AS chosen_text, c.arm AS chosen_arm,
            c.adapter_version AS chosen_adapter_version,
@@ -119,8 +132,11 @@ class Records:
 
     # -- votes ---------------------------------------------------------------------------------------
 
-    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int]) -> VoteReceipt:
-        """`ranking`: answer ids best first, either just the winner or every answer of the comparison."""
+    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int], *,
+                  voter: str | None = None) -> VoteReceipt:
+        """`ranking`: answer ids best first, either just the winner or every answer of the comparison.
+        `voter` (every vote method): who cast it, 'hf:<user>' or 'ip:<keyed hash>' (`voters.py`); None when unknown
+        (the command line), and then its session stands for the voter."""
         ranking = list(ranking)
         with self._write() as conn:
             answers = self._vote_target(conn, session_id, comparison_id)
@@ -130,16 +146,17 @@ class Records:
                 raise VoteError(problem)
             self._check_not_voted(conn, "best", session_id, comparison_id)
             by_id = {a["id"]: a for a in answers}
-            return self._record(conn, "best", session_id, comparison_id, None, [by_id[i] for i in ranking], answers)
+            return self._record(conn, "best", session_id, comparison_id, None, [by_id[i] for i in ranking], answers,
+                                voter)
 
-    def vote_all_bad(self, session_id: str, comparison_id: int) -> VoteReceipt:
+    def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
         with self._write() as conn:
             answers = self._vote_target(conn, session_id, comparison_id)
             self._check_not_voted(conn, "all_bad", session_id, comparison_id)
-            return self._record(conn, "all_bad", session_id, comparison_id, None, [], answers)
+            return self._record(conn, "all_bad", session_id, comparison_id, None, [], answers, voter)
 
     def vote_pairwise(self, session_id: str, comparison_id: int, answer_a: int, answer_b: int,
-                      outcome: str) -> VoteReceipt:
+                      outcome: str, *, voter: str | None = None) -> VoteReceipt:
         """outcome: 'a' or 'b' (the winner), 'tie' or 'both_bad'."""
         if outcome not in rules.PAIRWISE_OUTCOMES:
             raise VoteError(f"Unknown outcome {outcome!r}; expected one of {', '.join(rules.PAIRWISE_OUTCOMES)}.")
@@ -151,9 +168,9 @@ class Records:
             self._check_not_voted(conn, "pairwise", session_id, comparison_id)
             by_id = {a["id"]: a for a in answers}
             pair = [by_id[answer_a], by_id[answer_b]]
-            return self._record(conn, "pairwise", session_id, comparison_id, outcome, pair, answers)
+            return self._record(conn, "pairwise", session_id, comparison_id, outcome, pair, answers, voter)
 
-    def vote_thumb(self, session_id: str, answer_id: int, up: bool) -> VoteReceipt:
+    def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
         with self._write() as conn:
             row = conn.execute("SELECT comparison_id FROM answers WHERE id = ?", (answer_id,)).fetchone()
             if row is None:
@@ -168,7 +185,8 @@ class Records:
             if already:
                 raise VoteError("You already rated this answer.")
             answer = next(a for a in answers if a["id"] == answer_id)
-            return self._record(conn, "thumb", session_id, comparison_id, "up" if up else "down", [answer], answers)
+            return self._record(conn, "thumb", session_id, comparison_id, "up" if up else "down", [answer], answers,
+                                voter)
 
     @staticmethod
     def _vote_target(conn: sqlite3.Connection, session_id: str, comparison_id: int) -> list[dict]:
@@ -205,11 +223,11 @@ class Records:
 
     @staticmethod
     def _record(conn: sqlite3.Connection, kind: str, session_id: str, comparison_id: int, outcome: str | None,
-                named: list[dict], answers: list[dict]) -> VoteReceipt:
+                named: list[dict], answers: list[dict], voter: str | None) -> VoteReceipt:
         now = time.time()
         vote_id = conn.execute(
-            "INSERT INTO votes (kind, session_id, comparison_id, outcome, created_at) VALUES (?, ?, ?, ?, ?)",
-            (kind, session_id, comparison_id, outcome, now),
+            "INSERT INTO votes (kind, session_id, voter, comparison_id, outcome, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            (kind, session_id, voter, comparison_id, outcome, now),
         ).lastrowid
         conn.executemany(
             "INSERT INTO vote_answers (vote_id, answer_id, position) VALUES (?, ?, ?)",
@@ -225,18 +243,34 @@ class Records:
 
     # -- pairs ---------------------------------------------------------------------------------------
 
-    def pending_pairs(self, limit: int | None = None) -> list[dict]:
-        """Pairs no finished round has trained on yet, oldest first."""
+    def pending_pairs(self, limit: int | None = None, per_voter: int = 0) -> list[dict]:
+        """Pairs no finished round has trained on yet, oldest first; with `per_voter`, only each voter's oldest
+        `per_voter` of them (the pairs one round may take, see `_ELIGIBLE`)."""
         with self._read() as conn:
             rows = conn.execute(
-                _PAIR_SELECT + " WHERE p.round_id IS NULL ORDER BY p.id LIMIT ?",
-                (-1 if limit is None else limit,),
+                _PAIR_SELECT + f" WHERE p.id IN ({_ELIGIBLE}) ORDER BY p.id LIMIT ?",
+                (per_voter, per_voter, -1 if limit is None else limit),
             )
             return [_row(r) for r in rows]
 
-    def pending_pair_count(self) -> int:
+    def pending_pair_count(self, per_voter: int = 0) -> int:
+        """How many pairs wait for a round; with `per_voter`, how many one round could take (at most `per_voter` of
+        each voter's): what decides whether enough wait to start a round."""
         with self._read() as conn:
-            return conn.execute("SELECT count(*) FROM pairs WHERE round_id IS NULL").fetchone()[0]
+            return conn.execute(f"SELECT count(*) FROM ({_ELIGIBLE})", (per_voter, per_voter)).fetchone()[0]
+
+    def voter_salt(self) -> bytes:
+        """The secret key of the voters' address hashes (`voters.address_voter`), created on first use. It stays in
+        this file (meta 'voter_salt' is never copied), so the stored hashes cannot be reversed by trying addresses
+        without it."""
+        salt = getattr(self, "_voter_salt", None)
+        if salt is None:
+            with self._write() as conn:
+                # DO NOTHING: another process may have created it first; theirs is the one to use.
+                conn.execute("INSERT INTO meta (key, value) VALUES ('voter_salt', ?) ON CONFLICT (key) DO NOTHING",
+                             (secrets.token_hex(32),))
+                salt = self._voter_salt = bytes.fromhex(self._meta(conn, "voter_salt"))
+        return salt
 
     def pairs(self, ids: Iterable[int] | None = None) -> list[dict]:
         """Pairs (all, or those with these ids) by id: prompt/chosen/rejected texts, arms, versions."""
@@ -264,13 +298,13 @@ class Records:
             last = batch[-1]["id"]
 
     def export_votes(self) -> Iterator[dict]:
-        """Every vote, raw: kind, session, outcome, time, prompt and the comparison's answers, each with
+        """Every vote, raw: kind, session, voter, outcome, time, prompt and the comparison's answers, each with
         the `position` the vote gave it (None when the vote did not name it, e.g. all_bad)."""
         last = 0
         while True:
             with self._read() as conn:
                 votes = [_row(r) for r in conn.execute(
-                    "SELECT v.id AS vote_id, v.kind, v.session_id, v.outcome, v.created_at, v.comparison_id, "
+                    "SELECT v.id AS vote_id, v.kind, v.session_id, v.voter, v.outcome, v.created_at, v.comparison_id, "
                     "cm.mode, p.text AS prompt, p.category FROM votes v "
                     "JOIN comparisons cm ON cm.id = v.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
                     "WHERE v.id > ? ORDER BY v.id LIMIT ?", (last, _EXPORT_BATCH))]

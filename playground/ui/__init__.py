@@ -11,7 +11,9 @@ votes, versions, exports); the shared panels are rendered once per change (panel
 
 from __future__ import annotations
 
+import logging
 import os
+import time
 
 import gradio as gr
 
@@ -24,6 +26,8 @@ from .panel import OUTPUTS, Panel
 from .training import TrainingTab
 
 __all__ = ["Page", "build_app", "launch"]
+
+log = logging.getLogger(__name__)
 
 
 def build_app(page: Page) -> gr.Blocks:
@@ -40,6 +44,10 @@ def build_app(page: Page) -> gr.Blocks:
         gr.Markdown("# Alignment Playground\nOne prompt, three models: **base** (pretrained only), **SFT** "
                     "(instruction-tuned) and **preference-tuned** (SFT + a LoRA adapter trained with DPO on "
                     "the votes cast here). Your votes become training pairs; new adapter versions swap in live.")
+        gr.Markdown(page.data_notice(), elem_id="data-notice", elem_classes=["pg-meta"], label="how votes are used")
+        if page.require_login:
+            allow_sign_in_without_hub_login()
+            gr.LoginButton(size="sm")
         refreshed["status"] = gr.Markdown(page.status_line(), elem_id="status-line", label="status")
         sent = gr.State({})
         with gr.Tabs():
@@ -60,6 +68,36 @@ def build_app(page: Page) -> gr.Blocks:
         demo.load(panel.refresh, [sent], outputs, api_visibility="private", show_progress="hidden", **PANEL)
     demo.panel = panel  # for tests and benchmarks: how often the panels were rendered
     return demo
+
+
+LOCAL_USER = "local-user"  # who signs in off a Space when this machine has no Hub login to mock with
+
+
+def allow_sign_in_without_hub_login() -> None:
+    """Off a Space, Gradio mocks "Sign in with Hugging Face" with this machine's own Hub login, which it looks up
+    (whoami) when the server starts: logged out or offline, that raises and the server never starts. Then a local
+    placeholder user signs in instead, so `--require-login` can be tried anywhere. On a Space (Gradio's real OAuth
+    routes) nothing changes."""
+    from gradio import oauth
+
+    lookup = oauth._get_mocked_oauth_info
+    if getattr(lookup, "falls_back", False):
+        return
+
+    def mocked_or_placeholder() -> dict:
+        try:
+            return lookup()
+        except Exception as error:  # no token, offline, not a user account
+            log.warning("Local sign-in uses the placeholder user %r: %s", LOCAL_USER, error)
+            now = int(time.time())
+            return {"access_token": "local-placeholder", "token_type": "bearer", "expires_in": 8 * 3600,
+                    "scope": "openid profile", "expires_at": now + 8 * 3600,
+                    "userinfo": {"sub": "0", "name": "Local user", "preferred_username": LOCAL_USER,
+                                 "profile": "", "picture": ""}}
+
+    mocked_or_placeholder.falls_back = True
+    oauth._get_mocked_oauth_info = mocked_or_placeholder
+
 
 
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs) -> None:

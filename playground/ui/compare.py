@@ -67,9 +67,10 @@ class CompareTab:
         return [columns[i] for i in range(len(columns)) if i % 3 != 1]  # headers and meta lines, not the texts
 
     # -- votes ---------------------------------------------------------------------------------------------
-    def vote_best(self, ranking, state, request: gr.Request = None):
+    # Every vote handler takes `profile`, the signed-in Hugging Face user (Gradio injects it; None when signed out).
+    def vote_best(self, ranking, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         """ranking: column numbers best first, "2" (just the best) or "2,1,3" (all three)."""
-        problem = vote_problem(self.page, state, request, "compare")
+        problem = vote_problem(self.page, state, request, "compare", profile)
         if problem:
             return problem, *[gr.skip()] * 6, state
         columns = [int(n) for n in re.findall(r"\d+", str(ranking or ""))]
@@ -78,26 +79,28 @@ class CompareTab:
                     *[gr.skip()] * 6, state)
         ids = [state["answers"][state["order"][c - 1]] for c in columns]
         pg = self.page.playground
-        return self._verdict(state, lambda voter: pg.vote_best(voter, state["comparison"], ids), request)
+        return self._verdict(state, lambda sid, voter: pg.vote_best(sid, state["comparison"], ids, voter=voter),
+                             request, profile)
 
-    def vote_all_bad(self, state, request: gr.Request = None):
-        problem = vote_problem(self.page, state, request, "compare")
+    def vote_all_bad(self, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+        problem = vote_problem(self.page, state, request, "compare", profile)
         if problem:
             return problem, *[gr.skip()] * 6, state
         pg = self.page.playground
-        return self._verdict(state, lambda voter: pg.vote_all_bad(voter, state["comparison"]), request)
+        return self._verdict(state, lambda sid, voter: pg.vote_all_bad(sid, state["comparison"], voter=voter),
+                             request, profile)
 
-    def _verdict(self, state, vote, request):
+    def _verdict(self, state, vote, request, profile):
         try:
-            receipt = vote(session(request))
+            receipt = vote(session(request), self.page.voter(request, profile))
         except VoteError as error:
             return f"⚠ {error}", *[gr.skip()] * 6, state
         state = dict(state)
         return f"✓ {receipt.message}", *self.revealed(state), state
 
-    def vote_thumb(self, column, up, state, request: gr.Request = None):
+    def vote_thumb(self, column, up, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         """column: 1-3 as shown; up: True for 👍."""
-        problem = vote_problem(self.page, state, request, "compare")
+        problem = vote_problem(self.page, state, request, "compare", profile)
         if problem:
             return problem
         try:
@@ -108,7 +111,8 @@ class CompareTab:
             return f"⚠ Name a column from 1 to {len(state['order'])}."
         key = state["order"][column - 1]
         try:
-            receipt = self.page.playground.vote_thumb(session(request), state["answers"][key], bool(up))
+            receipt = self.page.playground.vote_thumb(session(request), state["answers"][key], bool(up),
+                                                      voter=self.page.voter(request, profile))
         except VoteError as error:
             return f"⚠ {error}"
         return f"✓ {receipt.message}"

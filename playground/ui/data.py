@@ -1,10 +1,13 @@
-"""The Leaderboard and Data tabs: ratings; counts, downloads (pairs in TRL's format, raw votes) and Hub pushes."""
+"""The Leaderboard and Data tabs: ratings; counts, downloads (pairs in TRL's format, raw votes) and Hub pushes.
+
+The pairs (prompt, chosen, rejected: no session, address or voter) are open to everyone. The raw votes (sessions and
+voters) and Hub pushes are admin actions (`Page.admin_refusal`)."""
 
 from __future__ import annotations
 
 import gradio as gr
 
-from .. import leaderboard
+from .. import leaderboard, publishing
 from .common import DATA, PANEL, Page
 
 COUNT_HEADERS = ["what", "count"]
@@ -30,17 +33,35 @@ class DataTab:
     def stats(self) -> dict:
         return self.panel.stats()
 
-    def export(self, what):
+    def export(self, what, admin_token=None):
+        if what == "votes":
+            refusal = self.page.admin_refusal(admin_token, "Exporting the raw votes")
+            if refusal:
+                return None, refusal
         path, n = self.page.playground.export("votes" if what == "votes" else "pairs")
         noun = ("vote" if what == "votes" else "preference pair") + ("" if n == 1 else "s")
         detail = " with their answers" if what == "votes" else " in TRL's format"
         return str(path), f"✓ {n} {noun}{detail}: {path.name}"
 
     def push(self, hf_token, dataset_repo, model_repo, private, admin_token):
-        refusal = self.page.admin_refusal(admin_token)
+        refusal = self.page.admin_refusal(admin_token, "Pushing to the Hub")
         if refusal:
             return refusal
-        return self.page.playground.push(hf_token, dataset_repo, model_repo, private=bool(private))
+        token = self.push_token(hf_token, admin_token)
+        if not token:
+            return ("⚠ Enter a Hugging Face token with write access. The server's own token (HF_TOKEN) is used "
+                    "only for an admin: with PLAYGROUND_ADMIN_TOKEN configured and typed in the admin token box.")
+        return self.page.playground.push(token, dataset_repo, model_repo, private=bool(private))
+
+    def push_token(self, hf_token, admin_token) -> str:
+        """The token a push uses, always explicit (never None, which would mean the server's login): the one typed,
+        else the server's own login but only for an admin who gave the configured token; else ""."""
+        typed = (hf_token or "").strip()
+        if typed:
+            return typed
+        if self.page.admin_authorized(admin_token):
+            return publishing.server_token() or ""
+        return ""
 
     def build_leaderboard(self) -> dict:
         gr.Markdown(
@@ -60,19 +81,21 @@ class DataTab:
         with gr.Row():
             what = gr.Radio([("Preference pairs (TRL format)", "pairs"), ("Raw votes", "votes")], value="pairs",
                             label="Export")
+            export_token = gr.Textbox(label="Admin token (raw votes)", type="password",
+                                      visible=self.page.admin_gated)
             export = gr.Button("Export JSONL", elem_id="export")
         file_out = gr.File(label="Download", elem_id="export-file", height=90)
         export_message = gr.Markdown(label="message")
         with gr.Accordion("Push to the Hugging Face Hub", open=False):
-            hub_token = gr.Textbox(label="Hugging Face token (write access; empty = the server's HF_TOKEN)",
-                                   type="password")
+            hub_token = gr.Textbox(label="Hugging Face token (write access; empty: the server's HF_TOKEN, for an "
+                                         "admin with the admin token only)", type="password")
             with gr.Row():
                 dataset_repo = gr.Textbox(label="Dataset repo", placeholder="your-name/alignment-playground-votes")
                 model_repo = gr.Textbox(label="Model repo for the serving adapter (optional)",
                                         placeholder="your-name/alignment-playground-adapter")
             with gr.Row():
                 private = gr.Checkbox(label="Private repos", value=True)
-                push_token = gr.Textbox(label="Admin token", type="password", visible=bool(self.page.admin_token))
+                push_token = gr.Textbox(label="Admin token", type="password", visible=self.page.admin_gated)
                 push = gr.Button("Push")
             push_message = gr.Markdown(label="message")
         with gr.Accordion("Raw numbers (JSON)", open=False):
@@ -80,7 +103,7 @@ class DataTab:
             stats_btn = gr.Button("Refresh", size="sm")
 
         stats_btn.click(self.stats, None, [stats], api_name="stats", **PANEL)
-        export.click(self.export, [what], [file_out, export_message], api_name="export", **DATA)
+        export.click(self.export, [what, export_token], [file_out, export_message], api_name="export", **DATA)
         push.click(self.push, [hub_token, dataset_repo, model_repo, private, push_token], [push_message],
                    api_name="push", **DATA)
         return {"counts": counts, "stats": stats}

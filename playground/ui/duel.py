@@ -42,14 +42,15 @@ class DuelTab:
                                   render, lambda sampling: pg.duel(prompt, sampling, session(request),
                                                                    self.page.categories.get(prompt.strip()), arms=arms))
 
-    def vote(self, outcome, state, request: gr.Request = None):
-        """outcome: 'a', 'b', 'tie' or 'both_bad'."""
-        problem = vote_problem(self.page, state, request, "duel")
+    def vote(self, outcome, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+        """outcome: 'a', 'b', 'tie' or 'both_bad'. `profile`: the signed-in Hugging Face user (Gradio injects it)."""
+        problem = vote_problem(self.page, state, request, "duel", profile)
         if problem:
             return problem
         try:
             receipt = self.page.playground.vote_pairwise(session(request), state["comparison"], state["answers"]["a"],
-                                                         state["answers"]["b"], str(outcome))
+                                                         state["answers"]["b"], str(outcome),
+                                                         voter=self.page.voter(request, profile))
         except VoteError as error:
             return f"⚠ {error}"
         if state.get("blind") and state.get("titles"):

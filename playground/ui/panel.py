@@ -70,6 +70,8 @@ class Panel:
             "trainer": facts["trainer"],
             "min_pairs": (facts["trainer"] or {}).get("min_pairs") or pg.round_settings.min_pairs,
             "counts": facts["counts"],
+            # The pending pairs a round could take under the per-voter cap (what min_pairs is compared with).
+            "pairs_eligible": pg.store.pending_pair_count(per_voter=pg.round_settings.pairs_per_voter),
             "running_round": facts["running_round"],
             "rounds": facts["rounds"],
             "versions": [{k: v[k] for k in ("version", "parent_version", "state", "reason", "pairs_used", "serving",
@@ -82,7 +84,8 @@ class Panel:
         steps = steps_frame(facts["steps"], facts["rounds"])
         return {
             "status": stats["status"],
-            "training": training_status(facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"]),
+            "training": training_status(facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"],
+                                        stats["pairs_eligible"]),
             "progress": progress_html(facts["running_round"]),
             "loss": plot_frame(steps, "loss"),
             "margin": plot_frame(steps, "reward_margin"),

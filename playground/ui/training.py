@@ -23,7 +23,8 @@ class TrainingTab:
 
     def train_now(self):
         pg = self.page.playground
-        pending = pg.store.pending_pair_count()
+        # What a round could take now: each voter's pairs up to the per-voter cap; the rest wait for later rounds.
+        pending = pg.store.pending_pair_count(per_voter=pg.round_settings.pairs_per_voter)
         if not pending:
             return "⚠ No new training pairs wait: vote first (a tie, all-bad or thumbs vote makes none)."
         if pg.store.running_round():
@@ -35,7 +36,7 @@ class TrainingTab:
         return f"✓ Asked for a round on {pending} pending pair{'s' * (pending != 1)}.{trainer}"
 
     def rollback(self, version, admin_token):
-        refusal = self.page.admin_refusal(admin_token)
+        refusal = self.page.admin_refusal(admin_token, "Rolling back")
         if refusal:
             return refusal
         try:
@@ -73,7 +74,7 @@ class TrainingTab:
                                 label="Adapter versions")
         with gr.Row():
             version = gr.Number(label="Serve version (0 = no adapter)", precision=0, value=0)
-            token = gr.Textbox(label="Admin token", type="password", visible=bool(self.page.admin_token))
+            token = gr.Textbox(label="Admin token", type="password", visible=self.page.admin_gated)
             rollback_btn = gr.Button("Roll back / forward", elem_id="rollback")
         rollback_message = gr.Markdown(label="message")
 
@@ -85,11 +86,15 @@ class TrainingTab:
 # ---- rendering the shared figures -----------------------------------------------------------------------------
 
 
-def training_status(facts: dict, engine_version: int | None, trainer_alive: bool, min_pairs: int) -> str:
-    """min_pairs: this app's setting; a trainer that says its own (one started elsewhere) is believed instead."""
+def training_status(facts: dict, engine_version: int | None, trainer_alive: bool, min_pairs: int,
+                    eligible: int | None = None) -> str:
+    """min_pairs: this app's setting; a trainer that says its own (one started elsewhere) is believed instead.
+    eligible: the pending pairs a round could take (under the per-voter cap); default: all pending pairs."""
     counts, running, serving = facts["counts"], facts["running_round"], facts["serving_version"]
     trainer = facts["trainer"] or {}
-    pending, need = counts["pairs_pending"], trainer.get("min_pairs") or min_pairs
+    need = trainer.get("min_pairs") or min_pairs
+    pending = counts["pairs_pending"] if eligible is None else eligible
+    held = counts["pairs_pending"] - pending  # pairs over a voter's cap: they wait for later rounds
     lines = [f"**Serving:** adapter **v{serving}**"
              + (" (none yet: the preference-tuned arm is the SFT model)" if serving == 0 else "")]
     if engine_version is not None and engine_version != serving:
@@ -105,6 +110,9 @@ def training_status(facts: dict, engine_version: int | None, trainer_alive: bool
         lines.append(f"**{pending} pairs wait**: the trainer starts a round within seconds.")
     else:
         lines.append(f"**Pending pairs:** {pending} of the {need} that start a round (or press Train now).")
+    if held > 0:
+        lines.append(f"{held} more pair{'s' * (held != 1)} wait for later rounds: one voter's pairs beyond "
+                     f"`--pairs-per-voter` per round.")
     state = trainer.get("state")
     doing = {"waiting": "waiting for pairs", "training": "training", "stopped": "stopped"}.get(state, "not seen yet")
     lines.append(f"**Trainer process:** {'running' if trainer_alive else 'not running here'} ({doing}) · "
