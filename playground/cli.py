@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from .models import ModelLoadError
@@ -213,7 +214,9 @@ def cmd_export(args) -> int:
 def cmd_push(args) -> int:
     playground = playground_from(args)
     # The token comes from HF_TOKEN or `hf auth login`, never a flag (flags show in `ps`).
-    message = playground.push(None, args.dataset_repo, args.model_repo, private=not args.public, version=args.version)
+    from .publishing import server_token
+
+    message = playground.push(server_token(), args.dataset_repo, args.model_repo, private=not args.public, version=args.version)
     print(message)
     return 0 if message.startswith("✓") else 1
 
@@ -232,7 +235,9 @@ def cmd_simulate(args) -> int:
         heldout = heldout[: args.heldout_limit]
     models = settings_from(args, ModelSettings)
     models.data_dir = str(workspace(models.resolved_data_dir()))
-    playground = opened(Playground(models, settings_from(args, RoundSettings)))
+    # The simulated voter is one source by design: a cap per voter would only slice its votes into more rounds.
+    rounds = replace(settings_from(args, RoundSettings), pairs_per_voter=0)
+    playground = opened(Playground(models, rounds))
     playground.load_models()
     result = simulate(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
                       sampling=settings_from(args, Sampling), seed=args.seed or 0)

@@ -84,6 +84,12 @@ class Playground:
                 self.durable.last_error = f"dataset repo {repo}: {type(error).__name__}: {error}"
                 log.error("Cannot push the durable copy to %s: %s", repo, error)
 
+    def _copy_soon(self, result=None):
+        # What people gave is copied at once, not at the copier's next poll: a machine lost now loses less.
+        if self.durable is not None:
+            self.durable.wake()
+        return result
+
     def durable_status(self) -> dict | None:
         """How far the durable copy lags (None without one)."""
         if self.durable is None:
@@ -175,6 +181,7 @@ class Playground:
                 for a in answers.values()]
         comparison, ids = self.store.add_comparison(prompt.strip(), session_id, mode=mode, category=category,
                                                     answers=rows)
+        self._copy_soon()
         return Recorded(comparison, dict(zip(answers, ids)))
 
     # ---- votes --------------------------------------------------------------------------------------------
@@ -182,17 +189,17 @@ class Playground:
     # unknown (the command line, the simulated voter): then the session stands for the voter.
     def vote_best(self, session_id: str, comparison_id: int, ranking: list[int], *,
                   voter: str | None = None) -> VoteReceipt:
-        return self.store.vote_best(session_id, comparison_id, ranking, voter=voter)
+        return self._copy_soon(self.store.vote_best(session_id, comparison_id, ranking, voter=voter))
 
     def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
-        return self.store.vote_all_bad(session_id, comparison_id, voter=voter)
+        return self._copy_soon(self.store.vote_all_bad(session_id, comparison_id, voter=voter))
 
     def vote_pairwise(self, session_id: str, comparison_id: int, a: int, b: int, outcome: str, *,
                       voter: str | None = None) -> VoteReceipt:
-        return self.store.vote_pairwise(session_id, comparison_id, a, b, outcome, voter=voter)
+        return self._copy_soon(self.store.vote_pairwise(session_id, comparison_id, a, b, outcome, voter=voter))
 
     def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
-        return self.store.vote_thumb(session_id, answer_id, up, voter=voter)
+        return self._copy_soon(self.store.vote_thumb(session_id, answer_id, up, voter=voter))
 
     def voter_of(self, username: str | None, address: str | None) -> str | None:
         """The voter to record: the signed-in Hugging Face user, else the keyed hash of the client's address."""
@@ -296,10 +303,9 @@ class Playground:
 
     def push(self, token: str | None, dataset_repo: str, model_repo: str | None = None, *, private: bool = True,
              version: int | None = None, endpoint: str | None = None) -> str:
-        """token None: the server's own login (HF_TOKEN or `hf auth login`), for the command line; the page passes
-        the token it decided on, and "" is refused."""
+        """With `token` and only with it (the command line passes `publishing.server_token()`, the page the token it
+        decided on); an empty one is refused."""
         version = self.store.serving_version() if version is None else version
-        token = publishing.server_token() if token is None else token
         return publishing.push_to_hub(self.store, token, dataset_repo, model_repo, version, sft_spec=self.preset.sft,
                                       sft_hub_id=self.sft_hub_id, private=private, win_rate=self._win_rate(version),
                                       endpoint=endpoint)

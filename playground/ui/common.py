@@ -164,7 +164,24 @@ class Page:
         trainer = "trainer running" if pg.trainer_alive() else ("trainer stopped" if pg.trainer.wanted else "no trainer")
         base, sft = (code(short_model(m.name)) for m in (engine.base, engine.sft))
         return (f"✓ Ready · base {base} · SFT {sft} · "
-                f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}")
+                f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}"
+                + durable_copy_note(pg.durable_status()))
+
+
+# How long the durable copy may trail before the status line says so (it normally catches up within a second).
+COPY_LAG_SECONDS = 10.0
+
+
+def durable_copy_note(status: dict | None) -> str:
+    """The durable copy's part of the status line: quiet while it keeps up, loud when it lags or fails."""
+    if status is None:
+        return ""
+    problem = status.get("last_error") or status.get("hub_error")
+    if problem or status["lagging_seconds"] > COPY_LAG_SECONDS:
+        behind = f"{status['pending']} changes not copied yet" if status["pending"] else "copy retrying"
+        return (f" · ⚠ **durable copy lags**: {behind} (votes are safe in the local store meanwhile)"
+                + (f": {code(problem)}" if problem else ""))
+    return f" · durable copy {code(status['target'])}"
 
 
 def loading_message(playground: Playground) -> str:
