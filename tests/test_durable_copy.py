@@ -392,3 +392,37 @@ def test_restore_and_stats_from_the_command_line(tiny_models, tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err
     assert cli.main(["restore", "--from", str(tmp_path / "nowhere"), *models, "--data-dir", str(tmp_path / "x")]) == 2
     assert "holds no durable copy" in capsys.readouterr().err
+
+
+def test_a_broken_target_shows_on_the_status_line_and_the_copy_recovers(store, tmp_path):
+    import time
+
+    from playground.ui.common import durable_copy_note
+
+    target = tmp_path / "target"
+    copy = copy_of(store, target)
+    copy.bind()
+    assert durable_copy_note(copy.status()) == f" · durable copy `{target}`"  # quiet while it keeps up
+
+    records = copy.folder / durable.RECORDS
+    shutil.rmtree(records, ignore_errors=True)
+    records.write_text("not a folder")  # the mount went bad: no shard can be created
+    copy.start(interval=0.05)
+    try:
+        add_short_vs_long_votes(store, 2)  # committed locally all the same
+        deadline = time.monotonic() + 20
+        while copy.last_error is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        note = durable_copy_note(copy.status())
+        assert "durable copy lags" in note and "changes not copied yet" in note and "votes are safe" in note
+        records.unlink()  # the mount is back
+        deadline = time.monotonic() + 40
+        while (copy.pending() or copy.last_error) and time.monotonic() < deadline:
+            copy.wake()
+            time.sleep(0.05)
+        assert copy.pending() == 0 and copy.last_error is None
+    finally:
+        copy.stop()
+    again = fresh_store(tmp_path)
+    durable.restore(again, copy.folder)
+    assert dump(again) == dump(store)
