@@ -7,7 +7,8 @@ which, ties, identical texts) is `votes.outcomes_of`: the training pairs come fr
 Players: "base", "sft" and "pref vN" for every adapter version N >= 1. The preference arm at version 0 *is* the
 SFT model (no adapter), so its answers count for the player "sft"; an outcome between two answers of the same
 player (the SFT arm against the preference arm at v0, two samples of one version in a duel) is left out: a model
-does not play itself. Ratings are on the Elo scale (400 points = 10:1 odds of winning), centred so the players'
+does not play itself. A person's correction beating the models' answers trains them but is not a game: people are
+not players. Ratings are on the Elo scale (400 points = 10:1 odds of winning), centred so the players'
 mean is 1000.
 """
 
@@ -68,6 +69,8 @@ def games_from_votes(votes: Iterable[Mapping]) -> list[Game]:
     games: list[Game] = []
     for index, vote in enumerate(votes):
         for o in outcomes_of(vote):
+            if "human" in (o.first["arm"], o.second["arm"]):  # a person's correction trains, but is not a model
+                continue
             a = player(o.first["arm"], o.first["adapter_version"])
             b = player(o.second["arm"], o.second["adapter_version"])
             if a != b:

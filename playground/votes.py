@@ -8,6 +8,7 @@ rates call `outcomes_of` on exported votes.
 - best, winner only: the winner beats each other answer of the comparison;
 - best, full ranking: each answer beats every answer ranked below it;
 - pairwise (duel): 'a' or 'b' beats the other; 'tie' is half a win each way; 'both_bad' says nothing;
+- correction: the person's own answer beats every model answer of the turn;
 - all_bad and thumbs name no winner: no outcome (they are kept as feedback, and exported);
 - two answers with identical text (after strip) cannot be told apart: no outcome between them.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Mapping, Sequence
 
-VOTE_KINDS = ("best", "all_bad", "pairwise", "thumb")
+VOTE_KINDS = ("best", "all_bad", "pairwise", "thumb", "correction")
 PAIRWISE_OUTCOMES = ("a", "b", "tie", "both_bad")
 
 # An answer as the rules see it: a mapping with at least "id" and "text" (the store adds "arm", "adapter_version").
@@ -81,6 +82,9 @@ def outcomes(kind: str, named: Sequence[Answer], outcome: str | None, answers: S
             raise ValueError(f"unknown pairwise outcome {outcome!r}")
         a, b = named
         found = {"a": [Outcome(a, b, 1.0)], "b": [Outcome(b, a, 1.0)], "tie": [Outcome(a, b, 0.5)]}.get(outcome, [])
+    elif kind == "correction":
+        (human,) = named
+        found = [Outcome(human, other, 1.0) for other in answers if other["id"] != human["id"]]
     elif kind in ("all_bad", "thumb"):
         found = []
     else:
@@ -104,10 +108,12 @@ def outcomes_of(vote: Mapping) -> list[Outcome]:
 
 
 def to_trl(pair: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
-    """A store pair (with prompt_text / chosen_text / rejected_text) in TRL's conversational
-    preference format, so DPOTrainer applies the model's chat template itself."""
+    """A store pair (with history / prompt_text / chosen_text / rejected_text) in TRL's conversational preference
+    format, so DPOTrainer applies the model's chat template itself. The prompt is the whole conversation up to and
+    including the turn's user message, identical for chosen and rejected (trl's extract_prompt relies on that)."""
+    history = list(pair.get("history") or [])
     return {
-        "prompt": [{"role": "user", "content": pair["prompt_text"]}],
+        "prompt": history + [{"role": "user", "content": pair["prompt_text"]}],
         "chosen": [{"role": "assistant", "content": pair["chosen_text"]}],
         "rejected": [{"role": "assistant", "content": pair["rejected_text"]}],
     }

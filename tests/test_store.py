@@ -129,7 +129,7 @@ def test_all_bad_and_thumbs_record_votes_without_pairs(store):
     store.vote_thumb("s1", b, False)
     store.vote_thumb("s2", a, False)  # another session may rate the same answer
     counts = store.counts()
-    assert counts["votes_by_kind"] == {"best": 0, "all_bad": 1, "pairwise": 0, "thumb": 3}
+    assert counts["votes_by_kind"] == {"best": 0, "all_bad": 1, "pairwise": 0, "thumb": 3, "correction": 0}
     assert counts["votes"] == 4 and counts["pairs"] == 0
 
 

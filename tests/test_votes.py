@@ -102,6 +102,7 @@ def test_pairs_leaderboard_and_win_rates_agree_on_every_vote_kind(tmp_path):
     store.vote_all_bad("s", cid)
     store.vote_thumb("s", ids["base"], True)
     store.vote_thumb("s", ids["pref"], False)
+    assert store.add_correction("s", cid, "A person's better answer.").pairs_created == 3  # trains, plays no game
     for outcome in ("a", "b", "tie", "both_bad"):
         cid, ids = add_compare(store, f"duel {outcome}", texts, version=2)
         store.vote_pairwise("s", cid, ids["base"], ids["pref"], outcome)
@@ -109,14 +110,17 @@ def test_pairs_leaderboard_and_win_rates_agree_on_every_vote_kind(tmp_path):
         {"arm": "pref", "text": "One.", "model": "m", "adapter_version": 2},
         {"arm": "pref", "text": "Two.", "model": "m", "adapter_version": 2}])
     store.vote_pairwise("s", duel[0], *duel[1], "a")
-    assert store.counts()["votes_by_kind"] == {"best": 4, "all_bad": 1, "pairwise": 5, "thumb": 2}
+    assert store.counts()["votes_by_kind"] == {"best": 4, "all_bad": 1, "pairwise": 5, "thumb": 2, "correction": 1}
 
     # Pairs: every decisive outcome, including a model against itself (an on-policy duel teaches DPO the most).
-    player = {a["id"]: leaderboard.player(a["arm"], a["adapter_version"])
+    player = {a["id"]: a["arm"] if a["arm"] == "human" else leaderboard.player(a["arm"], a["adapter_version"])
               for v in store.export_votes() for a in ({**x, "id": x["answer_id"]} for x in v["answers"])}
     stored = store.pairs()
-    assert len(stored) == 3 + 3 + 3 + 1 + 1 + 1 + 1  # winner-only, ranking, v0 ranking, identical, a, b, duel
-    decisive = Counter((player[p["chosen_answer_id"]], player[p["rejected_answer_id"]]) for p in stored)
+    # winner-only, ranking, v0 ranking, identical, correction, a, b, duel
+    assert len(stored) == 3 + 3 + 3 + 1 + 3 + 1 + 1 + 1
+    decisive = Counter((player[p["chosen_answer_id"]], player[p["rejected_answer_id"]]) for p in stored
+                       if p["chosen_arm"] != "human")
+    assert sum(p["chosen_arm"] == "human" for p in stored) == 3
 
     # Leaderboard games: the same decisive outcomes between two players, plus ties at half.
     games = leaderboard.games_from_votes(store.export_votes())

@@ -34,7 +34,7 @@ _ELIGIBLE = """
 
 _PAIR_SELECT = """
     SELECT p.id, p.vote_id, v.kind AS vote_kind, v.session_id, v.voter, p.comparison_id, p.round_id,
-           p.created_at, pr.text AS prompt_text, pr.category,
+           p.created_at, pr.text AS prompt_text, pr.category, cm.history,
            p.chosen_answer_id, c.text AS chosen_text, c.arm AS chosen_arm,
            c.adapter_version AS chosen_adapter_version,
            p.rejected_answer_id, r.text AS rejected_text, r.arm AS rejected_arm,
@@ -46,6 +46,9 @@ _PAIR_SELECT = """
     JOIN answers c ON c.id = p.chosen_answer_id
     JOIN answers r ON r.id = p.rejected_answer_id
 """
+
+HUMAN = "human"  # the arm of an answer a person wrote (a correction)
+MAX_CORRECTION_CHARS = 4000
 
 ANSWER_FIELDS = ("text", "model", "adapter_version", "settings", "seed", "prompt_tokens", "new_tokens", "seconds",
                  "ttft", "finish_reason")
@@ -73,17 +76,25 @@ class Records:
     # -- prompts, comparisons, answers ---------------------------------------------------------------
 
     def add_comparison(self, prompt: str, session_id: str, mode: str = "compare", category: str | None = None,
-                       answers: Iterable[dict] = ()) -> tuple[int, list[int]]:
-        """A comparison with its answers, in one transaction: (comparison id, answer ids in order).
-        Each answer is a dict with `arm` and ANSWER_FIELDS; its slot is its position."""
+                       answers: Iterable[dict] = (), *, history: list[dict] | None = None,
+                       chat_id: str | None = None, parent_answer_id: int | None = None) -> tuple[int, list[int]]:
+        """A comparison (one turn of a chat) with its answers, in one transaction: (comparison id, answer ids in
+        order). Each answer is a dict with `arm` and ANSWER_FIELDS; its slot is its position. `history`: the messages
+        before `prompt` that every arm answered; `parent_answer_id`: the previous turn's answer it continues from;
+        `chat_id` groups the turns of one conversation (its turn number is counted here)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
         answers = list(answers)
         for answer in answers:
             if answer["arm"] not in ARMS:
                 raise ValueError(f"arm must be one of {ARMS}, not {answer['arm']!r}")
+        history = list(history or [])
         now = time.time()
         with self._write() as conn:
+            if parent_answer_id is not None and conn.execute(
+                    "SELECT 1 FROM answers WHERE id = ?", (parent_answer_id,)).fetchone() is None:
+                raise StoreError(f"Answer {parent_answer_id} (the turn this one continues) does not exist.")
+            turn = 1 + len(history) // 2
             prompt_id = conn.execute(
                 "INSERT INTO prompts (text, category, created_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (text) DO UPDATE SET category = coalesce(prompts.category, excluded.category) "
@@ -91,8 +102,9 @@ class Records:
                 (prompt, category, now),
             ).fetchone()[0]
             comparison_id = conn.execute(
-                "INSERT INTO comparisons (prompt_id, session_id, mode, created_at) VALUES (?, ?, ?, ?)",
-                (prompt_id, session_id, mode, now),
+                "INSERT INTO comparisons (prompt_id, session_id, mode, created_at, chat_id, turn, history, "
+                "parent_answer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (prompt_id, session_id, mode, now, chat_id, turn, json.dumps(history), parent_answer_id),
             ).lastrowid
             ids = [self._insert_answer(conn, comparison_id, slot, answer) for slot, answer in enumerate(answers)]
             return comparison_id, ids
@@ -113,7 +125,8 @@ class Records:
         """The comparison with its prompt text, category and answers (by slot)."""
         with self._read() as conn:
             c = _row(conn.execute(
-                "SELECT cm.id, cm.prompt_id, p.text AS prompt, p.category, cm.session_id, cm.mode, cm.created_at "
+                "SELECT cm.id, cm.prompt_id, p.text AS prompt, p.category, cm.session_id, cm.mode, cm.created_at, "
+                "cm.chat_id, cm.turn, cm.history, cm.parent_answer_id "
                 "FROM comparisons cm JOIN prompts p ON p.id = cm.prompt_id WHERE cm.id = ?",
                 (comparison_id,),
             ).fetchone())
@@ -129,6 +142,69 @@ class Records:
     def _answers_of(conn: sqlite3.Connection, comparison_id: int) -> list[dict]:
         rows = conn.execute("SELECT * FROM answers WHERE comparison_id = ? ORDER BY slot", (comparison_id,))
         return [_row(r) for r in rows]
+
+    # -- conversations -------------------------------------------------------------------------------
+
+    def continuation(self, comparison_id: int, session_id: str, chosen_answer_id: int | None = None) -> dict:
+        """The answer of this turn the conversation goes on with, the same for every arm: the person's correction,
+        else the answer their vote put first (best, or a duel's winner), else the one they chose to continue from,
+        else the preference-tuned (or the duel's first) answer. Raises StoreError for a foreign `chosen_answer_id`."""
+        with self._read() as conn:
+            answers = self._answers_of(conn, comparison_id)
+            if not answers:
+                raise StoreError(f"Comparison {comparison_id} does not exist or has no answers.")
+            voted = conn.execute(
+                "SELECT v.kind, v.outcome, va.answer_id, va.position FROM votes v "
+                "JOIN vote_answers va ON va.vote_id = v.id WHERE v.comparison_id = ? AND v.session_id = ? "
+                "AND v.kind IN ('correction', 'best', 'pairwise') "
+                "ORDER BY CASE v.kind WHEN 'correction' THEN 0 ELSE 1 END, v.id DESC, va.position",
+                (comparison_id, session_id)).fetchall()
+        by_id = {a["id"]: a for a in answers}
+        for kind, outcome, answer_id, position in voted:
+            if kind in ("correction", "best") and position == 0:
+                return by_id[answer_id]
+            if kind == "pairwise" and outcome in ("a", "b") and position == ("a", "b").index(outcome):
+                return by_id[answer_id]
+        if chosen_answer_id is not None:
+            if chosen_answer_id not in by_id:
+                raise StoreError(f"Answer {chosen_answer_id} is not an answer of comparison {comparison_id}.")
+            return by_id[chosen_answer_id]
+        models = [a for a in answers if a["arm"] != HUMAN]
+        return next((a for a in models if a["arm"] == "pref"), models[0])
+
+    def next_history(self, comparison_id: int, continued: dict) -> list[dict]:
+        """The messages every arm answers next: this turn's history, its prompt and the answer it continues with."""
+        c = self.comparison(comparison_id)
+        return list(c["history"]) + [{"role": "user", "content": c["prompt"]},
+                                     {"role": "assistant", "content": continued["text"]}]
+
+    def chat(self, chat_id: str) -> list[dict]:
+        """The turns of a conversation, oldest first (comparison rows with prompt, history and parent answer)."""
+        with self._read() as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM comparisons WHERE chat_id = ? ORDER BY turn, id",
+                                               (chat_id,))]
+        return [self.comparison(i) for i in ids]
+
+    # -- corrections -----------------------------------------------------------------------------------
+
+    def add_correction(self, session_id: str, comparison_id: int, text: str, *,
+                       voter: str | None = None) -> VoteReceipt:
+        """A person's better answer to a turn: stored as an answer (arm 'human'), the chosen side of a pair against
+        each model answer of the turn (a vote of kind 'correction'), and what the conversation continues with."""
+        text = (text or "").strip()
+        if not text:
+            raise VoteError("The better answer is empty: write the answer you would have wanted.")
+        if len(text) > MAX_CORRECTION_CHARS:
+            raise VoteError(f"The better answer has {len(text):,} characters; the limit is {MAX_CORRECTION_CHARS:,}.")
+        with self._write() as conn:
+            answers = self._vote_target(conn, session_id, comparison_id)
+            self._check_not_voted(conn, "correction", session_id, comparison_id)
+            slot = conn.execute("SELECT coalesce(max(slot), -1) + 1 FROM answers WHERE comparison_id = ?",
+                                (comparison_id,)).fetchone()[0]
+            answer_id = self._insert_answer(conn, comparison_id, slot, {"arm": HUMAN, "text": text, "model": HUMAN})
+            human = _row(conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone())
+            return self._record(conn, "correction", session_id, comparison_id, None, [human], answers + [human],
+                                voter)
 
     # -- votes ---------------------------------------------------------------------------------------
 
@@ -190,11 +266,12 @@ class Records:
 
     @staticmethod
     def _vote_target(conn: sqlite3.Connection, session_id: str, comparison_id: int) -> list[dict]:
+        """The model answers a vote on this comparison is about (a person's correction is not one of them)."""
         if not session_id:
             raise VoteError("A vote needs a session id.")
         if conn.execute("SELECT 1 FROM comparisons WHERE id = ?", (comparison_id,)).fetchone() is None:
             raise VoteError(f"Comparison {comparison_id} does not exist.")
-        return Records._answers_of(conn, comparison_id)
+        return [a for a in Records._answers_of(conn, comparison_id) if a["arm"] != HUMAN]
 
     @staticmethod
     def _check_members(conn: sqlite3.Connection, comparison_id: int, answers: list[dict], ids: Iterable[int]) -> None:
@@ -218,7 +295,7 @@ class Records:
         ).fetchone()
         if row is not None:
             what = {"best": "picked the best answer", "all_bad": "marked every answer bad",
-                    "pairwise": "voted on this duel"}[row[0]]
+                    "pairwise": "voted on this duel", "correction": "wrote a better answer"}[row[0]]
             raise VoteError(f"You already {what} for this prompt; each session votes once per comparison.")
 
     @staticmethod
@@ -305,7 +382,7 @@ class Records:
             with self._read() as conn:
                 votes = [_row(r) for r in conn.execute(
                     "SELECT v.id AS vote_id, v.kind, v.session_id, v.voter, v.outcome, v.created_at, v.comparison_id, "
-                    "cm.mode, p.text AS prompt, p.category FROM votes v "
+                    "cm.mode, cm.chat_id, cm.turn, cm.history, p.text AS prompt, p.category FROM votes v "
                     "JOIN comparisons cm ON cm.id = v.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
                     "WHERE v.id > ? ORDER BY v.id LIMIT ?", (last, _EXPORT_BATCH))]
                 for vote in votes:
@@ -313,7 +390,9 @@ class Records:
                         "SELECT a.id AS answer_id, va.position, a.slot, a.arm, a.model, a.adapter_version, "
                         "a.settings, a.seed, a.text FROM answers a "
                         "LEFT JOIN vote_answers va ON va.answer_id = a.id AND va.vote_id = ? "
-                        "WHERE a.comparison_id = ? ORDER BY va.position IS NULL, va.position, a.slot",
+                        # a person's correction belongs to the vote that made it, not to the others on the turn
+                        "WHERE a.comparison_id = ? AND (a.arm <> 'human' OR va.vote_id IS NOT NULL) "
+                        "ORDER BY va.position IS NULL, va.position, a.slot",
                         (vote["vote_id"], vote["comparison_id"]))]
             if not votes:
                 return
@@ -321,7 +400,28 @@ class Records:
             last = votes[-1]["vote_id"]
 
 
+    def export_demonstrations(self) -> Iterator[dict]:
+        """Every correction as an SFT example in TRL's conversational format: {"messages": the turn's history, its
+        prompt and the person's answer}."""
+        last = 0
+        while True:
+            with self._read() as conn:
+                batch = [_row(r) for r in conn.execute(
+                    "SELECT a.id, cm.history, p.text AS prompt, a.text FROM answers a "
+                    "JOIN comparisons cm ON cm.id = a.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
+                    "WHERE a.arm = 'human' AND a.id > ? ORDER BY a.id LIMIT ?", (last, _EXPORT_BATCH))]
+            if not batch:
+                return
+            for row in batch:
+                yield {"messages": list(row["history"]) + [{"role": "user", "content": row["prompt"]},
+                                                           {"role": "assistant", "content": row["text"]}]}
+            last = batch[-1]["id"]
+
+
 def _thanks(kind: str, outcome: str | None, n_pairs: int) -> str:
+    if kind == "correction":
+        return (f"Thanks! Your answer is kept as a demonstration, made {_plural(n_pairs, 'training pair')} against "
+                f"the models' answers, and the conversation continues from it.")
     if kind == "thumb":
         return f"Thanks for the thumbs {outcome}!"
     if kind == "all_bad":

@@ -180,6 +180,57 @@ MIGRATIONS: list[str] = [
     ALTER TABLE votes ADD COLUMN voter TEXT;
     CREATE INDEX votes_voter ON votes (voter);
     """,
+    # 5: conversations and corrections. A comparison is one turn of a chat: `history` holds the messages before its
+    # prompt (the shared conversation every arm answered), `parent_answer_id` the answer of the previous turn that
+    # history continued from. A person's better answer is an answer with arm 'human' and a vote of kind
+    # 'correction'. SQLite cannot change a CHECK constraint in place, so `answers` and `votes` are rebuilt (the
+    # migration runs with foreign keys off and checks them before it commits).
+    """
+    ALTER TABLE comparisons ADD COLUMN chat_id TEXT;
+    ALTER TABLE comparisons ADD COLUMN turn INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE comparisons ADD COLUMN history TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(history));
+    ALTER TABLE comparisons ADD COLUMN parent_answer_id INTEGER REFERENCES answers(id);
+    CREATE INDEX comparisons_chat ON comparisons (chat_id, turn);
+
+    CREATE TABLE answers_new (
+        id               INTEGER PRIMARY KEY,
+        comparison_id    INTEGER NOT NULL REFERENCES comparisons(id),
+        arm              TEXT NOT NULL CHECK (arm IN ('base', 'sft', 'pref', 'human')),
+        slot             INTEGER NOT NULL,
+        model            TEXT NOT NULL,
+        adapter_version  INTEGER NOT NULL DEFAULT 0,
+        settings         TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(settings)),
+        seed             INTEGER,
+        text             TEXT NOT NULL,
+        prompt_tokens    INTEGER,
+        new_tokens       INTEGER,
+        seconds          REAL,
+        ttft             REAL,
+        finish_reason    TEXT,
+        created_at       REAL NOT NULL,
+        UNIQUE (comparison_id, slot)
+    );
+    INSERT INTO answers_new SELECT * FROM answers;
+    DROP TABLE answers;
+    ALTER TABLE answers_new RENAME TO answers;
+
+    CREATE TABLE votes_new (
+        id             INTEGER PRIMARY KEY,
+        kind           TEXT NOT NULL CHECK (kind IN ('best', 'all_bad', 'pairwise', 'thumb', 'correction')),
+        session_id     TEXT NOT NULL,
+        comparison_id  INTEGER NOT NULL REFERENCES comparisons(id),
+        outcome        TEXT CHECK (outcome IN ('a', 'b', 'tie', 'both_bad', 'up', 'down')),
+        created_at     REAL NOT NULL,
+        voter          TEXT
+    );
+    INSERT INTO votes_new SELECT * FROM votes;
+    DROP TABLE votes;
+    ALTER TABLE votes_new RENAME TO votes;
+    CREATE UNIQUE INDEX votes_once ON votes (
+        session_id, comparison_id, (CASE kind WHEN 'all_bad' THEN 'best' ELSE kind END)
+    ) WHERE kind <> 'thumb';
+    CREATE INDEX votes_voter ON votes (voter);
+    """,
 ]
 
 # Meta keys that describe this process or this copy of the file, not the data: never copied, never restored.
@@ -187,7 +238,7 @@ LOCAL_META_KEYS = ("changes", "trainer", "voter_salt", "durable_copy")
 # Tables that are the copy's own bookkeeping.
 UNCOPIED_TABLES = ("changelog",)
 
-_JSON_COLUMNS = {"settings", "hyperparams", "metrics", "extra"}
+_JSON_COLUMNS = {"settings", "hyperparams", "metrics", "extra", "history"}
 
 
 def changelog_triggers(tables: dict[str, dict]) -> list[tuple[str, str]]:
@@ -309,19 +360,37 @@ class Database:
     def _migrate(self) -> None:
         # One transaction per migration; re-reading user_version under the write lock lets several
         # processes open a fresh file at once without applying anything twice.
+        # Foreign keys are off while a migration runs (SQLite's procedure for rebuilding a table that others refer
+        # to: the pragma only takes effect outside a transaction) and checked before it commits.
         while True:
-            with self._write() as conn:
-                applied = conn.execute("PRAGMA user_version").fetchone()[0]
-                if applied > len(MIGRATIONS):
-                    raise StoreError(
-                        f"{self.path} has schema version {applied}, newer than this code knows "
-                        f"({len(MIGRATIONS)}); upgrade the app instead of risking the data."
-                    )
-                if applied == len(MIGRATIONS):
-                    return
-                for statement in _statements(MIGRATIONS[applied]):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {applied + 1}")
+            conn = self._connect()
+            try:
+                conn.execute("PRAGMA foreign_keys = OFF")
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    applied = conn.execute("PRAGMA user_version").fetchone()[0]
+                    if applied > len(MIGRATIONS):
+                        raise StoreError(
+                            f"{self.path} has schema version {applied}, newer than this code knows "
+                            f"({len(MIGRATIONS)}); upgrade the app instead of risking the data."
+                        )
+                    if applied == len(MIGRATIONS):
+                        conn.execute("ROLLBACK")
+                        return
+                    for statement in _statements(MIGRATIONS[applied]):
+                        conn.execute(statement)
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise StoreError(f"Migration {applied + 1} of {self.path} would break {len(broken)} "
+                                         f"references; nothing was changed.")
+                    conn.execute(f"PRAGMA user_version = {applied + 1}")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            finally:
+                conn.close()
 
     def tables(self, conn: sqlite3.Connection) -> dict[str, dict]:
         """Every data table: {name: {"columns": [...], "key": [primary key columns]}} (what the durable copy copies;
