@@ -14,17 +14,19 @@ from pathlib import Path
 
 from .store import Store
 
-EXPORTS = ("pairs", "votes")
+EXPORTS = ("pairs", "votes", "demonstrations")
 EXPORT_KEEP_SECONDS = 3600
 QUANTIZED_NOTE = ("The SFT weights this adapter was trained on came from a GGUF file ({source}) de-quantized to "
                   "float32, not from the original checkpoint: expect small differences on the original weights.")
 
 
 def write_export(store: Store, what: str, path: str | Path) -> int:
-    """Write 'pairs' (TRL conversational format) or 'votes' (raw, with their answers) as JSONL; the row count."""
+    """Write 'pairs' (DPO: TRL's conversational preference format), 'votes' (raw, with their answers) or
+    'demonstrations' (SFT: the corrections in TRL's conversational `messages` format) as JSONL; the row count."""
     if what not in EXPORTS:
         raise ValueError(f"Unknown export {what!r}; choose one of {', '.join(EXPORTS)}.")
-    rows = store.export_pairs() if what == "pairs" else store.export_votes()
+    rows = {"pairs": store.export_pairs, "votes": store.export_votes,
+            "demonstrations": store.export_demonstrations}[what]()
     n = 0
     with open(path, "w", encoding="utf-8") as out:
         for row in rows:
@@ -45,7 +47,7 @@ def export_file(store: Store, what: str = "pairs") -> tuple[Path, int]:
         except FileNotFoundError:  # another export pruned it first
             pass
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = "preference-pairs" if what == "pairs" else "votes"
+    name = {"pairs": "preference-pairs", "votes": "votes", "demonstrations": "demonstrations"}[what]
     path = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=folder)) / f"{name}-{stamp}.jsonl"
     return path, write_export(store, what, path)
 

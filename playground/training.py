@@ -55,6 +55,52 @@ def eligible_pair_count(store: Store, settings: RoundSettings) -> int:
     return store.pending_pair_count(per_voter=settings.pairs_per_voter)
 
 
+def dpo_config(settings: RoundSettings, output_dir: Path):
+    """trl's DPOConfig for a round: trl's GPU-minded defaults turned into what a CPU runs well (fp32, no gradient
+    checkpointing, no reporting), the reference log-probs computed once up front."""
+    import torch
+    from trl import DPOConfig
+
+    return DPOConfig(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accumulation,
+        num_train_epochs=settings.epochs,
+        learning_rate=settings.learning_rate,
+        lr_scheduler_type="constant",
+        beta=settings.beta,
+        max_length=settings.max_length,
+        precompute_ref_log_probs=True,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        seed=settings.train_seed,
+    )
+
+
+def fit_to_length(row: dict, tokenizer, max_length: int) -> dict:
+    """A pair whose conversation is too long for `max_length` tokens loses its OLDEST turns (a user message and
+    the answer after it, together), never an answer and never the turn's own question. trl would otherwise cut the
+    prompt's start mid-message (or the answers' end); the same cut for chosen and rejected keeps their prompt equal."""
+    if not getattr(tokenizer, "chat_template", None):
+        return row
+    prompt = list(row["prompt"])
+
+    def tokens(messages) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    while len(prompt) > 1 and max(tokens(prompt + row[side]) for side in ("chosen", "rejected")) > max_length:
+        prompt = prompt[2:]
+    return {**row, "prompt": prompt}
+
+
 def _load_policy(sft_dir: str):
     """Fresh SFT weights for the round (the trainer never modifies the SFT files)."""
     import torch
@@ -90,7 +136,7 @@ def run_round(
     from peft import LoraConfig, set_peft_model_state_dict
     from safetensors.torch import load_file
     from transformers import TrainerCallback
-    from trl import DPOConfig, DPOTrainer
+    from trl import DPOTrainer
 
     torch.set_num_threads(settings.train_threads)
     parent = store.serving_version()
@@ -114,28 +160,9 @@ def run_round(
             def on_step_end(self, args, state, control, **kwargs):
                 store.set_round_progress(round_id, state.global_step, state.max_steps)
 
-        dataset = Dataset.from_list([to_trl(p) for p in pairs]).shuffle(seed=settings.train_seed)
-        config = DPOConfig(
-            output_dir=str(work / "trainer"),
-            per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.grad_accumulation,
-            num_train_epochs=settings.epochs,
-            learning_rate=settings.learning_rate,
-            lr_scheduler_type="constant",
-            beta=settings.beta,
-            max_length=settings.max_length,
-            precompute_ref_log_probs=True,
-            bf16=False,
-            fp16=False,
-            gradient_checkpointing=False,
-            report_to="none",
-            logging_steps=1,
-            save_strategy="no",
-            disable_tqdm=True,
-            use_cpu=not torch.cuda.is_available(),
-            dataloader_num_workers=0,
-            seed=settings.train_seed,
-        )
+        rows = [fit_to_length(to_trl(p), tokenizer, settings.max_length) for p in pairs]
+        dataset = Dataset.from_list(rows).shuffle(seed=settings.train_seed)
+        config = dpo_config(settings, work / "trainer")
         lora = LoraConfig(
             r=settings.lora_r,
             lora_alpha=settings.lora_alpha,
