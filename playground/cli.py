@@ -36,6 +36,22 @@ def playground_from(args, rounds: RoundSettings | None = None):
     return opened(Playground(settings_from(args, ModelSettings), rounds))
 
 
+def read_history(path: str) -> list[dict]:
+    """A conversation's earlier turns from a JSON file: a list of {"role", "content"} messages (check_history)."""
+    from .prompting import check_history
+
+    try:
+        history = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as error:
+        raise PromptError(f"Cannot read the history file {path}: {error.strerror or error}.") from error
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise PromptError(f"The history file {path} is not JSON ({error}).") from error
+    try:
+        return check_history(history)
+    except PromptError as error:
+        raise PromptError(f"{path}: {error}") from error
+
+
 def cmd_generate(args) -> int:
     from .generation import ARM_TITLES
     from .prompting import check_prompt
@@ -43,6 +59,7 @@ def cmd_generate(args) -> int:
     from .generation import AdapterError
 
     check_prompt(args.prompt)  # before minutes of model loading
+    history = read_history(args.history) if args.history else []
     playground = playground_from(args)
     playground.load_models()
     if args.version is not None:
@@ -50,12 +67,12 @@ def cmd_generate(args) -> int:
             playground.serve(args.version)
         except AdapterError as error:
             raise StoreError(f"{error}. Pick another version (`python -m playground versions`).") from error
-    answers = playground.engine.generate(args.prompt, settings_from(args, Sampling))
+    answers = playground.engine.generate(args.prompt, settings_from(args, Sampling), history=history)
     serving = playground.store.serving_version()
     if args.json:
         report = {arm: a.to_dict() for arm, a in answers.items()}
         report |= {"adapter_version": playground.engine.adapter_version, "serving_version": serving,
-                   "data_set": playground.data_set.name}
+                   "data_set": playground.data_set.name, "history_turns": len(history) // 2}
         print(json.dumps(report, indent=2))
         return 0
     print(f"(data set {playground.data_set.name}; adapter v{playground.engine.adapter_version}"
@@ -65,8 +82,10 @@ def cmd_generate(args) -> int:
         print(f"=== {ARM_TITLES[arm]}{version} ({answer.model}) ===")
         print(answer.text or "(empty answer)")
         rate = f"{answer.tokens_per_second:.1f} tok/s"
+        unseen = (f"; did not see the {answer.dropped_turns} oldest of {len(history) // 2} earlier turns (context)"
+                  if answer.dropped_turns else "")
         print(f"--- {answer.new_tokens} tokens, {answer.seconds:.1f} s, {rate}, ends: {answer.finish_reason}"
-              + (f"; {answer.note}" if answer.note else "") + "\n")
+              + (f"; {answer.note}" if answer.note else "") + unseen + "\n")
     return 0
 
 
@@ -354,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     gen = command("generate", cmd_generate, "three answers (base, SFT, preference-tuned) for one prompt",
                   ModelSettings, Sampling)
-    gen.add_argument("prompt")
+    gen.add_argument("prompt", help="the (new) user message")
+    gen.add_argument("--history", metavar="FILE.json", default=None,
+                     help='earlier turns of a conversation: a JSON list of {"role": "user"|"assistant", "content": '
+                          '...} messages, alternating, from the user first to an assistant answer last; turns that '
+                          "do not fit a model's context are dropped, oldest first (dropped_turns in --json)")
     gen.add_argument("--version", type=int, default=None,
                      help="answer with this adapter version (0 = none); default: the data set's serving version")
     gen.add_argument("--json", action="store_true")

@@ -149,21 +149,24 @@ class Playground:
         return thread
 
     # ---- generation, recorded -----------------------------------------------------------------------------
-    def compare(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None
-                ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
-        """Stream the three arms; the last item carries the stored ids (answers are stored once complete)."""
-        yield from self._recorded(self.engine.stream(prompt, sampling), prompt, session_id, "compare", category)
+    def compare(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None, *,
+                history: list[dict] | None = None) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
+        """Stream the three arms; the last item carries the stored ids (answers are stored once complete).
+        history: the conversation's earlier turns (see Engine.stream); `prompt` is the new user message."""
+        stream = self.engine.stream(prompt, sampling, history=history)
+        yield from self._recorded(stream, prompt, session_id, "compare", category)
 
     def duel(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None,
-             arms: tuple[str, str] | None = None) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
+             arms: tuple[str, str] | None = None, *, history: list[dict] | None = None
+             ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
         """Answers "a" and "b": two samples of the preference-tuned model (on-policy), or, with `arms`, one answer
-        of each of two arms (arms[0] is "a")."""
+        of each of two arms (arms[0] is "a"). history: as in `compare`."""
         if arms is None:
-            stream = self.engine.stream_duel(prompt, sampling)
+            stream = self.engine.stream_duel(prompt, sampling, history=history)
         else:
             names = dict(zip(arms, ("a", "b")))
             stream = ({names[arm]: answer for arm, answer in answers.items()}
-                      for answers in self.engine.stream(prompt, sampling, arms))
+                      for answers in self.engine.stream(prompt, sampling, arms, history=history))
         yield from self._recorded(stream, prompt, session_id, "duel", category)
 
     def _recorded(self, stream, prompt, session_id, mode, category):

@@ -9,6 +9,10 @@ routing and adapter loading both mutate the model's modules.
 Sampling uses one seeded `torch.Generator` per row (`SeededSampler`), so an answer depends only on its seed, not
 on which other rows shared its batch or which thread drew random numbers first. The SFT and preference arms share
 the request's seed: with the same sampling noise, whatever differs between those two columns is the adapter's doing.
+
+A request may carry earlier turns of a conversation (`history`, see prompting.py). Each model renders the
+conversation in its own framing and, when prompt + answer would not fit its context budget, drops the oldest whole
+turns (`Answer.dropped_turns` says how many that answer's model did not see).
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 from .decoding import AnswerBoundary, Mirror, RowStreamer, SeededSampler
 from .int8 import int8_roles
 from .models import LoadedModel, Preset, load_model
-from .prompting import BASE_STOP_STRINGS, base_prompt, chat_prompt, check_prompt
+from .prompting import (BASE_STOP_STRINGS, base_prompt, chat_prompt, check_history, check_prompt, context_budget,
+                        fit_conversation)
 from .settings import RoundSettings, Sampling, half_the_cores
 
 ARMS = ("base", "sft", "pref")
@@ -56,6 +61,7 @@ class Answer:
     finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"
     done: bool = False
     note: str | None = None
+    dropped_turns: int = 0  # earlier turns of the conversation this answer's model did not see (context budget)
 
     @property
     def tokens_per_second(self) -> float:
@@ -161,26 +167,54 @@ class Engine:
         return float(torch.nn.functional.cross_entropy(logits[start - 1 :].float(), targets[start - 1 :]))
 
     # ---- generation ----------------------------------------------------------------------------------------
-    def stream(self, prompt: str, sampling: Sampling | None = None, arms=ARMS) -> Iterator[dict[str, Answer]]:
+    def stream(self, prompt: str, sampling: Sampling | None = None, arms=ARMS,
+               history: list[dict] | None = None) -> Iterator[dict[str, Answer]]:
         """Yield {arm: Answer} each time any arm's text grows, until every arm is done.
 
+        history: earlier turns, [{"role": "user"|"assistant", "content": ...}, ...] alternating and ending with the
+        assistant (prompting.check_history; malformed: PromptError at once); `prompt` is the new user message.
         The yielded dict and its Answers are updated in place: copy them to keep a snapshot.
         """
         sampling = (sampling or Sampling()).checked()
-        return self._stream(prompt, sampling, [Row(arm, arm, sampling.seed) for arm in ARMS if arm in arms])
+        history = check_history(history)
+        return self._stream(prompt, sampling, [Row(arm, arm, sampling.seed) for arm in ARMS if arm in arms], history)
 
-    def stream_duel(self, prompt: str, sampling: Sampling | None = None) -> Iterator[dict[str, Answer]]:
+    def stream_duel(self, prompt: str, sampling: Sampling | None = None,
+                    history: list[dict] | None = None) -> Iterator[dict[str, Answer]]:
         """Two samples ("a", "b") of the preference-tuned model with different seeds: on-policy pairs for DPO."""
         sampling = (sampling or Sampling()).checked()
-        return self._stream(prompt, sampling, [Row("a", "pref", sampling.seed), Row("b", "pref", sampling.seed + 1)])
+        history = check_history(history)
+        return self._stream(prompt, sampling, [Row("a", "pref", sampling.seed), Row("b", "pref", sampling.seed + 1)],
+                            history)
 
-    def generate(self, prompt: str, sampling: Sampling | None = None, arms=ARMS) -> dict[str, Answer]:
-        return _last(self.stream(prompt, sampling, arms))
+    def generate(self, prompt: str, sampling: Sampling | None = None, arms=ARMS,
+                 history: list[dict] | None = None) -> dict[str, Answer]:
+        return _last(self.stream(prompt, sampling, arms, history))
 
-    def duel(self, prompt: str, sampling: Sampling | None = None) -> dict[str, Answer]:
-        return _last(self.stream_duel(prompt, sampling))
+    def duel(self, prompt: str, sampling: Sampling | None = None,
+             history: list[dict] | None = None) -> dict[str, Answer]:
+        return _last(self.stream_duel(prompt, sampling, history))
 
-    def _stream(self, prompt: str, sampling: Sampling, rows: list["Row"]) -> Iterator[dict[str, Answer]]:
+    def model_input(self, role: str, prompt: str, history: list[dict] | None = None,
+                    max_new_tokens: int = Sampling.max_new_tokens) -> tuple[str, int]:
+        """The text model `role` ("base" or "sft") gets for this conversation, and how many of the oldest earlier
+        turns it leaves out so that prompt + `max_new_tokens` fit its context budget (prompting.context_budget).
+        Raises PromptError when the new prompt alone does not fit."""
+        loaded = self.base if role == "base" else self.sft
+        render = base_prompt if role == "base" else (lambda p, h: chat_prompt(loaded.tokenizer, p, h))
+        prompt, history = check_prompt(prompt), check_history(history)
+        messages = [*history, {"role": "user", "content": prompt}]
+        kept, dropped = fit_conversation(
+            messages,
+            lambda m: _token_count(loaded.tokenizer, render(m[-1]["content"], m[:-1])),
+            context_budget(loaded.model.config, loaded.tokenizer),
+            answer_tokens=max_new_tokens,
+            model=f"the {'base' if role == 'base' else 'SFT'} model",
+        )
+        return render(prompt, kept[:-1]), dropped
+
+    def _stream(self, prompt: str, sampling: Sampling, rows: list["Row"],
+                history: list[dict] | None = None) -> Iterator[dict[str, Answer]]:
         prompt = check_prompt(prompt)
         events: queue.Queue = queue.Queue()
         cancel = threading.Event()
@@ -189,16 +223,21 @@ class Engine:
         workers = []
         base_rows = [row for row in rows if row.arm == "base"]
         chat_rows = [row for row in rows if row.arm != "base"]
+        # Each model's input, fitted to its own context budget, before anything runs (a prompt too long: PromptError).
+        inputs = {role: self.model_input(role, prompt, history, sampling.max_new_tokens)
+                  for role, wanted in (("base", base_rows), ("sft", chat_rows)) if wanted}
         if base_rows:
-            answers.update({row.key: self._new_answer(row, sampling, 0) for row in base_rows})
-            workers.append(threading.Thread(target=self._run_base, args=(prompt, sampling, base_rows, events, cancel)))
+            text, dropped = inputs["base"]
+            answers.update({row.key: self._new_answer(row, sampling, 0, dropped) for row in base_rows})
+            workers.append(threading.Thread(target=self._run_base, args=(text, sampling, base_rows, events, cancel)))
         if chat_rows:
+            text, dropped = inputs["sft"]
             with self._locks["sft"]:  # the adapter version we record is the one the rows will run with
                 version = self.adapter_version
             for row in chat_rows:
-                answers[row.key] = self._new_answer(row, sampling, version if row.arm == "pref" else 0)
+                answers[row.key] = self._new_answer(row, sampling, version if row.arm == "pref" else 0, dropped)
             workers.append(
-                threading.Thread(target=self._run_chat, args=(prompt, sampling, chat_rows, version, events, cancel))
+                threading.Thread(target=self._run_chat, args=(text, sampling, chat_rows, version, events, cancel))
             )
         for worker in workers:
             worker.daemon = True
@@ -235,21 +274,22 @@ class Engine:
             for worker in workers:
                 worker.join()
 
-    def _new_answer(self, row: "Row", sampling: Sampling, version: int) -> Answer:
+    def _new_answer(self, row: "Row", sampling: Sampling, version: int, dropped_turns: int = 0) -> Answer:
         model = self.base if row.arm == "base" else self.sft
         note = V0_NOTE if row.arm == "pref" and version == 0 else None
         settings = sampling.as_dict() | {"seed": row.seed}
-        return Answer(row.arm, model.name, version, settings, row.seed, note=note)
+        return Answer(row.arm, model.name, version, settings, row.seed, note=note, dropped_turns=dropped_turns)
 
-    def _run_base(self, prompt, sampling, rows, events, cancel):
+    def _run_base(self, text, sampling, rows, events, cancel):
+        """text: the base model's input (model_input)."""
         try:
             with self._locks["base"]:
-                text = base_prompt(prompt)
                 self._generate(self.base, text, rows, sampling, events, cancel, self.base_stops, {})
         except BaseException as error:
             events.put(("error", rows[0].key, error))
 
-    def _run_chat(self, prompt, sampling, rows, version_seen, events, cancel):
+    def _run_chat(self, text, sampling, rows, version_seen, events, cancel):
+        """text: the SFT model's input (model_input), for every row."""
         try:
             with self._locks["sft"]:
                 if self.adapter_version != version_seen:
@@ -257,7 +297,6 @@ class Engine:
                         if row.arm == "pref":
                             events.put(("version", row.key, self.adapter_version))
                 adapter = self._adapter_name
-                text = chat_prompt(self.sft.tokenizer, prompt)
                 if adapter is None:
                     # No adapter: every row runs the SFT weights, and rows with the same seed would repeat each
                     # other token for token (the preference arm at version 0), so each seed runs once.
@@ -280,7 +319,7 @@ class Engine:
     def _generate(self, loaded, text, rows, sampling, events, cancel, stops, extra_kwargs, model=None, mirrors=None):
         tokenizer = loaded.tokenizer
         keys = [row.key for row in rows]
-        inputs = tokenizer([text] * len(rows), return_tensors="pt", add_special_tokens=not tokenizer.chat_template)
+        inputs = tokenizer([text] * len(rows), return_tensors="pt", **_encoding(tokenizer))
         inputs = inputs.to(loaded.model.device)
         prompt_len = inputs["input_ids"].shape[1]
         sink = Mirror(events, mirrors) if mirrors else events
@@ -308,6 +347,17 @@ class Engine:
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(eos_ids),
             )
+
+
+def _encoding(tokenizer) -> dict:
+    """How a prompt text is tokenized: a chat template writes its own special tokens; a plain framing gets the
+    tokenizer's usual ones (a BOS token, for models that use one)."""
+    return {"add_special_tokens": not tokenizer.chat_template}
+
+
+def _token_count(tokenizer, text: str) -> int:
+    """The prompt tokens `_generate` will feed for `text`."""
+    return len(tokenizer(text, **_encoding(tokenizer))["input_ids"])
 
 
 @dataclass(frozen=True)
