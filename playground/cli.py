@@ -225,7 +225,8 @@ def cmd_export(args) -> int:
         print(f"Wrote adapter v{version} with its model card to {folder}.")
         return 0
     _, n = playground.export(what, args.out)
-    noun = "votes with their answers" if what == "votes" else "preference pairs (TRL conversational format)"
+    noun = {"votes": "votes with their answers", "pairs": "preference pairs (TRL conversational format)",
+            "demonstrations": "demonstrations (TRL conversational messages format)"}[what]
     print(f"Wrote {n} {noun} to {args.out}.")
     return 0
 
@@ -406,10 +407,12 @@ def build_parser() -> argparse.ArgumentParser:
                  ModelSettings)
     rb.add_argument("version", type=int)
 
-    ex = command("export", cmd_export, "preference pairs (TRL format), raw votes, or an adapter version with its "
-                 "model card", ModelSettings)
+    ex = command("export", cmd_export, "preference pairs (TRL format), raw votes, demonstrations (corrections), or "
+                 "an adapter version with its model card", ModelSettings)
     ex.add_argument("--out", required=True, help="a .jsonl file; a folder for --what adapter")
-    ex.add_argument("--what", choices=("pairs", "votes", "adapter"), default="pairs")
+    ex.add_argument("--what", choices=("pairs", "votes", "demonstrations", "adapter"), default="pairs",
+                    help="pairs: DPO (TRL preference format); votes: raw; demonstrations: the corrections, SFT "
+                         "(TRL messages format); adapter: a version with its model card")
     ex.add_argument("--raw", action="store_true", help="the same as --what votes")
     ex.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")
 

@@ -31,6 +31,16 @@ from .trainer_process import TrainerProcess
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ChatTurn:
+    """Where a new turn goes: its conversation, the turn it follows (a comparison id; None for the first) and the
+    answer of that turn the person chose to continue from (None: the store's rule, see `Store.continuation`)."""
+
+    chat_id: str
+    after: int | None = None
+    continue_from: int | None = None
+
+
 @dataclass
 class Recorded:
     """A finished generation as stored: the comparison id and each answer's id (keyed like the answers)."""
@@ -150,40 +160,49 @@ class Playground:
 
     # ---- generation, recorded -----------------------------------------------------------------------------
     def compare(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None, *,
-                history: list[dict] | None = None) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
+                chat: "ChatTurn | None" = None) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
         """Stream the three arms; the last item carries the stored ids (answers are stored once complete).
-        history: the conversation's earlier turns (see Engine.stream); `prompt` is the new user message."""
+        chat: which conversation this turn continues (None: a conversation of one turn)."""
+        history, parent = self.continue_after(session_id, chat.after if chat else None,
+                                              chat.continue_from if chat else None)
         stream = self.engine.stream(prompt, sampling, history=history)
-        yield from self._recorded(stream, prompt, session_id, "compare", category)
+        yield from self._recorded(stream, prompt, session_id, "compare", category, history, parent, chat)
 
     def duel(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None,
-             arms: tuple[str, str] | None = None, *, history: list[dict] | None = None
+             arms: tuple[str, str] | None = None, *, chat: "ChatTurn | None" = None
              ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
         """Answers "a" and "b": two samples of the preference-tuned model (on-policy), or, with `arms`, one answer
-        of each of two arms (arms[0] is "a"). history: as in `compare`."""
+        of each of two arms (arms[0] is "a"). chat: as in `compare`."""
+        history, parent = self.continue_after(session_id, chat.after if chat else None,
+                                              chat.continue_from if chat else None)
         if arms is None:
             stream = self.engine.stream_duel(prompt, sampling, history=history)
         else:
             names = dict(zip(arms, ("a", "b")))
             stream = ({names[arm]: answer for arm, answer in answers.items()}
                       for answers in self.engine.stream(prompt, sampling, arms, history=history))
-        yield from self._recorded(stream, prompt, session_id, "duel", category)
+        yield from self._recorded(stream, prompt, session_id, "duel", category, history, parent, chat)
 
-    def _recorded(self, stream, prompt, session_id, mode, category):
+    def _recorded(self, stream, prompt, session_id, mode, category, history, parent, chat):
         answers = {}
         for answers in stream:
             yield answers, None
-        yield answers, self.record(prompt, answers, session_id, mode, category)
+        yield answers, self.record(prompt, answers, session_id, mode, category, history=history,
+                                   parent_answer_id=parent["id"] if parent else None,
+                                   chat_id=chat.chat_id if chat else None)
 
     def record(self, prompt: str, answers: dict[str, Answer], session_id: str, mode="compare",
-               category: str | None = None) -> Recorded:
-        """Store a comparison and its answers, in one transaction."""
+               category: str | None = None, *, history: list[dict] | None = None,
+               parent_answer_id: int | None = None, chat_id: str | None = None) -> Recorded:
+        """Store a comparison (a turn) and its answers, in one transaction."""
         rows = [{"arm": a.arm, "text": a.text, "model": a.model, "adapter_version": a.adapter_version,
-                 "settings": a.settings, "seed": a.seed, "prompt_tokens": a.prompt_tokens,
-                 "new_tokens": a.new_tokens, "seconds": a.seconds, "ttft": a.ttft, "finish_reason": a.finish_reason}
+                 "settings": a.settings | {"dropped_turns": a.dropped_turns} if a.dropped_turns else a.settings,
+                 "seed": a.seed, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "seconds": a.seconds,
+                 "ttft": a.ttft, "finish_reason": a.finish_reason}
                 for a in answers.values()]
         comparison, ids = self.store.add_comparison(prompt.strip(), session_id, mode=mode, category=category,
-                                                    answers=rows)
+                                                    answers=rows, history=history, chat_id=chat_id,
+                                                    parent_answer_id=parent_answer_id)
         self._copy_soon()
         return Recorded(comparison, dict(zip(answers, ids)))
 
@@ -203,6 +222,19 @@ class Playground:
 
     def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
         return self._copy_soon(self.store.vote_thumb(session_id, answer_id, up, voter=voter))
+
+    def correct(self, session_id: str, comparison_id: int, text: str, *, voter: str | None = None) -> VoteReceipt:
+        """A person's better answer to a turn: a demonstration, pairs against the models' answers, and what the
+        conversation continues with."""
+        return self._copy_soon(self.store.add_correction(session_id, comparison_id, text, voter=voter))
+
+    def continue_after(self, session_id: str, comparison_id: int | None, chosen_answer_id: int | None = None
+                       ) -> tuple[list[dict], dict | None]:
+        """(history, the answer it continues with) for the next turn after `comparison_id` (None: a new chat)."""
+        if comparison_id is None:
+            return [], None
+        continued = self.store.continuation(comparison_id, session_id, chosen_answer_id)
+        return self.store.next_history(comparison_id, continued), continued
 
     def voter_of(self, username: str | None, address: str | None) -> str | None:
         """The voter to record: the signed-in Hugging Face user, else the keyed hash of the client's address."""
@@ -290,7 +322,8 @@ class Playground:
 
     # ---- data out -----------------------------------------------------------------------------------------
     def export(self, what: str = "pairs", path: str | Path | None = None) -> tuple[Path, int]:
-        """'pairs' (TRL format) or 'votes' (raw) as JSONL, to `path` or a fresh download file: (path, rows)."""
+        """'pairs' (TRL format), 'votes' (raw) or 'demonstrations' (the corrections, TRL messages format) as JSONL, to
+        `path` or a fresh download file: (path, rows)."""
         if path is None:
             return publishing.export_file(self.store, what)
         return Path(path), publishing.write_export(self.store, what, path)

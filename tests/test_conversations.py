@@ -11,7 +11,7 @@ import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
 from playground import cli, generation, prompting
-from playground.core import Playground
+from playground.core import ChatTurn, Playground
 from playground.generation import Engine
 from playground.models import load_model
 from playground.prompting import (BASE_TEMPLATE, PromptError, base_prompt, chat_prompt, check_history,
@@ -260,8 +260,8 @@ def test_a_prompt_that_alone_does_not_fit_is_refused(engine, monkeypatch):
 
 # ---- Playground and command line ----------------------------------------------------------------------------
 
-def test_compare_and_duel_pass_the_history_to_the_engine():
-    calls = []
+def test_compare_and_duel_pass_the_turns_history_to_the_engine():
+    calls, continued = [], []
 
     def stream(prompt, sampling, arms=None, history=None):
         calls.append(("stream", arms, history))
@@ -271,14 +271,21 @@ def test_compare_and_duel_pass_the_history_to_the_engine():
         calls.append(("duel", None, history))
         yield {}
 
+    def continue_after(session, after, chosen):
+        continued.append((session, after, chosen))
+        return (HISTORY, {"id": 9}) if after else ([], None)
+
     fake = SimpleNamespace(engine=SimpleNamespace(stream=stream, stream_duel=stream_duel),
+                           continue_after=continue_after,
                            _recorded=lambda stream, *rest: (yield from ((a, None) for a in stream)))
-    list(Playground.compare(fake, PROMPT, GREEDY, "s1", history=HISTORY))
-    list(Playground.duel(fake, PROMPT, GREEDY, "s1", history=HISTORY))
-    list(Playground.duel(fake, PROMPT, GREEDY, "s1", arms=("sft", "pref"), history=HISTORY))
+    turn = ChatTurn("chat", after=5, continue_from=7)
+    list(Playground.compare(fake, PROMPT, GREEDY, "s1", chat=turn))
+    list(Playground.duel(fake, PROMPT, GREEDY, "s1", chat=turn))
+    list(Playground.duel(fake, PROMPT, GREEDY, "s1", arms=("sft", "pref"), chat=turn))
     list(Playground.compare(fake, PROMPT, GREEDY, "s1"))
     assert calls == [("stream", None, HISTORY), ("duel", None, HISTORY), ("stream", ("sft", "pref"), HISTORY),
-                     ("stream", None, None)]
+                     ("stream", None, [])]
+    assert continued == [("s1", 5, 7)] * 3 + [("s1", None, None)]
 
 
 def test_generate_cli_takes_a_history_file_and_reports_dropped_turns(tiny_models, tmp_path, capsys, monkeypatch):
