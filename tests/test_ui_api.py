@@ -44,8 +44,25 @@ def stats(client) -> dict:
 
 def compare(client, prompt=PROMPT, blind=False, seed=None) -> dict:
     out = client.predict(prompt, *SAMPLING, seed, blind, api_name="/compare")
-    titles, texts, details = out[0:9:3], out[1:9:3], out[2:9:3]
-    return {"titles": titles, "texts": texts, "details": details, "message": out[9]}
+    titles, chats, details = out[0:9:3], out[1:9:3], out[2:9:3]
+    return {"titles": titles, "texts": [last_text(chat) for chat in chats], "chats": chats, "details": details,
+            "message": out[9]}
+
+
+def text_of(message: dict) -> str:
+    """A chat message's text as gradio_client returns it (a string, or Gradio 6's list of content blocks)."""
+    content = message["content"]
+    if isinstance(content, str):
+        return content
+    return "".join(block.get("text", "") for block in content if isinstance(block, dict))
+
+
+def last_text(chat: list[dict]) -> str:
+    """The last assistant message of a column (empty when it has none)."""
+    if not isinstance(chat, list):  # an output the handler skipped
+        return ""
+    answers = [m for m in chat if m["role"] == "assistant"]
+    return text_of(answers[-1]) if answers else ""
 
 
 def arm_of(title: str) -> str:
@@ -192,7 +209,7 @@ def test_regenerate_gives_a_new_comparison_of_the_same_prompt(client):
     number = lambda message: int(re.search(r"Comparison #(\d+)", message).group(1))  # noqa: E731
     again = client.predict(PROMPT, *SAMPLING, False, api_name="/regenerate")
     assert number(again[9]) > number(first["message"])
-    assert all(text.strip() for text in again[1:9:3])
+    assert all(last_text(chat).strip() for chat in again[1:9:3])
     assert "Thanks!" in client.predict("1", api_name="/vote_best")[0], "the regenerated answers are votable"
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import collections
 import hmac
+import html
+import re
 import logging
 import math
 import threading
@@ -221,13 +223,55 @@ def meta(answer: dict, revealed: bool) -> str:
         parts.append("stopped at the token limit")
     if revealed and answer.get("arm") == "pref" and not answer.get("adapter_version"):
         parts.append("v0 = the SFT model itself (no DPO round yet)")
+    if answer.get("dropped_turns"):
+        parts.append(f"did not see the {answer['dropped_turns']} oldest turn(s): the conversation no longer fits")
     return " · ".join(parts)
+
+
+# ---- chat columns -----------------------------------------------------------------------------------------
+
+_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.DOTALL)  # fenced blocks (also unfinished ones) and code spans
+
+
+def shown(text: str) -> str:
+    """Text for a Chatbot, which renders Markdown: HTML in a prompt or an answer is escaped, so it shows as text and
+    never runs (code blocks and spans are left alone: Markdown shows them literally already, and escaping there
+    would print `&lt;`)."""
+    parts = _CODE.split(str(text))
+    return "".join(part if i % 2 else html.escape(part, quote=False) for i, part in enumerate(parts))
+
+
+def transcript(history: list[dict], kept: list[str]) -> list[dict]:
+    """The earlier turns as chat messages, each answer marked with whose answer the conversation kept."""
+    messages = []
+    for i, message in enumerate(history):
+        content = shown(message["content"])
+        if message["role"] == "assistant" and i // 2 < len(kept):
+            content += f"\n\n*↪ kept: {kept[i // 2]}*"
+        messages.append({"role": message["role"], "content": content})
+    return messages
+
+
+def chat_column(earlier: list[dict], prompt: str, text: str | None) -> list[dict]:
+    """One column's chat: the shared earlier turns, the new question and this column's answer (while it streams)."""
+    messages = earlier + [{"role": "user", "content": shown(prompt)}]
+    if text:
+        messages.append({"role": "assistant", "content": shown(text)})
+    return messages
+
+
+def kept_label(answer: dict | None, order: list[str] | None = None) -> str:
+    if answer is None:
+        return ""
+    if answer["arm"] == "human":
+        return "the person's own answer"
+    return f"{ARM_TITLES[answer['arm']]}'s answer"
 
 
 def answer_dict(answer) -> dict:
     return {"arm": answer.arm, "model": answer.model, "adapter_version": answer.adapter_version, "text": answer.text,
             "new_tokens": answer.new_tokens, "seconds": answer.seconds, "finish_reason": answer.finish_reason,
-            "done": answer.done}
+            "done": answer.done, "dropped_turns": answer.dropped_turns}
 
 
 def sampling(temperature, top_p, max_new_tokens, seed) -> Sampling:
