@@ -182,21 +182,26 @@ def test_all_bad_and_thumbs(client):
 def test_duel_and_its_votes(client):
     before = stats(client)["counts"]
     a, a_details, b, b_details, message = client.predict("Describe the sea.", *SAMPLING, None, api_name="/duel")
-    assert a.strip() and b.strip() and "Which is better" in message
+    assert last_text(a).strip() and last_text(b).strip() and "Which is better" in message
     assert "preference-tuned v" in a_details and "preference-tuned v" in b_details
     assert "Thanks!" in client.predict("a", api_name="/vote_duel")
     assert "already voted on this duel" in client.predict("b", api_name="/vote_duel")
     after = stats(client)["counts"]
     assert after["votes_by_kind"]["pairwise"] == before["votes_by_kind"]["pairwise"] + 1
 
-    client.predict("Describe a forest.", *SAMPLING, None, api_name="/duel")
+    # the next message continues the duel's conversation from the winner, A
+    a2, _, b2, _, message = client.predict("And at night?", *SAMPLING, None, api_name="/duel")
+    assert "Turn 2" in message
+    assert [m["role"] for m in a2] == ["user", "assistant", "user", "assistant"]
+    assert text_of(a2[1]).startswith(last_text(a).strip()) and "kept: answer A" in text_of(a2[1])
+    assert text_of(b2[1]) == text_of(a2[1])  # one shared history
     assert "Tie recorded" in client.predict("tie", api_name="/vote_duel")
 
 
 def test_duel_between_two_random_arms_is_blind_until_the_vote(client):
     a, a_details, b, b_details, message = client.predict("Describe a river.", *SAMPLING, None, "random",
                                                           api_name="/duel")
-    assert a.strip() and b.strip() and "Which is better" in message
+    assert last_text(a).strip() and last_text(b).strip() and "Which is better" in message
     assert "preference-tuned" not in a_details + b_details, "names stay hidden until the vote"
     reply = client.predict("b", api_name="/vote_duel")
     revealed = re.findall(r"(Base|SFT|Preference-tuned)", reply)
@@ -403,3 +408,66 @@ def test_app_options_come_from_the_flags_then_the_environment_then_the_defaults(
     monkeypatch.setenv("PLAYGROUND_LORA_R", "many")
     with pytest.raises(SystemExit):  # a clear error, not a trace
         app.parse_args([])
+
+
+# ---- conversations ---------------------------------------------------------------------------------------------
+
+def chat(client, message: str, max_new_tokens: int = 16) -> dict:
+    out = client.predict(message, 0.7, 0.9, max_new_tokens, None, api_name="/chat")
+    return {"titles": out[0:9:3], "chats": out[1:9:3], "details": out[2:9:3], "message": out[9]}
+
+
+def test_a_conversation_continues_from_the_vote_then_from_a_correction(client):
+    client.predict(api_name="/new_chat")
+    first = chat(client, "What is a river?")
+    assert all([m["role"] for m in c] == ["user", "assistant"] for c in first["chats"])
+    assert "Turn 1" in first["message"]
+    assert vote_best(client, "2")[0].startswith("✓ Thanks!")
+    kept = last_text(first["chats"][1])
+
+    second = chat(client, "And a lake?")
+    assert "Turn 2" in second["message"]
+    for column in second["chats"]:  # every column answers the same conversation: the voted answer is kept
+        assert [m["role"] for m in column] == ["user", "assistant"] * 2
+        assert text_of(column[0]) == "What is a river?"
+        assert text_of(column[1]).startswith(kept.strip()) and "kept: SFT's answer" in text_of(column[1])
+    reply = client.predict("A lake is still water, held in a hollow of the land.", api_name="/correct")
+    assert "demonstration" in reply and "3 training pairs" in reply
+    assert "already wrote a better answer" in client.predict("Another.", api_name="/correct")
+
+    third = chat(client, "Which is bigger?")
+    history_answer = text_of(third["chats"][0][3])
+    assert history_answer.startswith("A lake is still water") and "the person's own answer" in history_answer
+    assert "continues from" in client.predict(3, api_name="/continue_from")
+    assert "Name a column" in client.predict(7, api_name="/continue_from")
+    fourth = chat(client, "Why?")
+    assert "kept: Preference-tuned's answer" in text_of(fourth["chats"][0][5])  # column 3 (not blind)
+
+    pairs = [json.loads(line) for line in open(client.predict("pairs", api_name="/export")[0], encoding="utf-8")]
+    corrected = [p for p in pairs if p["chosen"][0]["content"].startswith("A lake is still water")]
+    assert len(corrected) == 3
+    assert [m["role"] for m in corrected[0]["prompt"]] == ["user", "assistant", "user"]
+    assert corrected[0]["prompt"][2]["content"] == "And a lake?"
+
+
+def test_conversation_endpoints_refuse_bad_input(app, client):
+    fresh = new_client(app)
+    assert "Nothing to vote on yet" in vote_best(fresh, "1")[0]
+    assert "Nothing to vote on yet" in fresh.predict("Better.", api_name="/correct")
+    assert "Nothing to continue from yet" in fresh.predict(1, api_name="/continue_from")
+    assert "The prompt is empty" in chat(fresh, "   ")["message"]
+    chat(fresh, "Hello there?")
+    assert "The better answer is empty" in fresh.predict("  ", api_name="/correct")
+    # One message that alone does not fit the tiny models' 1,024-token context (emoji are several tokens each).
+    assert "shorten the prompt" in chat(fresh, "🙂" * 1500, max_new_tokens=64)["message"]
+    assert vote_best(fresh, "1")[0].startswith("✓ Thanks!"), "the failed turn left the conversation as it was"
+
+
+def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(app, client):
+    words = " ".join(f"river{i} lake{i}" for i in range(90))  # about 1,000 characters, ~450 tokens per message
+    assert "Turn 1" in chat(client, words)["message"]
+    assert "Turn 2" in chat(client, words)["message"]
+    third = chat(client, "Short question now?", max_new_tokens=64)
+    assert "no longer fits" in third["message"] and "oldest" in third["message"]
+    assert any("did not see the" in d for d in third["details"])
+    assert all(text_of(c[-2]) == "Short question now?" for c in third["chats"])  # the new message is always seen

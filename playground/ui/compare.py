@@ -295,8 +295,8 @@ class CompareTab:
                                        api_name="regenerate", **GENERATION))
         stop.click(self.stopped, [state], [message, state], cancels=events, api_visibility="private", queue=False)
         clear = [*outputs[:-2], message, state]
+        new_chat_api.click(self.new_chat, None, clear, api_name="new_chat", queue=False)  # first: it keeps the name
         new_chat.click(self.new_chat, [blind], clear, api_visibility="private", queue=False)
-        new_chat_api.click(self.new_chat, None, clear, api_name="new_chat", queue=False)
 
         reveal = [vote_message] + [c for column in columns for c in (column[0], column[2])] + [state]
         ranking.submit(self.vote_best, [ranking, state], reveal, api_name="vote_best", **VOTES)

@@ -15,7 +15,7 @@ COUNT_HEADERS = ["what", "count"]
 
 def counts_table(counts: dict) -> list[list]:
     kinds = {"best": "best-of-three votes", "all_bad": "all-bad votes", "pairwise": "duel (A/B) votes",
-             "thumb": "thumbs"}
+             "thumb": "thumbs", "correction": "better answers written (demonstrations)"}
     rows = [[label, counts["votes_by_kind"].get(kind, 0)] for kind, label in kinds.items()]
     return rows + [["votes in all", counts["votes"]], ["prompts", counts["prompts"]],
                    ["comparisons", counts["comparisons"]], ["training pairs", counts["pairs"]],
@@ -38,10 +38,13 @@ class DataTab:
             refusal = self.page.admin_refusal(admin_token, "Exporting the raw votes")
             if refusal:
                 return None, refusal
-        path, n = self.page.playground.export("votes" if what == "votes" else "pairs")
-        noun = ("vote" if what == "votes" else "preference pair") + ("" if n == 1 else "s")
-        detail = " with their answers" if what == "votes" else " in TRL's format"
-        return str(path), f"✓ {n} {noun}{detail}: {path.name}"
+        what = what if what in ("votes", "demonstrations") else "pairs"
+        path, n = self.page.playground.export(what)
+        noun, detail = {"votes": ("vote", " with their answers"),
+                        "pairs": ("preference pair", " in TRL's conversational preference format (DPO)"),
+                        "demonstrations": ("demonstration", " (people's better answers) in TRL's conversational "
+                                                            "messages format (SFT)")}[what]
+        return str(path), f"✓ {n} {noun}{'' if n == 1 else 's'}{detail}: {path.name}"
 
     def push(self, hf_token, dataset_repo, model_repo, private, admin_token):
         refusal = self.page.admin_refusal(admin_token, "Pushing to the Hub")
@@ -79,7 +82,9 @@ class DataTab:
     def build_data(self) -> dict:
         counts = gr.Dataframe(headers=COUNT_HEADERS, interactive=False, label="Counts", elem_id="counts")
         with gr.Row():
-            what = gr.Radio([("Preference pairs (TRL format)", "pairs"), ("Raw votes", "votes")], value="pairs",
+            what = gr.Radio([("Preference pairs (DPO, TRL format)", "pairs"),
+                             ("Demonstrations (SFT, TRL messages format)", "demonstrations"), ("Raw votes", "votes")],
+                            value="pairs",
                             label="Export")
             export_token = gr.Textbox(label="Admin token (raw votes)", type="password",
                                       visible=self.page.admin_gated)

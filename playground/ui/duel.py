@@ -1,16 +1,20 @@
-"""The Duel tab: two answers, A and B, either two samples of the preference-tuned model (on-policy pairs, what DPO
-learns most from) or one answer each of two arms drawn at random, unnamed until the vote. A, B, tie or both bad."""
+"""The Duel tab: a conversation with two answers per turn, A and B, either two samples of the preference-tuned model
+(on-policy pairs, what DPO learns most from) or one answer each of two arms drawn at random, unnamed until the vote.
+A, B, tie or both bad. Like Compare, the conversation is shared: the next turn continues from the winner (else the
+answer chosen with "continue from this", else A)."""
 
 from __future__ import annotations
 
 import random
+import uuid
 
 import gradio as gr
 
+from ..core import ChatTurn
 from ..generation import ARMS
-from ..store import VoteError
-from .common import (GENERATION, VOTES, Page, answer_dict, fixed, meta, prompt_box, sampling_controls, session,
-                     stream_answers, title, vote_problem)
+from ..store import StoreError, VoteError
+from .common import (GENERATION, VOTES, Page, answer_dict, chat_column, fixed, kept_label, meta, sampling_controls,
+                     session, stream_answers, title, transcript, vote_problem)
 
 KEYS = ("a", "b")
 
@@ -20,27 +24,57 @@ class DuelTab:
         self.page = page
 
     def duel(self, prompt, temperature, top_p, max_new_tokens, seed, source, current, request: gr.Request = None):
-        """source: "pref" (two samples of the preference-tuned model) or "random" (two arms drawn at random,
-        names hidden until the vote)."""
+        """The next turn of the caller's duel conversation (a new one if there is none). source: "pref" (two
+        samples of the preference-tuned model) or "random" (two arms drawn at random, names hidden until the vote)."""
         arms = tuple(random.SystemRandom().sample(ARMS, 2)) if source == "random" else None
-        state = {"mode": "duel", "comparison": None, "answers": {}, "streaming": True, "blind": arms is not None}
+        base = current or {}
+        chat_id = base.get("chat") or uuid.uuid4().hex
+        after = base.get("comparison")
+        kept = list(base.get("kept", []))
+        pg = self.page.playground
+        try:
+            history, parent = pg.continue_after(session(request), after, base.get("continue_from"))
+        except StoreError as error:
+            yield *[gr.skip()] * 4, f"⚠ {error}", current
+            return
+        if parent:
+            keys = {answer_id: key for key, answer_id in base.get("answers", {}).items()}
+            kept.append(f"answer {keys[parent['id']].upper()}" if parent["id"] in keys else kept_label(parent))
+        earlier = transcript(history, kept)
+        text = str(prompt or "")
+        state = {"mode": "duel", "chat": chat_id, "comparison": None, "answers": {}, "streaming": True,
+                 "blind": arms is not None, "kept": kept, "continue_from": None}
 
         def render(answers, recorded):
             out = []
             for key in KEYS:
                 row = answer_dict(answers[key])
                 who = "" if state["blind"] else f" · preference-tuned v{row['adapter_version']}"
-                out += [row["text"], meta(row, False) + who]
+                out += [chat_column(earlier, text, row["text"]), meta(row, False) + who]
                 if recorded is not None:
                     state.setdefault("titles", {})[key] = title(row["arm"], row["model"], row["adapter_version"])
             if recorded is None:
                 return out, "Writing two answers…"
-            return out, f"Which is better, A or B? (Or a tie, or both bad.) (Comparison #{recorded.comparison_id})"
+            return out, (f"Turn {len(history) // 2 + 1} · Which is better, A or B? (Or a tie, or both bad.) Your "
+                         f"next message continues from the winner. (Comparison #{recorded.comparison_id})")
 
-        pg = self.page.playground
-        yield from stream_answers(self.page, prompt, (temperature, top_p, max_new_tokens, seed), current, state, 4,
-                                  render, lambda sampling: pg.duel(prompt, sampling, session(request),
-                                                                   self.page.categories.get(prompt.strip()), arms=arms))
+        turn = ChatTurn(chat_id, after, base.get("continue_from"))
+        yield from stream_answers(self.page, text, (temperature, top_p, max_new_tokens, seed), current, state, 4,
+                                  render, lambda sampling: pg.duel(text, sampling, session(request),
+                                                                   self.page.categories.get(text.strip()), arms=arms,
+                                                                   chat=turn))
+
+    def continue_from(self, key, state):
+        """key 'a' or 'b': the next message continues from that answer (a decisive vote's winner comes first)."""
+        if not state or state.get("mode") != "duel" or state.get("comparison") is None:
+            return "⚠ Nothing to continue from yet: ask something first.", state
+        if state.get("streaming"):
+            return "⚠ The answers are still being written.", state
+        return f"✓ Your next message continues from answer {key.upper()}.", {**state,
+                                                                              "continue_from": state["answers"][key]}
+
+    def new_chat(self):
+        return [], "", [], "", "New duel conversation: type a message.", None
 
     def vote(self, outcome, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         """outcome: 'a', 'b', 'tie' or 'both_bad'. `profile`: the signed-in Hugging Face user (Gradio injects it)."""
@@ -61,23 +95,28 @@ class DuelTab:
         state = gr.State(None)
         gr.Markdown("Two answers from the **preference-tuned** model (same adapter, different random seeds). "
                     "Picking the better one makes an *on-policy* training pair: DPO learns most from choices "
-                    "between answers the model itself would give.")
-        prompt = prompt_box("duel-prompt")
+                    "between answers the model itself would give. The conversation goes on from the winner.")
         source = gr.Radio([("Preference-tuned model, two samples (on-policy)", "pref"),
                            ("Two arms drawn at random (blind until you vote)", "random")],
                           value="pref", label="Answers from", elem_id="duel-source")
-        go = gr.Button("Duel", variant="primary", elem_id="duel-btn")
-        sampling = sampling_controls(self.page.defaults)
         message = gr.Markdown(elem_id="duel-status", label="message")
-        columns = []
+        columns, continues = [], {}
         with gr.Row(equal_height=True):
             for key in KEYS:
                 with gr.Column():
                     gr.Markdown(f"#### Answer {key.upper()}")
                     columns.append((
-                        gr.Textbox(label=f"answer {key}", show_label=False, lines=12, max_lines=12,
-                                   interactive=False, elem_id=f"duel-answer-{key}", elem_classes=["pg-answer"]),
+                        gr.Chatbot(label=f"answer {key}", show_label=False, height=380, elem_id=f"duel-answer-{key}",
+                                   elem_classes=["pg-answer"], sanitize_html=True, render_markdown=True,
+                                   allow_tags=False, feedback_options=None, buttons=["copy"]),
                         gr.Markdown(elem_classes=["pg-meta"], label=f"details {key}")))
+                    continues[key] = gr.Button("↪ Continue from this", elem_id=f"duel-continue-{key}", size="sm")
+        with gr.Row():
+            prompt = gr.Textbox(label="Message", placeholder="Ask something… (Enter sends)", lines=1, max_lines=8,
+                                elem_id="duel-prompt", scale=6)
+            go = gr.Button("Duel", variant="primary", elem_id="duel-btn", scale=1)
+            new_chat = gr.Button("New chat", elem_id="duel-new-chat", scale=1)
+        sampling = sampling_controls(self.page.defaults)
         with gr.Row():
             buttons = {"a": gr.Button("A is better", elem_id="duel-a"), "b": gr.Button("B is better", elem_id="duel-b"),
                        "tie": gr.Button("Tie", elem_id="duel-tie"),
@@ -90,6 +129,10 @@ class DuelTab:
         outputs = [c for column in columns for c in column] + [message, state]
         go.click(self.duel, inputs, outputs, api_name="duel", **GENERATION)
         prompt.submit(self.duel, inputs, outputs, api_visibility="private", **GENERATION)
+        new_chat.click(self.new_chat, None, outputs, api_visibility="private", queue=False)
         vote_api.click(self.vote, [outcome, state], [vote_message], api_name="vote_duel", **VOTES)
         for name, button in buttons.items():
             button.click(fixed(self.vote, name), [state], [vote_message], api_visibility="private", **VOTES)
+        for key, button in continues.items():
+            button.click(lambda s, key=key: self.continue_from(key, s), [state], [vote_message, state],
+                         api_visibility="private", **VOTES)
