@@ -4,6 +4,7 @@ person uses it. Screenshots go to the test's tmp dir.
 Chromium comes from the system (/usr/bin/chromium; see setup.sh); never `playwright install`.
 """
 
+import json
 import re
 from pathlib import Path
 
@@ -51,34 +52,47 @@ def page(app, browser):
 
 
 def record_answer_lengths(page, column: int) -> None:
-    """Watch one answer box from inside the page, so intermediate (streamed) states are seen."""
+    """Watch one column's latest answer from inside the page, so intermediate (streamed) states are seen."""
     page.evaluate("""column => {
         window.__lengths = [];
-        const box = () => document.querySelector(`#answer-${column} textarea`);
+        const last = () => {
+            const bots = document.querySelectorAll(`#answer-${column} [data-testid="bot"]`);
+            return bots.length ? bots[bots.length - 1] : null;
+        };
         window.__watch = setInterval(() => {
-            const n = box() ? box().value.length : -1;
+            const n = last() ? last().innerText.trim().length : -1;
             if (window.__lengths[window.__lengths.length - 1] !== n) window.__lengths.push(n);
         }, 10);
     }""", column)
 
 
 def ask(page, prompt: str) -> None:
-    """Compare, and return once this prompt's answers are complete and recorded (a new comparison number)."""
+    """Send a message, and return once this turn's answers are complete and recorded (a new comparison number)."""
     status = page.locator("#compare-status")
     before = re.findall(r"Comparison #(\d+)", status.inner_text())
     page.locator("#prompt textarea").fill(prompt)
-    page.locator("#compare-btn").click()
+    page.locator("#prompt textarea").press("Enter")
     not_before = f"(?!{before[0]}\\))" if before else ""
     expect(status).to_contain_text(re.compile(rf"Which answer is best\?.*Comparison #{not_before}\d+\)"),
                                    timeout=ANSWER)
+
+
+def new_chat(page) -> None:
+    page.locator("#new-prompt-btn").click()
+    expect(page.locator("#compare-status")).to_contain_text("New conversation", timeout=ANSWER)
 
 
 def headers(page) -> list[str]:
     return [page.locator(f"#header-{i}").inner_text().strip() for i in (1, 2, 3)]
 
 
+def bubbles(page, column: int, role: str):
+    return page.locator(f'#answer-{column} [data-testid="{role}"]')
+
+
 def answers(page) -> list[str]:
-    return [page.locator(f"#answer-{i} textarea").input_value() for i in (1, 2, 3)]
+    """Each column's latest answer, as shown."""
+    return [bubbles(page, i, "bot").last.inner_text().strip() for i in (1, 2, 3)]
 
 
 def settled_version(app) -> int:
@@ -113,6 +127,7 @@ def test_three_answers_stream_and_a_vote_is_counted(page, tmp_path):
 
 def test_blind_mode_hides_names_until_the_vote(page):
     page.locator("#blind input").check()
+    new_chat(page)  # blind mode applies to a new conversation
     ask(page, "Give me one tip for sleeping better.")
     assert headers(page) == ["Answer 1", "Answer 2", "Answer 3"]
     details = " ".join(page.locator(f"#meta-{i}").inner_text() for i in (1, 2, 3))
@@ -131,9 +146,50 @@ def test_an_html_prompt_is_shown_as_text(page, tmp_path):
     ask(page, XSS)
     assert page.evaluate("typeof window.__xss") == "undefined"
     assert page.locator("img[src='x']").count() == 0 and dialogs == []
-    assert page.locator("#prompt textarea").input_value() == XSS
-    assert all(t.strip() for t in answers(page))  # the models answered it like any prompt
+    for column in (1, 2, 3):  # the message is shown as the text it is, in every column
+        assert bubbles(page, column, "user").last.inner_text().strip() == XSS
+    assert all(answers(page))  # the models answered it like any message
     page.screenshot(path=str(tmp_path / "html-prompt.png"), full_page=True)
+
+
+def test_a_three_turn_conversation_with_a_vote_and_a_correction(app, page, tmp_path):
+    new_chat(page)
+    ask(page, "What is a river?")
+    first_pref = answers(page)[2]
+    ask(page, "And a lake?")
+    for column in (1, 2, 3):  # turn 2 follows the preference-tuned answer (nothing was voted on turn 1)
+        expect(bubbles(page, column, "bot").first).to_contain_text("kept: Preference-tuned's answer")
+    assert bubbles(page, 1, "bot").first.inner_text().startswith(first_pref[:20])
+    page.locator("#best-2").click()  # vote on turn 2: the SFT answer is best
+    expect(page.locator("#vote-status")).to_contain_text("Thanks!", timeout=ANSWER)
+    voted = answers(page)[1]
+
+    ask(page, "Which one is bigger?")
+    for column in (1, 2, 3):
+        expect(bubbles(page, column, "bot").nth(1)).to_contain_text("kept: SFT's answer")
+    assert bubbles(page, 3, "bot").nth(1).inner_text().startswith(voted[:20])
+    page.get_by_text("Write a better answer to the latest turn").click()
+    page.locator("#correction textarea").fill("A **lake** is often bigger than a river's width, but shorter.")
+    page.locator("#correction-btn").click()
+    expect(page.locator("#vote-status")).to_contain_text("demonstration", timeout=ANSWER)
+
+    ask(page, "Thanks!")  # turn 4 follows the correction, and its Markdown renders in the answer bubbles
+    kept = bubbles(page, 1, "bot").nth(2)
+    expect(kept).to_contain_text("the person's own answer")
+    expect(kept.locator("strong")).to_have_text("lake")
+    assert "**" not in kept.inner_text()
+    page.screenshot(path=str(tmp_path / "conversation.png"), full_page=True)
+
+    client = Client(app.url, verbose=False)
+    with open(client.predict("pairs", api_name="/export")[0], encoding="utf-8") as rows:
+        pairs = [json.loads(line) for line in rows]
+    turn2 = [p for p in pairs if p["prompt"][-1]["content"] == "And a lake?"]
+    assert turn2 and all([m["role"] for m in p["prompt"]] == ["user", "assistant", "user"] for p in turn2)
+    assert turn2[0]["prompt"][1]["content"] == first_pref
+    corrected = [p for p in pairs if p["chosen"][0]["content"].startswith("A **lake**")]
+    assert len(corrected) == 3
+    assert [m["content"] for m in corrected[0]["prompt"]] == ["What is a river?", first_pref, "And a lake?", voted,
+                                                              "Which one is bigger?"]
 
 
 def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_path):

@@ -41,9 +41,10 @@ def build_app(page: Page) -> gr.Blocks:
     refreshed = {}
 
     with gr.Blocks(title="Alignment Playground") as demo:
-        gr.Markdown("# Alignment Playground\nOne prompt, three models: **base** (pretrained only), **SFT** "
+        gr.Markdown("# Alignment Playground\nOne conversation, three models: **base** (pretrained only), **SFT** "
                     "(instruction-tuned) and **preference-tuned** (SFT + a LoRA adapter trained with DPO on "
-                    "the votes cast here). Your votes become training pairs; new adapter versions swap in live.")
+                    "the votes cast here). Your votes and better answers become training data; new adapter versions "
+                    "swap in live.")
         gr.Markdown(page.data_notice(), elem_id="data-notice", elem_classes=["pg-meta"], label="how votes are used")
         if page.require_login:
             allow_sign_in_without_hub_login()

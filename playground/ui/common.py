@@ -46,6 +46,9 @@ CSS = """
 .pg-progress-fill { height: 100%; background: var(--primary-500); transition: width 0.5s; }
 .pg-answer textarea { font-size: 0.95rem; line-height: 1.45; }
 .pg-meta { font-size: 0.85rem; opacity: 0.8; min-height: 1.5em; }
+/* A chat column's own "clear" empties only the browser's copy of the conversation: the next turn would bring it
+   back, so it is hidden (New chat is the way to start over). */
+.pg-answer button[aria-label="Clear"] { display: none; }
 """
 
 

@@ -314,7 +314,9 @@ class CompareTab:
         for i, button in enumerate(continues):
             button.click(column_handler(self.continue_from, i + 1), [state], [vote_message, state],
                          api_visibility="private", **VOTES)
-        submit_better.click(self.correct, [better, state], [vote_message, state], api_name="correct", **VOTES)
+        submit_better.click(self.correct, [better, state], [vote_message, state], api_name="correct", **VOTES).then(
+            lambda reply, text: "" if str(reply).startswith("✓") else text, [vote_message, better], [better],
+            api_visibility="private", queue=False)  # a saved answer leaves the box; a refused one stays to fix
 
 
 def column_handler(method, column):
