@@ -64,6 +64,7 @@ class Playground:
         self._bind_durable_copy()
         self.dashboard = Dashboard(self.store)
         self.engine: Engine | None = None
+        self._ready = False
         self.error: str | None = None  # why the models could not be loaded
         self.trainer = TrainerProcess(self.trainer_command, self.data_set.trainer_log)
         self._stop = threading.Event()
@@ -113,7 +114,7 @@ class Playground:
     # ---- models -------------------------------------------------------------------------------------------
     @property
     def ready(self) -> bool:
-        return self.engine is not None
+        return self._ready
 
     @property
     def sft_hub_id(self) -> str | None:
@@ -129,8 +130,11 @@ class Playground:
         return engine
 
     def attach(self, engine: Engine) -> None:
+        """Serve with `engine`; ready once it serves the store's serving version (a restored or rolled-back adapter
+        is loaded before the first answer, never swapped in after it)."""
         self.engine = engine
         self.sync_adapter()
+        self._ready = True
 
     def start(self, trainer: bool = True, follow_interval: float = 2.0) -> threading.Thread:
         """Start copying to the durable copy; load the models in the background (callers can use the store

@@ -221,3 +221,18 @@ def test_leaderboard_lists_the_players(page, tmp_path):
     expect(board).to_contain_text("sft")
     expect(board).to_contain_text(re.compile(r"\d{3,4} – \d{3,4}"))  # the bootstrap interval
     page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+
+
+def test_stop_drops_the_answers_being_written(page):
+    new_chat(page)
+    page.get_by_text("Sampling settings").first.click()
+    page.get_by_label("Max new tokens").first.fill("512")  # long enough to be stopped midway
+    page.get_by_label("Max new tokens").first.press("Enter")
+    page.locator("#prompt textarea").fill("Tell me a long story about a river.")
+    page.locator("#prompt textarea").press("Enter")
+    expect(bubbles(page, 3, "bot")).to_have_count(1, timeout=ANSWER)  # the answers are being written
+    page.locator("#stop-btn").click()
+    expect(page.locator("#compare-status")).to_contain_text("Stopped: those answers were not saved", timeout=ANSWER)
+    page.locator("#best-1").click()
+    expect(page.locator("#vote-status")).to_contain_text("Nothing to vote on yet", timeout=ANSWER)
+    ask(page, "A short question now?")  # the conversation goes on

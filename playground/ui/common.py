@@ -371,6 +371,8 @@ def vote_problem(page: Page, state, request, mode: str, profile=None) -> str | N
         return "⚠ Nothing to vote on yet: ask something first."
     if state.get("streaming"):
         return "⚠ The answers are still being written; vote when they are complete."
+    if state.get("comparison") is None:  # a new chat, or answers stopped before they were saved
+        return "⚠ Nothing to vote on yet: ask something first."
     return None
 
 
