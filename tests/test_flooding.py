@@ -205,6 +205,12 @@ def stats(client: Client) -> dict:
     return client.predict(api_name="/stats")
 
 
+def pairs_in(reply: str) -> int:
+    """The training pairs a vote's thank-you says it made."""
+    found = re.search(r"added (\d+) training pair", reply)
+    return int(found.group(1)) if found else 0
+
+
 def test_fifty_sessions_from_one_address(flooded_app):
     app = flooded_app
     # 50 sessions of one script, each claiming another address in the header it writes itself.
@@ -220,21 +226,35 @@ def test_fifty_sessions_from_one_address(flooded_app):
                for reply in refused), refused[0]
     assert re.search(r"Try again in \d+ s\.", refused[0])
     other = behind_the_proxy(app, "10.0.0.1", OTHER)  # the same spoofed entry, another real address: unaffected
-    other.predict("Another visitor's question?", *SAMPLING, None, False, api_name="/compare")
-    assert other.predict("1", api_name="/vote_best")[0].startswith("✓ Thanks!")
 
-    # 30 votes x 2 pairs from the flooder and 2 from the other visitor wait; a round could take 4 + 2 < min-pairs 8.
+    def other_votes(question: str) -> int:
+        # A tiny random model sometimes writes the same text in two columns (no pair then): ask again until a vote
+        # of this visitor makes the 2 pairs the numbers below count on.
+        for attempt in range(6):
+            other.predict(f"{question} ({attempt})", *SAMPLING, None, False, api_name="/compare")
+            reply = other.predict("1", api_name="/vote_best")[0]
+            assert reply.startswith("✓ Thanks!"), reply
+            if pairs_in(reply) == 2:
+                return 2
+        raise AssertionError("no vote of the other visitor made 2 pairs")
+
+    flood_pairs = sum(pairs_in(reply) for reply in replies[:PER_ADDRESS])
+    assert flood_pairs >= 2 * CAP
+    other_votes("Another visitor's question?")
+
+    # The flooder's pairs and 2 from the other visitor wait; a round could take 4 + 2 < min-pairs 8.
     watcher = Client(app.url, verbose=False)
-    assert stats(watcher)["counts"]["pairs_pending"] == 2 * PER_ADDRESS + 2
+    pending = flood_pairs + 2
+    assert stats(watcher)["counts"]["pairs_pending"] == pending
     waiting = wait_until(lambda: (s := stats(watcher))["trainer"] and s["trainer"].get("pending") == CAP + 2 and s,
                          60, "the trainer to count the eligible pairs")
     assert waiting["trainer"]["state"] == "waiting" and waiting["rounds"] == [] and waiting["pairs_eligible"] == 6
     training_panel = watcher.predict(api_name="/panel")[1]
-    assert "6 of the 8 that start a round" in training_panel and "56 more pairs wait for later rounds" in training_panel
+    assert "6 of the 8 that start a round" in training_panel
+    assert f"{pending - 6} more pairs wait for later rounds" in training_panel
 
     # One more vote of the other visitor makes 8 eligible pairs: the round takes 4 of each voter's.
-    other.predict("Another visitor's second question?", *SAMPLING, None, False, api_name="/compare")
-    assert other.predict("1", api_name="/vote_best")[0].startswith("✓ Thanks!")
+    other_votes("Another visitor's second question?")
     done = wait_until(lambda: [r for r in stats(watcher)["rounds"] if r["status"] == "done"], 240, "a round")
     assert done[0]["pairs_used"] == 2 * CAP
 
@@ -245,7 +265,7 @@ def test_fifty_sessions_from_one_address(flooded_app):
     voters = [voter for (voter,) in db.execute("SELECT DISTINCT voter FROM votes")]
     assert len(voters) == 2 and all(VOTER.fullmatch(voter) for voter in voters), voters
     assert sorted(per_voter.values()) == [CAP, CAP] and set(per_voter) == set(voters)
-    assert db.execute("SELECT count(*) FROM pairs WHERE round_id IS NULL").fetchone()[0] == 2 * PER_ADDRESS - CAP
+    assert db.execute("SELECT count(*) FROM pairs WHERE round_id IS NULL").fetchone()[0] == flood_pairs + 4 - 2 * CAP
     db.close()
 
     # No raw address anywhere in the store's files (the database and its write-ahead log).
