@@ -255,11 +255,15 @@ def transcript(history: list[dict], kept: list[str]) -> list[dict]:
     return messages
 
 
-def chat_column(earlier: list[dict], prompt: str, text: str | None) -> list[dict]:
-    """One column's chat: the shared earlier turns, the new question and this column's answer (while it streams)."""
+EMPTY_ANSWER = "*(no answer: the model stopped at once)*"
+
+
+def chat_column(earlier: list[dict], prompt: str, text: str | None, done: bool = False) -> list[dict]:
+    """One column's chat: the shared earlier turns, the new question and this column's answer (while it streams;
+    a finished empty answer says so rather than vanish)."""
     messages = earlier + [{"role": "user", "content": shown(prompt)}]
-    if text:
-        messages.append({"role": "assistant", "content": shown(text)})
+    if text or done:
+        messages.append({"role": "assistant", "content": shown(text) if text else EMPTY_ANSWER})
     return messages
 
 

@@ -111,7 +111,8 @@ class CompareTab:
         for column, key in enumerate(state["order"]):
             row = rows[key]
             header = title(row["arm"], row["model"], row["adapter_version"]) if state["revealed"] else blind_title(column)
-            out += [header, chat_column(earlier, prompt, row["text"]), meta(row, state["revealed"])]
+            chat = chat_column(earlier, prompt, row["text"], row.get("done", False))
+            out += [header, chat, meta(row, state["revealed"])]
         return out
 
     def revealed(self, state: dict) -> list:

@@ -50,7 +50,7 @@ class DuelTab:
             for key in KEYS:
                 row = answer_dict(answers[key])
                 who = "" if state["blind"] else f" · preference-tuned v{row['adapter_version']}"
-                out += [chat_column(earlier, text, row["text"]), meta(row, False) + who]
+                out += [chat_column(earlier, text, row["text"], row.get("done", False)), meta(row, False) + who]
                 if recorded is not None:
                     state.setdefault("titles", {})[key] = title(row["arm"], row["model"], row["adapter_version"])
             if recorded is None:
