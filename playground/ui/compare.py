@@ -294,7 +294,10 @@ class CompareTab:
                 self.chat, [sent, *sampling, state], outputs, api_visibility="private", **GENERATION))
         events.append(regenerate.click(self.regenerate, [box, *sampling[:3], blind, state], outputs,
                                        api_name="regenerate", **GENERATION))
-        stop.click(self.stopped, [state], [message, state], cancels=events, api_visibility="private", queue=False)
+        # Cancel first, then settle the state: set in the same event, a streamed update of the cancelled answers could
+        # still arrive after it and mark them as being written again.
+        stop.click(None, None, None, cancels=events, api_visibility="private", queue=False).then(
+            self.stopped, [state], [message, state], api_visibility="private", queue=False)
         clear = [*outputs[:-2], message, state]
         new_chat_api.click(self.new_chat, None, clear, api_name="new_chat", queue=False)  # first: it keeps the name
         new_chat.click(self.new_chat, [blind], clear, api_visibility="private", queue=False)
