@@ -26,7 +26,6 @@ a non-empty store is never mixed into a target that holds another history, since
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ import uuid
 from pathlib import Path
 from typing import Iterator
 
+from ..data_sets import _locked  # on local disk next to the live store: the one lock here that works
 from .schema import LOCAL_META_KEYS, MIGRATIONS, StoreError
 
 log = logging.getLogger(__name__)
@@ -79,17 +79,6 @@ def _write_once(path: Path, text: str) -> None:
     tmp = path.with_name(f"{PARTIAL}{path.name}")
     tmp.write_text(text)
     os.replace(tmp, path)
-
-
-@contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
-    # On local disk next to the live store: the one lock here that works (the target's may not).
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def is_empty(store) -> bool:
@@ -417,36 +406,26 @@ def restore(store, folder: str | os.PathLike, *, bind: bool = False) -> dict:
     if missing:
         warnings_.append(f"adapter folders of versions {missing} are missing in the copy")
 
-    conn = store._connect()
-    try:
-        conn.execute("PRAGMA foreign_keys = OFF")  # rows arrive in the order they changed, not in key order
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for record in rows:
-                columns = [c for c in record["row"] if c in tables[record["table"]]["columns"]]
-                conn.execute(f"INSERT OR REPLACE INTO {record['table']} ({', '.join(columns)}) "
-                             f"VALUES ({', '.join('?' * len(columns))})", [record["row"][c] for c in columns])
-            broken = conn.execute("PRAGMA foreign_key_check").fetchall()
-            if broken:
-                warnings_.append(f"{len(broken)} rows refer to rows missing from the copy")
-            last = max(r["seq"] for r in records)
-            # The change log continues after the copy's last seq, so later records sort after the restored ones.
-            if conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'changelog'",
-                            (last,)).rowcount == 0:
-                conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('changelog', ?)", (last,))
-            conn.execute("DELETE FROM changelog")  # what was just restored is in the copy already
-            history = (copy_file or {}).get("history")
-            if bind and history:
-                conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET "
-                             "value = excluded.value", (META_KEY, history))
-            conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'changes'")
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.close()
+    # Rows arrive in the order they changed, not in key order: references are checked once, at the end.
+    with store._write_unchecked_references(strict=False) as conn:
+        for record in rows:
+            columns = [c for c in record["row"] if c in tables[record["table"]]["columns"]]
+            conn.execute(f"INSERT OR REPLACE INTO {record['table']} ({', '.join(columns)}) "
+                         f"VALUES ({', '.join('?' * len(columns))})", [record["row"][c] for c in columns])
+        # A line lost to a crash may leave rows pointing at it: restore the rest and say so, rather than nothing.
+        broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+        if broken:
+            warnings_.append(f"{len(broken)} rows refer to rows missing from the copy")
+        last = max(r["seq"] for r in records)
+        # The change log continues after the copy's last seq, so later records sort after the restored ones.
+        if conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'changelog'",
+                        (last,)).rowcount == 0:
+            conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('changelog', ?)", (last,))
+        conn.execute("DELETE FROM changelog")  # what was just restored is in the copy already
+        history = (copy_file or {}).get("history")
+        if bind and history:
+            store._set_meta(conn, META_KEY, history)
+        conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'changes'")
     counts: dict[str, int] = {}
     for record in rows:
         counts[record["table"]] = counts.get(record["table"], 0) + 1

@@ -360,37 +360,44 @@ class Database:
     def _migrate(self) -> None:
         # One transaction per migration; re-reading user_version under the write lock lets several
         # processes open a fresh file at once without applying anything twice.
-        # Foreign keys are off while a migration runs (SQLite's procedure for rebuilding a table that others refer
-        # to: the pragma only takes effect outside a transaction) and checked before it commits.
         while True:
-            conn = self._connect()
+            with self._write_unchecked_references() as conn:
+                applied = conn.execute("PRAGMA user_version").fetchone()[0]
+                if applied > len(MIGRATIONS):
+                    raise StoreError(
+                        f"{self.path} has schema version {applied}, newer than this code knows "
+                        f"({len(MIGRATIONS)}); upgrade the app instead of risking the data."
+                    )
+                if applied == len(MIGRATIONS):
+                    return
+                for statement in _statements(MIGRATIONS[applied]):
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {applied + 1}")
+
+    @contextlib.contextmanager
+    def _write_unchecked_references(self, strict: bool = True) -> Iterator[sqlite3.Connection]:
+        """A write transaction with foreign keys checked once at its end instead of per statement: for rebuilding a
+        table others refer to (a migration) or writing rows in an order that is not their key order (a restore).
+        The pragma only takes effect outside a transaction. `strict`: a broken reference at the end rolls everything
+        back (else the caller checks and decides)."""
+        conn = self._connect()
+        try:
+            conn.execute("PRAGMA foreign_keys = OFF")
+            conn.execute("BEGIN IMMEDIATE")
             try:
-                conn.execute("PRAGMA foreign_keys = OFF")
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    applied = conn.execute("PRAGMA user_version").fetchone()[0]
-                    if applied > len(MIGRATIONS):
-                        raise StoreError(
-                            f"{self.path} has schema version {applied}, newer than this code knows "
-                            f"({len(MIGRATIONS)}); upgrade the app instead of risking the data."
-                        )
-                    if applied == len(MIGRATIONS):
-                        conn.execute("ROLLBACK")
-                        return
-                    for statement in _statements(MIGRATIONS[applied]):
-                        conn.execute(statement)
-                    broken = conn.execute("PRAGMA foreign_key_check").fetchall()
+                yield conn
+                if conn.in_transaction:
+                    broken = conn.execute("PRAGMA foreign_key_check").fetchall() if strict else []
                     if broken:
-                        raise StoreError(f"Migration {applied + 1} of {self.path} would break {len(broken)} "
-                                         f"references; nothing was changed.")
-                    conn.execute(f"PRAGMA user_version = {applied + 1}")
+                        raise StoreError(f"{len(broken)} rows of {self.path} would refer to rows that do not exist; "
+                                         f"nothing was changed.")
                     conn.execute("COMMIT")
-                except BaseException:
-                    if conn.in_transaction:
-                        conn.execute("ROLLBACK")
-                    raise
-            finally:
-                conn.close()
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.close()
 
     def tables(self, conn: sqlite3.Connection) -> dict[str, dict]:
         """Every data table: {name: {"columns": [...], "key": [primary key columns]}} (what the durable copy copies;

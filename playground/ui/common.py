@@ -267,7 +267,7 @@ def chat_column(earlier: list[dict], prompt: str, text: str | None, done: bool =
     return messages
 
 
-def kept_label(answer: dict | None, order: list[str] | None = None) -> str:
+def kept_label(answer: dict | None) -> str:
     if answer is None:
         return ""
     if answer["arm"] == "human":
