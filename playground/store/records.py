@@ -361,18 +361,22 @@ class Records:
                 )
             return [_row(r) for r in rows]
 
-    def export_pairs(self) -> Iterator[dict]:
-        """Every pair in TRL's conversational format (keys prompt/chosen/rejected only)."""
+    def _batches(self, sql: str) -> Iterator[dict]:
+        """Every row of `sql` (which selects an `id` and ends in `WHERE <id> > ? ORDER BY <id> LIMIT ?`), read in
+        batches of one short transaction each, so a long export never pins the WAL."""
         last = 0
         while True:
-            with self._read() as conn:  # one short transaction per batch: never pins the WAL for long
-                batch = [_row(r) for r in conn.execute(
-                    _PAIR_SELECT + " WHERE p.id > ? ORDER BY p.id LIMIT ?", (last, _EXPORT_BATCH))]
+            with self._read() as conn:
+                batch = [_row(r) for r in conn.execute(sql, (last, _EXPORT_BATCH))]
             if not batch:
                 return
-            for pair in batch:
-                yield rules.to_trl(pair)
+            yield from batch
             last = batch[-1]["id"]
+
+    def export_pairs(self) -> Iterator[dict]:
+        """Every pair in TRL's conversational format (keys prompt/chosen/rejected only)."""
+        for pair in self._batches(_PAIR_SELECT + " WHERE p.id > ? ORDER BY p.id LIMIT ?"):
+            yield rules.to_trl(pair)
 
     def export_votes(self) -> Iterator[dict]:
         """Every vote, raw: kind, session, voter, outcome, time, prompt and the comparison's answers, each with
@@ -403,20 +407,12 @@ class Records:
     def export_demonstrations(self) -> Iterator[dict]:
         """Every correction as an SFT example in TRL's conversational format: {"messages": the turn's history, its
         prompt and the person's answer}."""
-        last = 0
-        while True:
-            with self._read() as conn:
-                batch = [_row(r) for r in conn.execute(
-                    "SELECT a.id, cm.history, p.text AS prompt, a.text FROM answers a "
-                    "JOIN comparisons cm ON cm.id = a.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
-                    "WHERE a.arm = 'human' AND a.id > ? ORDER BY a.id LIMIT ?", (last, _EXPORT_BATCH))]
-            if not batch:
-                return
-            for row in batch:
-                yield {"messages": list(row["history"]) + [{"role": "user", "content": row["prompt"]},
-                                                           {"role": "assistant", "content": row["text"]}]}
-            last = batch[-1]["id"]
-
+        for row in self._batches(
+                "SELECT a.id, cm.history, p.text AS prompt, a.text FROM answers a "
+                "JOIN comparisons cm ON cm.id = a.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
+                "WHERE a.arm = 'human' AND a.id > ? ORDER BY a.id LIMIT ?"):
+            yield {"messages": list(row["history"]) + [{"role": "user", "content": row["prompt"]},
+                                                       {"role": "assistant", "content": row["text"]}]}
 
 def _thanks(kind: str, outcome: str | None, n_pairs: int) -> str:
     if kind == "correction":
