@@ -72,7 +72,8 @@ def cmd_generate(args) -> int:
     if args.json:
         report = {arm: a.to_dict() for arm, a in answers.items()}
         report |= {"adapter_version": playground.engine.adapter_version, "serving_version": serving,
-                   "data_set": playground.data_set.name, "history_turns": len(history) // 2}
+                   "data_set": playground.data_set.name, "history_turns": len(history) // 2,
+                   "runtime": playground.engine.runtime}
         print(json.dumps(report, indent=2))
         return 0
     print(f"(data set {playground.data_set.name}; adapter v{playground.engine.adapter_version}"

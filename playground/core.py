@@ -64,6 +64,7 @@ class Playground:
         self._bind_durable_copy()
         self.dashboard = Dashboard(self.store)
         self.engine: Engine | None = None
+        self._loaded_engine: Engine | None = None
         self._ready = False
         self.error: str | None = None  # why the models could not be loaded
         self.trainer = TrainerProcess(self.trainer_command, self.data_set.trainer_log)
@@ -122,10 +123,27 @@ class Playground:
 
     def load_models(self) -> Engine:
         """Load both models (minutes on a first start that converts GGUF weights) and serve the serving version."""
-        engine = Engine.from_preset(self.preset, self.data_dir, trust_remote_code=self.models.trust_remote_code,
-                                    device=self.models.device, precision=self.models.precision,
-                                    threads=self.models.serve_threads,
-                                    adapter_targets=tuple(self.round_settings.target_modules))
+        from . import runtime as serving_runtime
+
+        settings = self.models
+        runtime = serving_runtime.resolve(settings.runtime, settings.device)
+
+        def load(runtime: str) -> Engine:
+            return Engine.from_preset(self.preset, self.data_dir, trust_remote_code=settings.trust_remote_code,
+                                      device=settings.device, precision=settings.precision,
+                                      threads=settings.serve_threads,
+                                      adapter_targets=tuple(self.round_settings.target_modules), runtime=runtime)
+
+        try:
+            engine = load(runtime)
+        except (serving_runtime.RuntimeUnavailable, serving_runtime.WorkerError) as error:
+            if settings.runtime != "auto":
+                raise ModelLoadError(str(error)) from error
+            # auto: a model the onnx builder cannot take still serves, slower, with transformers.
+            log.warning("The onnx runtime cannot serve these models (%s); serving with torch.", error)
+            engine = load("torch")
+            engine.runtime_note = f"onnx runtime unavailable: {error}"
+        self._loaded_engine = engine  # closed with the playground (its decode workers); an attached one is not ours
         self.attach(engine)
         return engine
 
@@ -356,6 +374,8 @@ class Playground:
         self.trainer.stop()
         if self.durable is not None:
             self.durable.stop(flush=True)  # what the trainer wrote last is copied too
+        if self._loaded_engine is not None:
+            self._loaded_engine.close()
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:

@@ -77,8 +77,15 @@ class Answer:
 class Engine:
     """Owns the loaded models and the serving adapter; streams answers for any number of callers."""
 
-    def __init__(self, base: LoadedModel, sft: LoadedModel):
+    def __init__(self, base: LoadedModel, sft: LoadedModel, workers: dict | None = None, sft_weights=None):
+        """workers: {"base": DecodeWorker, "sft": DecodeWorker} to decode with the onnx runtime (runtime.py); then
+        the LoadedModels may come without torch weights, and `sft_weights()` loads the SFT model's when something
+        needs them (sft_nll)."""
         self.base, self.sft = base, sft
+        self.workers = workers
+        self.runtime = "onnx" if workers else "torch"
+        self.runtime_note: str | None = None  # why `auto` fell back to torch, for the status line
+        self._sft_weights = sft_weights
         self._locks = {"base": threading.Lock(), "sft": threading.Lock()}
         self._peft = None  # the PeftModel around sft.model, created when the first adapter arrives
         self._adapter_name: str | None = None
@@ -88,7 +95,8 @@ class Engine:
 
     @classmethod
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
-                    threads: int | None = None, adapter_targets: tuple[str, ...] | None = None) -> "Engine":
+                    threads: int | None = None, adapter_targets: tuple[str, ...] | None = None,
+                    runtime: str = "torch") -> "Engine":
         """precision: `auto` (on a CPU the base model int8, the SFT model float), `int8` (both) or `float` (neither;
         see int8.int8_roles).
         adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8
@@ -99,12 +107,47 @@ class Engine:
         if device == "cpu":
             torch.set_num_threads(threads or half_the_cores())
         int8 = int8_roles(precision, device)
+        targets = tuple(adapter_targets or RoundSettings().target_modules)
+        if runtime == "onnx":
+            return cls._onnx(preset, data_dir, trust_remote_code, int8, threads or half_the_cores(), targets)
         base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device,
                           int8="base" in int8)
         sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device,
                          int8="sft" in int8,
-                         keep_float=tuple(adapter_targets or RoundSettings().target_modules))
+                         keep_float=targets)
         return cls(base, sft)
+
+    @classmethod
+    def _onnx(cls, preset: Preset, data_dir, trust_remote_code, int8: set[str], threads: int,
+              targets: tuple[str, ...]) -> "Engine":
+        """Both models decoded by the onnx runtime in worker processes; torch holds only tokenizers and configs
+        (the SFT weights load on demand)."""
+        from . import runtime as onnx_runtime
+        from .models import models_dir
+
+        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, weights=False)
+        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, weights=False)
+        workers = {}
+        try:
+            for role, loaded, slots in (("base", base, ()), ("sft", sft, targets)):
+                precision = "int8" if role in int8 else "fp32"
+                folder = onnx_runtime.prepare_model(loaded.source, models_dir(data_dir), precision, slots)
+                loaded.precision = "int8" if precision == "int8" else "float32"
+                workers[role] = onnx_runtime.DecodeWorker(folder, threads, role)
+        except BaseException:
+            for worker in workers.values():
+                worker.close()
+            raise
+
+        def sft_weights():
+            return load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code).model
+
+        return cls(base, sft, workers, sft_weights)
+
+    def close(self) -> None:
+        """Stop the decode workers (the onnx runtime); the torch runtime holds nothing to stop."""
+        for worker in (self.workers or {}).values():
+            worker.close()
 
     # ---- adapters (hot swap) -------------------------------------------------------------------------------
     def use_adapter(self, version: int, path: str | None) -> None:
@@ -114,6 +157,9 @@ class Engine:
         name = f"v{version}"
         with self._locks["sft"]:
             if version == self.adapter_version and (version == 0 or name == self._adapter_name):
+                return
+            if self.workers:
+                self._use_onnx_adapter(version, path, name)
                 return
             if version and path:
                 try:
@@ -133,6 +179,23 @@ class Engine:
             if old and old != self._adapter_name:
                 self._peft.delete_adapter(old)  # frees its weights
             self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
+
+    def _use_onnx_adapter(self, version: int, path: str | None, name: str) -> None:
+        """use_adapter for the onnx runtime: the version's converted adapter (converted now if the trainer did not,
+        e.g. a version from before this runtime) goes into the SFT worker; the previous one is unloaded."""
+        from . import runtime as onnx_runtime
+
+        worker = self.workers["sft"]
+        if version and path:
+            try:
+                worker.load_adapter(name, onnx_runtime.converted_adapter(path, worker.slots))
+            except Exception as error:  # unreadable files, a format the runtime cannot take, the worker refusing it
+                raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}. To serve it, start "
+                                   f"with --runtime torch.") from error
+        old, self._adapter_name = self._adapter_name, (name if version else None)
+        if old and old != self._adapter_name:
+            worker.unload_adapter(old)
+        self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
 
     def _int8_hint(self, path: str) -> str:
         """Why an adapter cannot attach to an int8 SFT model, when that is the reason."""
@@ -158,6 +221,8 @@ class Engine:
         ids = tokenizer(context + answer.strip(), return_tensors="pt", add_special_tokens=False).input_ids
         start = len(tokenizer(context, add_special_tokens=False).input_ids)
         with self._locks["sft"], torch.inference_mode():
+            if self.sft.model is None:  # served by the onnx runtime: the torch weights load on first use
+                self.sft.model = self._sft_weights()
             if self._peft is not None:
                 with self._peft.disable_adapter():
                     logits = self._peft(ids.to(self.sft.model.device)).logits[0, :-1]
@@ -207,7 +272,7 @@ class Engine:
         kept, dropped = fit_conversation(
             messages,
             lambda m: _token_count(loaded.tokenizer, render(m[-1]["content"], m[:-1])),
-            context_budget(loaded.model.config, loaded.tokenizer),
+            context_budget(loaded.config, loaded.tokenizer),
             answer_tokens=max_new_tokens,
             model=f"the {'base' if role == 'base' else 'SFT'} model",
         )
@@ -319,16 +384,26 @@ class Engine:
     def _generate(self, loaded, text, rows, sampling, events, cancel, stops, extra_kwargs, model=None, mirrors=None):
         tokenizer = loaded.tokenizer
         keys = [row.key for row in rows]
-        inputs = tokenizer([text] * len(rows), return_tensors="pt", **_encoding(tokenizer))
-        inputs = inputs.to(loaded.model.device)
-        prompt_len = inputs["input_ids"].shape[1]
         sink = Mirror(events, mirrors) if mirrors else events
-        for key in keys:
-            sink.put(("prompt_tokens", key, prompt_len))
-        eos = loaded.model.generation_config.eos_token_id
+        eos = loaded.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         eos_ids.discard(None)
         streamer = RowStreamer(sink, keys, tokenizer, stops, eos_ids)
+        if self.workers:
+            role = "base" if loaded is self.base else "sft"
+            adapter = extra_kwargs.get("adapter_names", [None] * len(rows))
+            ids = tokenizer(text, **_encoding(tokenizer))["input_ids"]
+            for key in keys:
+                sink.put(("prompt_tokens", key, len(ids)))
+            rows_spec = [(row.seed, None if name in (None, "__base__") else name) for row, name in zip(rows, adapter)]
+            steps = self.workers[role].generate(ids, rows_spec, sampling, sampling.max_new_tokens)
+            _drive(steps, streamer, cancel)
+            return
+        inputs = tokenizer([text] * len(rows), return_tensors="pt", **_encoding(tokenizer))
+        inputs = inputs.to(loaded.model.device)
+        prompt_len = inputs["input_ids"].shape[1]
+        for key in keys:
+            sink.put(("prompt_tokens", key, prompt_len))
         processors = LogitsProcessorList()
         if not sampling.greedy:
             processors.append(SeededSampler([row.seed for row in rows], sampling.temperature, sampling.top_p))
@@ -347,6 +422,26 @@ class Engine:
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(eos_ids),
             )
+
+
+def _drive(steps, streamer: RowStreamer, cancel: threading.Event) -> None:
+    """Feed a decode worker's token steps to the streamer, telling the worker which rows stop (EOS, a stop
+    string) and when everything stops (cancelled)."""
+    streamer.prompt_seen = True
+    try:
+        step = next(steps)
+        while True:
+            for row, token in enumerate(step):
+                if token is None and not streamer.finished[row]:  # the worker ended it: its context is full
+                    streamer._finish(row, "length")
+            streamer.put(torch.tensor([-1 if token is None else token for token in step]))
+            stopped = [i for i, done in enumerate(streamer.finished) if done]
+            step = steps.send(True if cancel.is_set() else stopped)
+    except StopIteration:
+        pass
+    finally:
+        steps.close()
+    streamer.end()
 
 
 def _encoding(tokenizer) -> dict:

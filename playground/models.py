@@ -158,6 +158,8 @@ class LoadedModel:
     load_seconds: float
     precision: str = "float32"
     float_layers: tuple[str, ...] = ()  # in an int8 model, the Linear layers (last name part) left in float
+    config: object = None  # the model's config, also when only the tokenizer and config were loaded (model None)
+    generation_config: object = None
 
     @property
     def name(self) -> str:
@@ -297,26 +299,42 @@ def load_model(
     device: str = "cpu",
     int8: bool = False,
     keep_float: tuple[str, ...] = (),
+    weights: bool = True,
 ) -> LoadedModel:
     """Load a model and its tokenizer for inference; raises ModelLoadError with a fix, never a bare trace.
 
     `int8` (CPU only) quantizes the Linear layers to int8, except INT8_KEEP_FLOAT and those named in `keep_float`
-    (the layers LoRA adapters attach to: PEFT cannot wrap torch's quantized Linear). See `quantize_int8`."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    (the layers LoRA adapters attach to: PEFT cannot wrap torch's quantized Linear). See `quantize_int8`.
+    weights=False: the tokenizer and configs only (`model` None), for a model another runtime serves."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     start = time.perf_counter()
     try:
         source = model_folder(spec, Path(data_dir), trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(
-            source, dtype=_dtype_for(device), trust_remote_code=trust_remote_code
-        )
+        if weights:
+            model = AutoModelForCausalLM.from_pretrained(
+                source, dtype=_dtype_for(device), trust_remote_code=trust_remote_code
+            )
+        else:
+            model = None
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+            try:
+                generation_config = GenerationConfig.from_pretrained(source)
+            except OSError:  # no generation_config.json: the model config's defaults
+                generation_config = GenerationConfig.from_model_config(config)
     except ModelLoadError:
         raise
     except KeyboardInterrupt:
         raise
     except BaseException as error:  # transformers raises OSError, ValueError, KeyError, HF errors...
         raise ModelLoadError(_explain_failure(role, spec, error, trust_remote_code)) from error
+    if tokenizer.pad_token_id is None:
+        # Padding is needed only for batching; the EOS token is the conventional stand-in.
+        tokenizer.pad_token = tokenizer.eos_token
+    if model is None:
+        return LoadedModel(spec, None, tokenizer, source, time.perf_counter() - start, "float32", (), config,
+                           generation_config)
     model.to(device)
     model.eval()
     from .int8 import INT8_KEEP_FLOAT, quantize_int8
@@ -325,11 +343,9 @@ def load_model(
     float_layers = INT8_KEEP_FLOAT + tuple(keep_float) if int8 else ()
     if int8:
         quantize_int8(model, float_layers)
-    if tokenizer.pad_token_id is None:
-        # Padding is needed only for batching; the EOS token is the conventional stand-in.
-        tokenizer.pad_token = tokenizer.eos_token
     precision = "int8" if int8 else str(next(model.parameters()).dtype).removeprefix("torch.")
-    return LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start, precision, float_layers)
+    return LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start, precision, float_layers,
+                       model.config, model.generation_config)
 
 
 def _dtype_for(device: str):

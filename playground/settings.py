@@ -92,6 +92,10 @@ class ModelSettings:
     precision: str = field(default="auto", metadata=_help(
         "`auto`: on a CPU the base model runs with int8 weights, the SFT model in float; `int8`: both; `float`: "
         "neither; on a GPU `auto` is float (docs/performance.md)", choices=PRECISIONS))
+    runtime: str = field(default="auto", metadata=_help(
+        "what decodes answers: `onnx` (ONNX Runtime GenAI in a worker process per model; CPU only), `torch` "
+        "(transformers); `auto`: onnx on a CPU when it is installed and can build the models, else torch "
+        "(docs/performance.md, Serving runtime)", choices=("auto", "torch", "onnx")))
     serve_threads: int = field(default_factory=half_the_cores, metadata=_help(
         "torch threads for generation: half the CPU cores, so the base and SFT models each get their own"))
     trust_remote_code: bool = field(default=False, metadata=_help("let model repos run their own code"))
@@ -105,6 +109,8 @@ class ModelSettings:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision '{self.precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
+        if self.runtime not in ("auto", "torch", "onnx"):
+            raise ValueError(f"Unknown runtime '{self.runtime}'. Fix: use one of auto, torch, onnx.")
         if self.serve_threads is not None and self.serve_threads < 1:
             raise ValueError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
 

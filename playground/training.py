@@ -217,6 +217,7 @@ def run_round(
                 indent=2,
             )
         )
+        _prepare_for_serving(staging)
         os.replace(staging, final)  # atomic: the server never sees a half-written adapter folder
         version = store.finish_round(round_id, str(final), metrics)
         if store.serving_version() == version:
@@ -230,6 +231,20 @@ def run_round(
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _prepare_for_serving(adapter_dir: Path) -> None:
+    """What the onnx serving runtime needs for this version (its adapter format, beside PEFT's files), made here so
+    the server's hot swap only loads it. Without onnxruntime installed, or if it fails, the server converts on
+    demand or serves with torch: the version is published either way."""
+    from . import runtime
+
+    if not runtime.installed():
+        return
+    try:
+        runtime.convert_adapter(adapter_dir)
+    except Exception as error:  # never lose a trained round over a serving format
+        log.warning("Could not prepare the onnx runtime's adapter for %s: %s", adapter_dir, error)
 
 
 def _ensure(path: Path) -> Path:

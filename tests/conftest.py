@@ -14,6 +14,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+# The app's logic is tested on the torch runtime (the shared tiny models have heads of 8, which ONNX Runtime's
+# attention kernel refuses, and building an ONNX copy per test would add minutes). The onnx runtime is tested
+# against torch in test_runtime.py, on the embedded models in test_embedded.py, and in the browser test.
+os.environ.setdefault("PLAYGROUND_RUNTIME", "torch")
 
 
 def _smollm2_gguf() -> Path:
@@ -33,7 +37,8 @@ def real_tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def make_tiny_model(folder: Path, tokenizer_dir: Path, *, seed: int, chat: bool, layers: int = 2) -> Path:
+def make_tiny_model(folder: Path, tokenizer_dir: Path, *, seed: int, chat: bool, layers: int = 2,
+                    hidden: int = 32) -> Path:
     """A randomly initialised Llama with the real tokenizer, saved as a local model folder."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
@@ -43,8 +48,8 @@ def make_tiny_model(folder: Path, tokenizer_dir: Path, *, seed: int, chat: bool,
         tokenizer.chat_template = None  # a base model has none
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -68,6 +68,26 @@ def test_generate_cli_prints_three_answers_as_json_offline(embedded_data_dir):
     assert "sky" in answers["sft"]["text"].lower() or "light" in answers["sft"]["text"].lower()
 
 
+def test_the_onnx_runtime_answers_as_the_torch_model_does(embedded_data_dir):
+    """The fidelity rule on the real models: greedy SFT and preference answers from the onnx runtime equal torch's
+    token for token; the base model is int8 in both (each runtime's own int8), so only its label is compared."""
+    reports = {}
+    for runtime in ("onnx", "torch"):
+        result = run_cli("generate", "Give me three tips for sleeping better.", "--json", "--max-new-tokens", "48",
+                         "--temperature", "0", "--preset", "embedded", "--runtime", runtime,
+                         data_dir=embedded_data_dir)
+        assert result.returncode == 0, result.stderr[-2000:]
+        reports[runtime] = json.loads(result.stdout)
+        assert reports[runtime]["runtime"] == runtime
+    onnx, torch = reports["onnx"], reports["torch"]
+    for arm in ("sft", "pref"):
+        assert (onnx[arm]["text"], onnx[arm]["new_tokens"]) == (torch[arm]["text"], torch[arm]["new_tokens"]), arm
+        assert onnx[arm]["text"].strip()
+    assert onnx["base"]["model"] == torch["base"]["model"] == "gemma-3-270m (int8)" and onnx["base"]["text"].strip()
+    built = sorted(p.name for p in models.models_dir(embedded_data_dir).iterdir() if "-onnx-" in p.name)
+    assert [name.split("-onnx-")[1].split("-")[0] for name in built] == ["int8", "fp32"]  # base int8, SFT float
+
+
 def test_info_reports_preset_and_cache_state(embedded_data_dir):
     result = run_cli("info", "--json", data_dir=embedded_data_dir)
     assert result.returncode == 0, result.stderr

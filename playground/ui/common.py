@@ -168,7 +168,8 @@ class Page:
         engine = pg.engine
         trainer = "trainer running" if pg.trainer_alive() else ("trainer stopped" if pg.trainer.wanted else "no trainer")
         base, sft = (code(short_model(m.name)) for m in (engine.base, engine.sft))
-        return (f"✓ Ready · base {base} · SFT {sft} · "
+        runtime = f"runtime {code(engine.runtime)}" + (" (onnx unavailable, see the log)" if engine.runtime_note else "")
+        return (f"✓ Ready · base {base} · SFT {sft} · {runtime} · "
                 f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}"
                 + durable_copy_note(pg.durable_status()))
 

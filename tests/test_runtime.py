@@ -1,0 +1,221 @@
+"""The onnx serving runtime (runtime.py) against the torch runtime it stands in for, on tiny models built in the test:
+same greedy tokens with and without adapters, hot swap, per-row seeds, cancel, a dead worker, bad adapters, and
+`auto` falling back to torch."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import make_lora_adapter, make_tiny_model
+
+pytest.importorskip("onnxruntime_genai", reason="the onnx runtime is part of requirements.txt")
+
+from playground import runtime  # noqa: E402
+from playground.generation import AdapterError, Engine  # noqa: E402
+from playground.models import Preset  # noqa: E402
+from playground.settings import Sampling  # noqa: E402
+
+PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Tell me a joke about cats."]
+GREEDY = Sampling(temperature=0, max_new_tokens=24, seed=1)
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory, real_tokenizer_dir) -> dict[str, Path]:
+    """The shared tiny models, with heads of 16 (ONNX Runtime's attention kernel needs a multiple of 16)."""
+    root = tmp_path_factory.mktemp("runtime-models")
+    return {"base": make_tiny_model(root / "base", real_tokenizer_dir, seed=1, chat=False, hidden=64),
+            "sft": make_tiny_model(root / "sft", real_tokenizer_dir, seed=2, chat=True, hidden=64)}
+
+
+@pytest.fixture(scope="module")
+def engines(tmp_path_factory, tiny_models):
+    """One onnx engine and one torch engine over the same tiny models (float: the fidelity rule's setting)."""
+    data = tmp_path_factory.mktemp("runtime-data")
+    preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
+    onnx = Engine.from_preset(preset, data, precision="float", runtime="onnx", threads=1)
+    torch_engine = Engine.from_preset(preset, data, precision="float", runtime="torch", threads=1)
+    yield onnx, torch_engine
+    onnx.close()
+
+
+@pytest.fixture(scope="module")
+def adapters(tmp_path_factory, tiny_models) -> dict[int, Path]:
+    root = tmp_path_factory.mktemp("runtime-adapters")
+    return {v: make_lora_adapter(tiny_models["sft"], root / f"v{v}", seed=20 + v) for v in (1, 2)}
+
+
+def _texts(engine, prompt, sampling=GREEDY, history=None):
+    answers = engine.generate(prompt, sampling, history=history)
+    return {arm: (a.text, a.new_tokens, a.finish_reason, a.adapter_version) for arm, a in answers.items()}
+
+
+def test_the_onnx_copy_is_built_once_with_lora_slots(engines, tiny_models):
+    onnx, _ = engines
+    assert onnx.runtime == "onnx" and onnx.base.model is None and onnx.sft.model is None  # no torch weights held
+    slots = onnx.workers["sft"].slots
+    assert slots and all(".lora_A." in name or ".lora_B." in name for name in slots)
+    assert {name.split(".")[4] for name in slots} == {"q_proj", "v_proj"}  # the trainer's targets
+    assert onnx.workers["base"].slots is None  # the base model takes no adapter
+    # A second engine over the same models reuses the built folders.
+    folder = onnx.workers["sft"].model_dir
+    stamp = (folder / "model.onnx").stat().st_mtime
+    again = runtime.prepare_model(str(tiny_models["sft"]), folder.parent, "fp32", ("q_proj", "v_proj"))
+    assert again == folder and (folder / "model.onnx").stat().st_mtime == stamp
+
+
+def test_greedy_answers_equal_the_torch_runtime(engines):
+    onnx, torch_engine = engines
+    for prompt in PROMPTS:
+        assert _texts(onnx, prompt) == _texts(torch_engine, prompt), prompt
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]
+    assert _texts(onnx, "And you?", history=history) == _texts(torch_engine, "And you?", history=history)
+
+
+def test_adapters_swap_in_and_match_peft(engines, adapters):
+    onnx, torch_engine = engines
+    try:
+        for version in (1, 2):
+            for engine in engines:
+                engine.use_adapter(version, str(adapters[version]))
+            assert (adapters[version] / runtime.ADAPTER_FILE).is_file()  # converted on demand, beside PEFT's files
+            assert onnx.workers["sft"].adapters == {f"v{version}": str(adapters[version] / runtime.ADAPTER_FILE)}
+            for prompt in PROMPTS[:2]:
+                got, want = _texts(onnx, prompt), _texts(torch_engine, prompt)
+                assert got == want, (version, prompt)
+                assert got["pref"][3] == version
+            assert got["pref"][0] != got["sft"][0]  # the adapter really changes the answer
+    finally:
+        for engine in engines:
+            engine.use_adapter(0, None)
+    assert onnx.workers["sft"].adapters == {}
+    assert _texts(onnx, PROMPTS[0]) == _texts(torch_engine, PROMPTS[0])
+
+
+def test_sampling_is_reproducible_per_seed(engines):
+    onnx, _ = engines
+    sampled = lambda seed: _texts(onnx, PROMPTS[1], Sampling(temperature=1.0, top_p=0.95, max_new_tokens=24, seed=seed))
+    first, again, other = sampled(5), sampled(5), sampled(6)
+    assert first == again
+    assert first != other
+    assert first["sft"] == first["pref"]  # version 0: the preference arm is the SFT model, same seed
+
+
+def test_a_cancelled_answer_frees_the_worker(engines):
+    onnx, torch_engine = engines
+    stream = onnx.stream(PROMPTS[0], Sampling(temperature=0, max_new_tokens=200, seed=1))
+    next(stream)
+    stream.close()  # a closed browser tab
+    assert _texts(onnx, PROMPTS[2]) == _texts(torch_engine, PROMPTS[2])
+
+
+def test_a_dead_worker_starts_again_with_its_adapter(engines, adapters):
+    onnx, torch_engine = engines
+    try:
+        for engine in engines:
+            engine.use_adapter(1, str(adapters[1]))
+        worker = onnx.workers["sft"]
+        worker.process.kill()
+        worker.process.wait()
+        assert _texts(onnx, PROMPTS[0]) == _texts(torch_engine, PROMPTS[0])  # restarted, v1 loaded again
+        assert worker.restarts == 1
+    finally:
+        for engine in engines:
+            engine.use_adapter(0, None)
+
+
+def test_bad_adapters_are_refused_and_the_served_one_stays(engines, adapters, tiny_models, tmp_path):
+    onnx, _ = engines
+    onnx.use_adapter(1, str(adapters[1]))
+    before = _texts(onnx, PROMPTS[0])
+    corrupt = tmp_path / "corrupt"
+    shutil.copytree(adapters[2], corrupt)
+    (corrupt / runtime.ADAPTER_FILE).unlink(missing_ok=True)
+    (corrupt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(AdapterError, match="could not be loaded"):
+        onnx.use_adapter(3, str(corrupt))
+    other_layers = tmp_path / "o_proj"
+    _adapter_on(tiny_models["sft"], other_layers, ["o_proj"])
+    with pytest.raises(AdapterError, match="no LoRA slot.*--runtime torch"):
+        onnx.use_adapter(4, str(other_layers))
+    assert onnx.adapter_version == 1 and _texts(onnx, PROMPTS[0]) == before
+    onnx.use_adapter(0, None)
+
+
+def _adapter_on(sft_dir: Path, out: Path, targets: list[str]) -> None:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(sft_dir),
+                           LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.1)
+    model.save_pretrained(out)
+
+
+def test_conversion_folds_the_lora_scale(adapters):
+    """The converted weights are PEFT's, transposed, with alpha/r folded into B (the graph computes x @ A @ B)."""
+    import numpy as np
+    import onnxruntime as ort
+    from safetensors.numpy import load_file
+
+    path = runtime.convert_adapter(adapters[1])
+    read = ort.AdapterFormat.read_adapter(str(path))  # kept alive: the arrays below view its memory
+    converted = {k: v.numpy().copy() for k, v in read.get_parameters().items()}
+    config = json.loads((adapters[1] / "adapter_config.json").read_text())
+    scale = config["lora_alpha"] / config["r"]
+    for key, weight in load_file(str(adapters[1] / "adapter_model.safetensors")).items():
+        name = runtime._slot_name(key)
+        want = weight.T if "lora_A" in key else scale * weight.T
+        np.testing.assert_allclose(converted[name], want, rtol=1e-6)
+
+
+def test_a_model_onnx_runtime_cannot_run_fails_at_start(real_tokenizer_dir, tmp_path):
+    """Heads of 8 build, but ONNX Runtime's attention kernel refuses them: the worker says so when it starts."""
+    folder = make_tiny_model(tmp_path / "heads8", real_tokenizer_dir, seed=3, chat=True, hidden=32)
+    built = runtime.prepare_model(str(folder), tmp_path / "models")
+    with pytest.raises(runtime.WorkerError, match="head_size"):
+        runtime.DecodeWorker(built, 1, "sft")
+
+
+def test_auto_falls_back_to_torch_when_the_onnx_build_fails(tiny_models, tmp_path, monkeypatch):
+    from playground.core import Playground
+    from playground.models import ModelLoadError
+    from playground.settings import ModelSettings
+
+    def cannot_build(*args, **kwargs):
+        raise runtime.RuntimeUnavailable("onnxruntime-genai could not build it (unsupported architecture)")
+
+    monkeypatch.setattr(runtime, "prepare_model", cannot_build)
+    settings = dict(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path), persist="off")
+    playground = Playground(ModelSettings(**settings, runtime="auto"))
+    try:
+        engine = playground.load_models()
+        assert engine.runtime == "torch" and "unsupported architecture" in engine.runtime_note
+        assert engine.generate(PROMPTS[0], GREEDY)["sft"].done
+    finally:
+        playground.close()
+    strict = Playground(ModelSettings(**settings, runtime="onnx"))
+    try:
+        with pytest.raises(ModelLoadError, match="unsupported architecture"):
+            strict.load_models()
+    finally:
+        strict.close()
+
+
+def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
+    from playground.training import _prepare_for_serving
+
+    folder = tmp_path / "round"
+    shutil.copytree(adapters[2], folder)
+    (folder / runtime.ADAPTER_FILE).unlink(missing_ok=True)
+    _prepare_for_serving(folder)
+    assert (folder / runtime.ADAPTER_FILE).stat().st_size > 0
+    assert runtime.converted_adapter(folder) == folder / runtime.ADAPTER_FILE  # fresh: not converted again
