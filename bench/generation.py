@@ -17,6 +17,7 @@ emits EOS.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -97,10 +98,67 @@ def int8_fidelity(float_model, int8_model, tokens: int, chat: bool) -> dict:
             "perplexity_int8": round(ppl["int8"], 3), "positions": int(targets.numel())}
 
 
+FIDELITY_PROMPTS = [
+    "What is the capital of France?", "Write a haiku about rain.", "Explain photosynthesis to a child.",
+    "Give me three tips for sleeping better.", "Why is the sky blue?", "Write a short poem about the sea.",
+    "How do I boil an egg?", "What is 17 times 23?", "Summarize the plot of Cinderella.",
+    "Translate 'good morning' into French and Spanish.", "List five fruits that are red.",
+    "What causes the seasons on Earth?", "Write a Python function that reverses a string.",
+    "Describe a cat to someone who has never seen one.", "What is the difference between weather and climate?",
+    "Give me a recipe for pancakes.", "Why do we dream?", "Write a thank-you note to a teacher.",
+    "What are the planets of the solar system?", "How does a bicycle stay upright?",
+]
+
+
+def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str], tokens: int) -> dict:
+    """Next-token agreement of the onnx runtime with the torch model each arm stands for, by teacher forcing on the
+    torch model's own greedy answers (prompts × tokens positions): SFT (fp32), preference (fp32 + the adapter),
+    base (the onnx runtime's int8 against torch's float model)."""
+    import torch
+
+    from playground.prompting import base_prompt, chat_prompt
+
+    result = {}
+    for arm, reference, role, adapter in (("sft", torch_sft, "sft", None), ("pref", torch_pref, "sft", "v1"),
+                                          ("base", torch_base, "base", None)):
+        tokenizer = engine.sft.tokenizer if role == "sft" else engine.base.tokenizer
+        agree = total = identical = 0
+        for prompt in prompts:
+            text = chat_prompt(tokenizer, prompt) if role == "sft" else base_prompt(prompt)
+            ids = tokenizer(text, return_tensors="pt", add_special_tokens=role != "sft").input_ids
+            start = ids.shape[1]
+            with torch.inference_mode():
+                sequence = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                              max_new_tokens=tokens, min_new_tokens=tokens,
+                                              pad_token_id=tokenizer.pad_token_id)
+                wanted = reference(sequence).logits[0, start - 1 : -1].argmax(-1).tolist()
+            got = engine.workers[role].next_tokens(sequence[0].tolist(), start, adapter)
+            matches = [a == b for a, b in zip(got, wanted)]
+            agree, total, identical = agree + sum(matches), total + len(matches), identical + all(matches)
+        result[arm] = {"next_token_agreement": round(agree / total, 4), "positions": total,
+                       "prompts_agreeing_everywhere": identical, "prompts": len(prompts)}
+    return result
+
+
+def llama_cpp_single_stream(gguf: str, prompt: str, tokens: int, threads: int) -> dict:
+    """llama.cpp's decode speed on the same GGUF file, when llama-cpp-python is installed (not a requirement)."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, n_threads=threads, n_ctx=1024, verbose=False)
+    start, first, count = time.perf_counter(), None, 0
+    for _ in llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0,
+                                        stream=True):
+        count += 1
+        first = first or time.perf_counter()
+    return {"tokens_per_s": round((count - 1) / (time.perf_counter() - first), 1), "tokens": count,
+            "threads": threads}
+
+
 def run(args) -> dict:
     import torch
 
     from bench.common import report
+    from playground import runtime as serving_runtime
     from playground.generation import Engine
     from playground.models import load_model, resolve_preset
     from playground.settings import ModelSettings, RoundSettings, Sampling, half_the_cores
@@ -110,28 +168,38 @@ def run(args) -> dict:
     cpu = args.device == "cpu"
     torch_default_threads = torch.get_num_threads()
     # The serving configurations measured, each against the same plain baseline, interleaved so drift on a
-    # shared machine lands on all of them alike. The first is the app's default.
-    configs = {"app": ("auto", None)}
+    # shared machine lands on all of them alike. The first is the app's default: (runtime, precision, threads).
+    configs = {"app": (serving_runtime.resolve("auto", args.device), "auto", None)}
     if cpu:
-        configs["int8_weights"] = ("int8", None)
-        configs["float_weights"] = ("float", None)
-        configs["float_weights_default_threads"] = ("float", torch_default_threads)  # torch's own thread count
-    by_precision = {}  # one engine per precision: configurations that differ only in threads share it
-    for precision, _ in configs.values():
-        if precision not in by_precision:
-            engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision)
+        configs["torch"] = ("torch", "auto", None)  # the default before the onnx runtime
+        configs["torch_int8_weights"] = ("torch", "int8", None)
+        configs["torch_float_weights"] = ("torch", "float", None)
+        if serving_runtime.installed():
+            configs["onnx_all_cores_per_worker"] = ("onnx", "auto", os.cpu_count())
+    adapter_dir = tempfile.mkdtemp(prefix="bench-adapter-")
+    sft_source = load_model(preset.sft, data_dir, "sft", weights=False).source
+    random_adapter(sft_source, adapter_dir)
+    built = {}  # one engine per (runtime, precision[, worker threads]): torch threads are set per call
+    engines = {}
+    for name, (runtime, precision, threads) in configs.items():
+        key = (runtime, precision, threads if runtime == "onnx" else None)
+        if key not in built:
+            engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision, runtime=runtime,
+                                        threads=threads if runtime == "onnx" else None)
             engine.base_stops = ()
-            with tempfile.TemporaryDirectory() as adapter_dir:
-                engine.use_adapter(1, random_adapter(engine.sft.source, adapter_dir))
-            by_precision[precision] = engine
-    engines = {name: by_precision[precision] for name, (precision, _) in configs.items()}
+            engine.use_adapter(1, adapter_dir)
+            built[key] = engine
+        engines[name] = built[key]
     # The baseline: the SFT model as transformers loads it, no adapter, torch's default threads.
     plain = load_model(preset.sft, data_dir, "sft", device=args.device)
     plain_int8 = (load_model(preset.sft, data_dir, "sft", int8=True, keep_float=tuple(RoundSettings().target_modules))
                   if cpu else None)
 
     def threads_for(name):
-        return configs[name][1] or (half_the_cores() if cpu else torch_default_threads)
+        runtime, _, threads = configs[name]
+        if runtime == "onnx":
+            return threads or half_the_cores()
+        return threads or (half_the_cores() if cpu else torch_default_threads)
 
     sampling = Sampling(temperature=0, max_new_tokens=args.tokens, seed=0)
     for name, engine in engines.items():  # warm-up
@@ -159,12 +227,14 @@ def run(args) -> dict:
     naive = naive_sequential(engines["app"], sampling)
 
     base_s = statistics.median(baseline)
-    figures = {"baseline_plain_generate_sft_float_s": round(base_s, 2)}
+    figures = {"baseline_plain_generate_sft_float_s": round(base_s, 2),
+               "baseline_plain_generate_sft_float_tokens_per_s": round((args.tokens - 1) / base_s, 2)}
     if baseline_int8:
         figures["plain_generate_sft_int8_s"] = round(statistics.median(baseline_int8), 2)
     for name, engine in engines.items():
         wall = statistics.median(walls[name])
         prefix = "" if name == "app" else f"{name}."
+        figures[f"{prefix}runtime"] = engine.runtime
         figures[f"{prefix}three_arms_wall_s"] = round(wall, 2)
         figures[f"{prefix}ratio_three_arms_to_one_plain"] = round(wall / base_s, 2)
         if name == "app" and baseline_int8:
@@ -173,14 +243,45 @@ def run(args) -> dict:
             figures[f"{prefix}{arm}_ttft_s"] = round(statistics.median(stats["ttft"]), 3)
             figures[f"{prefix}{arm}_tokens_per_s"] = round(statistics.median(stats["tok_s"]), 2)
             figures[f"{prefix}{arm}_new_tokens"] = int(statistics.median(stats["tokens"]))
-        figures[f"{prefix}precision"] = engine.sft.precision
-        figures[f"{prefix}torch_threads"] = threads_for(name)
+        figures[f"{prefix}precision"] = f"base {engine.base.precision}, sft {engine.sft.precision}"
+        figures[f"{prefix}threads"] = threads_for(name)
     figures["naive_three_arms_sequential_s"] = round(naive, 2)
     figures["ratio_naive_to_one_plain"] = round(naive / base_s, 2)
+    onnx_engine = engines["app"] if engines["app"].runtime == "onnx" else None
+    if onnx_engine is not None and args.fidelity_prompts:
+        from peft import PeftModel
+
+        prompts = FIDELITY_PROMPTS[: args.fidelity_prompts]
+        torch_base = load_model(preset.base, data_dir, "base", device=args.device)
+        torch_pref = PeftModel.from_pretrained(load_model(preset.sft, data_dir, "sft").model, adapter_dir).eval()
+        torch.set_num_threads(torch_default_threads)
+        figures["onnx_fidelity"] = onnx_fidelity(onnx_engine, plain.model, torch_pref, torch_base.model, prompts,
+                                                 args.tokens)
+        figures["onnx_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / serving_runtime.ADAPTER_FILE)
+        figures["peft_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / "adapter_model.safetensors")
+        start = time.perf_counter()
+        serving_runtime.convert_adapter(adapter_dir)
+        figures["onnx_adapter_convert_s"] = round(time.perf_counter() - start, 3)
+        start = time.perf_counter()
+        onnx_engine.use_adapter(2, adapter_dir)
+        figures["onnx_hot_swap_s"] = round(time.perf_counter() - start, 3)
+    if args.llama_cpp:
+        import importlib.util
+
+        if importlib.util.find_spec("llama_cpp") is None:
+            figures["llama_cpp"] = "not installed (pip install llama-cpp-python builds it from source)"
+        else:
+            from playground.models import EMBEDDED
+
+            gguf = str(EMBEDDED["smollm2-135m-instruct"].gguf_path(Path(tempfile.mkdtemp())))
+            figures["llama_cpp_sft_single_stream"] = llama_cpp_single_stream(gguf, PROMPT, args.tokens,
+                                                                             os.cpu_count())
     if plain_int8 is not None:
         figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, args.tokens, chat=True)
-        figures["int8_fidelity_base"] = int8_fidelity(engines["float_weights"].base, engines["int8_weights"].base,
-                                                      args.tokens, chat=False)
+        figures["int8_fidelity_base"] = int8_fidelity(engines["torch_float_weights"].base,
+                                                      engines["torch_int8_weights"].base, args.tokens, chat=False)
+    for engine in built.values():
+        engine.close()
     settings = {"preset": preset.name, "prompt": PROMPT, "max_new_tokens": args.tokens, "repeats": args.repeats,
                 "decoding": "greedy", "adapter_version": 1, "device": args.device,
                 "baseline_threads": torch_default_threads}
@@ -194,6 +295,10 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--fidelity-prompts", type=int, default=20,
+                        help="prompts for the onnx runtime's next-token agreement with torch (0: skip)")
+    parser.add_argument("--llama-cpp", action="store_true",
+                        help="also time llama.cpp on the SFT GGUF, where llama-cpp-python is installed")
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))
 

@@ -33,7 +33,11 @@ def tree_memory_mb(pid: int) -> dict[str, float]:
            "server_uss": root.memory_full_info().uss / 2**20, "trainer_uss": 0.0}
     for child in root.children(recursive=True):
         try:
-            if "train" in " ".join(child.cmdline()):
+            command = " ".join(child.cmdline())
+            if "playground.runtime" in command:  # a decode worker of the onnx runtime serves for the server
+                rss["server"] += child.memory_info().rss / 2**20
+                rss["server_uss"] += child.memory_full_info().uss / 2**20
+            elif "train" in command:
                 rss["trainer"] += child.memory_info().rss / 2**20
                 rss["trainer_uss"] += child.memory_full_info().uss / 2**20
         except psutil.NoSuchProcess:
