@@ -12,6 +12,11 @@ each int8 model follows its float self (next-token agreement, perplexity of the 
 A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the values) is loaded so the
 preference arm really runs, and the base arm's answer-boundary stop is off so it runs the full length unless it
 emits EOS.
+
+Runtimes: the app's default (`--runtime auto`: onnx on a CPU) and the torch configurations run in turn; for the
+onnx runtime also its next-token agreement with the torch model each arm stands for (teacher forcing on torch's
+greedy answers, `--fidelity-prompts` prompts × `--tokens`), the converted adapter's size and conversion time, and
+with `--llama-cpp` llama.cpp's single-stream speed on the SFT GGUF where llama-cpp-python is installed.
 """
 
 from __future__ import annotations

@@ -10,6 +10,12 @@ Sampling uses one seeded `torch.Generator` per row (`SeededSampler`), so an answ
 on which other rows shared its batch or which thread drew random numbers first. The SFT and preference arms share
 the request's seed: with the same sampling noise, whatever differs between those two columns is the adapter's doing.
 
+Two runtimes decode (`--runtime`, runtime.py): `torch` as above, and `onnx`, where ONNX Runtime GenAI decodes each
+model in its own worker process (about 3x faster per token on a CPU, the same greedy tokens). There the SFT and
+preference rows are two generators over one set of weights (the preference one with the version's adapter) and
+the base model decodes in parallel in its own process; token steps come back to `_drive`, so streaming, stop rules,
+cancelling and the recorded adapter version are the same code for both.
+
 A request may carry earlier turns of a conversation (`history`, see prompting.py). Each model renders the
 conversation in its own framing and, when prompt + answer would not fit its context budget, drops the oldest whole
 turns (`Answer.dropped_turns` says how many that answer's model did not see).
