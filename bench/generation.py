@@ -180,17 +180,19 @@ def run(args) -> dict:
         configs["torch_int8_weights"] = ("torch", "int8", None)
         configs["torch_float_weights"] = ("torch", "float", None)
         if serving_runtime.installed():
+            configs["onnx_one_chat_worker"] = ("onnx", "auto", None, 1)
             configs["onnx_all_cores_per_worker"] = ("onnx", "auto", os.cpu_count())
     adapter_dir = tempfile.mkdtemp(prefix="bench-adapter-")
     sft_source = load_model(preset.sft, data_dir, "sft", weights=False).source
     random_adapter(sft_source, adapter_dir)
     built = {}  # one engine per (runtime, precision[, worker threads]): torch threads are set per call
     engines = {}
-    for name, (runtime, precision, threads) in configs.items():
-        key = (runtime, precision, threads if runtime == "onnx" else None)
+    for name, (runtime, precision, threads, *chat_workers) in configs.items():
+        chat_workers = chat_workers[0] if chat_workers else 2
+        key = (runtime, precision, threads if runtime == "onnx" else None, chat_workers)
         if key not in built:
             engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision, runtime=runtime,
-                                        threads=threads if runtime == "onnx" else None)
+                                        threads=threads if runtime == "onnx" else None, chat_workers=chat_workers)
             engine.base_stops = ()
             engine.use_adapter(1, adapter_dir)
             built[key] = engine
@@ -201,7 +203,7 @@ def run(args) -> dict:
                   if cpu else None)
 
     def threads_for(name):
-        runtime, _, threads = configs[name]
+        runtime, _, threads, *_ = configs[name]
         if runtime == "onnx":
             return threads or half_the_cores()
         return threads or (half_the_cores() if cpu else torch_default_threads)

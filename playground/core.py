@@ -132,7 +132,8 @@ class Playground:
             return Engine.from_preset(self.preset, self.data_dir, trust_remote_code=settings.trust_remote_code,
                                       device=settings.device, precision=settings.precision,
                                       threads=settings.serve_threads,
-                                      adapter_targets=tuple(self.round_settings.target_modules), runtime=runtime)
+                                      adapter_targets=tuple(self.round_settings.target_modules), runtime=runtime,
+                                      chat_workers=settings.chat_workers)
 
         try:
             engine = load(runtime)

@@ -105,7 +105,7 @@ class Engine:
     @classmethod
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
                     threads: int | None = None, adapter_targets: tuple[str, ...] | None = None,
-                    runtime: str = "torch") -> "Engine":
+                    runtime: str = "torch", chat_workers: int = 2) -> "Engine":
         """precision: `auto` (on a CPU the base model int8, the SFT model float), `int8` (both) or `float` (neither;
         see int8.int8_roles).
         adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8
@@ -118,7 +118,8 @@ class Engine:
         int8 = int8_roles(precision, device)
         targets = tuple(adapter_targets or RoundSettings().target_modules)
         if runtime == "onnx":
-            return cls._onnx(preset, data_dir, trust_remote_code, int8, threads or half_the_cores(), targets)
+            return cls._onnx(preset, data_dir, trust_remote_code, int8, threads or half_the_cores(), targets,
+                             chat_workers)
         base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device,
                           int8="base" in int8)
         sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device,
@@ -128,7 +129,7 @@ class Engine:
 
     @classmethod
     def _onnx(cls, preset: Preset, data_dir, trust_remote_code, int8: set[str], threads: int,
-              targets: tuple[str, ...]) -> "Engine":
+              targets: tuple[str, ...], chat_workers: int = 2) -> "Engine":
         """Both models decoded by the onnx runtime in worker processes; torch holds only tokenizers and configs
         (the SFT weights load on demand)."""
         from . import runtime as onnx_runtime
@@ -147,6 +148,10 @@ class Engine:
                 folder = onnx_runtime.prepare_model(loaded.source, models_dir(data_dir), precision, slots)
                 loaded.precision = "int8" if precision == "int8" else "float32"
                 workers[role] = onnx_runtime.DecodeWorker(folder, threads, role)
+            # A second process over the SFT model: the SFT and preference rows decode in parallel, as a batch
+            # would (ONNX Runtime GenAI runs one adapter per generator, so one process would take turns).
+            if chat_workers > 1:
+                workers["sft2"] = onnx_runtime.DecodeWorker(workers["sft"].model_dir, threads, "sft2")
         except BaseException:
             for worker in workers.values():
                 worker.close()
@@ -198,16 +203,22 @@ class Engine:
         e.g. a version from before this runtime) goes into the SFT worker; the previous one is unloaded."""
         from . import runtime as onnx_runtime
 
-        worker = self.workers["sft"]
+        chat_workers = [self.workers[name] for name in ("sft", "sft2") if name in self.workers]
         if version and path:
             try:
-                worker.load_adapter(name, onnx_runtime.converted_adapter(path, worker.slots))
+                converted = onnx_runtime.converted_adapter(path, chat_workers[0].slots)
+                for worker in chat_workers:  # either may run a preference row (a duel runs two)
+                    worker.load_adapter(name, converted)
             except Exception as error:  # unreadable files, a format the runtime cannot take, the worker refusing it
+                for worker in chat_workers:
+                    if name in worker.adapters and name != self._adapter_name:
+                        worker.unload_adapter(name)
                 raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}. To serve it, start "
                                    f"with --runtime torch.") from error
         old, self._adapter_name = self._adapter_name, (name if version else None)
         if old and old != self._adapter_name:
-            worker.unload_adapter(old)
+            for worker in chat_workers:
+                worker.unload_adapter(old)
         self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
 
     def _int8_hint(self, path: str) -> str:
@@ -403,14 +414,18 @@ class Engine:
         eos_ids.discard(None)
         streamer = RowStreamer(sink, keys, tokenizer, stops, eos_ids)
         if self.workers:
-            role = "base" if loaded is self.base else "sft"
             adapter = extra_kwargs.get("adapter_names", [None] * len(rows))
             ids = tokenizer(text, **_encoding(tokenizer))["input_ids"]
             for key in keys:
                 sink.put(("prompt_tokens", key, len(ids)))
-            rows_spec = [(row.seed, None if name in (None, "__base__") else name) for row, name in zip(rows, adapter)]
-            steps = self.workers[role].generate(ids, rows_spec, sampling, sampling.max_new_tokens)
-            _drive(steps, streamer, cancel)
+            specs = [(row.seed, None if name in (None, "__base__") else name) for row, name in zip(rows, adapter)]
+            if loaded is self.base:
+                groups = [(self.workers["base"], list(range(len(rows))))]
+            else:  # rows alternate between the SFT processes
+                chat = [self.workers[name] for name in ("sft", "sft2") if name in self.workers]
+                groups = [(w, list(range(i, len(rows), len(chat)))) for i, w in enumerate(chat)]
+            _decode_in_workers([g for g in groups if g[1]], ids, specs, keys, sampling, sink, tokenizer, stops,
+                                    eos_ids, cancel)
             return
         inputs = tokenizer([text] * len(rows), return_tensors="pt", **_encoding(tokenizer))
         inputs = inputs.to(loaded.model.device)
@@ -435,6 +450,30 @@ class Engine:
                 pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=sorted(eos_ids),
             )
+
+
+def _decode_in_workers(groups, ids, specs, keys, sampling, sink, tokenizer, stops, eos_ids, cancel) -> None:
+    """Each (worker, row indexes) group decodes in its own thread (they wait on pipes, not on the GIL); the first
+    failure is raised once all have ended."""
+    errors = []
+
+    def run(worker, indexes):
+        try:
+            streamer = RowStreamer(sink, [keys[i] for i in indexes], tokenizer, stops, eos_ids)
+            steps = worker.generate(ids, [specs[i] for i in indexes], sampling, sampling.max_new_tokens)
+            _drive(steps, streamer, cancel)
+        except BaseException as error:
+            errors.append(error)
+            cancel.set()  # the other rows stop too: the request failed
+
+    threads = [threading.Thread(target=run, args=group, daemon=True) for group in groups[1:]]
+    for thread in threads:
+        thread.start()
+    run(*groups[0])
+    for thread in threads:
+        thread.join()
+    if errors:
+        raise errors[0]
 
 
 def _drive(steps, streamer: RowStreamer, cancel: threading.Event) -> None:

@@ -96,6 +96,10 @@ class ModelSettings:
         "what decodes answers: `onnx` (ONNX Runtime GenAI in a worker process per model; CPU only), `torch` "
         "(transformers); `auto`: onnx on a CPU when it is installed and can build the models, else torch "
         "(docs/performance.md, Serving runtime)", choices=("auto", "torch", "onnx")))
+    chat_workers: int = field(default=2, metadata=_help(
+        "with the onnx runtime, processes decoding the SFT model: 2 run the SFT and the preference answer in "
+        "parallel (about 1.2x faster for three columns, about 0.75 GB more memory); 1 lets them take turns",
+        choices=(1, 2)))
     serve_threads: int = field(default_factory=half_the_cores, metadata=_help(
         "torch threads for generation: half the CPU cores, so the base and SFT models each get their own"))
     trust_remote_code: bool = field(default=False, metadata=_help("let model repos run their own code"))
@@ -113,6 +117,8 @@ class ModelSettings:
             raise ValueError(f"Unknown runtime '{self.runtime}'. Fix: use one of auto, torch, onnx.")
         if self.serve_threads is not None and self.serve_threads < 1:
             raise ValueError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
+        if self.chat_workers not in (1, 2):
+            raise ValueError(f"chat_workers must be 1 or 2 (got {self.chat_workers}).")
 
     def resolved_data_dir(self) -> Path:
         path = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()

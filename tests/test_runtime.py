@@ -219,3 +219,24 @@ def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
     _prepare_for_serving(folder)
     assert (folder / runtime.ADAPTER_FILE).stat().st_size > 0
     assert runtime.converted_adapter(folder) == folder / runtime.ADAPTER_FILE  # fresh: not converted again
+
+
+def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, tiny_models, tmp_path_factory):
+    """--chat-workers 1: the SFT and preference rows share one process and still answer as torch does; a duel's
+    two preference rows are reproducible per seed either way."""
+    onnx, torch_engine = engines
+    preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
+    lean = Engine.from_preset(preset, tmp_path_factory.mktemp("lean"), precision="float", runtime="onnx",
+                              threads=1, chat_workers=1)
+    try:
+        assert set(lean.workers) == {"base", "sft"} and set(onnx.workers) == {"base", "sft", "sft2"}
+        for engine in (lean, onnx, torch_engine):
+            engine.use_adapter(1, str(adapters[1]))
+        assert _texts(lean, PROMPTS[1]) == _texts(torch_engine, PROMPTS[1])
+        sampling = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=16, seed=9)
+        duels = [{k: a.text for k, a in engine.duel(PROMPTS[0], sampling).items()} for engine in (lean, onnx, onnx)]
+        assert duels[0] == duels[1] == duels[2] and duels[0]["a"] != duels[0]["b"]
+    finally:
+        lean.close()
+        for engine in (onnx, torch_engine):
+            engine.use_adapter(0, None)
