@@ -240,3 +240,11 @@ def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, ti
         lean.close()
         for engine in (onnx, torch_engine):
             engine.use_adapter(0, None)
+
+
+def test_the_sft_weights_load_on_demand_for_scoring(engines):
+    """The simulated voter's fluency yardstick needs torch weights; the onnx engine loads them only then."""
+    onnx, torch_engine = engines
+    answer = "Paris is the capital of France."
+    assert onnx.sft_nll(PROMPTS[0], answer) == pytest.approx(torch_engine.sft_nll(PROMPTS[0], answer), rel=1e-5)
+    assert onnx.sft.model is not None and onnx.base.model is None
