@@ -87,7 +87,8 @@ class Engine:
     """Owns the loaded models and the serving adapter; streams answers for any number of callers."""
 
     def __init__(self, base: LoadedModel, sft: LoadedModel, workers: dict | None = None, sft_weights=None):
-        """workers: {"base": DecodeWorker, "sft": DecodeWorker} to decode with the onnx runtime (runtime.py); then
+        """workers: {"base": DecodeWorker, "sft": DecodeWorker[, "sft2": a second one over the SFT model]} to decode
+        with the onnx runtime (runtime.py); then
         the LoadedModels may come without torch weights, and `sft_weights()` loads the SFT model's when something
         needs them (sft_nll)."""
         self.base, self.sft = base, sft
@@ -200,7 +201,7 @@ class Engine:
 
     def _use_onnx_adapter(self, version: int, path: str | None, name: str) -> None:
         """use_adapter for the onnx runtime: the version's converted adapter (converted now if the trainer did not,
-        e.g. a version from before this runtime) goes into the SFT worker; the previous one is unloaded."""
+        e.g. a version from before this runtime) goes into the SFT workers; the previous one is unloaded."""
         from . import runtime as onnx_runtime
 
         chat_workers = [self.workers[name] for name in ("sft", "sft2") if name in self.workers]
@@ -412,7 +413,6 @@ class Engine:
         eos = loaded.generation_config.eos_token_id
         eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
         eos_ids.discard(None)
-        streamer = RowStreamer(sink, keys, tokenizer, stops, eos_ids)
         if self.workers:
             adapter = extra_kwargs.get("adapter_names", [None] * len(rows))
             ids = tokenizer(text, **_encoding(tokenizer))["input_ids"]
@@ -425,8 +425,9 @@ class Engine:
                 chat = [self.workers[name] for name in ("sft", "sft2") if name in self.workers]
                 groups = [(w, list(range(i, len(rows), len(chat)))) for i, w in enumerate(chat)]
             _decode_in_workers([g for g in groups if g[1]], ids, specs, keys, sampling, sink, tokenizer, stops,
-                                    eos_ids, cancel)
+                               eos_ids, cancel)
             return
+        streamer = RowStreamer(sink, keys, tokenizer, stops, eos_ids)
         inputs = tokenizer([text] * len(rows), return_tensors="pt", **_encoding(tokenizer))
         inputs = inputs.to(loaded.model.device)
         prompt_len = inputs["input_ids"].shape[1]
