@@ -248,7 +248,7 @@ class Engine:
         with self._locks["sft"], torch.inference_mode():
             if self.sft.model is None:  # served by the onnx runtime: the torch weights load on first use
                 self.sft.model = self._sft_weights()
-            if self._peft is not None:
+            if self._peft is not None and self._adapter_name is not None:  # back at v0 the wrapper has no adapter
                 with self._peft.disable_adapter():
                     logits = self._peft(ids.to(self.sft.model.device)).logits[0, :-1]
             else:
