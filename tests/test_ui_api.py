@@ -57,6 +57,10 @@ def text_of(message: dict) -> str:
     return "".join(block.get("text", "") for block in content if isinstance(block, dict))
 
 
+def _words(text: str) -> str:
+    return " ".join(text.split())
+
+
 def last_text(chat: list[dict]) -> str:
     """The last assistant message of a column (empty when it has none)."""
     if not isinstance(chat, list):  # an output the handler skipped
@@ -430,7 +434,9 @@ def test_a_conversation_continues_from_the_vote_then_from_a_correction(client):
     for column in second["chats"]:  # every column answers the same conversation: the voted answer is kept
         assert [m["role"] for m in column] == ["user", "assistant"] * 2
         assert text_of(column[0]) == "What is a river?"
-        assert text_of(column[1]).startswith(kept.strip()) and "kept: SFT's answer" in text_of(column[1])
+        # Compared without white space: tiny random models write runs of spaces and \r\n, which the streamed
+        # column and the history column may render differently.
+        assert _words(text_of(column[1])).startswith(_words(kept)) and "kept: SFT's answer" in text_of(column[1])
     reply = client.predict("A lake is still water, held in a hollow of the land.", api_name="/correct")
     assert "demonstration" in reply and "3 training pairs" in reply
     assert "already wrote a better answer" in client.predict("Another.", api_name="/correct")
