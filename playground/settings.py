@@ -91,17 +91,19 @@ class ModelSettings:
     device: str = field(default="cpu", metadata=_help("`cpu` or `cuda`"))
     precision: str = field(default="auto", metadata=_help(
         "`auto`: on a CPU the base model runs with int8 weights, the SFT model in float; `int8`: both; `float`: "
-        "neither; on a GPU `auto` is float (docs/performance.md)", choices=PRECISIONS))
+        "neither (the onnx runtime keeps the SFT model float); on a GPU `auto` is float (docs/performance.md)",
+        choices=PRECISIONS))
     runtime: str = field(default="auto", metadata=_help(
         "what decodes answers: `onnx` (ONNX Runtime GenAI in a worker process per model; CPU only), `torch` "
         "(transformers); `auto`: onnx on a CPU when it is installed and can build the models, else torch "
         "(docs/performance.md, Serving runtime)", choices=("auto", "torch", "onnx")))
     chat_workers: int = field(default=2, metadata=_help(
         "with the onnx runtime, processes decoding the SFT model: 2 run the SFT and the preference answer in "
-        "parallel (about 1.2x faster for three columns, about 0.75 GB more memory); 1 lets them take turns",
+        "parallel (three columns about 1.4x faster, about 0.7 GB more memory); 1 lets them take turns",
         choices=(1, 2)))
     serve_threads: int = field(default_factory=half_the_cores, metadata=_help(
-        "torch threads for generation: half the CPU cores, so the base and SFT models each get their own"))
+        "threads for generation: half the CPU cores, so the base and SFT models each get their own (torch threads; "
+        "with the onnx runtime, threads of each decode process)"))
     trust_remote_code: bool = field(default=False, metadata=_help("let model repos run their own code"))
     persist: str | None = field(default=None, metadata=_help(
         "folder that receives the durable copy of every record and adapter (a Space's bucket volume) and that an "
