@@ -165,7 +165,7 @@ def run(args) -> dict:
     from bench.common import report
     from playground import runtime as serving_runtime
     from playground.generation import Engine
-    from playground.models import load_model, resolve_preset
+    from playground.models import load_model, model_folder, resolve_preset
     from playground.settings import ModelSettings, RoundSettings, Sampling, half_the_cores
 
     preset = resolve_preset(args.preset)
@@ -183,8 +183,7 @@ def run(args) -> dict:
             configs["onnx_one_chat_worker"] = ("onnx", "auto", None, 1)
             configs["onnx_all_cores_per_worker"] = ("onnx", "auto", os.cpu_count())
     adapter_dir = tempfile.mkdtemp(prefix="bench-adapter-")
-    sft_source = load_model(preset.sft, data_dir, "sft", weights=False).source
-    random_adapter(sft_source, adapter_dir)
+    random_adapter(model_folder(preset.sft, data_dir, trust_remote_code=False), adapter_dir)
     built = {}  # one engine per (runtime, precision[, worker threads]): torch threads are set per call
     engines = {}
     for name, (runtime, precision, threads, *chat_workers) in configs.items():

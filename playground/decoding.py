@@ -70,10 +70,16 @@ class RowStreamer(BaseStreamer):
         if not self.prompt_seen:  # generate first hands over the prompt ids
             self.prompt_seen = True
             return
-        step = value.reshape(len(self.arms), -1)[:, -1].tolist()
-        for row, token in enumerate(step):
+        self.step(value.reshape(len(self.arms), -1)[:, -1].tolist())
+
+    def step(self, tokens: list[int | None]) -> None:
+        """One new token per row; None: the decoder ended that row (its context is full)."""
+        for row, token in enumerate(tokens):
             if self.finished[row]:
                 continue  # a finished row is padded until the batch ends
+            if token is None:
+                self._finish(row, "length")
+                continue
             if token in self.eos_ids:
                 self._finish(row, "eos")
                 continue

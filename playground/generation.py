@@ -37,7 +37,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from .decoding import AnswerBoundary, Mirror, RowStreamer, SeededSampler
 from .int8 import int8_roles
-from .models import LoadedModel, Preset, load_model
+from .models import LoadedModel, Preset, load_model, models_dir
 from .prompting import (BASE_STOP_STRINGS, base_prompt, chat_prompt, check_history, check_prompt, context_budget,
                         fit_conversation)
 from .settings import RoundSettings, Sampling, half_the_cores
@@ -134,7 +134,6 @@ class Engine:
         """Both models decoded by the onnx runtime in worker processes; torch holds only tokenizers and configs
         (the SFT weights load on demand)."""
         from . import runtime as onnx_runtime
-        from .models import models_dir
 
         base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, weights=False)
         sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, weights=False)
@@ -480,14 +479,10 @@ def _decode_in_workers(groups, ids, specs, keys, sampling, sink, tokenizer, stop
 def _drive(steps, streamer: RowStreamer, cancel: threading.Event) -> None:
     """Feed a decode worker's token steps to the streamer, telling the worker which rows stop (EOS, a stop
     string) and when everything stops (cancelled)."""
-    streamer.prompt_seen = True
     try:
         step = next(steps)
         while True:
-            for row, token in enumerate(step):
-                if token is None and not streamer.finished[row]:  # the worker ended it: its context is full
-                    streamer._finish(row, "length")
-            streamer.put(torch.tensor([-1 if token is None else token for token in step]))
+            streamer.step(step)
             stopped = [i for i, done in enumerate(streamer.finished) if done]
             step = steps.send(True if cancel.is_set() else stopped)
     except StopIteration:

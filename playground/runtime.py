@@ -84,10 +84,10 @@ def local_folder(source: str) -> str:
     return snapshot_download(source)
 
 
-def built_dir(models_dir: Path, source: str, precision: str, lora_targets: tuple[str, ...]) -> Path:
-    """Where the ONNX copy of `source` lives: keyed by what changes the graph (source files, precision, LoRA
-    slots, builder version), so a changed input builds again instead of serving a stale copy."""
-    folder = Path(local_folder(source))
+def built_dir(models_dir: Path, folder: str, precision: str, lora_targets: tuple[str, ...]) -> Path:
+    """Where the ONNX copy of the model in `folder` lives: keyed by what changes the graph (source files,
+    precision, LoRA slots, builder version), so a changed input builds again instead of serving a stale copy."""
+    folder = Path(folder)
     stamps = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in folder.iterdir() if f.is_file())
     key = json.dumps([str(folder.resolve()), stamps, precision, sorted(lora_targets),
                       importlib.metadata.version("onnxruntime-genai")])
@@ -99,12 +99,13 @@ def prepare_model(source: str, models_dir: Path, precision: str = "fp32",
                   lora_targets: tuple[str, ...] = ()) -> Path:
     """The ONNX folder for a transformers model, built on first use (seconds to a minute; later starts load it).
     precision: `fp32`, or `int8` (int8 weights in blocks of 32, int8 activations)."""
-    target = built_dir(models_dir, source, precision, lora_targets)
+    folder = local_folder(source)  # a Hub id asks the Hub (or its cache) once
+    target = built_dir(models_dir, folder, precision, lora_targets)
     if (target / "genai_config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    command = [sys.executable, "-m", "playground.runtime", "build", local_folder(source), str(scratch / "model"),
+    command = [sys.executable, "-m", "playground.runtime", "build", folder, str(scratch / "model"),
                "--precision", precision, "--lora-targets", ",".join(lora_targets)]
     log.info("Building the ONNX copy of %s once into %s ...", source, target)
     try:
@@ -286,15 +287,17 @@ class DecodeWorker:
         os.close(from_parent)
         os.close(to_parent)
         self._conn = _Duplex(to_child, from_child)
-        self.info = self._reply()  # waits for the model to load; raises WorkerError if it cannot
+        self._reply()  # waits for the model to load; raises WorkerError if it cannot
+
+    def _died(self) -> WorkerError:
+        code = self.process.wait()
+        return WorkerError(f"the {self.label} decode worker exited (code {code}); it starts again with the next request")
 
     def _reply(self):
         try:
             reply = self._conn.recv()
         except (EOFError, OSError) as error:
-            code = self.process.wait()
-            raise WorkerError(f"the {self.label} decode worker exited (code {code}); it starts again with the next "
-                              f"request") from error
+            raise self._died() from error
         if reply[0] == "error":
             raise WorkerError(reply[1])
         return reply[1]
@@ -309,9 +312,7 @@ class DecodeWorker:
         try:
             self._conn.send(message)
         except OSError as error:
-            code = self.process.wait()
-            raise WorkerError(f"the {self.label} decode worker exited (code {code}); it starts again with the next "
-                              f"request") from error
+            raise self._died() from error
 
     def _alive(self) -> None:
         """A worker that died (killed, out of memory) is started again with its adapters before the next request;
@@ -323,7 +324,7 @@ class DecodeWorker:
         self.restarts += 1
         self._start()
         for name, path in self.adapters.items():
-            self._conn.send(("load_adapter", name, path))
+            self._send(("load_adapter", name, path))
             self._reply()
 
     def load_adapter(self, name: str, path: Path) -> None:
@@ -422,7 +423,7 @@ def _serve(conn, model_dir: str, threads: int) -> None:
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=min(context_length, 1024), do_sample=False)
         og.Generator(model, params).append_tokens(np.asarray([genai.get("bos_token_id") or 0], dtype=np.int32))
-        conn.send(("ok", {"context_length": context_length, "vocab_size": genai.get("vocab_size")}))
+        conn.send(("ok", None))
     except Exception as error:  # the parent reports it; a half-loaded worker is no use
         conn.send(("error", f"{type(error).__name__}: {error}"))
         return

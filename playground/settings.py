@@ -23,6 +23,8 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .runtime import RUNTIMES
+
 ENV_PREFIX = "PLAYGROUND_"
 ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
 PRECISIONS = ("auto", "int8", "float")
@@ -96,7 +98,7 @@ class ModelSettings:
     runtime: str = field(default="auto", metadata=_help(
         "what decodes answers: `onnx` (ONNX Runtime GenAI in a worker process per model; CPU only), `torch` "
         "(transformers); `auto`: onnx on a CPU when it is installed and can build the models, else torch "
-        "(docs/performance.md, Serving runtime)", choices=("auto", "torch", "onnx")))
+        "(docs/performance.md, Serving runtime)", choices=RUNTIMES))
     chat_workers: int = field(default=2, metadata=_help(
         "with the onnx runtime, processes decoding the SFT model: 2 run the SFT and the preference answer in "
         "parallel (three columns about 1.4x faster, about 0.7 GB more memory); 1 lets them take turns",
@@ -115,8 +117,8 @@ class ModelSettings:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise ValueError(f"Unknown precision '{self.precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
-        if self.runtime not in ("auto", "torch", "onnx"):
-            raise ValueError(f"Unknown runtime '{self.runtime}'. Fix: use one of auto, torch, onnx.")
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"Unknown runtime '{self.runtime}'. Fix: use one of {', '.join(RUNTIMES)}.")
         if self.serve_threads is not None and self.serve_threads < 1:
             raise ValueError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
         if self.chat_workers not in (1, 2):
