@@ -209,6 +209,29 @@ def cmd_versions(args) -> int:
     return 0
 
 
+def cmd_explain(args) -> int:
+    from .explain import explain, summary
+    from .generation import AdapterError, Engine
+
+    playground = playground_from(args)
+    models = playground.models
+    engine = Engine.for_scoring(playground.preset, playground.data_dir, trust_remote_code=models.trust_remote_code,
+                                device=models.device)
+    try:
+        result = explain(engine, playground.store, args.comparison, args.arm, args.version)
+    except AdapterError as error:
+        raise StoreError(str(error)) from error
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return 0
+    print(summary(result).replace("**", "").replace("  \n", "\n"))
+    print()
+    print(f"{'reward':>8}  token")
+    for token in result.tokens:
+        print(f"{token['reward']:+8.4f}  {token['text']!r}")
+    return 0
+
+
 def cmd_rollback(args) -> int:
     playground = playground_from(args)
     playground.rollback(args.version)
@@ -403,6 +426,14 @@ def build_parser() -> argparse.ArgumentParser:
     ver = command("versions", cmd_versions, "adapter versions with their round metrics and vote win rates",
                   ModelSettings)
     ver.add_argument("--json", action="store_true")
+
+    xp = command("explain", cmd_explain, "why this answer: DPO's implicit reward of a stored answer, token by token "
+                 "(β·(log π_θ − log π_SFT)), under the serving version", ModelSettings)
+    xp.add_argument("--comparison", type=int, required=True, help="the comparison (turn) id, as the page shows it")
+    xp.add_argument("--arm", required=True, help="base, sft, pref or human; a duel's answers: a or b")
+    xp.add_argument("--version", type=int, default=None,
+                    help="score with this adapter version (0 = none); default: the data set's serving version")
+    xp.add_argument("--json", action="store_true")
 
     rb = command("rollback", cmd_rollback, "make another adapter version the serving one (0 = no adapter)",
                  ModelSettings)

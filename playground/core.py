@@ -357,6 +357,15 @@ class Playground:
         return publishing.adapter_folder(self.store, version, out, sft_spec=self.preset.sft,
                                          sft_hub_id=self.sft_hub_id, win_rate=self._win_rate(version))
 
+    def explain(self, comparison_id: int, arm: str, version: int | None = None):
+        """DPO's implicit reward of a stored answer, token by token (explain.py), under `version` (default: the
+        serving one), scored by the server's own SFT weights."""
+        from .explain import explain
+
+        if not self.ready:
+            raise StoreError("The models are still loading; try again in a moment.")
+        return explain(self.engine, self.store, comparison_id, arm, version)
+
     def _win_rate(self, version: int) -> dict | None:
         return next((v["vote_win_rate"] for v in self.dashboard.facts()["versions"] if v["version"] == version), None)
 

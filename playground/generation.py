@@ -129,6 +129,12 @@ class Engine:
         return cls(base, sft)
 
     @classmethod
+    def for_scoring(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu") -> "Engine":
+        """The SFT model alone, in torch, for what only scores answers (`explain`, the command line): no base
+        model, nothing decodes."""
+        return cls(None, load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device))
+
+    @classmethod
     def _onnx(cls, preset: Preset, data_dir, trust_remote_code, int8: set[str], threads: int,
               targets: tuple[str, ...], chat_workers: int = 2) -> "Engine":
         """Both models decoded by the onnx runtime in worker processes; torch holds only tokenizers and configs
@@ -245,15 +251,63 @@ class Engine:
         ids = tokenizer(context + answer.strip(), return_tensors="pt", add_special_tokens=False).input_ids
         start = len(tokenizer(context, add_special_tokens=False).input_ids)
         with self._locks["sft"], torch.inference_mode():
-            if self.sft.model is None:  # served by the onnx runtime: the torch weights load on first use
-                self.sft.model = self._sft_weights()
-            if self._peft is not None and self._adapter_name is not None:  # back at v0 the wrapper has no adapter
-                with self._peft.disable_adapter():
-                    logits = self._peft(ids.to(self.sft.model.device)).logits[0, :-1]
-            else:
-                logits = self.sft.model(ids.to(self.sft.model.device)).logits[0, :-1]
+            logits = self._reference_logits(ids)
         targets = ids[0, 1:].to(logits.device)
-        return float(torch.nn.functional.cross_entropy(logits[start - 1 :].float(), targets[start - 1 :]))
+        return float(torch.nn.functional.cross_entropy(logits[0, start - 1 : -1].float(), targets[start - 1 :]))
+
+    def answer_logprobs(self, prompt_ids: list[int], answer_ids: list[int], version: int,
+                        path: str | None) -> tuple[list[float], list[float]]:
+        """log π(token | everything before it) of each answer token, with adapter `version` (from `path`; 0: none)
+        and without it (the SFT model): the two terms of DPO's implicit reward (explain.py). Always torch, on the
+        SFT weights the server holds (loaded on first use when the onnx runtime serves); a version other than the
+        serving one is loaded for the call and dropped after it."""
+        ids = torch.tensor([list(prompt_ids) + list(answer_ids)])
+        start = len(prompt_ids)
+        with self._locks["sft"], torch.inference_mode():
+            reference = token_logprobs(self._reference_logits(ids), ids, start)
+            if not version:
+                return reference, reference
+            name, loaded_now = self._scoring_adapter(version, path)
+            try:
+                logits = self._peft(input_ids=ids.to(self.sft.model.device), adapter_names=[name]).logits
+            finally:
+                if loaded_now:
+                    self._peft.delete_adapter(name)
+            return token_logprobs(logits, ids, start), reference
+
+    def _torch_sft(self):
+        if self.sft.model is None:  # served by the onnx runtime: the torch weights load on first use
+            self.sft.model = self._sft_weights()
+        return self.sft.model
+
+    def _reference_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """The SFT model's logits, adapter off (PEFT injects its layers into the model itself, so with any adapter
+        loaded the plain model is not plain: the wrapper must disable them). Call with the SFT lock held."""
+        model = self._torch_sft()
+        if self._peft is not None and self._peft.peft_config:
+            with self._peft.disable_adapter():
+                return self._peft(input_ids=ids.to(model.device)).logits
+        return model(input_ids=ids.to(model.device)).logits
+
+    def _scoring_adapter(self, version: int, path: str | None) -> tuple[str, bool]:
+        """(adapter name, loaded for this call): the serving adapter when the torch runtime holds `version`, else
+        the version's folder loaded under a name of its own. Call with the SFT lock held."""
+        from peft import PeftModel
+
+        if not self.workers and version == self.adapter_version and self._adapter_name:
+            return self._adapter_name, False
+        if not path:
+            raise AdapterError(f"Adapter v{version} has no folder to load.")
+        name = f"scoring-v{version}"
+        try:
+            if self._peft is None:
+                self._peft = PeftModel.from_pretrained(self._torch_sft(), path, adapter_name=name)
+            else:
+                self._peft.load_adapter(path, adapter_name=name)
+        except Exception as error:
+            raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}.") from error
+        self._peft.eval()
+        return name, True
 
     # ---- generation ----------------------------------------------------------------------------------------
     def stream(self, prompt: str, sampling: Sampling | None = None, arms=ARMS,
@@ -490,6 +544,12 @@ def _drive(steps, streamer: RowStreamer, cancel: threading.Event) -> None:
     finally:
         steps.close()
     streamer.end()
+
+
+def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, start: int) -> list[float]:
+    """log-probabilities of ids[0, start:] under the logits of one sequence (row 0), each given what precedes it."""
+    logprobs = torch.log_softmax(logits[0, start - 1 : -1].float(), dim=-1)
+    return logprobs.gather(1, ids[0, start:].to(logprobs.device)[:, None])[:, 0].tolist()
 
 
 def _encoding(tokenizer) -> dict:

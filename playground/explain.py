@@ -1,0 +1,185 @@
+"""Why this answer: DPO's implicit reward of an answer, token by token.
+
+DPO trains the policy π_θ (the SFT model + a version's LoRA adapter) against the reference π_ref (the SFT model,
+adapter off), and that pair defines a reward for an answer y to a conversation x:
+    r(x, y) = β · (log π_θ(y | x) − log π_ref(y | x)),  a sum over y's tokens.
+Each token's term says how much more (positive) or less (negative) the preference-tuned model wants that token than
+the SFT model did: what the votes pushed up or down. A round raises this reward's margin between the chosen and the
+rejected answer of each pair, so these are exactly the numbers the votes moved. For a base or SFT answer it shows
+how the preference-tuned model would score that answer; at version 0 (no adapter) every term is 0.
+
+The answer is tokenized as trl tokenizes a training pair: the chat template over the conversation with and without
+the answer, the answer's tokens being where the two part. So the scored tokens end with the end-of-turn tokens the
+template writes after an answer: when to stop is something votes teach too. A conversation too long for the SFT
+model's context loses its oldest turns first, as it does for generation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from .prompting import base_prompt, context_budget, fit_conversation
+from .settings import RoundSettings
+from .store import Store, StoreError
+
+TOP_TOKENS = 5
+# Per-token log-probability changes (nats) that colour a token: beyond STRONG it is a strong push.
+NOTICEABLE, STRONG = 0.1, 1.0
+SHADES = {"pushed up a lot": "#2563eb", "pushed up": "#93c5fd", "pushed down": "#fdba74",
+          "pushed down a lot": "#ea580c"}  # blue/orange: told apart with any colour vision, on light and dark
+
+
+@dataclass
+class Explanation:
+    comparison: int
+    answer_id: int
+    arm: str
+    answer_version: int  # the adapter version that wrote the answer (0 for base, SFT and human answers)
+    version: int  # the version whose adapter scored it
+    beta: float
+    total_reward: float
+    logprob_policy: float
+    logprob_sft: float
+    tokens: list[dict] = field(default_factory=list)  # {"text", "reward", "logprob_policy", "logprob_sft"}
+    dropped_turns: int = 0
+
+    @property
+    def top_up(self) -> list[dict]:
+        return _top(self.tokens, reverse=True)
+
+    @property
+    def top_down(self) -> list[dict]:
+        return _top(self.tokens, reverse=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"top_up": self.top_up, "top_down": self.top_down}
+
+    def highlighted(self) -> list[tuple[str, str | None]]:
+        """(text, shade) spans for gr.HighlightedText: a shade when the token's log-probability moved by at least
+        NOTICEABLE nats (absolute, so answers compare with each other and version 0 shows none)."""
+        out = []
+        for token in self.tokens:
+            change = token["reward"] / self.beta
+            shade = None
+            if abs(change) >= NOTICEABLE:
+                shade = ("pushed up" if change > 0 else "pushed down") + (" a lot" if abs(change) >= STRONG else "")
+            out.append((token["text"], shade))
+        return out
+
+
+def _top(tokens: list[dict], reverse: bool) -> list[dict]:
+    signed = [dict(t, position=i) for i, t in enumerate(tokens) if (t["reward"] > 0 if reverse else t["reward"] < 0)]
+    return sorted(signed, key=lambda t: t["reward"], reverse=reverse)[:TOP_TOKENS]
+
+
+def answer_tokens(tokenizer, messages: list[dict], answer: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of `answer` after the conversation `messages` (ending with the user's message), as
+    trl's DPOTrainer tokenizes a pair: the answer is what the chat template adds after the prompt, end-of-turn tokens
+    included. Without a chat template: the base framing, then the answer and the end-of-text token."""
+    if getattr(tokenizer, "chat_template", None):
+        prompt = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
+        full = _ids(tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}],
+                                                  tokenize=True))
+        split = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
+        return full[:split], full[split:]
+    text = base_prompt(messages[-1]["content"], messages[:-1])
+    prompt = tokenizer(text, add_special_tokens=True).input_ids
+    answer_ids = tokenizer(" " + answer.strip(), add_special_tokens=False).input_ids
+    return prompt, answer_ids + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])
+
+
+def _ids(encoded) -> list[int]:
+    # apply_chat_template returns a list of ids, or a BatchEncoding in some transformers versions.
+    return list(encoded["input_ids"] if hasattr(encoded, "keys") else encoded)
+
+
+def token_texts(tokenizer, ids: list[int]) -> list[str]:
+    """Each token's text, such that they add up to the decoded answer: a character split over several byte tokens
+    goes to the token that completes it (decoding one byte token alone would give '�')."""
+    texts, before = [], ""
+    for end in range(1, len(ids) + 1):
+        now = tokenizer.decode(ids[:end], skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if now.endswith("\ufffd") and end < len(ids):
+            texts.append("")
+            continue
+        texts.append(now[len(before):])
+        before = now
+    return texts
+
+
+def find_answer(comparison: dict, arm: str) -> dict:
+    """The answer of `comparison` named by `arm`: base, sft, pref or human, or a duel's a / b."""
+    answers = comparison["answers"]
+    arm = str(arm or "").strip().lower()
+    if comparison["mode"] == "duel" and arm in ("a", "b"):
+        models = [a for a in answers if a["arm"] != "human"]
+        if len(models) >= 2:
+            return models["ab".index(arm)]
+    named = [a for a in answers if a["arm"] == arm]
+    if len(named) == 1:
+        return named[0]
+    arms = ", ".join(sorted({a["arm"] for a in answers} | ({"a", "b"} if comparison["mode"] == "duel" else set())))
+    if len(named) > 1:
+        raise StoreError(f"Comparison {comparison['id']} is a duel with two {arm} answers: name one, a or b.")
+    raise StoreError(f"Comparison {comparison['id']} has no {arm or '(empty)'} answer; it has: {arms}.")
+
+
+def explain(engine, store: Store, comparison_id: int, arm: str, version: int | None = None) -> Explanation:
+    """The implicit reward of one stored answer under `version` (default: the serving one). `engine`: any Engine
+    holding the SFT model (`Engine.answer_logprobs`). Raises StoreError for an unknown comparison, answer or version,
+    PromptError when even the answer's own turn does not fit the model's context."""
+    comparison = store.comparison(int(comparison_id))
+    if comparison is None:
+        raise StoreError(f"Comparison {comparison_id} does not exist.")
+    answer = find_answer(comparison, arm)
+    version = store.serving_version() if version is None else int(version)
+    path, beta = None, RoundSettings.beta
+    if version:
+        row = store.version(version)
+        if row is None:
+            raise StoreError(f"Adapter version {version} does not exist.")
+        path = row["path"]
+        beta = float((row.get("hyperparams") or {}).get("beta") or beta)  # the β it was trained with
+    tokenizer = engine.sft.tokenizer
+    messages = [*comparison["history"], {"role": "user", "content": comparison["prompt"]}]
+    answer_text = answer["text"]
+    length = len(answer_tokens(tokenizer, messages[-1:], answer_text)[1])
+    messages, dropped = fit_conversation(
+        messages, lambda m: len(answer_tokens(tokenizer, m, "")[0]),
+        context_budget(engine.sft.config, tokenizer), answer_tokens=length, model="the SFT model")
+    prompt_ids, ids = answer_tokens(tokenizer, messages, answer_text)
+    policy, reference = engine.answer_logprobs(prompt_ids, ids, version, path)
+    texts = token_texts(tokenizer, ids)
+    tokens = [{"text": text, "reward": beta * (p - r), "logprob_policy": p, "logprob_sft": r}
+              for text, p, r in zip(texts, policy, reference)]
+    return Explanation(
+        comparison=comparison["id"], answer_id=answer["id"], arm=answer["arm"],
+        answer_version=answer["adapter_version"], version=version, beta=beta,
+        total_reward=beta * (sum(policy) - sum(reference)), logprob_policy=sum(policy), logprob_sft=sum(reference),
+        tokens=tokens, dropped_turns=dropped)
+
+
+def summary(explanation: Explanation) -> str:
+    """Markdown: the total, what it means, and the tokens pushed most each way."""
+    e = explanation
+    wrote = {"base": "the base model", "sft": "the SFT model", "human": "a person",
+             "pref": f"preference-tuned v{e.answer_version}" if e.answer_version else "the SFT model (v0)"}[e.arm]
+    if e.version == 0:
+        return (f"**Implicit reward 0** for this answer by {wrote}: version 0 has no adapter, so the "
+                "preference-tuned model *is* the SFT model and nothing was learned yet.")
+
+    def listed(tokens):
+        return ", ".join(f"`{_visible(t['text'])}` {t['reward']:+.3f}" for t in tokens) or "none"
+
+    lean = "prefers" if e.total_reward > 0 else "disprefers"
+    return (f"**Implicit reward {e.total_reward:+.3f}** under v{e.version} (β = {e.beta:g}) for this answer by "
+            f"{wrote}: the preference-tuned model {lean} it relative to the SFT model "
+            f"(log-probability {e.logprob_policy:.1f} vs {e.logprob_sft:.1f} over {len(e.tokens)} tokens).  \n"
+            f"**Pushed up most:** {listed(e.top_up)}  \n**Pushed down most:** {listed(e.top_down)}"
+            + (f"  \n(The oldest {e.dropped_turns} turn(s) did not fit the model's context.)" if e.dropped_turns
+               else ""))
+
+
+def _visible(text: str) -> str:
+    """A token as it can be read inside a code span (white space made visible, backticks kept out)."""
+    return (text.replace("`", "'").replace("\n", "⏎").replace(" ", "·") or "∅")
