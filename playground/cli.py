@@ -188,25 +188,68 @@ def cmd_versions(args) -> int:
     rows, serving = facts["versions"], facts["serving_version"]
     if args.json:
         print(json.dumps({"data_set": playground.data_set.name, "serving_version": serving,
-                          "sft_win_rate": facts["sft_win_rate"], "versions": rows}, indent=2, default=str))
+                          "sft_win_rate": facts["sft_win_rate"], "sft_drift": facts["sft_drift"], "versions": rows},
+                         indent=2, default=str))
         return 0
     print(f"data set {playground.data_set.name}")
     if not rows:
         print("No adapter versions yet (version 0 = the SFT model serves the preference arm).")
-        return 0
+    fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
+
+    def drift(d: dict | None) -> str:
+        d = d or {}
+        return (f"{fmt(d.get('mean_tokens'), '.1f'):>6} {fmt(d.get('distinct_2'), '.2f'):>5} "
+                f"{fmt(d.get('kl_to_sft'), '.2f'):>6} {fmt(d.get('sft_perplexity'), '.2f'):>6}")
+
     print(f"{'':2}{'ver':>4} {'parent':>6} {'state':<6} {'pairs':>5} {'loss':>7} {'margin':>7} {'acc':>5} "
-          f"{'votes won':>10}  path")
+          f"{'votes won':>10} {'length':>6} {'dist2':>5} {'KL':>6} {'ppl':>6}  path")
+
+    def won(rate: dict | None) -> str:
+        return f"{rate['rate']:.0%} of {rate['games']}" if rate else "-"
+
+    print(f"{'*' if serving == 0 else ' ':2}{0:>4} {'':>6} {'ready':<6} {'':>5} {'':>7} {'':>7} {'':>5} "
+          f"{won(facts['sft_win_rate']):>10} {drift(facts['sft_drift'])}  (the SFT model, no adapter)")
     for row in rows:
         m = row["metrics"] or {}
-        fmt = lambda v, f: format(v, f) if isinstance(v, (int, float)) else "-"  # noqa: E731
-        rate = row["vote_win_rate"]
-        won = f"{rate['rate']:.0%} of {rate['games']}" if rate else "-"
         print(f"{'*' if row['serving'] else ' ':2}{row['version']:>4} {row['parent_version'] or 0:>6} "
               f"{row['state']:<6} {fmt(row['pairs_used'], 'd'):>5} {fmt(m.get('final_loss'), '.3f'):>7} "
               f"{fmt(m.get('final_reward_margin'), '.3f'):>7} {fmt(m.get('final_reward_accuracy'), '.2f'):>5} "
-              f"{won:>10}  {row['path']}" + (f"  ({row['reason']})" if row["reason"] else ""))
-    print("* = serving")
+              f"{won(row['vote_win_rate']):>10} {drift(row['drift'])}  {row['path']}"
+              + (f"  ({row['reason']})" if row["reason"] else ""))
+    print("* = serving · drift on the fixed prompt set: mean answer length (tokens), distinct-2, KL to SFT (nats per "
+          "answer), perplexity under SFT; - = not measured yet")
     return 0
+
+
+def cmd_evaluate(args) -> int:
+    from . import drift
+    from .models import model_folder
+
+    rounds = settings_from(args, RoundSettings)
+    playground = playground_from(args, rounds)
+    plan = drift.plan_of(rounds)
+    if plan is None:
+        raise ValueError("--eval-tokens is 0: drift evaluation is turned off.")
+    store = playground.store
+    if args.version is not None:
+        if args.version and store.version(args.version) is None:
+            raise StoreError(f"Adapter version {args.version} does not exist.")
+        wanted = [args.version]
+    else:
+        wanted = store.versions_missing_eval(plan.key)
+    sft_dir = model_folder(playground.preset.sft, playground.data_dir, playground.models.trust_remote_code)
+    results = {version: drift.evaluate_stored_version(store, version, sft_dir, plan) for version in wanted}
+    if args.json:
+        print(json.dumps({"eval_set": plan.key, "prompts": len(plan.prompts), "evaluated": results}, indent=2))
+    elif not results:
+        print(f"Every version already has a drift evaluation on these {len(plan.prompts)} prompts "
+              f"(`versions` lists them; --version N measures one again).")
+    else:
+        for version, metrics in results.items():
+            print(f"v{version}: " + ("error: " + metrics["error"] if "error" in metrics else ", ".join(
+                f"{k} {metrics[k]:.3f}" for k in drift.METRICS if metrics.get(k) is not None)
+                + f" ({metrics['seconds']:.1f} s)"))
+    return 1 if any("error" in m for m in results.values()) else 0
 
 
 def cmd_explain(args) -> int:
@@ -434,6 +477,12 @@ def build_parser() -> argparse.ArgumentParser:
     xp.add_argument("--version", type=int, default=None,
                     help="score with this adapter version (0 = none); default: the data set's serving version")
     xp.add_argument("--json", action="store_true")
+
+    ev = command("evaluate", cmd_evaluate, "measure drift (answer length, distinct-2, KL to SFT, perplexity under "
+                 "SFT) on the fixed prompt set, for the versions not measured yet (the trainer does this by itself)",
+                 ModelSettings, RoundSettings)
+    ev.add_argument("--version", type=int, default=None, help="measure this version (0 = the SFT model) again")
+    ev.add_argument("--json", action="store_true")
 
     rb = command("rollback", cmd_rollback, "make another adapter version the serving one (0 = no adapter)",
                  ModelSettings)

@@ -30,8 +30,18 @@ def compute(store: Store) -> dict[str, Any]:
     def win_rate(player: str) -> dict | None:
         return rates.get(player)
 
-    versions = [{k: v.get(k) for k in VERSION_FIELDS} | {"vote_win_rate": win_rate(f"pref v{v['version']}")}
-                for v in store.versions()]
+    drift = drift_by_version(store.version_evals())
+
+    def drift_of(version: int, rate: dict | None) -> dict | None:
+        measured = drift.get(version)
+        return None if measured is None else measured | {"win_rate": rate["rate"] if rate else None,
+                                                           "games": rate["games"] if rate else 0}
+
+    versions = []
+    for v in store.versions():
+        rate = win_rate(f"pref v{v['version']}")
+        versions.append({k: v.get(k) for k in VERSION_FIELDS} | {"vote_win_rate": rate,
+                                                                 "drift": drift_of(v["version"], rate)})
     running = store.running_round()
     return {
         "changes": changes,
@@ -42,10 +52,21 @@ def compute(store: Store) -> dict[str, Any]:
         "steps": store.round_steps(),
         "versions": versions,
         "sft_win_rate": win_rate("sft"),  # version 0: the SFT model plays the preference arm
+        "sft_drift": drift_of(0, win_rate("sft")),  # the baseline every version's drift is read against
         "standings": standings,
         "win_rates": rates,
         "trainer": store.trainer_state(),
     }
+
+
+def drift_by_version(evaluations: list[dict]) -> dict[int, dict]:
+    """{version: metrics} of the prompt set measured last (older sets' figures would not compare), each with its
+    `eval_set` and when it was measured."""
+    if not evaluations:
+        return {}
+    current = evaluations[-1]["eval_set"]
+    return {e["version"]: e["metrics"] | {"eval_set": current, "measured_at": e["created_at"]}
+            for e in evaluations if e["eval_set"] == current}
 
 
 def _round(r: dict) -> dict:

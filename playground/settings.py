@@ -197,6 +197,11 @@ class RoundSettings:
     pairs_per_voter: int = field(default_factory=_default_pairs_per_voter, metadata=_help(
         "most new pairs one voter (address or signed-in user) puts into one round; the rest wait for later "
         "rounds; 0 = no cap"))
+    eval_prompts: str = field(default="", metadata=_help(
+        "the fixed prompt set each version's drift is measured on after its round (JSONL, one "
+        "`{\"prompt\": ...}` a line); empty: assets/drift_prompts.jsonl"))
+    eval_tokens: int = field(default=64, metadata=_help(
+        "most new tokens of each drift sample; 0 = no drift evaluation"))
 
     def __post_init__(self):
         # `--target-modules q_proj,v_proj` reads as one word; the environment variable is comma-separated too.
@@ -207,7 +212,7 @@ class RoundSettings:
                     for name, low in (("min_pairs", 1), ("max_new_pairs", 1), ("replay_pairs", 0), ("epochs", 1),
                                       ("batch_size", 1), ("grad_accumulation", 1), ("max_length", 16),
                                       ("lora_r", 1), ("lora_alpha", 1), ("train_threads", 1),
-                                      ("pairs_per_voter", 0))
+                                      ("pairs_per_voter", 0), ("eval_tokens", 0))
                     if getattr(self, name) < low]
         if not self.learning_rate > 0 or not self.beta > 0:
             problems.append("learning_rate and beta must be positive")

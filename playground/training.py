@@ -225,12 +225,28 @@ def run_round(
         else:
             log.info("Round %d done: version %d published; it does not serve because the serving version changed "
                      "during the round (%s).", round_id, version, metrics)
-        return version
     except BaseException as error:
         store.fail_round(round_id, f"{type(error).__name__}: {error}")
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    # Published first, measured after: the drift evaluation never delays the version (drift.py).
+    _evaluate_published(store, version, peft_model, tokenizer, settings)
+    return version
+
+
+def _evaluate_published(store: Store, version: int, peft_model, tokenizer, settings: RoundSettings) -> None:
+    """The new version's drift, with the model still in memory; a failure is logged, and the idle trainer tries
+    again from the files (the version is published either way)."""
+    from . import drift
+
+    try:
+        plan = drift.plan_of(settings)
+        if plan is not None:
+            peft_model.set_adapter("default")  # trl may leave another adapter active after a round
+            drift.evaluate_and_store(store, version, peft_model, tokenizer, plan, adapter=True)
+    except Exception as error:  # never lose a trained round over a measurement
+        log.warning("Could not measure the drift of v%d now (the idle trainer retries): %s", version, error)
 
 
 def _prepare_for_serving(adapter_dir: Path) -> None:
@@ -245,6 +261,12 @@ def _prepare_for_serving(adapter_dir: Path) -> None:
         runtime.convert_adapter(adapter_dir)
     except Exception as error:  # never lose a trained round over a serving format
         log.warning("Could not prepare the onnx runtime's adapter for %s: %s", adapter_dir, error)
+
+
+def torch_threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
 
 
 def _ensure(path: Path) -> Path:
@@ -282,6 +304,14 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
         log.warning("Round %d was interrupted (trainer killed); its pairs are still pending.", interrupted["id"])
     failures = 0
     said: dict = {}
+    from . import drift
+
+    torch_threads(settings.train_threads)
+    try:
+        plan = drift.plan_of(settings)
+    except Exception as error:  # a missing or broken prompt file must not stop training
+        log.error("No drift evaluation: %s", error)
+        plan = None
 
     def say(state: str, **facts) -> None:
         nonlocal said
@@ -305,6 +335,12 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
                     log.exception("Round failed: %s", error)
                     failures += 1
                     say("waiting", pending=eligible_pair_count(store, settings), failures=failures)
+            elif plan is not None and store.versions_missing_eval(plan.key):
+                # Idle: measure a version that has no drift evaluation yet (version 0 for the baseline, versions
+                # from before, one whose evaluation was interrupted), one a turn, so a round never waits long.
+                say("evaluating", pending=pending)
+                drift.evaluate_one_missing(store, sft_dir, plan)
+                continue
             else:
                 say("waiting", pending=pending, failures=failures)
             time.sleep(poll_seconds * min(2**failures, 30))

@@ -274,6 +274,31 @@ class Rounds:
     def _set_serving(self, conn: sqlite3.Connection, version: int) -> None:
         self._set_meta(conn, "serving_version", str(int(version)))
 
+    # -- drift per version (drift.py) --------------------------------------------------------------------
+
+    def save_version_eval(self, version: int, eval_set: str, metrics: dict) -> None:
+        """What the trainer measured of `version` (0 = the SFT model) on the prompt set `eval_set`; replaces an
+        earlier measurement of the same set."""
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO version_evals (version, eval_set, metrics, created_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (version, eval_set) DO UPDATE SET metrics = excluded.metrics, "
+                "created_at = excluded.created_at",
+                (int(version), eval_set, _json(metrics), time.time()),
+            )
+
+    def version_evals(self) -> list[dict]:
+        """Every stored evaluation, oldest first."""
+        with self._read() as conn:
+            return [_row(r) for r in conn.execute("SELECT * FROM version_evals ORDER BY created_at, version")]
+
+    def versions_missing_eval(self, eval_set: str) -> list[int]:
+        """Version 0 and the ready versions that have no evaluation of `eval_set`."""
+        with self._read() as conn:
+            return [r[0] for r in conn.execute(
+                "SELECT v FROM (SELECT 0 AS v UNION ALL SELECT version FROM adapter_versions WHERE state = 'ready') "
+                "WHERE v NOT IN (SELECT version FROM version_evals WHERE eval_set = ?) ORDER BY v", (eval_set,))]
+
     # -- numbers -------------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, Any]:

@@ -231,6 +231,17 @@ MIGRATIONS: list[str] = [
     ) WHERE kind <> 'thumb';
     CREATE INDEX votes_voter ON votes (voter);
     """,
+    # 6: drift per version (drift.py): what the trainer measured on a fixed prompt set. version 0 = the SFT model
+    # itself (not an adapter_versions row, so no reference); eval_set names the prompt set and length measured.
+    """
+    CREATE TABLE version_evals (
+        version     INTEGER NOT NULL CHECK (version >= 0),
+        eval_set    TEXT NOT NULL,
+        metrics     TEXT NOT NULL DEFAULT '{}' CHECK (json_valid(metrics)),
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (version, eval_set)
+    );
+    """,
 ]
 
 # Meta keys that describe this process or this copy of the file, not the data: never copied, never restored.

@@ -1,0 +1,203 @@
+"""Drift per version: where the votes are taking the preference-tuned model, measured on a fixed prompt set.
+
+After each round the trainer samples the new version's answers to the same prompts (assets/drift_prompts.jsonl, or
+`--eval-prompts`), one answer a prompt, temperature 1 (its own distribution, nothing cut off), seeded, and reports:
+- mean_tokens: answer length in tokens (end-of-turn included); hit_limit: the share that reached --eval-tokens;
+- distinct_2: distinct word bigrams / all word bigrams over the answers (1 = no repetition; collapsing answers fall);
+- kl_to_sft: a sequence-level estimate of KL(π_version ‖ π_SFT), the mean of log π_version(y) − log π_SFT(y) over
+  the version's own samples y, in nats per answer. It is what DPO's β holds back; β·kl_to_sft is the mean implicit
+  reward of the version's own answers (explain.py);
+- sft_perplexity: the perplexity of those answers under the SFT model (does it still write what fluent SFT text
+  looks like).
+The vote win rate is not stored here: it grows with every vote, so the dashboard reads it live.
+
+Publishing never waits for this: the version serves first, then the trainer evaluates it (the first few seconds
+of its life, while nothing else trains). A version without an evaluation of the current prompt set (version 0 =
+the SFT model itself, versions from before, a trainer stopped mid-evaluation, a changed prompt set) is evaluated
+when the trainer is idle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .decoding import SeededSampler
+from .prompting import chat_prompt, load_prompts
+from .settings import RoundSettings
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+DEFAULT_EVAL_PROMPTS = Path(__file__).resolve().parent.parent / "assets" / "drift_prompts.jsonl"
+LOGIT_BUDGET = 64 * 2**20  # floats of logits per forward pass (256 MB)
+METRICS = ("mean_tokens", "distinct_2", "kl_to_sft", "sft_perplexity")
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    prompts: tuple[str, ...]
+    max_new_tokens: int
+    seed: int
+
+    @property
+    def key(self) -> str:
+        """Names what was measured: evaluations of different prompt sets or lengths are not compared."""
+        spec = json.dumps({"prompts": self.prompts, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
+                           "temperature": 1.0, "method": 1}, sort_keys=True)
+        return hashlib.sha1(spec.encode()).hexdigest()[:12]
+
+
+def plan_of(settings: RoundSettings) -> EvalPlan | None:
+    """The evaluation these settings ask for; None when turned off (`--eval-tokens 0`)."""
+    if settings.eval_tokens <= 0:
+        return None
+    prompts = load_prompts(settings.eval_prompts or DEFAULT_EVAL_PROMPTS)
+    return EvalPlan(tuple(p["prompt"] for p in prompts), settings.eval_tokens, settings.train_seed)
+
+
+def distinct_n(texts: list[str], n: int = 2) -> float | None:
+    """Distinct word n-grams / all word n-grams, over all texts together (corpus level); None without any."""
+    grams = [tuple(words[i:i + n]) for words in (t.lower().split() for t in texts)
+             for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) if grams else None
+
+
+def summarize(samples: list[dict], max_new_tokens: int) -> dict:
+    """The drift metrics of samples {"text", "tokens", "logprob", "logprob_sft"} (see the module docstring)."""
+    tokens = sum(s["tokens"] for s in samples)
+    return {
+        "mean_tokens": tokens / len(samples),
+        "hit_limit": sum(s["tokens"] >= max_new_tokens for s in samples) / len(samples),
+        "distinct_2": distinct_n([s["text"] for s in samples]),
+        "kl_to_sft": sum(s["logprob"] - s["logprob_sft"] for s in samples) / len(samples),
+        "sft_perplexity": math.exp(-sum(s["logprob_sft"] for s in samples) / tokens) if tokens else None,
+        "samples": len(samples),
+    }
+
+
+def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[dict]:
+    """The model's answers to the plan's prompts (one batch, temperature 1, a seed per prompt) with their summed
+    log-probabilities under the model and under the SFT model. `adapter`: the model is a PeftModel whose active
+    adapter is the version (the SFT model = the same model with it disabled); else it is the SFT model."""
+    texts = [chat_prompt(tokenizer, p) for p in plan.prompts]
+    add_special = not getattr(tokenizer, "chat_template", None)
+    eos = model.generation_config.eos_token_id
+    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    eos_ids.discard(None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"  # a batch of prompts ends where answers start
+    try:
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+    finally:
+        tokenizer.padding_side = side
+    seeds = [plan.seed + i for i in range(len(texts))]
+    with torch.inference_mode():
+        out = model.generate(**batch, do_sample=False, temperature=None, top_p=None, top_k=None,
+                             max_new_tokens=plan.max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos_ids),
+                             logits_processor=[SeededSampler(seeds, 1.0, 1.0)], use_cache=True)
+    start = batch["input_ids"].shape[1]
+    rows = []
+    for i in range(len(texts)):
+        prompt = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
+        answer = out[i, start:].tolist()
+        end = next((j + 1 for j, t in enumerate(answer) if t in eos_ids), len(answer))
+        rows.append((prompt, answer[:end]))
+    policy = _answer_logprobs(model, rows, pad)
+    if adapter:
+        with model.disable_adapter():
+            reference = _answer_logprobs(model, rows, pad)
+    else:
+        reference = policy
+    return [{"text": tokenizer.decode(answer, skip_special_tokens=True), "tokens": len(answer), "logprob": p,
+             "logprob_sft": r, "prompt_ids": prompt, "answer_ids": answer}
+            for (prompt, answer), p, r in zip(rows, policy, reference)]
+
+
+def _answer_logprobs(model, rows: list[tuple[list[int], list[int]]], pad: int) -> list[float]:
+    """Σ log π(answer tokens | prompt) per row, in right-padded forward passes (padding after a sequence does not
+    change what a causal model computes for it, and positions stay 0..n); a few rows at a time, since the logits of
+    a whole batch over a large vocabulary would take gigabytes."""
+    length = max(len(p) + len(a) for p, a in rows)
+    per_pass = max(1, LOGIT_BUDGET // (length * model.config.get_text_config().vocab_size))
+    sums = []
+    for first in range(0, len(rows), per_pass):
+        chunk = rows[first:first + per_pass]
+        ids = torch.full((len(chunk), length), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (p, a) in enumerate(chunk):
+            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
+            mask[i, :len(p) + len(a)] = 1
+        with torch.inference_mode():
+            logits = model(input_ids=ids, attention_mask=mask).logits
+            for i, (p, a) in enumerate(chunk):
+                if not a:
+                    sums.append(0.0)
+                    continue
+                rows_logits = logits[i, len(p) - 1:len(p) + len(a) - 1].float()
+                logprobs = torch.log_softmax(rows_logits, dim=-1)
+                sums.append(float(logprobs.gather(1, torch.tensor(a)[:, None]).sum()))
+    return sums
+
+
+def evaluate(model, tokenizer, plan: EvalPlan, adapter: bool) -> dict:
+    """The drift metrics of one version (`model` as in sample_and_score), with the seconds it took."""
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        metrics = summarize(sample_and_score(model, tokenizer, plan, adapter), plan.max_new_tokens)
+    finally:
+        model.train(was_training)
+    return metrics | {"prompts": len(plan.prompts), "max_new_tokens": plan.max_new_tokens,
+                      "seconds": time.perf_counter() - started}
+
+
+def evaluate_and_store(store: Store, version: int, model, tokenizer, plan: EvalPlan, adapter: bool) -> dict:
+    metrics = evaluate(model, tokenizer, plan, adapter)
+    store.save_version_eval(version, plan.key, metrics)
+    log.info("Drift of v%d on %d prompts (%.1f s): %s", version, len(plan.prompts), metrics["seconds"],
+             {k: round(metrics[k], 3) for k in METRICS if metrics[k] is not None})
+    return metrics
+
+
+def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: EvalPlan) -> dict:
+    """Evaluate a published version (or 0, the SFT model) from its files; a version that cannot be evaluated gets
+    its error stored instead, so an idle trainer does not try it again and again."""
+    from .training import _load_policy
+
+    try:
+        model, tokenizer = _load_policy(sft_dir)
+        adapter = False
+        if version:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, store.version(version)["path"])
+            adapter = True
+        return evaluate_and_store(store, version, model, tokenizer, plan, adapter)
+    except Exception as error:
+        log.exception("Could not evaluate v%d", version)
+        metrics = {"error": f"{type(error).__name__}: {error}"}
+        store.save_version_eval(version, plan.key, metrics)
+        return metrics
+
+
+def evaluate_one_missing(store: Store, sft_dir: str, plan: EvalPlan | None) -> int | None:
+    """Evaluate one version that has no evaluation of `plan` yet (version 0 first, then the newest); returns it, or
+    None when every version has one. What an idle trainer does, one version at a time so a round is never kept
+    waiting for more than one evaluation."""
+    if plan is None:
+        return None
+    missing = store.versions_missing_eval(plan.key)
+    if not missing:
+        return None
+    version = 0 if 0 in missing else max(missing)
+    evaluate_stored_version(store, version, sft_dir, plan)
+    return version
