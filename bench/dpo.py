@@ -3,7 +3,8 @@
     python bench/dpo.py [--json] [--epochs 1]
 
 Figures: wall time of the round (model load, reference log-probs, training, saving), seconds per optimizer step,
-seconds per pair, and the trainer process's peak RSS (the round runs in a child process, as in the app).
+seconds per pair, and the trainer process's peak RSS (the round runs in a child process, as in the app); the
+drift evaluation the trainer runs after publishing the version, and its share of the round's time to publish.
 
 Baseline, in the same run: a plain trl `DPOTrainer` on the same pairs and the same LoRA with trl's documented
 defaults (batch 8, max_length 1024, gradient checkpointing on, reference log-probs recomputed every step),
@@ -86,6 +87,8 @@ def run(args) -> dict:
         steps = store.round_steps(rnd["id"])
         metrics = store.version(rnd["version"])["metrics"]
         train_s, fit_s = metrics["seconds"], metrics["fit_seconds"]
+        to_publish = rnd["finished_at"] - rnd["started_at"]
+        drift = next((e["metrics"] for e in store.version_evals() if e["version"] == rnd["version"]), {})
     baseline_s = plain_trl_round(sft_dir, args.pairs, settings) if not args.no_baseline else None
     figures = {
         "round_wall_s": round(wall, 1),
@@ -97,6 +100,13 @@ def run(args) -> dict:
         "trainer_peak_rss_mb": round(peak_mb),
         "final_loss": round(steps[-1]["loss"], 4),
         "final_reward_accuracy": steps[-1]["reward_accuracy"],
+        # The drift evaluation runs after the version is published (drift.py): it delays the next round, never this
+        # version; its share is of the round's own time from its start to publishing.
+        "round_start_to_publish_s": round(to_publish, 1),
+        "drift_eval_s": round(drift["seconds"], 1) if "seconds" in drift else None,
+        "drift_eval_share_of_round": round(drift["seconds"] / to_publish, 3) if "seconds" in drift else None,
+        "drift": {k: round(drift[k], 3) for k in ("mean_tokens", "hit_limit", "distinct_2", "kl_to_sft",
+                                                  "sft_perplexity") if drift.get(k) is not None},
     }
     if baseline_s is not None:
         app_per_pair = fit_s / (args.pairs * args.epochs)

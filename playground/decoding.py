@@ -27,17 +27,22 @@ class SeededSampler(LogitsProcessor):
     when several generations run in parallel threads and when rows are batched together.
     """
 
-    def __init__(self, seeds: list[int], temperature: float, top_p: float):
+    def __init__(self, seeds: list[int], temperature: float, top_p: float, record: bool = False):
+        """record: keep each step's log-probabilities of the sampled tokens (`recorded`, one tensor per step) as
+        the sampling distribution gives them: at temperature 1 without top-p, the model's own log π(token)."""
         self.generators = [torch.Generator().manual_seed(seed) for seed in seeds]
         self.warpers = [TemperatureLogitsWarper(temperature)]
         if top_p < 1:
             self.warpers.append(TopPLogitsWarper(top_p))
+        self.recorded: list[torch.Tensor] | None = [] if record else None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for warper in self.warpers:
             scores = warper(input_ids, scores)
         probs = torch.softmax(scores.float(), dim=-1).cpu()
         chosen = torch.stack([torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)])
+        if self.recorded is not None:
+            self.recorded.append(torch.log_softmax(scores.float(), dim=-1).cpu().gather(1, chosen)[:, 0])
         masked = torch.full_like(scores, float("-inf"))
         return masked.scatter_(1, chosen.to(scores.device), 0.0)
 

@@ -85,8 +85,9 @@ def summarize(samples: list[dict], max_new_tokens: int) -> dict:
 
 def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[dict]:
     """The model's answers to the plan's prompts (one batch, temperature 1, a seed per prompt) with their summed
-    log-probabilities under the model and under the SFT model. `adapter`: the model is a PeftModel whose active
-    adapter is the version (the SFT model = the same model with it disabled); else it is the SFT model."""
+    log-probabilities under the model (recorded while sampling) and under the SFT model (one more pass over the
+    batch). `adapter`: the model is a PeftModel whose active adapter is the version (the SFT model = the same
+    model with it disabled); else it is the SFT model."""
     texts = [chat_prompt(tokenizer, p) for p in plan.prompts]
     add_special = not getattr(tokenizer, "chat_template", None)
     eos = model.generation_config.eos_token_id
@@ -98,52 +99,46 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
     finally:
         tokenizer.padding_side = side
-    seeds = [plan.seed + i for i in range(len(texts))]
+    sampler = SeededSampler([plan.seed + i for i in range(len(texts))], 1.0, 1.0, record=True)
     with torch.inference_mode():
         out = model.generate(**batch, do_sample=False, temperature=None, top_p=None, top_k=None,
                              max_new_tokens=plan.max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos_ids),
-                             logits_processor=[SeededSampler(seeds, 1.0, 1.0)], use_cache=True)
+                             logits_processor=[sampler], use_cache=True)
     start = batch["input_ids"].shape[1]
-    rows = []
-    for i in range(len(texts)):
-        prompt = batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist()
-        answer = out[i, start:].tolist()
-        end = next((j + 1 for j, t in enumerate(answer) if t in eos_ids), len(answer))
-        rows.append((prompt, answer[:end]))
-    policy = _answer_logprobs(model, rows, pad)
+    answers, lengths = out[:, start:], []
+    for row in answers.tolist():
+        lengths.append(next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row)))
+    steps = torch.stack(sampler.recorded, dim=1)  # rows x steps
+    policy = [float(steps[i, :n].sum()) for i, n in enumerate(lengths)]
     if adapter:
         with model.disable_adapter():
-            reference = _answer_logprobs(model, rows, pad)
+            reference = _answer_logprobs(model, batch["attention_mask"], out, lengths)
     else:
         reference = policy
-    return [{"text": tokenizer.decode(answer, skip_special_tokens=True), "tokens": len(answer), "logprob": p,
-             "logprob_sft": r, "prompt_ids": prompt, "answer_ids": answer}
-            for (prompt, answer), p, r in zip(rows, policy, reference)]
+    return [{"text": tokenizer.decode(answers[i, :n], skip_special_tokens=True), "tokens": n, "logprob": p,
+             "logprob_sft": r, "prompt_ids": batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist(),
+             "answer_ids": answers[i, :n].tolist()}
+            for i, (n, p, r) in enumerate(zip(lengths, policy, reference))]
 
 
-def _answer_logprobs(model, rows: list[tuple[list[int], list[int]]], pad: int) -> list[float]:
-    """Σ log π(answer tokens | prompt) per row, in right-padded forward passes (padding after a sequence does not
-    change what a causal model computes for it, and positions stay 0..n); a few rows at a time, since the logits of
-    a whole batch over a large vocabulary would take gigabytes."""
-    length = max(len(p) + len(a) for p, a in rows)
-    per_pass = max(1, LOGIT_BUDGET // (length * model.config.get_text_config().vocab_size))
+def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, lengths: list[int]) -> list[float]:
+    """Σ log π(answer tokens | prompt) per row of `generate`'s output (left-padded prompts, then the answers), in
+    one pass as generate saw them: padding masked, positions counted from each row's first token, and logits only
+    for the answer positions (the prompts' would cost a vocabulary-wide matrix product each); a few rows a pass,
+    since logits over a large vocabulary take gigabytes."""
+    steps = sequences.shape[1] - prompt_mask.shape[1]
+    answer_mask = torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]
+    mask = torch.cat([prompt_mask, answer_mask.long()], dim=1)
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    per_pass = max(1, LOGIT_BUDGET // ((steps + 1) * model.config.get_text_config().vocab_size))
     sums = []
-    for first in range(0, len(rows), per_pass):
-        chunk = rows[first:first + per_pass]
-        ids = torch.full((len(chunk), length), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (p, a) in enumerate(chunk):
-            ids[i, :len(p) + len(a)] = torch.tensor(p + a)
-            mask[i, :len(p) + len(a)] = 1
-        with torch.inference_mode():
-            logits = model(input_ids=ids, attention_mask=mask).logits
-            for i, (p, a) in enumerate(chunk):
-                if not a:
-                    sums.append(0.0)
-                    continue
-                rows_logits = logits[i, len(p) - 1:len(p) + len(a) - 1].float()
-                logprobs = torch.log_softmax(rows_logits, dim=-1)
-                sums.append(float(logprobs.gather(1, torch.tensor(a)[:, None]).sum()))
+    with torch.inference_mode():
+        for first in range(0, len(lengths), per_pass):
+            rows = slice(first, first + per_pass)
+            logits = model(input_ids=sequences[rows], attention_mask=mask[rows], position_ids=positions[rows],
+                           logits_to_keep=steps + 1).logits[:, :-1].float()  # position t predicts answer token t
+            logprobs = torch.log_softmax(logits, dim=-1).gather(2, sequences[rows, -steps:, None])[..., 0]
+            sums += [float(logprobs[i, :n].sum()) for i, n in enumerate(lengths[rows])]
     return sums
 
 

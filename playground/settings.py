@@ -200,7 +200,7 @@ class RoundSettings:
     eval_prompts: str = field(default="", metadata=_help(
         "the fixed prompt set each version's drift is measured on after its round (JSONL, one "
         "`{\"prompt\": ...}` a line); empty: assets/drift_prompts.jsonl"))
-    eval_tokens: int = field(default=64, metadata=_help(
+    eval_tokens: int = field(default=48, metadata=_help(
         "most new tokens of each drift sample; 0 = no drift evaluation"))
 
     def __post_init__(self):
