@@ -4,9 +4,9 @@ After each round the trainer samples the new version's answers to the same promp
 `--eval-prompts`), one answer a prompt, temperature 1 (its own distribution, nothing cut off), seeded, and reports:
 - mean_tokens: answer length in tokens (end-of-turn included); hit_limit: the share that reached --eval-tokens;
 - distinct_2: distinct word bigrams / all word bigrams over the answers (1 = no repetition; collapsing answers fall);
-- kl_to_sft: a sequence-level estimate of KL(π_version ‖ π_SFT), the mean of log π_version(y) − log π_SFT(y) over
-  the version's own samples y, in nats per answer. It is what DPO's β holds back; β·kl_to_sft is the mean implicit
-  reward of the version's own answers (explain.py);
+- kl_to_sft: a sequence-level estimate of KL(π_version ‖ π_SFT) from the version's own samples y, in nats per
+  answer (`kl_estimate`: its expectation is that of log π_version(y) − log π_SFT(y), i.e. the mean implicit reward
+  of the version's own answers divided by β, see explain.py). It is what DPO's β holds back;
 - sft_perplexity: the perplexity of those answers under the SFT model (does it still write what fluent SFT text
   looks like).
 The vote win rate is not stored here: it grows with every vote, so the dashboard reads it live.
@@ -71,13 +71,13 @@ def distinct_n(texts: list[str], n: int = 2) -> float | None:
 
 
 def summarize(samples: list[dict], max_new_tokens: int) -> dict:
-    """The drift metrics of samples {"text", "tokens", "logprob", "logprob_sft"} (see the module docstring)."""
+    """The drift metrics of samples {"text", "tokens", "logprob_sft", "kl"} (see the module docstring)."""
     tokens = sum(s["tokens"] for s in samples)
     return {
         "mean_tokens": tokens / len(samples),
         "hit_limit": sum(s["tokens"] >= max_new_tokens for s in samples) / len(samples),
         "distinct_2": distinct_n([s["text"] for s in samples]),
-        "kl_to_sft": sum(s["logprob"] - s["logprob_sft"] for s in samples) / len(samples),
+        "kl_to_sft": sum(s["kl"] for s in samples) / len(samples),
         "sft_perplexity": math.exp(-sum(s["logprob_sft"] for s in samples) / tokens) if tokens else None,
         "samples": len(samples),
     }
@@ -109,20 +109,30 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
     for row in answers.tolist():
         lengths.append(next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row)))
     steps = torch.stack(sampler.recorded, dim=1)  # rows x steps
-    policy = [float(steps[i, :n].sum()) for i, n in enumerate(lengths)]
+    policy = [steps[i, :n] for i, n in enumerate(lengths)]
     if adapter:
         with model.disable_adapter():
             reference = _answer_logprobs(model, batch["attention_mask"], out, lengths)
     else:
         reference = policy
-    return [{"text": tokenizer.decode(answers[i, :n], skip_special_tokens=True), "tokens": n, "logprob": p,
-             "logprob_sft": r, "prompt_ids": batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist(),
+    return [{"text": tokenizer.decode(answers[i, :n], skip_special_tokens=True), "tokens": n,
+             "logprob": float(p.sum()), "logprob_sft": float(r.sum()), "kl": kl_estimate(p, r),
+             "prompt_ids": batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist(),
              "answer_ids": answers[i, :n].tolist()}
             for i, (n, p, r) in enumerate(zip(lengths, policy, reference))]
 
 
-def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, lengths: list[int]) -> list[float]:
-    """Σ log π(answer tokens | prompt) per row of `generate`'s output (left-padded prompts, then the answers), in
+def kl_estimate(logprobs: torch.Tensor, logprobs_sft: torch.Tensor) -> float:
+    """KL(π ‖ π_SFT) of one answer y sampled from π, from its per-token log-probabilities: Σ_t (e^d − 1 − d), with
+    d = log π_SFT(y_t) − log π(y_t). Each term is an unbiased estimate of the KL of that token's distribution given
+    the tokens before it (Schulman's "k3"), so the sum estimates the KL of the sequence; unlike the plain
+    log π(y) − log π_SFT(y) (equal in expectation) it is never negative and varies less between samples."""
+    d = (logprobs_sft.double() - logprobs.double())
+    return float((d.exp() - 1 - d).sum())
+
+
+def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+    """log π(answer token | everything before it) per row of `generate`'s output (left-padded prompts, then the answers), in
     one pass as generate saw them: padding masked, positions counted from each row's first token, and logits only
     for the answer positions (the prompts' would cost a vocabulary-wide matrix product each); a few rows a pass,
     since logits over a large vocabulary take gigabytes."""
@@ -138,7 +148,7 @@ def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, 
             logits = model(input_ids=sequences[rows], attention_mask=mask[rows], position_ids=positions[rows],
                            logits_to_keep=steps + 1).logits[:, :-1].float()  # position t predicts answer token t
             logprobs = torch.log_softmax(logits, dim=-1).gather(2, sequences[rows, -steps:, None])[..., 0]
-            sums += [float(logprobs[i, :n].sum()) for i, n in enumerate(lengths[rows])]
+            sums += [logprobs[i, :n] for i, n in enumerate(lengths[rows])]
     return sums
 
 

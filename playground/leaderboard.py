@@ -14,6 +14,7 @@ mean is 1000.
 
 from __future__ import annotations
 
+import html
 import math
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
@@ -161,3 +162,48 @@ def table(rows: Sequence[Standing]) -> list[list]:
         [rank, s.player, round(s.rating), f"{s.ci_low:.0f} – {s.ci_high:.0f}", s.comparisons, f"{s.win_rate:.0%}"]
         for rank, s in enumerate(rows, 1)
     ]
+
+
+def interval_plot(rows: Sequence[Standing]) -> str:
+    """The ratings as a picture: one line per player from the low to the high end of its 95% interval, a dot at
+    its rating, the mean (1000) dashed; players in their natural order (base, sft, pref v1, v2, …) so the effect
+    of each version reads top to bottom. SVG drawn in the page theme's own colours (CSS variables), so it reads in
+    light and dark mode; only numbers and the players' generated names reach it."""
+    if not rows:
+        return "<div class='pg-meta'>No games yet: the picture appears with the first decisive vote.</div>"
+    rows = sorted(rows, key=lambda s: _player_order(s.player))
+    low = min(min(s.ci_low for s in rows), CENTRE)
+    high = max(max(s.ci_high for s in rows), CENTRE)
+    step = next(s for s in (10, 25, 50, 100, 200, 500, 1000, 2000) if (high - low) / s <= 8)
+    low, high = step * math.floor(low / step - 0.5), step * math.ceil(high / step + 0.5)
+    width, left, right, row_height, top = 640, 90, 150, 30, 10
+    plot_width = width - left - right
+    height = top + row_height * len(rows) + 34
+
+    def x(value: float) -> float:
+        return left + plot_width * (value - low) / (high - low)
+
+    parts = [f"<line x1='{x(CENTRE):.1f}' y1='{top - 4}' x2='{x(CENTRE):.1f}' y2='{height - 30}' "
+             "style='stroke: var(--body-text-color-subdued)' stroke-dasharray='4 3'/>"]
+    tick = low
+    while tick <= high:
+        parts.append(f"<line x1='{x(tick):.1f}' y1='{height - 30}' x2='{x(tick):.1f}' y2='{height - 26}' "
+                     "stroke='currentColor'/>"
+                     f"<text x='{x(tick):.1f}' y='{height - 12}' text-anchor='middle' font-size='11'>{tick:.0f}</text>")
+        tick += step
+    for i, s in enumerate(rows):
+        y = top + row_height * i + row_height / 2
+        parts.append(
+            f"<text x='{left - 10}' y='{y + 4:.1f}' text-anchor='end' font-size='13'>{html.escape(s.player)}</text>"
+            f"<line x1='{x(s.ci_low):.1f}' y1='{y:.1f}' x2='{x(s.ci_high):.1f}' y2='{y:.1f}' "
+            "style='stroke: var(--color-accent)' stroke-width='3' stroke-linecap='round'/>"
+            f"<circle cx='{x(s.rating):.1f}' cy='{y:.1f}' r='5' stroke-width='1.5' "
+            "style='fill: var(--color-accent); stroke: var(--background-fill-primary)'/>"
+            f"<text x='{width - right + 10}' y='{y + 4:.1f}' font-size='12'>{s.rating:.0f} "
+            f"({s.ci_low:.0f}–{s.ci_high:.0f}) · {s.comparisons}</text>")
+    return (f"<div class='pg-ratings' style='color: var(--body-text-color)'>"
+            f"<svg viewBox='0 0 {width} {height}' width='100%' role='img' "
+            f"aria-label='Ratings with 95% intervals' style='font-family: var(--font); fill: currentColor'>"
+            + "".join(parts) + "</svg>"
+            "<div class='pg-meta'>Rating (dot) and 95% interval (line) per player; dashed: the mean, 1000. Right: "
+            "rating (interval) · games.</div></div>")

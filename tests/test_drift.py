@@ -28,14 +28,27 @@ def test_distinct_2_and_the_summary_on_a_hand_made_case():
     # bigrams: (a b) (b a) (a b) | (a b) (b c): 5 in all, 3 distinct
     assert drift.distinct_n(["a b a b", "A b c"]) == pytest.approx(3 / 5)
     assert drift.distinct_n(["one", ""]) is None
-    samples = [{"text": "a b a b", "tokens": 4, "logprob": -2.0, "logprob_sft": -3.0},
-               {"text": "a b c", "tokens": 12, "logprob": -5.0, "logprob_sft": -4.0}]
+    samples = [{"text": "a b a b", "tokens": 4, "logprob": -2.0, "logprob_sft": -3.0, "kl": 0.5},
+               {"text": "a b c", "tokens": 12, "logprob": -5.0, "logprob_sft": -4.0, "kl": 0.25}]
     got = drift.summarize(samples, max_new_tokens=12)
     assert got["mean_tokens"] == 8
     assert got["hit_limit"] == 0.5
     assert got["distinct_2"] == pytest.approx(0.6)
-    assert got["kl_to_sft"] == pytest.approx(((-2 + 3) + (-5 + 4)) / 2)  # = 0
+    assert got["kl_to_sft"] == pytest.approx(0.375)
     assert got["sft_perplexity"] == pytest.approx(math.exp(7 / 16))
+
+
+def test_the_kl_estimate_on_a_hand_made_case():
+    same = torch.tensor([-1.0, -2.0])
+    assert drift.kl_estimate(same, same) == 0
+    # d = log π_SFT − log π = [−1, +1]: (e^−1 − 1 + 1) + (e − 1 − 1)
+    got = drift.kl_estimate(torch.tensor([-1.0, -2.0]), torch.tensor([-2.0, -1.0]))
+    assert got == pytest.approx(math.exp(-1) + math.exp(1) - 2)
+    assert got > 0
+    # Its mean over samples from π is KL(π ‖ π_SFT): exact for a two-outcome distribution, one token.
+    p, q = torch.tensor([0.8, 0.2]), torch.tensor([0.5, 0.5])
+    mean = sum(p[i] * drift.kl_estimate(p[i:i + 1].log(), q[i:i + 1].log()) for i in range(2))
+    assert float(mean) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
 
 
 def independent_logprob(model, prompt_ids, answer_ids) -> float:
@@ -66,9 +79,8 @@ def test_samples_are_scored_like_one_unpadded_sequence_each(tiny_models, tiny_ad
         assert s["logprob_sft"] == pytest.approx(independent_logprob(plain, s["prompt_ids"], s["answer_ids"]),
                                                  abs=1e-3)
         assert 1 <= s["tokens"] <= 12
-    summary = drift.summarize(samples, 12)
-    assert summary["kl_to_sft"] == pytest.approx(
-        sum(s["logprob"] - s["logprob_sft"] for s in samples) / len(samples))
+    assert all(s["kl"] > 0 for s in samples)
+    assert drift.summarize(samples, 12)["kl_to_sft"] == pytest.approx(sum(s["kl"] for s in samples) / len(samples))
 
 
 @pytest.fixture()

@@ -10,6 +10,7 @@ from helpers import add_compare
 from playground.core import Playground
 from playground.settings import ModelSettings
 from playground.ui import Page, build_app
+from playground.ui.panel import OUTPUTS
 
 SKIP = gr.skip()
 
@@ -44,10 +45,10 @@ def test_many_pages_share_one_computation_per_change(tmp_path):
     store.vote_best("s", cid, [ids["sft"]])  # a vote changes the counts, the ratings, the pending pairs
     after = [tick(i) for i in range(20)]
     assert (dashboard.computed, panel.rendered) == (2, 2)
-    names = ("status", "training", "progress", "loss", "margin", "accuracy", "versions", "leaderboard", "counts",
-             "stats")
+    names = OUTPUTS
     changed = {name for name, value in zip(names, after[0]) if not skipped(value)}
-    assert changed == {"training", "versions", "leaderboard", "counts", "stats"}
+    assert changed == {"training", "versions", "leaderboard", "leaderboard_plot", "counts", "stats"}
+    assert "sft" in after[0][names.index("leaderboard_plot")] and "<svg" in after[0][names.index("leaderboard_plot")]
     board = after[0][names.index("leaderboard")]
     assert [row[1] for row in board] == ["sft", "base"], "the SFT answer won: it leads"
 

@@ -185,6 +185,24 @@ class Records:
                                                (chat_id,))]
         return [self.comparison(i) for i in ids]
 
+    def conversation(self, comparison_id: int) -> list[dict]:
+        """The turns this comparison continues, oldest first, ending with it: each turn's parent answer leads to the
+        turn before (a regenerated turn is not on the path; the turn continued from is)."""
+        turns, seen = [], set()
+        current = self.comparison(comparison_id)
+        while current is not None and current["id"] not in seen:
+            seen.add(current["id"])
+            turns.append(current)
+            parent = self.answer(current["parent_answer_id"]) if current["parent_answer_id"] else None
+            current = self.comparison(parent["comparison_id"]) if parent else None
+        return turns[::-1]
+
+    def has_voted(self, session_id: str, comparison_id: int) -> bool:
+        """Whether this session gave any verdict or rating on the comparison (blind names may show after it)."""
+        with self._read() as conn:
+            return conn.execute("SELECT 1 FROM votes WHERE session_id = ? AND comparison_id = ? LIMIT 1",
+                                (session_id, comparison_id)).fetchone() is not None
+
     # -- corrections -----------------------------------------------------------------------------------
 
     def add_correction(self, session_id: str, comparison_id: int, text: str, *,

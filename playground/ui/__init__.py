@@ -4,6 +4,7 @@ votes, versions, exports); the shared panels are rendered once per change (panel
     common.py    the Page (playground + server policies), queue groups, formatting, streaming into the page
     compare.py   Compare: three answers, best / ranking / all bad / good-bad
     duel.py      Duel: two answers, A / B / tie / both bad
+    explain.py   Why this answer: the implicit reward per token, under each chat tab and as the `explain` endpoint
     training.py  Training: status, progress, plots, versions, Train now, rollback
     data.py      Leaderboard and Data: ratings, counts, exports, Hub pushes
     panel.py     the refresh every page runs, computed once per change for all of them
@@ -22,6 +23,7 @@ from .common import CSS, PANEL, QUEUE_SIZE, REFRESH_SECONDS, THEME, Page
 from .compare import CompareTab
 from .data import DataTab
 from .duel import DuelTab
+from .explain import ExplainView, explain_endpoint
 from .panel import OUTPUTS, Panel
 from .training import TrainingTab
 
@@ -51,6 +53,7 @@ def build_app(page: Page) -> gr.Blocks:
             gr.LoginButton(size="sm")
         refreshed["status"] = gr.Markdown(page.status_line(), elem_id="status-line", label="status")
         sent = gr.State({})
+        explain_endpoint(ExplainView(page, [], "api"))  # first, so no private event takes its name
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 compare.build([p["prompt"] for p in prompts][:10])

@@ -25,6 +25,7 @@ from ..generation import ARM_TITLES, ARMS
 from ..store import StoreError, VoteError
 from .common import (GENERATION, VOTES, Page, answer_dict, blind_title, chat_column, fixed, kept_label, meta,
                      prompt_box, sampling_controls, session, stream_answers, title, transcript, vote_problem)
+from .explain import ExplainView
 
 NEW_CHAT_HINT = "New conversation: type a message below. Every turn, all three models answer the same conversation."
 
@@ -270,6 +271,7 @@ class CompareTab:
                                 info="Kept as a demonstration (SFT data), preferred over every model answer of the "
                                      "turn (DPO pairs), and the conversation continues from it.")
             submit_better = gr.Button("Submit better answer", elem_id="correction-btn")
+        ExplainView(self.page, [(ARM_TITLES[arm], arm) for arm in ARMS], "compare").build(state)
         # API-only inputs: a thumb names its column and direction; continue_from names a column.
         thumb_column = gr.Number(visible=False, precision=0, label="column")
         thumb_up = gr.Checkbox(visible=False, label="up")

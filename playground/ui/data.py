@@ -73,11 +73,16 @@ class DataTab:
             "all-bad, both-bad, thumbs and identical answers are left out. The preference-tuned arm at version 0 is "
             "the SFT model, so it counts as **sft**. 95% intervals: 200 bootstrap resamples of the votes. The "
             "training pairs come from the same games (a tie makes none).")
-        board = gr.Dataframe(headers=leaderboard.TABLE_HEADERS, interactive=False, elem_id="leaderboard",
-                             label="Ratings")
-        refresh = gr.Button("Refresh", size="sm")
+        with gr.Row():
+            with gr.Column(scale=1):
+                board = gr.Dataframe(headers=leaderboard.TABLE_HEADERS, interactive=False, elem_id="leaderboard",
+                                     label="Ratings")
+                refresh = gr.Button("Refresh", size="sm")
+            with gr.Column(scale=1):
+                picture = gr.HTML(leaderboard.interval_plot([]), elem_id="leaderboard-plot",
+                                  label="Ratings with 95% intervals")
         refresh.click(self.leaderboard, None, [board], api_name="leaderboard", **PANEL)
-        return {"leaderboard": board}
+        return {"leaderboard": board, "leaderboard_plot": picture}
 
     def build_data(self) -> dict:
         counts = gr.Dataframe(headers=COUNT_HEADERS, interactive=False, label="Counts", elem_id="counts")

@@ -15,6 +15,7 @@ from ..generation import ARMS
 from ..store import StoreError, VoteError
 from .common import (GENERATION, VOTES, Page, answer_dict, chat_column, fixed, kept_label, meta, sampling_controls,
                      session, stream_answers, title, transcript, vote_problem)
+from .explain import ExplainView
 
 KEYS = ("a", "b")
 
@@ -122,6 +123,7 @@ class DuelTab:
                        "tie": gr.Button("Tie", elem_id="duel-tie"),
                        "both_bad": gr.Button("Both bad", elem_id="duel-both-bad")}
         vote_message = gr.Markdown(elem_id="duel-vote-status", label="vote message")
+        ExplainView(self.page, [("Answer A", "a"), ("Answer B", "b")], "duel").build(state)
         outcome = gr.Textbox(visible=False, label="outcome")
         vote_api = gr.Button(visible=False)
 

@@ -18,10 +18,11 @@ import pandas as pd
 from .. import leaderboard
 from .common import Page
 from .data import counts_table
-from .training import plot_frame, progress_html, steps_frame, training_status, versions_table
+from .training import (DRIFT_PLOTS, drift_frame, drift_plot, plot_frame, progress_html, steps_frame,
+                       training_status, versions_table)
 
-OUTPUTS = ("status", "training", "progress", "loss", "margin", "accuracy", "versions", "leaderboard", "counts",
-           "stats")
+OUTPUTS = ("status", "training", "progress", "loss", "margin", "accuracy", "versions", *(p[0] for p in DRIFT_PLOTS),
+           "leaderboard", "leaderboard_plot", "counts", "stats")
 
 
 class Panel:
@@ -73,15 +74,17 @@ class Panel:
             # The pending pairs a round could take under the per-voter cap (what min_pairs is compared with).
             "pairs_eligible": pg.store.pending_pair_count(per_voter=pg.round_settings.pairs_per_voter),
             "running_round": facts["running_round"],
+            "sft_drift": facts["sft_drift"],
             "rounds": facts["rounds"],
             "versions": [{k: v[k] for k in ("version", "parent_version", "state", "reason", "pairs_used", "serving",
-                                            "served_on_publish", "metrics", "vote_win_rate")}
+                                            "served_on_publish", "metrics", "vote_win_rate", "drift")}
                          for v in facts["versions"]],
         }
 
     def _render(self, facts: dict) -> dict:
         stats = self.stats(facts)
         steps = steps_frame(facts["steps"], facts["rounds"])
+        drift = drift_frame(facts)
         return {
             "status": stats["status"],
             "training": training_status(facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"],
@@ -91,7 +94,9 @@ class Panel:
             "margin": plot_frame(steps, "reward_margin"),
             "accuracy": plot_frame(steps, "reward_accuracy"),
             "versions": versions_table(facts),
+            **{name: drift_plot(drift, column) for name, column, _ in DRIFT_PLOTS},
             "leaderboard": leaderboard.table(facts["standings"]),
+            "leaderboard_plot": leaderboard.interval_plot(facts["standings"]),
             "counts": counts_table(facts["counts"]),
             "stats": stats,
         }

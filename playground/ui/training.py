@@ -13,6 +13,12 @@ import pandas as pd
 from ..store import StoreError
 from .common import VOTES, Page, code
 
+# (panel output, drift metric, title)
+DRIFT_PLOTS = (("drift_length", "mean_tokens", "Answer length (tokens)"),
+               ("drift_distinct", "distinct_2", "Distinct-2"),
+               ("drift_kl", "kl_to_sft", "KL to SFT (nats per answer)"),
+               ("drift_perplexity", "sft_perplexity", "Perplexity under SFT"),
+               ("drift_win_rate", "win_rate", "Vote win rate"))
 VERSION_HEADERS = ["version", "serving", "parent", "state", "pairs", "final loss", "reward margin", "reward acc",
                    "vote win rate"]
 
@@ -72,6 +78,18 @@ class TrainingTab:
                     "won in the votes (ties half), the games the leaderboard counts.")
         versions = gr.Dataframe(headers=VERSION_HEADERS, interactive=False, elem_id="versions",
                                 label="Adapter versions")
+        gr.Markdown("**Drift per version**, measured by the trainer right after each round on a fixed prompt set "
+                    "(one sampled answer a prompt, temperature 1; version 0 is the SFT model): answer length in tokens, "
+                    "distinct-2 (share of word pairs not repeated: falls when answers collapse into repetition), a "
+                    "sequence-level estimate of KL to the SFT model (nats per answer: how far the votes moved it), "
+                    "the perplexity of its answers under the SFT model, and its vote win rate so far.",
+                    elem_id="drift-help")
+        drift_plots = {}
+        for row in (DRIFT_PLOTS[:3], DRIFT_PLOTS[3:]):
+            with gr.Row():
+                for name, column, title in row:
+                    drift_plots[name] = gr.LinePlot(x="version", y=column, title=title, height=220,
+                                                    x_title="version", elem_id=name.replace("_", "-"))
         with gr.Row():
             version = gr.Number(label="Serve version (0 = no adapter)", precision=0, value=0)
             token = gr.Textbox(label="Admin token", type="password", visible=self.page.admin_gated)
@@ -80,7 +98,7 @@ class TrainingTab:
 
         train_btn.click(self.train_now, None, [train_message], api_name="train_now", **VOTES)
         rollback_btn.click(self.rollback, [version, token], [rollback_message], api_name="rollback", **VOTES)
-        return {"training": training, "progress": progress, **plots, "versions": versions}
+        return {"training": training, "progress": progress, **plots, "versions": versions, **drift_plots}
 
 
 # ---- rendering the shared figures -----------------------------------------------------------------------------
@@ -172,3 +190,17 @@ def versions_table(facts: dict) -> list[list]:
                      number(m.get("final_reward_margin"), ".3f"), number(m.get("final_reward_accuracy"), ".2f"),
                      rate(v["vote_win_rate"])])
     return rows
+
+
+def drift_frame(facts: dict) -> pd.DataFrame:
+    """One row per measured version (0 = the SFT model), one column per drift metric."""
+    columns = [column for _, column, _ in DRIFT_PLOTS]
+    measured = [(0, facts.get("sft_drift"))] + [(v["version"], v["drift"]) for v in facts["versions"]
+                                                 if v["state"] == "ready"]
+    rows = [{"version": version, **{c: drift.get(c) for c in columns}}
+            for version, drift in measured if drift and "error" not in drift]
+    return pd.DataFrame(rows, columns=["version", *columns], dtype=float)
+
+
+def drift_plot(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    return frame[["version", column]].dropna().reset_index(drop=True)
