@@ -23,8 +23,7 @@ from .settings import RoundSettings
 from .store import Store, StoreError
 
 TOP_TOKENS = 5
-# Per-token log-probability changes (nats) that colour a token: beyond STRONG it is a strong push.
-NOTICEABLE, STRONG = 0.1, 1.0
+MOVED = 1e-3  # nats: an answer none of whose tokens moved more than this is shown uncoloured
 SHADES = {"pushed up a lot": "#2563eb", "pushed up": "#93c5fd", "pushed down": "#fdba74",
           "pushed down a lot": "#ea580c"}  # blue/orange: told apart with any colour vision, on light and dark
 
@@ -55,14 +54,16 @@ class Explanation:
         return asdict(self) | {"top_up": self.top_up, "top_down": self.top_down}
 
     def highlighted(self) -> list[tuple[str, str | None]]:
-        """(text, shade) spans for gr.HighlightedText: a shade when the token's log-probability moved by at least
-        NOTICEABLE nats (absolute, so answers compare with each other and version 0 shows none)."""
+        """(text, shade) spans for gr.HighlightedText. Shades are relative to the answer's most moved token (at least
+        half of its change: "a lot"; at least a tenth: a shade), so the tokens the votes moved most show whatever
+        the size of the round; an answer whose tokens all moved less than MOVED nats (version 0) shows none."""
+        changes = [token["reward"] / self.beta for token in self.tokens]
+        scale = max((abs(c) for c in changes), default=0.0)
         out = []
-        for token in self.tokens:
-            change = token["reward"] / self.beta
+        for token, change in zip(self.tokens, changes):
             shade = None
-            if abs(change) >= NOTICEABLE:
-                shade = ("pushed up" if change > 0 else "pushed down") + (" a lot" if abs(change) >= STRONG else "")
+            if scale >= MOVED and abs(change) >= 0.1 * scale:
+                shade = ("pushed up" if change > 0 else "pushed down") + (" a lot" if abs(change) >= 0.5 * scale else "")
             out.append((token["text"], shade))
         return out
 

@@ -29,7 +29,8 @@ def app(tiny_models, tmp_path_factory):
     assert Path(CHROMIUM).exists(), "the browser tests need Chromium at /usr/bin/chromium (see setup.sh)"
     data_dir = tmp_path_factory.mktemp("ui-browser") / "data"
     # 48 new tokens: long enough that the answers visibly stream in several steps.
-    app = start_app(tiny_models, data_dir, args=["--min-pairs", "2", "--max-new-tokens", "48"])
+    # A large learning rate: one round of two pairs visibly changes the tiny model (the explain view colours it).
+    app = start_app(tiny_models, data_dir, args=["--min-pairs", "2", "--max-new-tokens", "48", "--learning-rate", "0.05"])
     yield app
     app.stop()
 
@@ -214,6 +215,30 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     ask(page, "Which version answers now?")
     assert headers(page)[2].startswith(f"Preference-tuned v{version + 1}")
 
+    # Why this answer: the SFT answer's tokens coloured by the new version's implicit reward.
+    page.get_by_text("Why this answer? What the votes taught the model").click()
+    page.locator("#compare-explain-arm").get_by_text("SFT", exact=True).click()
+    page.locator("#compare-explain-btn").click()
+    summary = page.locator("#compare-explain-summary")
+    expect(summary).to_contain_text(f"under v{version + 1}", timeout=ANSWER)
+    expect(summary).to_contain_text("Pushed up most")
+    tokens = page.locator("#compare-explain-tokens")
+    shown = re.sub(r"\s+", "", tokens.inner_text())
+    assert re.sub(r"\s+", "", answers(page)[1])[:20] in shown, "the view shows the SFT answer's own tokens"
+    tinted = page.evaluate("""() => [...document.querySelectorAll('#compare-explain-tokens span')]
+        .filter(s => !/rgba\\(0, 0, 0, 0\\)|transparent/.test(getComputedStyle(s).backgroundColor)).length""")
+    assert tinted > 0, "no token was coloured"
+    page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
+
+    # Drift per version: the trainer measures the new version (and v0) and the Training tab plots it.
+    page.get_by_role("tab", name="Training").click()
+    expect(page.locator("#drift-kl")).to_be_visible()
+    client = Client(app.url, verbose=False)
+    wait_until(lambda: (s := client.predict(api_name="/stats"))["sft_drift"] and s["versions"][-1]["drift"], SLOW / 1000,
+               "the drift of v0 and the new version")
+    expect(page.locator("#drift-kl canvas, #drift-kl svg").first).to_be_visible(timeout=ANSWER)
+    page.screenshot(path=str(tmp_path / "drift.png"), full_page=True)
+
 
 def test_leaderboard_lists_the_players(page, tmp_path):
     ask(page, "Name a fruit.")
@@ -224,7 +249,37 @@ def test_leaderboard_lists_the_players(page, tmp_path):
     expect(board).to_contain_text("base", timeout=ANSWER)
     expect(board).to_contain_text("sft")
     expect(board).to_contain_text(re.compile(r"\d{3,4} – \d{3,4}"))  # the bootstrap interval
+    picture = page.locator("#leaderboard-plot svg")
+    expect(picture).to_be_visible()
+    expect(picture).to_contain_text("base")
     page.screenshot(path=str(tmp_path / "leaderboard.png"), full_page=True)
+    light = colours_of_the_picture(page)
+
+    page.goto(page.url.split("?")[0] + "?__theme=dark")  # the same picture in the dark theme
+    page.get_by_role("tab", name="Leaderboard").click()
+    expect(page.locator("#leaderboard-plot svg")).to_contain_text("base", timeout=ANSWER)
+    dark = colours_of_the_picture(page)
+    page.screenshot(path=str(tmp_path / "leaderboard-dark.png"), full_page=True)
+    assert light["text"] != dark["text"], "the labels follow the theme"
+    for theme in (light, dark):  # dark text on a light page, light text on a dark one
+        assert abs(brightness(theme["text"]) - brightness(theme["page"])) > 100, theme
+
+
+def colours_of_the_picture(page) -> dict:
+    return page.evaluate("""() => {
+        const text = document.querySelector('#leaderboard-plot svg text');
+        let node = text, page = 'rgba(0, 0, 0, 0)';
+        while (node && /rgba\\(0, 0, 0, 0\\)|transparent/.test(page)) {
+            node = node.parentElement;
+            page = node ? getComputedStyle(node).backgroundColor : 'rgb(255, 255, 255)';
+        }
+        return {text: getComputedStyle(text).fill, page};
+    }""")
+
+
+def brightness(colour: str) -> float:
+    r, g, b = (float(v) for v in re.findall(r"[\d.]+", colour)[:3])
+    return 0.299 * r + 0.587 * g + 0.114 * b
 
 
 def test_stop_drops_the_answers_being_written(page):

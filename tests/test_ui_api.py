@@ -9,6 +9,7 @@ from gradio_client import Client
 from gradio_client.exceptions import AppError
 
 from app_process import pid_alive, start_app, wait_until
+from playground.ui.panel import OUTPUTS
 
 ADMIN = "s3cret-token"
 PROMPT = "Why is the sky blue?"
@@ -259,6 +260,25 @@ def test_votes_start_a_round_and_the_new_version_serves(client):
     assert loss["columns"] == ["step", "round", "loss"] and loss["data"]
     board = client.predict(api_name="/leaderboard")
     assert board["headers"][:3] == ["rank", "player", "rating"] and {row[1] for row in board["data"]} >= {"base", "sft"}
+    assert "<svg" in panel[OUTPUTS.index("leaderboard_plot")] and ">base</text>" in panel[OUTPUTS.index("leaderboard_plot")]
+
+    # The trainer measured the new version's drift after publishing it, and version 0 (the SFT model) when idle.
+    measured = wait_until(lambda: (s := stats(client)) and s["sft_drift"] and s["versions"][-1]["drift"] and s, 180,
+                          "the drift of v0 and of the new version")
+    assert measured["sft_drift"]["kl_to_sft"] == 0 and measured["versions"][-1]["drift"]["kl_to_sft"] > 0
+    kl = client.predict(api_name="/panel")[OUTPUTS.index("drift_kl")]
+    assert kl["columns"] == ["version", "kl_to_sft"] and [row[0] for row in kl["data"]][:2] == ["v0", "v1"]
+
+    # Why this answer: the new version's implicit reward of a stored answer, over the API as on the page.
+    asked = compare(client, "Is the new version serving?")
+    comparison = int(re.search(r"Comparison #(\d+)", asked["message"]).group(1))
+    why = client.predict(comparison, "sft", None, api_name="/explain")
+    assert why["comparison"] == comparison and why["version"] == version and why["arm"] == "sft"
+    assert why["tokens"] and sum(t["reward"] for t in why["tokens"]) == pytest.approx(why["total_reward"], abs=1e-3)
+    at_v0 = client.predict(comparison, "pref", 0, api_name="/explain")
+    assert at_v0["total_reward"] == 0 and at_v0["version"] == 0
+    with pytest.raises(AppError, match="has no human answer"):
+        client.predict(comparison, "human", None, api_name="/explain")
 
 
 def test_train_now_runs_a_round_below_the_threshold(client):

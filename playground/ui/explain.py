@@ -14,7 +14,8 @@ from .common import Page, session
 
 EXPLAIN = {"concurrency_id": "explain", "concurrency_limit": 1}  # a forward pass or two on the SFT weights
 HOW_TO_READ = ("Each token is coloured by how much more (blue) or less (orange) likely the preference-tuned model "
-               "makes it than the SFT model: β·(log π_θ − log π_SFT), DPO's implicit reward, summed over the answer. "
+               "makes it than the SFT model, relative to the answer's most changed token: β·(log π_θ − log π_SFT), "
+               "DPO's implicit reward, summed over the answer. "
                "Votes for an answer raise this reward on its tokens; votes against it lower them. For a base or SFT "
                "answer it shows how the preference-tuned model would score it.")
 

@@ -197,9 +197,11 @@ def drift_frame(facts: dict) -> pd.DataFrame:
     columns = [column for _, column, _ in DRIFT_PLOTS]
     measured = [(0, facts.get("sft_drift"))] + [(v["version"], v["drift"]) for v in facts["versions"]
                                                  if v["state"] == "ready"]
-    rows = [{"version": version, **{c: drift.get(c) for c in columns}}
+    rows = [{"version": f"v{version}", **{c: drift.get(c) for c in columns}}
             for version, drift in measured if drift and "error" not in drift]
-    return pd.DataFrame(rows, columns=["version", *columns], dtype=float)
+    # Versions as names, in version order: the plot keeps the data's order for a category axis, and a number axis
+    # would draw ticks at fractions of a version.
+    return pd.DataFrame(rows, columns=["version", *columns]).astype({c: float for c in columns})
 
 
 def drift_plot(frame: pd.DataFrame, column: str) -> pd.DataFrame:
