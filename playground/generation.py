@@ -294,7 +294,7 @@ class Engine:
         the version's folder loaded under a name of its own. Call with the SFT lock held."""
         from peft import PeftModel
 
-        if not self.workers and version == self.adapter_version and self._adapter_name:
+        if not self.workers and (version, path) == (self.adapter_version, self.adapter_path) and self._adapter_name:
             return self._adapter_name, False
         if not path:
             raise AdapterError(f"Adapter v{version} has no folder to load.")
@@ -306,6 +306,10 @@ class Engine:
                 self._peft.load_adapter(path, adapter_name=name)
         except Exception as error:
             raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}.") from error
+        if self._adapter_name not in self._peft.peft_config:
+            # No serving adapter in this wrapper (version 0, or the onnx runtime serves): PEFT still wants a valid
+            # active adapter, and the one it had may be a scoring adapter deleted since.
+            self._peft.set_adapter(name)
         self._peft.eval()
         return name, True
 

@@ -152,3 +152,17 @@ def test_token_texts_keep_characters_split_over_byte_tokens(playground):
     assert isinstance(result, Explanation)
     assert "".join(t["text"] for t in result.tokens).startswith("Très bien 🙂 ça va")
     assert not any("\ufffd" in t["text"] for t in result.tokens)
+
+
+def test_scoring_a_version_while_version_0_serves_leaves_the_sft_model_plain(playground, tiny_adapters):
+    comparison, _ = add_compare(playground.store, "Tell me about topic 3.", {"sft": ANSWER, "pref": ANSWER})
+    version = publish(playground.store, tiny_adapters[1])
+    playground.rollback(0)
+    playground.sync_adapter()
+    greedy = Sampling(temperature=0, max_new_tokens=6, seed=0)
+    before = {k: a.text for k, a in playground.engine.generate("Tell me about topic 3.", greedy).items()}
+    for _ in range(2):  # twice: the second call must not trip over the first one's dropped adapter
+        assert playground.explain(comparison, "sft", version=version).total_reward != 0
+    assert playground.explain(comparison, "sft").total_reward == 0
+    after = {k: a.text for k, a in playground.engine.generate("Tell me about topic 3.", greedy).items()}
+    assert after == before

@@ -248,3 +248,31 @@ def test_the_sft_weights_load_on_demand_for_scoring(engines):
     answer = "Paris is the capital of France."
     assert onnx.sft_nll(PROMPTS[0], answer) == pytest.approx(torch_engine.sft_nll(PROMPTS[0], answer), rel=1e-5)
     assert onnx.sft.model is not None and onnx.base.model is None
+
+
+def test_the_implicit_reward_is_the_same_on_both_runtimes(engines, adapters, tmp_path):
+    """Why this answer, on the onnx runtime: scored with the on-demand torch weights and the version's PEFT files,
+    it equals the torch runtime's; the served adapter stays what it was."""
+    from playground.explain import explain
+    from playground.store import Store
+
+    onnx, torch_engine = engines
+    store = Store.open(tmp_path)
+    comparison, _ = store.add_comparison(PROMPTS[0], "s", answers=[
+        {"arm": "sft", "text": "Paris is the capital of France.", "model": "tiny"}])
+    for v in (1, 2):
+        assert store.finish_round(store.start_round(store.serving_version(), [], {"beta": 0.1}, None),
+                                  str(adapters[v]), {}) == v
+    for engine in engines:
+        engine.use_adapter(1, str(adapters[1]))
+    serving_before = _texts(onnx, PROMPTS[1])
+    for version in (1, 2):  # the serving version and another one
+        on_onnx = explain(onnx, store, comparison, "sft", version)
+        on_torch = explain(torch_engine, store, comparison, "sft", version)
+        assert on_onnx.total_reward != 0
+        assert on_onnx.total_reward == pytest.approx(on_torch.total_reward, rel=1e-4, abs=1e-5)
+        assert [t["text"] for t in on_onnx.tokens] == [t["text"] for t in on_torch.tokens]
+    assert onnx.adapter_version == 1 and _texts(onnx, PROMPTS[1]) == serving_before
+    assert not onnx._peft.peft_config, "the scoring adapter is dropped again"
+    for engine in engines:
+        engine.use_adapter(0, None)
