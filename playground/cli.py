@@ -408,7 +408,7 @@ def cmd_restore(args) -> int:
 
 
 BENCH_SUITES = {"generate": "generation", "dpo": "dpo", "loop": "loop", "startup": "startup", "panel": "panel",
-                "persist": "persist"}
+                "persist": "persist", "explain": "explain"}
 
 
 def cmd_bench(args) -> int:

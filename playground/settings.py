@@ -197,9 +197,9 @@ class RoundSettings:
     pairs_per_voter: int = field(default_factory=_default_pairs_per_voter, metadata=_help(
         "most new pairs one voter (address or signed-in user) puts into one round; the rest wait for later "
         "rounds; 0 = no cap"))
-    eval_prompts: str = field(default="", metadata=_help(
+    eval_prompts: str | None = field(default=None, metadata=_help(
         "the fixed prompt set each version's drift is measured on after its round (JSONL, one "
-        "`{\"prompt\": ...}` a line); empty: assets/drift_prompts.jsonl"))
+        "`{\"prompt\": ...}` a line); unset: assets/drift_prompts.jsonl"))
     eval_tokens: int = field(default=48, metadata=_help(
         "most new tokens of each drift sample; 0 = no drift evaluation"))
 

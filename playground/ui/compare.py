@@ -24,7 +24,7 @@ from ..core import ChatTurn
 from ..generation import ARM_TITLES, ARMS
 from ..store import StoreError, VoteError
 from .common import (GENERATION, VOTES, Page, answer_dict, blind_title, chat_column, fixed, kept_label, meta,
-                     prompt_box, sampling_controls, session, stream_answers, title, transcript, vote_problem)
+                     sampling_controls, session, stream_answers, title, transcript, vote_problem)
 from .explain import ExplainView
 
 NEW_CHAT_HINT = "New conversation: type a message below. Every turn, all three models answer the same conversation."
