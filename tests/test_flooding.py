@@ -246,8 +246,8 @@ def test_fifty_sessions_from_one_address(flooded_app):
     watcher = Client(app.url, verbose=False)
     pending = flood_pairs + 2
     assert stats(watcher)["counts"]["pairs_pending"] == pending
-    waiting = wait_until(lambda: (s := stats(watcher))["trainer"] and s["trainer"].get("pending") == CAP + 2 and s,
-                         60, "the trainer to count the eligible pairs")
+    waiting = wait_until(lambda: (s := stats(watcher))["trainer"] and s["trainer"].get("pending") == CAP + 2
+                         and s["trainer"]["state"] == "waiting" and s, 60, "the trainer to count the eligible pairs")
     assert waiting["trainer"]["state"] == "waiting" and waiting["rounds"] == [] and waiting["pairs_eligible"] == 6
     training_panel = watcher.predict(api_name="/panel")[1]
     assert "6 of the 8 that start a round" in training_panel

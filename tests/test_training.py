@@ -222,8 +222,10 @@ def test_train_now_runs_a_round_below_min_pairs(playground):
     add_short_vs_long_votes(playground.store, 2)
     playground.start_trainer()
     try:
-        # The trainer says what it saw: 2 pending pairs, fewer than min_pairs, so it waits.
-        assert wait_for(lambda: (playground.store.trainer_state() or {}).get("pending") == 2, timeout=120)
+        # The trainer says what it saw: 2 pending pairs, fewer than min_pairs, so it waits (once it has measured
+        # version 0's drift, what an idle trainer does first).
+        assert wait_for(lambda: (playground.store.trainer_state() or {}).get("pending") == 2
+                        and playground.store.trainer_state()["state"] == "waiting", timeout=120)
         state = playground.store.trainer_state()
         assert (state["state"], state["min_pairs"]) == ("waiting", FAST.min_pairs)
         assert playground.store.versions() == [] and playground.store.rounds() == []
