@@ -96,7 +96,7 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # a batch of prompts ends where answers start
     try:
-        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special)
+        batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special).to(model.device)
     finally:
         tokenizer.padding_side = side
     sampler = SeededSampler([plan.seed + i for i in range(len(texts))], 1.0, 1.0, record=True)
@@ -105,7 +105,7 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
                              max_new_tokens=plan.max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos_ids),
                              logits_processor=[sampler], use_cache=True)
     start = batch["input_ids"].shape[1]
-    answers, lengths = out[:, start:], []
+    answers, lengths = out[:, start:].cpu(), []
     for row in answers.tolist():
         lengths.append(next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row)))
     steps = torch.stack(sampler.recorded, dim=1)  # rows x steps
@@ -138,7 +138,7 @@ def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, 
     since logits over a large vocabulary take gigabytes."""
     steps = sequences.shape[1] - prompt_mask.shape[1]
     answer_mask = torch.arange(steps)[None, :] < torch.tensor(lengths)[:, None]
-    mask = torch.cat([prompt_mask, answer_mask.long()], dim=1)
+    mask = torch.cat([prompt_mask, answer_mask.to(prompt_mask)], dim=1)
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     per_pass = max(1, LOGIT_BUDGET // ((steps + 1) * model.config.get_text_config().vocab_size))
     sums = []
@@ -148,7 +148,7 @@ def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, 
             logits = model(input_ids=sequences[rows], attention_mask=mask[rows], position_ids=positions[rows],
                            logits_to_keep=steps + 1).logits[:, :-1].float()  # position t predicts answer token t
             logprobs = torch.log_softmax(logits, dim=-1).gather(2, sequences[rows, -steps:, None])[..., 0]
-            sums += [logprobs[i, :n] for i, n in enumerate(lengths[rows])]
+            sums += [logprobs[i, :n].cpu() for i, n in enumerate(lengths[rows])]
     return sums
 
 
@@ -180,6 +180,8 @@ def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: Eval
 
     try:
         model, tokenizer = _load_policy(sft_dir)
+        if torch.cuda.is_available():  # where the trainer trains (trl's default device)
+            model = model.to("cuda")
         adapter = False
         if version:
             from peft import PeftModel

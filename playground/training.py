@@ -263,12 +263,6 @@ def _prepare_for_serving(adapter_dir: Path) -> None:
         log.warning("Could not prepare the onnx runtime's adapter for %s: %s", adapter_dir, error)
 
 
-def torch_threads(n: int) -> None:
-    import torch
-
-    torch.set_num_threads(n)
-
-
 def _ensure(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -302,11 +296,13 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
     signal.signal(signal.SIGTERM, stop)
     for interrupted in store.recover_interrupted_rounds():
         log.warning("Round %d was interrupted (trainer killed); its pairs are still pending.", interrupted["id"])
-    failures = 0
-    said: dict = {}
+    import torch
+
     from . import drift
 
-    torch_threads(settings.train_threads)
+    failures = 0
+    said: dict = {}
+    torch.set_num_threads(settings.train_threads)
     try:
         plan = drift.plan_of(settings)
     except Exception as error:  # a missing or broken prompt file must not stop training
