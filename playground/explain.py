@@ -117,8 +117,8 @@ def find_answer(comparison: dict, arm: str) -> dict:
         if len(models) >= 2:
             return models["ab".index(arm)]
     named = [a for a in answers if a["arm"] == arm]
-    if len(named) == 1:
-        return named[0]
+    if len(named) == 1 or (named and arm == "human"):
+        return named[-1]  # a person's better answer: the latest one
     arms = ", ".join(sorted({a["arm"] for a in answers} | ({"a", "b"} if comparison["mode"] == "duel" else set())))
     if len(named) > 1:
         raise StoreError(f"Comparison {comparison['id']} is a duel with two {arm} answers: name one, a or b.")
@@ -172,9 +172,9 @@ def summary(explanation: Explanation) -> str:
     def listed(tokens):
         return ", ".join(f"`{_visible(t['text'])}` {t['reward']:+.3f}" for t in tokens) or "none"
 
-    lean = "prefers" if e.total_reward > 0 else "disprefers"
+    lean = "more" if e.total_reward > 0 else "less" if e.total_reward < 0 else "exactly as"
     return (f"**Implicit reward {e.total_reward:+.3f}** under v{e.version} (β = {e.beta:g}) for this answer by "
-            f"{wrote}: the preference-tuned model {lean} it relative to the SFT model "
+            f"{wrote}: the preference-tuned model finds it {lean} likely {'as' if lean == 'exactly as' else 'than'} the SFT model does "
             f"(log-probability {e.logprob_policy:.1f} vs {e.logprob_sft:.1f} over {len(e.tokens)} tokens).  \n"
             f"**Pushed up most:** {listed(e.top_up)}  \n**Pushed down most:** {listed(e.top_down)}"
             + (f"  \n(The oldest {e.dropped_turns} turn(s) did not fit the model's context.)" if e.dropped_turns

@@ -240,6 +240,43 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     page.screenshot(path=str(tmp_path / "drift.png"), full_page=True)
 
 
+def test_why_this_answer_reads_in_the_dark_theme(app, browser, tmp_path):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    page = context.new_page()
+    page.goto(app.url + "?__theme=dark")
+    expect(page.locator("#status-line")).to_contain_text("Ready", timeout=SLOW)
+    if settled_version(app) == 0:  # run on its own: a version first, or nothing would be coloured
+        ask(page, "How do I boil an egg?")
+        page.locator("#best-1").click()
+        wait_until(lambda: settled_version(app) > 0, SLOW / 1000, "a version")
+    ask(page, "Name a color.")
+    page.get_by_text("Why this answer? What the votes taught the model").click()
+    page.locator("#compare-explain-btn").click()  # the preference-tuned answer, the latest turn: the defaults
+    expect(page.locator("#compare-explain-summary")).to_contain_text("Implicit reward", timeout=ANSWER)
+    spans = page.evaluate("""() => {
+        let page = 'rgb(0, 0, 0)';
+        for (let n = document.querySelector('#compare-explain-tokens'); n; n = n.parentElement) {
+            const bg = getComputedStyle(n).backgroundColor;
+            if (!/rgba\\(0, 0, 0, 0\\)|transparent/.test(bg)) { page = bg; break; }
+        }
+        return [...document.querySelectorAll('#compare-explain-tokens span')]
+            .filter(s => s.innerText.trim() && !/rgba\\(0, 0, 0, 0\\)|transparent/.test(getComputedStyle(s).backgroundColor))
+            .map(s => ({text: getComputedStyle(s).color, background: getComputedStyle(s).backgroundColor, page}));
+    }""")
+    page.screenshot(path=str(tmp_path / "explain-dark.png"), full_page=True)
+    context.close()
+    assert spans, "no token was coloured"
+    for span in spans:  # light text on every shade, each shade laid over the dark page
+        assert brightness(span["text"]) - brightness(over(span["background"], span["page"])) > 90, span
+
+
+def over(colour: str, page: str) -> str:
+    """`colour` (rgb or rgba) as it shows on the opaque `page` colour."""
+    *rgb, alpha = ([float(v) for v in re.findall(r"[\d.]+", colour)] + [1.0])[:4]
+    base = [float(v) for v in re.findall(r"[\d.]+", page)[:3]]
+    return "rgb({}, {}, {})".format(*(alpha * c + (1 - alpha) * b for c, b in zip(rgb, base)))
+
+
 def test_leaderboard_lists_the_players(page, tmp_path):
     ask(page, "Name a fruit.")
     page.locator("#best-3").click()

@@ -23,7 +23,7 @@ from .common import CSS, PANEL, QUEUE_SIZE, REFRESH_SECONDS, THEME, Page
 from .compare import CompareTab
 from .data import DataTab
 from .duel import DuelTab
-from .explain import ExplainView, explain_endpoint
+from .explain import explain_endpoint
 from .panel import OUTPUTS, Panel
 from .training import TrainingTab
 
@@ -53,7 +53,7 @@ def build_app(page: Page) -> gr.Blocks:
             gr.LoginButton(size="sm")
         refreshed["status"] = gr.Markdown(page.status_line(), elem_id="status-line", label="status")
         sent = gr.State({})
-        explain_endpoint(ExplainView(page, [], "api"))  # first, so no private event takes its name
+        explain_endpoint(page)  # first, so no private event takes its name
         with gr.Tabs():
             with gr.Tab("Compare", id="compare"):
                 compare.build([p["prompt"] for p in prompts][:10])

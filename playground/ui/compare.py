@@ -271,7 +271,8 @@ class CompareTab:
                                 info="Kept as a demonstration (SFT data), preferred over every model answer of the "
                                      "turn (DPO pairs), and the conversation continues from it.")
             submit_better = gr.Button("Submit better answer", elem_id="correction-btn")
-        ExplainView(self.page, [(ARM_TITLES[arm], arm) for arm in ARMS], "compare").build(state)
+        ExplainView(self.page, [(ARM_TITLES[arm], arm) for arm in ARMS] + [("Your better answer", "human")],
+                    "compare", default="pref").build(state)
         # API-only inputs: a thumb names its column and direction; continue_from names a column.
         thumb_column = gr.Number(visible=False, precision=0, label="column")
         thumb_up = gr.Checkbox(visible=False, label="up")

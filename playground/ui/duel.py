@@ -123,7 +123,7 @@ class DuelTab:
                        "tie": gr.Button("Tie", elem_id="duel-tie"),
                        "both_bad": gr.Button("Both bad", elem_id="duel-both-bad")}
         vote_message = gr.Markdown(elem_id="duel-vote-status", label="vote message")
-        ExplainView(self.page, [("Answer A", "a"), ("Answer B", "b")], "duel").build(state)
+        ExplainView(self.page, [("Answer A", "a"), ("Answer B", "b")], "duel", default="a").build(state)
         outcome = gr.Textbox(visible=False, label="outcome")
         vote_api = gr.Button(visible=False)
 

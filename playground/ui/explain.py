@@ -21,9 +21,10 @@ HOW_TO_READ = ("Each token is coloured by how much more (blue) or less (orange) 
 
 
 class ExplainView:
-    def __init__(self, page: Page, choices: list[tuple[str, str]], prefix: str):
-        """choices: (label, arm) for the radio; prefix: of the components' element ids."""
-        self.page, self.choices, self.prefix = page, choices, prefix
+    def __init__(self, page: Page, choices: list[tuple[str, str]], prefix: str, default: str | None = None):
+        """choices: (label, arm) for the radio (default: the one selected at first); prefix: of the components'
+        element ids."""
+        self.page, self.choices, self.prefix, self.default = page, choices, prefix, default
 
     def explain_turn(self, arm, turn, state, request: gr.Request = None):
         """(highlighted tokens, summary) of one answer of the page's conversation. turn: 1, 2, … (0: the latest)."""
@@ -66,7 +67,7 @@ class ExplainView:
         with gr.Accordion("Why this answer? What the votes taught the model", open=False, elem_id=f"{p}-explain"):
             gr.Markdown(HOW_TO_READ, elem_classes=["pg-meta"])
             with gr.Row():
-                arm = gr.Radio(self.choices, value=self.choices[-1][1], label="Answer", elem_id=f"{p}-explain-arm")
+                arm = gr.Radio(self.choices, value=self.default, label="Answer", elem_id=f"{p}-explain-arm")
                 turn = gr.Number(value=0, precision=0, minimum=0, label="Turn (0 = the latest)",
                                  elem_id=f"{p}-explain-turn")
                 go = gr.Button("Explain", elem_id=f"{p}-explain-btn")
@@ -77,8 +78,9 @@ class ExplainView:
         go.click(self.explain_turn, [arm, turn, state], [tokens, told], api_visibility="private", **EXPLAIN)
 
 
-def explain_endpoint(view: ExplainView) -> None:
+def explain_endpoint(page: Page) -> None:
     """The public `explain` endpoint (hidden inputs: comparison id, arm, version)."""
+    view = ExplainView(page, [], "api")
     comparison = gr.Number(visible=False, precision=0, label="comparison")
     arm = gr.Textbox(visible=False, label="arm")
     version = gr.Number(visible=False, precision=0, label="version", value=None)
