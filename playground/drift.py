@@ -176,10 +176,10 @@ def evaluate_and_store(store: Store, version: int, model, tokenizer, plan: EvalP
 def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: EvalPlan) -> dict:
     """Evaluate a published version (or 0, the SFT model) from its files; a version that cannot be evaluated gets
     its error stored instead, so an idle trainer does not try it again and again."""
-    from .training import _load_policy
+    from .training import load_policy
 
     try:
-        model, tokenizer = _load_policy(sft_dir)
+        model, tokenizer = load_policy(sft_dir)
         if torch.cuda.is_available():  # where the trainer trains (trl's default device)
             model = model.to("cuda")
         adapter = False

@@ -101,7 +101,7 @@ def fit_to_length(row: dict, tokenizer, max_length: int) -> dict:
     return {**row, "prompt": prompt}
 
 
-def _load_policy(sft_dir: str):
+def load_policy(sft_dir: str):
     """Fresh SFT weights for the round (the trainer never modifies the SFT files)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -150,7 +150,7 @@ def run_round(
              steps_total)
     work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(Path(adapters_dir))))
     try:
-        model, tokenizer = _load_policy(sft_dir)
+        model, tokenizer = load_policy(sft_dir)
 
         class Progress(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):

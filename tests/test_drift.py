@@ -17,7 +17,7 @@ from playground.core import Playground
 from playground.generation import Engine
 from playground.models import load_model
 from playground.settings import ModelSettings, RoundSettings
-from playground.training import _load_policy, run_round
+from playground.training import load_policy, run_round
 
 FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64,
                      train_threads=1, eval_tokens=12)
@@ -62,7 +62,7 @@ def independent_logprob(model, prompt_ids, answer_ids) -> float:
 def test_samples_are_scored_like_one_unpadded_sequence_each(tiny_models, tiny_adapters):
     from peft import PeftModel
 
-    model, tokenizer = _load_policy(str(tiny_models["sft"]))
+    model, tokenizer = load_policy(str(tiny_models["sft"]))
     sft_only = drift.sample_and_score(model, tokenizer, PLAN, adapter=False)
     assert sft_only == drift.sample_and_score(model, tokenizer, PLAN, adapter=False)  # seeded: reproducible
     for s in sft_only:
@@ -70,8 +70,8 @@ def test_samples_are_scored_like_one_unpadded_sequence_each(tiny_models, tiny_ad
         assert s["logprob"] == pytest.approx(independent_logprob(model, s["prompt_ids"], s["answer_ids"]), abs=1e-3)
     assert drift.summarize(sft_only, 12)["kl_to_sft"] == 0
 
-    plain, _ = _load_policy(str(tiny_models["sft"]))
-    tuned = PeftModel.from_pretrained(_load_policy(str(tiny_models["sft"]))[0], str(tiny_adapters[1]))
+    plain, _ = load_policy(str(tiny_models["sft"]))
+    tuned = PeftModel.from_pretrained(load_policy(str(tiny_models["sft"]))[0], str(tiny_adapters[1]))
     samples = drift.sample_and_score(tuned, tokenizer, PLAN, adapter=True)
     assert any(s["answer_ids"] != t["answer_ids"] for s, t in zip(samples, sft_only))  # the adapter's own samples
     for s in samples:

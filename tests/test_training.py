@@ -236,12 +236,15 @@ def test_train_now_runs_a_round_below_min_pairs(playground):
     assert playground.store.trainer_state()["state"] == "stopped"
 
 
-def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models):
+def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models, tmp_path):
     defaults = RoundSettings()
+    prompts = tmp_path / "drift.jsonl"
+    prompts.write_text('{"prompt": "Name a color."}\n{"prompt": "Count to three."}\n{"prompt": "Say hi."}\n')
     custom = RoundSettings(min_pairs=3, max_new_pairs=5, replay_pairs=1, epochs=1, batch_size=2, grad_accumulation=2,
                            learning_rate=3e-3, beta=0.25, max_length=96, lora_r=4, lora_alpha=8, lora_dropout=0.05,
                            target_modules=["q_proj", "k_proj", "v_proj"], train_threads=defaults.train_threads + 1,
-                           train_seed=7, pairs_per_voter=defaults.pairs_per_voter + 4)
+                           train_seed=7, pairs_per_voter=defaults.pairs_per_voter + 4, eval_prompts=str(prompts),
+                           eval_tokens=6)
     assert all(getattr(custom, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoundSettings))
     playground.round_settings = custom
     # 6 pairs of one voter (one session, no voter recorded): max_new_pairs would take 5, one voter's share is 4.
@@ -249,6 +252,8 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     playground.start_trainer()
     try:
         assert wait_for(lambda: playground.store.versions(), timeout=300), "no round ran"
+        # ... and measured the version it made (right after publishing it)
+        assert wait_for(lambda: any(e["version"] == 1 for e in playground.store.version_evals()), timeout=120)
     finally:
         playground.stop_trainer()
     (rnd,) = [r for r in playground.store.rounds() if r["status"] == "done"]
@@ -258,6 +263,9 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     config = json.loads((Path(playground.store.version(1)["path"]) / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.05)
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
+    # The drift of the version was measured on the prompt set and length given.
+    drift = {e["version"]: e["metrics"] for e in playground.store.version_evals()}[1]
+    assert (drift["prompts"], drift["max_new_tokens"]) == (3, 6) and drift["mean_tokens"] <= 6
 
 
 def test_a_rollback_during_a_round_survives_it(playground):
