@@ -24,8 +24,10 @@ from .store import Store, StoreError
 
 TOP_TOKENS = 5
 MOVED = 1e-3  # nats: an answer none of whose tokens moved more than this is shown uncoloured
-SHADES = {"pushed up a lot": "#2563eb", "pushed up": "#93c5fd", "pushed down": "#fdba74",
-          "pushed down a lot": "#ea580c"}  # blue/orange: told apart with any colour vision, on light and dark
+# Blue/orange: told apart with any colour vision. Gradio lays them at half opacity over the page: these keep a WCAG
+# contrast of at least 4.5 with the theme's text on white and on the dark theme's page (the browser test checks).
+SHADES = {"pushed up a lot": "#2563eb", "pushed up": "#60a5fa", "pushed down": "#fb923c",
+          "pushed down a lot": "#ea580c"}
 
 
 @dataclass

@@ -225,9 +225,10 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     tokens = page.locator("#compare-explain-tokens")
     shown = re.sub(r"\s+", "", tokens.inner_text())
     assert re.sub(r"\s+", "", answers(page)[1])[:20] in shown, "the view shows the SFT answer's own tokens"
-    tinted = page.evaluate("""() => [...document.querySelectorAll('#compare-explain-tokens span')]
-        .filter(s => !/rgba\\(0, 0, 0, 0\\)|transparent/.test(getComputedStyle(s).backgroundColor)).length""")
-    assert tinted > 0, "no token was coloured"
+    shades = token_shades(page)
+    assert shades, "no token was coloured"
+    for span in shades:  # dark text on every shade over the light page: WCAG contrast ≥ 4.5
+        assert contrast(span["text"], over(span["background"], span["page"])) >= 4.5, span
     page.screenshot(path=str(tmp_path / "explain.png"), full_page=True)
 
     # Drift per version: the trainer measures the new version (and v0) and the Training tab plots it.
@@ -253,21 +254,38 @@ def test_why_this_answer_reads_in_the_dark_theme(app, browser, tmp_path):
     page.get_by_text("Why this answer? What the votes taught the model").click()
     page.locator("#compare-explain-btn").click()  # the preference-tuned answer, the latest turn: the defaults
     expect(page.locator("#compare-explain-summary")).to_contain_text("Implicit reward", timeout=ANSWER)
-    spans = page.evaluate("""() => {
-        let page = 'rgb(0, 0, 0)';
-        for (let n = document.querySelector('#compare-explain-tokens'); n; n = n.parentElement) {
-            const bg = getComputedStyle(n).backgroundColor;
-            if (!/rgba\\(0, 0, 0, 0\\)|transparent/.test(bg)) { page = bg; break; }
-        }
-        return [...document.querySelectorAll('#compare-explain-tokens span')]
-            .filter(s => s.innerText.trim() && !/rgba\\(0, 0, 0, 0\\)|transparent/.test(getComputedStyle(s).backgroundColor))
-            .map(s => ({text: getComputedStyle(s).color, background: getComputedStyle(s).backgroundColor, page}));
-    }""")
+    spans = token_shades(page)
     page.screenshot(path=str(tmp_path / "explain-dark.png"), full_page=True)
     context.close()
     assert spans, "no token was coloured"
-    for span in spans:  # light text on every shade, each shade laid over the dark page
-        assert brightness(span["text"]) - brightness(over(span["background"], span["page"])) > 90, span
+    for span in spans:  # light text on every shade, each shade laid over the dark page: WCAG contrast ≥ 4.5
+        assert contrast(span["text"], over(span["background"], span["page"])) >= 4.5, span
+
+
+def token_shades(page) -> list[dict]:
+    """The explain view's coloured tokens: each one's text colour, shade, and the opaque colour behind the view."""
+    return page.evaluate("""() => {
+        const see_through = c => /rgba\\(0, 0, 0, 0\\)|transparent/.test(c);
+        let page = 'rgb(255, 255, 255)';
+        for (let n = document.querySelector('#compare-explain-tokens'); n; n = n.parentElement) {
+            const bg = getComputedStyle(n).backgroundColor;
+            if (!see_through(bg)) { page = bg; break; }
+        }
+        return [...document.querySelectorAll('#compare-explain-tokens span')]
+            .filter(s => s.innerText.trim() && !see_through(getComputedStyle(s).backgroundColor))
+            .map(s => ({text: getComputedStyle(s).color, background: getComputedStyle(s).backgroundColor, page}));
+    }""")
+
+
+def contrast(one: str, other: str) -> float:
+    """WCAG's contrast ratio of two rgb colours (1 to 21)."""
+    def luminance(colour):
+        channels = [float(v) / 255 for v in re.findall(r"[\d.]+", colour)[:3]]
+        linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+
+    high, low = sorted((luminance(one), luminance(other)), reverse=True)
+    return (high + 0.05) / (low + 0.05)
 
 
 def over(colour: str, page: str) -> str:

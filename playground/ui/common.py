@@ -49,6 +49,11 @@ CSS = """
 /* A chat column's own "clear" empties only the browser's copy of the conversation: the next turn would bring it
    back, so it is hidden (New chat is the way to start over). */
 .pg-answer button[aria-label="Clear"] { display: none; }
+/* Why this answer: tokens stay one flowing text (a token is often part of a word), and the shades, which Gradio lays
+   at half opacity over the page, carry the theme's text colour: black on them is unreadable in the dark theme. */
+.pg-explain .token.highlighted { margin: 0 1px; padding: 0 1px; }
+.dark .pg-explain .token, .dark .pg-explain .token *, .dark .pg-explain .legend-item {
+    color: var(--body-text-color) !important; }
 """
 
 

@@ -73,7 +73,7 @@ class ExplainView:
                 go = gr.Button("Explain", elem_id=f"{p}-explain-btn")
             tokens = gr.HighlightedText(label="Implicit reward per token", color_map=SHADES, show_legend=True,
                                         show_inline_category=False, combine_adjacent=False,
-                                        elem_id=f"{p}-explain-tokens")
+                                        elem_id=f"{p}-explain-tokens", elem_classes=["pg-explain"])
             told = gr.Markdown(elem_id=f"{p}-explain-summary", label="explanation")
         go.click(self.explain_turn, [arm, turn, state], [tokens, told], api_visibility="private", **EXPLAIN)
 
