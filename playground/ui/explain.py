@@ -51,17 +51,6 @@ class ExplainView:
             return None, f"⚠ {error}"
         return result.highlighted(), f"{summary(result)}  \n*(Turn {number}, comparison #{target['id']}.)*"
 
-    def api(self, comparison, arm, version=None) -> dict:
-        """The `explain` endpoint: what `python -m playground explain --json` prints."""
-        try:
-            version = None if version in (None, "") else int(version)
-            return self.page.playground.explain(int(comparison), str(arm or ""), version).to_dict()
-        except (TypeError, ValueError):
-            raise gr.Error("Give a comparison id (a number), an arm (base, sft, pref, human; a duel's a or b) and "
-                           "optionally a version number.")
-        except (StoreError, PromptError, AdapterError) as error:
-            raise gr.Error(str(error))
-
     def build(self, state: gr.State) -> None:
         p = self.prefix
         with gr.Accordion("Why this answer? What the votes taught the model", open=False, elem_id=f"{p}-explain"):
@@ -79,11 +68,21 @@ class ExplainView:
 
 
 def explain_endpoint(page: Page) -> None:
-    """The public `explain` endpoint (hidden inputs: comparison id, arm, version)."""
-    view = ExplainView(page, [], "api")
+    """The public `explain` endpoint (hidden inputs: comparison id, arm, version): the JSON `python -m playground
+    explain --json` prints, for any stored comparison."""
+    def explain(comparison, arm, version=None) -> dict:
+        try:
+            version = None if version in (None, "") else int(version)
+            return page.playground.explain(int(comparison), str(arm or ""), version).to_dict()
+        except (TypeError, ValueError):
+            raise gr.Error("Give a comparison id (a number), an arm (base, sft, pref, human; a duel's a or b) and "
+                           "optionally a version number.")
+        except (StoreError, PromptError, AdapterError) as error:
+            raise gr.Error(str(error))
+
     comparison = gr.Number(visible=False, precision=0, label="comparison")
     arm = gr.Textbox(visible=False, label="arm")
     version = gr.Number(visible=False, precision=0, label="version", value=None)
     result = gr.JSON(visible=False, label="explanation")
     button = gr.Button(visible=False)
-    button.click(view.api, [comparison, arm, version], [result], api_name="explain", **EXPLAIN)
+    button.click(explain, [comparison, arm, version], [result], api_name="explain", **EXPLAIN)
