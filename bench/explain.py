@@ -6,7 +6,8 @@ The answer is one the SFT model wrote (greedy, --tokens long) to a fixed prompt.
 --repeats: explaining it under the serving version (the torch runtime's loaded adapter), under another version
 (its adapter loaded for the call and dropped after it, as on the onnx runtime or for `--version`), and at version
 0 (one pass). Baseline, in the same process: one plain forward pass of the SFT model over the same tokens; the
-ratios say what the explanation costs in forward passes.
+ratios say what the explanation costs in forward passes. Also the process memory that loading the SFT weights, a
+greedy answer and the first explanation add (what an onnx-runtime server adds when someone first asks).
 """
 
 from __future__ import annotations
@@ -44,9 +45,13 @@ def run(args) -> dict:
     from playground.settings import ModelSettings, RoundSettings
     from playground.store import Store
 
+    import psutil
+
     torch.set_num_threads(args.threads)
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     preset = resolve_preset(args.preset)
+    process = psutil.Process()
+    rss_before = process.memory_info().rss
     engine = Engine.for_scoring(preset, data_dir)
     tokenizer, model = engine.sft.tokenizer, engine.sft.model
     ids = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
@@ -74,10 +79,12 @@ def run(args) -> dict:
         prompt_ids, answer_ids = answer_tokens(tokenizer, messages, answer)
         sequence = torch.tensor([prompt_ids + answer_ids])
 
-        def plain_forward():
+        def plain_forward():  # through the same model object, so the same layers (adapters there cost the same)
             with torch.inference_mode():
-                engine._reference_logits(sequence)
+                model(input_ids=sequence)
 
+        explain(engine, store, comparison, "sft", versions[0])  # the first one: what it adds to a server's memory
+        rss_added = process.memory_info().rss - rss_before
         baseline = median_seconds(plain_forward, args.repeats)
         serving = median_seconds(lambda: explain(engine, store, comparison, "sft", versions[0]), args.repeats)
         other = median_seconds(lambda: explain(engine, store, comparison, "sft", versions[1]), args.repeats)
@@ -93,6 +100,9 @@ def run(args) -> dict:
         "serving_version_vs_baseline": round(serving / baseline, 2),
         "other_version_vs_baseline": round(other / baseline, 2),
         "implicit_reward_of_the_answer": round(total, 4),
+        # The torch SFT weights (memory-mapped, paged in by the first pass), an answer of the bench's own, one
+        # explanation: what an onnx-runtime server, which holds no torch weights, adds when someone first asks.
+        "rss_added_by_weights_and_first_explanation_mb": round(rss_added / 2**20),
     }
     return report("explain", {"preset": preset.name, "tokens": args.tokens, "threads": args.threads,
                               "repeats": args.repeats, "answer": "greedy SFT"}, figures, args.json)

@@ -18,8 +18,8 @@ import pandas as pd
 from .. import leaderboard
 from .common import Page
 from .data import counts_table
-from .training import (DRIFT_PLOTS, drift_frame, drift_plot, plot_frame, progress_html, steps_frame,
-                       training_status, versions_table)
+from .training import (DRIFT_PLOTS, drift_frame, plot_frame, progress_html, steps_frame, training_status,
+                       versions_table)
 
 OUTPUTS = ("status", "training", "progress", "loss", "margin", "accuracy", "versions", *(p[0] for p in DRIFT_PLOTS),
            "leaderboard", "leaderboard_plot", "counts", "stats")
@@ -90,11 +90,11 @@ class Panel:
             "training": training_status(facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"],
                                         stats["pairs_eligible"]),
             "progress": progress_html(facts["running_round"]),
-            "loss": plot_frame(steps, "loss"),
-            "margin": plot_frame(steps, "reward_margin"),
-            "accuracy": plot_frame(steps, "reward_accuracy"),
+            "loss": plot_frame(steps, "step", "round", "loss"),
+            "margin": plot_frame(steps, "step", "round", "reward_margin"),
+            "accuracy": plot_frame(steps, "step", "round", "reward_accuracy"),
             "versions": versions_table(facts),
-            **{name: drift_plot(drift, column) for name, column, _ in DRIFT_PLOTS},
+            **{name: plot_frame(drift, "version", column) for name, column, _ in DRIFT_PLOTS},
             "leaderboard": leaderboard.table(facts["standings"]),
             "leaderboard_plot": leaderboard.interval_plot(facts["standings"]),
             "counts": counts_table(facts["counts"]),

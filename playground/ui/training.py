@@ -167,8 +167,9 @@ def steps_frame(steps: list[dict], rounds: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["step", "round", "loss", "reward_margin", "reward_accuracy"])
 
 
-def plot_frame(steps: pd.DataFrame, column: str) -> pd.DataFrame:
-    return steps[["step", "round", column]].dropna().reset_index(drop=True)
+def plot_frame(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """The columns one plot draws, without the rows that have no value to draw."""
+    return frame[list(columns)].dropna().reset_index(drop=True)
 
 
 def versions_table(facts: dict) -> list[list]:
@@ -203,6 +204,3 @@ def drift_frame(facts: dict) -> pd.DataFrame:
     # would draw ticks at fractions of a version.
     return pd.DataFrame(rows, columns=["version", *columns]).astype({c: float for c in columns})
 
-
-def drift_plot(frame: pd.DataFrame, column: str) -> pd.DataFrame:
-    return frame[["version", column]].dropna().reset_index(drop=True)
