@@ -174,7 +174,8 @@ def cmd_train(args) -> int:
     playground.store.recover_interrupted_rounds()
     version = run_round(playground.store, **where, force=True, sft_hub_id=playground.sft_hub_id)
     if version is None:
-        print("No pending pairs: nothing to train on. Vote first (or `python -m playground simulate`).")
+        print("No pending feedback: nothing to train on. Vote, rate or write a better answer first (or `python -m "
+              "playground simulate`).")
         return 1
     serving = playground.store.serving_version()
     print(f"Version {version} is now serving." if serving == version else
@@ -201,23 +202,27 @@ def cmd_versions(args) -> int:
         return (f"{fmt(d.get('mean_tokens'), '.1f'):>6} {fmt(d.get('distinct_2'), '.2f'):>5} "
                 f"{fmt(d.get('kl_to_sft'), '.2f'):>6} {fmt(d.get('sft_perplexity'), '.2f'):>6}")
 
-    print(f"{'':2}{'ver':>4} {'parent':>6} {'state':<6} {'pairs':>5} {'loss':>7} {'margin':>7} {'acc':>5} "
+    print(f"{'':2}{'ver':>4} {'parent':>6} {'state':<6} {'learned':>10} {'loss':>7} {'margin':>7} {'acc':>5} "
           f"{'votes won':>10} {'length':>6} {'dist2':>5} {'KL':>6} {'ppl':>6}  path")
+
+    def learned(row: dict) -> str:
+        return "/".join(str(row["learned_from"][kind]) for kind in ("demonstrations", "pairs", "ratings"))
 
     def won(rate: dict | None) -> str:
         return f"{rate['rate']:.0%} of {rate['games']}" if rate else "-"
 
-    print(f"{'*' if serving == 0 else ' ':2}{0:>4} {'':>6} {'ready':<6} {'':>5} {'':>7} {'':>7} {'':>5} "
+    print(f"{'*' if serving == 0 else ' ':2}{0:>4} {'':>6} {'ready':<6} {'':>10} {'':>7} {'':>7} {'':>5} "
           f"{won(facts['sft_win_rate']):>10} {drift(facts['sft_drift'])}  (the SFT model, no adapter)")
     for row in rows:
         m = row["metrics"] or {}
         print(f"{'*' if row['serving'] else ' ':2}{row['version']:>4} {row['parent_version'] or 0:>6} "
-              f"{row['state']:<6} {fmt(row['pairs_used'], 'd'):>5} {fmt(m.get('final_loss'), '.3f'):>7} "
+              f"{row['state']:<6} {learned(row):>10} {fmt(m.get('final_loss'), '.3f'):>7} "
               f"{fmt(m.get('final_reward_margin'), '.3f'):>7} {fmt(m.get('final_reward_accuracy'), '.2f'):>5} "
               f"{won(row['vote_win_rate']):>10} {drift(row['drift'])}  {row['path']}"
               + (f"  ({row['reason']})" if row["reason"] else ""))
-    print("* = serving · drift on the fixed prompt set: mean answer length (tokens), distinct-2, KL to SFT (nats per "
-          "answer), perplexity under SFT; - = not measured yet")
+    print("* = serving · learned: demonstrations/pairs/ratings its round trained on · drift on the fixed prompt set: "
+          "mean answer length (tokens), distinct-2, KL to SFT (nats per answer), perplexity under SFT; - = not "
+          "measured yet")
     return 0
 
 
@@ -455,11 +460,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("options", cmd_options, "every option as the README's Markdown table")
 
-    tr = command("train", cmd_train, "run one DPO round now (--once), or keep training as votes arrive (--watch)",
+    tr = command("train", cmd_train, "run one round now (--once), or keep training as feedback arrives (--watch)",
                  ModelSettings, RoundSettings)
     mode = tr.add_mutually_exclusive_group()
-    mode.add_argument("--watch", action="store_true", help="the trainer process: a round whenever enough pairs wait")
-    mode.add_argument("--once", action="store_true", help="one round on the pending pairs, then exit (default)")
+    mode.add_argument("--watch", action="store_true",
+                      help="the trainer process: a round whenever enough feedback waits")
+    mode.add_argument("--once", action="store_true", help="one round on the pending feedback, then exit (default)")
     tr.add_argument("--poll", type=float, default=2.0, help="seconds between checks in --watch mode")
     tr.add_argument("--parent-pid", type=int, default=None, help="stop when this process (the app) is gone")
     tr.add_argument("--settings-json", default=None,

@@ -13,10 +13,10 @@ from typing import Any
 from . import leaderboard
 from .store import Store
 
-ROUND_FIELDS = ("id", "status", "version", "parent_version", "pairs_used", "steps_done", "steps_total", "error",
-                "started_at", "finished_at")
-VERSION_FIELDS = ("version", "parent_version", "state", "reason", "pairs_used", "serving", "served_on_publish",
-                  "metrics", "path", "hyperparams", "created_at")
+ROUND_FIELDS = ("id", "status", "version", "parent_version", "pairs_used", "learned_from", "steps_done",
+                "steps_total", "error", "started_at", "finished_at")
+VERSION_FIELDS = ("version", "parent_version", "state", "reason", "pairs_used", "learned_from", "serving",
+                  "served_on_publish", "metrics", "path", "hyperparams", "created_at")
 
 
 def compute(store: Store) -> dict[str, Any]:
@@ -47,6 +47,7 @@ def compute(store: Store) -> dict[str, Any]:
         "changes": changes,
         "serving_version": serving,
         "counts": store.counts(),
+        "feedback": store.feedback_totals(),
         "running_round": _round(running) if running else None,
         "rounds": [_round(r) for r in store.rounds()],
         "steps": store.round_steps(),

@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from .decoding import SeededSampler
+from .models import load_policy
 from .prompting import chat_prompt, load_prompts
 from .settings import RoundSettings
 from .store import Store
@@ -176,8 +177,6 @@ def evaluate_and_store(store: Store, version: int, model, tokenizer, plan: EvalP
 def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: EvalPlan) -> dict:
     """Evaluate a published version (or 0, the SFT model) from its files; a version that cannot be evaluated gets
     its error stored instead, so an idle trainer does not try it again and again."""
-    from .training import load_policy
-
     try:
         model, tokenizer = load_policy(sft_dir)
         if torch.cuda.is_available():  # where the trainer trains (trl's default device)

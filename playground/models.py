@@ -353,3 +353,16 @@ def _dtype_for(device: str):
 
     # fp32 on CPU: bf16 matmuls are emulated on CPUs without AVX-512-BF16 and are many times slower.
     return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
+def load_policy(sft_dir: str):
+    """Fresh float32 SFT weights and the tokenizer (with a pad token) from a model folder: what a training round
+    trains an adapter on, and what drift samples from (the SFT files are never modified)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
+    return model, tokenizer

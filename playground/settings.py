@@ -3,7 +3,7 @@
 
 - `ModelSettings`: which models, where their files live, how they run (every command).
 - `Sampling`: how an answer is drawn (the CLI's answers; the page's defaults).
-- `RoundSettings`: what a DPO round does (the trainer; the app passes its complete copy to its trainer process).
+- `RoundSettings`: what a round does (the trainer; the app passes its complete copy to its trainer process).
 - `ServerSettings`: the web server (app.py only).
 
 Flags are the field names with dashes (`--min-pairs`); transformers' `HfArgumentParser` turns the fields into
@@ -175,13 +175,26 @@ class Sampling:
 
 @dataclass
 class RoundSettings:
-    _argument_group_name = "DPO rounds"
+    _argument_group_name = "training rounds"
 
-    min_pairs: int = field(default=8, metadata=_help("new training pairs that start a round (or Train now)"))
-    max_new_pairs: int = field(default=64, metadata=_help("new pairs per round; more wait for the next one"))
-    replay_pairs: int = field(default=32, metadata=_help("earlier pairs trained again in each round"))
-    epochs: int = field(default=2, metadata=_help("passes over a round's pairs"))
-    batch_size: int = field(default=1, metadata=_help("pairs per forward/backward pass"))
+    min_pairs: int = field(default=8, metadata=_help(
+        "new pieces of feedback that start a round (or Train now): each preference pair, demonstration and rating "
+        "counts one (demonstrations and ratings while their weight is above 0), at most `--pairs-per-voter` of one "
+        "voter's; someone who only rates or only writes answers gets rounds too"))
+    max_new_pairs: int = field(default=64, metadata=_help(
+        "new pieces of feedback (pairs, demonstrations, ratings) per round, oldest first; more wait for the next one"))
+    replay_pairs: int = field(default=32, metadata=_help(
+        "earlier examples of each kind (pairs, demonstrations, ratings) trained again in each round"))
+    sft_weight: float = field(default=1.0, metadata=_help(
+        "weight of the demonstration (SFT) stage: people's better answers made likely; it scales that stage's "
+        "learning rate; 0 = off (see How the model learns)"))
+    rating_weight: float = field(default=1.0, metadata=_help(
+        "weight of single ratings (thumbs, all bad): KTO's unpaired preference loss; it scales that stage's "
+        "learning rate; 0 = off"))
+    epochs: int = field(default=2, metadata=_help("passes over a round's examples, in each stage"))
+    batch_size: int = field(default=1, metadata=_help(
+        "examples per forward/backward pass (the rating stage takes at least 2: KTO estimates its KL term from the "
+        "other examples of a batch)"))
     grad_accumulation: int = field(default=4, metadata=_help(
         "passes per optimizer step: 4 passes of 1 pair make the updates of one pass of 4, in less memory"))
     learning_rate: float = field(default=2e-4, metadata=_help("constant learning rate"))
@@ -216,6 +229,8 @@ class RoundSettings:
                     if getattr(self, name) < low]
         if not self.learning_rate > 0 or not self.beta > 0:
             problems.append("learning_rate and beta must be positive")
+        problems += [f"{name} must be 0 (off) or more (got {getattr(self, name)})"
+                     for name in ("sft_weight", "rating_weight") if not getattr(self, name) >= 0]
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if not self.target_modules:
@@ -225,6 +240,11 @@ class RoundSettings:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def feedback_kinds(self) -> tuple[str, ...]:
+        """The kinds of feedback rounds train on with these weights (pairs always; see votes.FEEDBACK_KINDS)."""
+        return tuple(kind for kind, weight in (("demonstrations", self.sft_weight), ("pairs", 1.0),
+                                               ("ratings", self.rating_weight)) if weight > 0)
 
 
 @dataclass

@@ -113,6 +113,7 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
              mode: str = "pairwise", sampling: Sampling | None = None, seed: int = 0,
              round_timeout: float = 1800) -> dict:
     sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
+    kinds = playground.round_settings.feedback_kinds()
     rng = random.Random(seed)
     started = time.perf_counter()
     before = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
@@ -121,10 +122,11 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
         counts = collect_votes(playground, oracle, votes, prompts, mode, sampling, rng)
         voting_s = time.perf_counter() - started
         # The votes left over after the last automatic round get one final round, so every vote counts.
-        if playground.store.pending_pairs():
+        if any(playground.store.pending_counts(kinds).values()):
             playground.train_now()
         settled = wait_for(
-            lambda: not playground.store.pending_pairs() and playground.store.running_round() is None,
+            lambda: not any(playground.store.pending_counts(kinds).values())
+            and playground.store.running_round() is None,
             timeout=round_timeout, interval=2,
         )
         if not settled:

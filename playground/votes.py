@@ -9,10 +9,15 @@ rates call `outcomes_of` on exported votes.
 - best, full ranking: each answer beats every answer ranked below it;
 - pairwise (duel): 'a' or 'b' beats the other; 'tie' is half a win each way; 'both_bad' says nothing;
 - correction: the person's own answer beats every model answer of the turn;
-- all_bad and thumbs name no winner: no outcome (they are kept as feedback, and exported);
+- all_bad and thumbs name no winner: no outcome;
 - two answers with identical text (after strip) cannot be told apart: no outcome between them.
 
-A decisive outcome (score 1) is a DPO pair (chosen, rejected); a tie is no pair.
+A decisive outcome (score 1) is a DPO pair (chosen, rejected); a tie is no pair. Besides pairs, votes make the
+two other kinds of feedback a round trains on (`FEEDBACK_KINDS`; the store reads them from the votes, see its
+schema migration 7):
+- a correction is also a demonstration: the person's answer is the ideal answer to its turn (the SFT stage);
+- a thumb is a rating of its answer, 👍 desirable or 👎 not; all_bad is a 👎 rating of each model answer of the
+  turn, identical texts once (the KTO stage).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from itertools import combinations
 from typing import Any, Mapping, Sequence
 
 VOTE_KINDS = ("best", "all_bad", "pairwise", "thumb", "correction")
+FEEDBACK_KINDS = ("demonstrations", "pairs", "ratings")
 PAIRWISE_OUTCOMES = ("a", "b", "tie", "both_bad")
 
 # An answer as the rules see it: a mapping with at least "id" and "text" (the store adds "arm", "adapter_version").
@@ -111,9 +117,30 @@ def to_trl(pair: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
     """A store pair (with history / prompt_text / chosen_text / rejected_text) in TRL's conversational preference
     format, so DPOTrainer applies the model's chat template itself. The prompt is the whole conversation up to and
     including the turn's user message, identical for chosen and rejected (trl's extract_prompt relies on that)."""
-    history = list(pair.get("history") or [])
     return {
-        "prompt": history + [{"role": "user", "content": pair["prompt_text"]}],
+        "prompt": _turn(pair),
         "chosen": [{"role": "assistant", "content": pair["chosen_text"]}],
         "rejected": [{"role": "assistant", "content": pair["rejected_text"]}],
     }
+
+
+def _turn(row: Mapping[str, Any]) -> list[dict[str, str]]:
+    return list(row.get("history") or []) + [{"role": "user", "content": row["prompt_text"]}]
+
+
+def demonstration_to_trl(row: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """A demonstration in TRL's conversational prompt-completion format: SFTTrainer then trains the answer's tokens
+    only, given the whole conversation before it."""
+    return {"prompt": _turn(row), "completion": [{"role": "assistant", "content": row["text"]}]}
+
+
+def demonstration_messages(row: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """A demonstration in TRL's conversational `messages` format (what `trl sft` reads)."""
+    example = demonstration_to_trl(row)
+    return {"messages": example["prompt"] + example["completion"]}
+
+
+def rating_to_trl(row: Mapping[str, Any]) -> dict[str, Any]:
+    """A rating in TRL's unpaired preference format (KTOTrainer, `trl kto`): label true for 👍."""
+    return {"prompt": _turn(row), "completion": [{"role": "assistant", "content": row["text"]}],
+            "label": bool(row["label"])}

@@ -17,7 +17,8 @@ from playground.core import Playground
 from playground.generation import Engine
 from playground.models import load_model
 from playground.settings import ModelSettings, RoundSettings
-from playground.training import load_policy, run_round
+from playground.models import load_policy
+from playground.training import run_round
 
 FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64,
                      train_threads=1, eval_tokens=12)

@@ -81,27 +81,28 @@ def test_one_voter_puts_at_most_the_cap_into_a_round_oldest_first(tmp_path):
     settings = RoundSettings(pairs_per_voter=CAP, min_pairs=8)
 
     assert store.pending_pair_count() == 24
-    assert store.pending_pair_count(per_voter=CAP) == training.eligible_pair_count(store, settings) == 4 + 3 + 4
-    new, replay = training.select_pairs(store, settings)
+    assert store.pending_pair_count(per_voter=CAP) == training.eligible_counts(store, settings)["pairs"] == 4 + 3 + 4
+    chosen = training.select_feedback(store, settings)
+    new, replay = chosen.new["pairs"], chosen.replay["pairs"]
     assert [p["id"] for p in new] == sorted(flood[:4] + alice + cli[:4]) and replay == []
     assert {p["voter"] for p in new} == {"ip:aaaa", "hf:alice", None}
 
-    limited = training.select_pairs(store, RoundSettings(pairs_per_voter=CAP, max_new_pairs=5))[0]
+    limited = training.select_feedback(store, RoundSettings(pairs_per_voter=CAP, max_new_pairs=5)).new["pairs"]
     assert [p["id"] for p in limited] == sorted(flood[:4] + alice + cli[:4])[:5], "the oldest eligible ones"
-    uncapped = training.select_pairs(store, RoundSettings(pairs_per_voter=0))[0]
+    uncapped = training.select_feedback(store, RoundSettings(pairs_per_voter=0)).new["pairs"]
     assert len(uncapped) == 24, "0 = no cap"
 
     # The rest stay pending: the next round takes each voter's next oldest.
     run = store.start_round(0, [p["id"] for p in new], {}, pid=None)
     store.finish_round(run, tmp_path / "adapter", {})
-    assert [p["id"] for p in training.select_pairs(store, settings)[0]] == sorted(flood[4:8] + cli[4:])
+    assert [p["id"] for p in training.select_feedback(store, settings).new["pairs"]] == sorted(flood[4:8] + cli[4:])
 
 
 def test_one_flooding_voter_alone_cannot_start_a_round(tmp_path):
     store = Store.open(tmp_path)
     duel_votes(store, 60, voter="ip:aaaa", session="s1")
     settings = RoundSettings(pairs_per_voter=CAP, min_pairs=8)
-    assert training.eligible_pair_count(store, settings) == CAP < settings.min_pairs
+    assert sum(training.eligible_counts(store, settings).values()) == CAP < settings.min_pairs
     # Below min_pairs run_round returns before loading anything: no model needed to see it decline.
     assert training.run_round(store, tmp_path / "adapters", "no-model-needed", settings) is None
     assert store.rounds() == []
@@ -251,7 +252,7 @@ def test_fifty_sessions_from_one_address(flooded_app):
     assert waiting["trainer"]["state"] == "waiting" and waiting["rounds"] == [] and waiting["pairs_eligible"] == 6
     training_panel = watcher.predict(api_name="/panel")[1]
     assert "6 of the 8 that start a round" in training_panel
-    assert f"{pending - 6} more pairs wait for later rounds" in training_panel
+    assert f"{pending - 6} more wait for later rounds" in training_panel
 
     # One more vote of the other visitor makes 8 eligible pairs: the round takes 4 of each voter's.
     other_votes("Another visitor's second question?")

@@ -211,7 +211,7 @@ def test_auto_falls_back_to_torch_when_the_onnx_build_fails(tiny_models, tmp_pat
 
 
 def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
-    from playground.training import _prepare_for_serving
+    from playground.training.runner import _prepare_for_serving
 
     folder = tmp_path / "round"
     shutil.copytree(adapters[2], folder)

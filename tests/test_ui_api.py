@@ -80,9 +80,9 @@ def version_of(title: str) -> int:
 
 
 def settled(client) -> dict | None:
-    """Stats once no pairs wait, no round runs and the app serves what the store says (else None)."""
+    """Stats once no feedback waits, no round runs and the app serves what the store says (else None)."""
     s = stats(client)
-    quiet = not s["counts"]["pairs_pending"] and not s["running_round"] and s["engine_version"] == s["serving_version"]
+    quiet = not sum(s["eligible"].values()) and not s["running_round"] and s["engine_version"] == s["serving_version"]
     return s if quiet else None
 
 
@@ -176,7 +176,8 @@ def test_blind_mode_hides_names_until_the_vote(client):
 
 def test_all_bad_and_thumbs(client):
     compare(client, "Tell me a joke about databases.")
-    assert client.predict(1, True, api_name="/vote_thumb") == "✓ Thanks for the thumbs up!"
+    assert client.predict(1, True, api_name="/vote_thumb").startswith("✓ Thanks for the thumbs up! A single rating "
+                                                                      "trains the preference-tuned model too")
     assert client.predict(3, False, api_name="/vote_thumb") == "✓ Thanks for the thumbs down!"
     assert "already rated this answer" in client.predict(1, False, api_name="/vote_thumb")
     assert "Name a column from 1 to 3" in client.predict(4, True, api_name="/vote_thumb")
@@ -283,10 +284,10 @@ def test_votes_start_a_round_and_the_new_version_serves(client):
 
 def test_train_now_runs_a_round_below_the_threshold(client):
     before = wait_until(lambda: settled(client), 180, "earlier pairs to be trained")["serving_version"]
-    assert "No new training pairs" in client.predict(api_name="/train_now")
+    assert "No feedback waits for a round" in client.predict(api_name="/train_now")
     client.predict("Name a planet.", *SAMPLING, None, api_name="/duel")
     assert "1 training pair" in client.predict("b", api_name="/vote_duel")  # 1 pair < min-pairs 2
-    assert "Asked for a round on 1 pending pair" in client.predict(api_name="/train_now")
+    assert "Asked for a round on 1 pair." in client.predict(api_name="/train_now")
     wait_until(lambda: stats(client)["engine_version"] == before + 1, 180, f"version {before + 1} to serve")
 
 
@@ -392,7 +393,7 @@ def test_while_the_models_load_the_page_says_so(tmp_path):
     assert playground.data_set.name in page.status_line(), "the page says which data set is in use"
     *_, message, state = next(CompareTab(page).compare("Hello?", 0.7, 0.9, 16, None, False, None))
     assert "converting the embedded GGUF once" in message and "Try again when" in message and state is None
-    assert "No new training pairs" in TrainingTab(page).train_now()  # the store works before the models do
+    assert "No feedback waits for a round" in TrainingTab(page).train_now()  # the store works before the models do
     assert build_app(page).panel.stats()["ready"] is False
 
     playground.error = "No such model folder: /nowhere. Fix: check the path."

@@ -2,7 +2,8 @@
 versions, one file per data set (see data_sets.py).
 
 - schema.py: the file itself (migrations, connections, one transaction per write, the change counter);
-- records.py: what people gave (comparisons, answers, votes, pairs);
+- records.py: what people gave (comparisons, answers, votes and the pairs they make);
+- feedback.py: what a round may train on (pairs, demonstrations, ratings: pending, trained, exported);
 - rounds.py: what training made of it (rounds, steps, versions, the serving version, the trainer's state).
 
 Timestamps are float unix seconds. JSON columns (settings, hyperparams, metrics, extra) come back parsed.
@@ -14,6 +15,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .feedback import Feedback
 from .records import ARMS, MODES, Records, VoteError, VoteReceipt
 from .rounds import Rounds, pid_alive
 from .schema import MIGRATIONS, Database, StoreError
@@ -23,7 +25,7 @@ __all__ = ["ARMS", "MODES", "MIGRATIONS", "Store", "StoreError", "VoteError", "V
 DB_FILENAME = "playground.sqlite3"
 
 
-class Store(Records, Rounds, Database):
+class Store(Records, Feedback, Rounds, Database):
     @classmethod
     def open(cls, folder: str | os.PathLike) -> "Store":
         """The store of the data set in `folder`."""

@@ -1,4 +1,5 @@
-"""What people gave: prompts, comparisons and their answers, votes, and the preference pairs the votes make.
+"""What people gave: prompts, comparisons and their answers, votes, and the preference pairs the votes make (the
+other kinds of feedback, demonstrations and ratings, are read from the votes: feedback.py).
 
 A vote is checked, written with its pairs (`votes.pairs_of`) in one transaction, or refused with a message and
 nothing written.
@@ -19,33 +20,6 @@ from .schema import StoreError, _json, _row
 ARMS = ("base", "sft", "pref")
 MODES = ("compare", "duel")
 _EXPORT_BATCH = 500
-
-# The ids of the pending pairs a round may take: with a cap (first parameter, twice; 0 = none), each voter's oldest
-# `cap` pairs. A vote without a voter (from before voters were recorded, or the command line) counts its session as
-# the voter.
-_ELIGIBLE = """
-    SELECT id FROM (
-        SELECT p.id, row_number() OVER (
-            PARTITION BY coalesce(v.voter, 'session:' || v.session_id) ORDER BY p.id) AS nth
-        FROM pairs p JOIN votes v ON v.id = p.vote_id
-        WHERE p.round_id IS NULL)
-    WHERE ? <= 0 OR nth <= ?
-"""
-
-_PAIR_SELECT = """
-    SELECT p.id, p.vote_id, v.kind AS vote_kind, v.session_id, v.voter, p.comparison_id, p.round_id,
-           p.created_at, pr.text AS prompt_text, pr.category, cm.history,
-           p.chosen_answer_id, c.text AS chosen_text, c.arm AS chosen_arm,
-           c.adapter_version AS chosen_adapter_version,
-           p.rejected_answer_id, r.text AS rejected_text, r.arm AS rejected_arm,
-           r.adapter_version AS rejected_adapter_version
-    FROM pairs p
-    JOIN votes v ON v.id = p.vote_id
-    JOIN comparisons cm ON cm.id = p.comparison_id
-    JOIN prompts pr ON pr.id = cm.prompt_id
-    JOIN answers c ON c.id = p.chosen_answer_id
-    JOIN answers r ON r.id = p.rejected_answer_id
-"""
 
 HUMAN = "human"  # the arm of an answer a person wrote (a correction)
 MAX_CORRECTION_CHARS = 4000
@@ -278,7 +252,9 @@ class Records:
             ).fetchone()
             if already:
                 raise VoteError("You already rated this answer.")
-            answer = next(a for a in answers if a["id"] == answer_id)
+            answer = next((a for a in answers if a["id"] == answer_id), None)
+            if answer is None:
+                raise VoteError("That answer is one a person wrote (a better answer); rate the models' answers.")
             return self._record(conn, "thumb", session_id, comparison_id, "up" if up else "down", [answer], answers,
                                 voter)
 
@@ -336,23 +312,7 @@ class Records:
         )
         return VoteReceipt(vote_id, kind, len(pairs), _thanks(kind, outcome, len(pairs)))
 
-    # -- pairs ---------------------------------------------------------------------------------------
-
-    def pending_pairs(self, limit: int | None = None, per_voter: int = 0) -> list[dict]:
-        """Pairs no finished round has trained on yet, oldest first; with `per_voter`, only each voter's oldest
-        `per_voter` of them (the pairs one round may take, see `_ELIGIBLE`)."""
-        with self._read() as conn:
-            rows = conn.execute(
-                _PAIR_SELECT + f" WHERE p.id IN ({_ELIGIBLE}) ORDER BY p.id LIMIT ?",
-                (per_voter, per_voter, -1 if limit is None else limit),
-            )
-            return [_row(r) for r in rows]
-
-    def pending_pair_count(self, per_voter: int = 0) -> int:
-        """How many pairs wait for a round; with `per_voter`, how many one round could take (at most `per_voter` of
-        each voter's): what decides whether enough wait to start a round."""
-        with self._read() as conn:
-            return conn.execute(f"SELECT count(*) FROM ({_ELIGIBLE})", (per_voter, per_voter)).fetchone()[0]
+    # -- the voters' key -----------------------------------------------------------------------------
 
     def voter_salt(self) -> bytes:
         """The secret key of the voters' address hashes (`voters.address_voter`), created on first use. It stays in
@@ -367,18 +327,6 @@ class Records:
                 salt = self._voter_salt = bytes.fromhex(self._meta(conn, "voter_salt"))
         return salt
 
-    def pairs(self, ids: Iterable[int] | None = None) -> list[dict]:
-        """Pairs (all, or those with these ids) by id: prompt/chosen/rejected texts, arms, versions."""
-        with self._read() as conn:
-            if ids is None:
-                rows = conn.execute(_PAIR_SELECT + " ORDER BY p.id")
-            else:
-                rows = conn.execute(
-                    _PAIR_SELECT + " WHERE p.id IN (SELECT value FROM json_each(?)) ORDER BY p.id",
-                    (json.dumps(list(ids)),),
-                )
-            return [_row(r) for r in rows]
-
     def _batches(self, sql: str) -> Iterator[dict]:
         """Every row of `sql` (which selects an `id` and ends in `WHERE <id> > ? ORDER BY <id> LIMIT ?`), read in
         batches of one short transaction each, so a long export never pins the WAL."""
@@ -390,11 +338,6 @@ class Records:
                 return
             yield from batch
             last = batch[-1]["id"]
-
-    def export_pairs(self) -> Iterator[dict]:
-        """Every pair in TRL's conversational format (keys prompt/chosen/rejected only)."""
-        for pair in self._batches(_PAIR_SELECT + " WHERE p.id > ? ORDER BY p.id LIMIT ?"):
-            yield rules.to_trl(pair)
 
     def export_votes(self) -> Iterator[dict]:
         """Every vote, raw: kind, session, voter, outcome, time, prompt and the comparison's answers, each with
@@ -422,24 +365,17 @@ class Records:
             last = votes[-1]["vote_id"]
 
 
-    def export_demonstrations(self) -> Iterator[dict]:
-        """Every correction as an SFT example in TRL's conversational format: {"messages": the turn's history, its
-        prompt and the person's answer}."""
-        for row in self._batches(
-                "SELECT a.id, cm.history, p.text AS prompt, a.text FROM answers a "
-                "JOIN comparisons cm ON cm.id = a.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
-                "WHERE a.arm = 'human' AND a.id > ? ORDER BY a.id LIMIT ?"):
-            yield {"messages": list(row["history"]) + [{"role": "user", "content": row["prompt"]},
-                                                       {"role": "assistant", "content": row["text"]}]}
-
 def _thanks(kind: str, outcome: str | None, n_pairs: int) -> str:
     if kind == "correction":
-        return (f"Thanks! Your answer is kept as a demonstration, made {_plural(n_pairs, 'training pair')} against "
-                f"the models' answers, and the conversation continues from it.")
+        return (f"Thanks! Your answer is kept as a demonstration (SFT data), made "
+                f"{_plural(n_pairs, 'training pair')} against the models' answers, and the conversation continues "
+                f"from it.")
     if kind == "thumb":
-        return f"Thanks for the thumbs {outcome}!"
+        return (f"Thanks for the thumbs {outcome}! A single rating trains the preference-tuned model too (KTO), "
+                f"unless ratings are turned off.")
     if kind == "all_bad":
-        return "Thanks! Noted that every answer was bad; that is kept as feedback but makes no training pair."
+        return ("Thanks! Noted that every answer was bad: it makes no training pair, and each answer counts as a "
+                "thumbs-down rating.")
     if outcome == "tie":
         return "Thanks! Tie recorded; a tie makes no training pair."
     if outcome == "both_bad":

@@ -29,7 +29,7 @@ _STEP_COLUMNS = {
 }
 
 _VERSION_SELECT = (
-    "SELECT av.*, r.pairs_used, r.hyperparams, r.started_at, r.finished_at "
+    "SELECT av.*, r.pairs_used, r.demonstrations_used, r.ratings_used, r.hyperparams, r.started_at, r.finished_at "
     "FROM adapter_versions av LEFT JOIN rounds r ON r.id = av.round_id"
 )
 
@@ -47,15 +47,25 @@ def pid_alive(pid: int | None) -> bool:
     return True
 
 
+def learned_from(round_row: dict) -> dict[str, int]:
+    """What a round (or the version it made) trained on, new and replayed: {"demonstrations", "pairs", "ratings"}."""
+    return {"demonstrations": round_row.get("demonstrations_used") or 0, "pairs": round_row.get("pairs_used") or 0,
+            "ratings": round_row.get("ratings_used") or 0}
+
+
 class Rounds:
     """Rounds, steps, versions, serving state and the trainer's state (a part of `Store`)."""
 
     # -- rounds --------------------------------------------------------------------------------------
 
     def start_round(self, parent_version: int | None, pair_ids: Iterable[int], hyperparams: dict,
-                    pid: int | None) -> int:
-        """Record a running round. parent_version 0/None = trained from no adapter."""
+                    pid: int | None, *, demonstration_ids: Iterable[int] = (),
+                    rating_keys: Iterable[tuple[int, int]] = ()) -> int:
+        """Record a running round and what it trains on: pairs, demonstrations (their answer ids) and ratings
+        ((vote id, answer id) keys). parent_version 0/None = trained from no adapter."""
         pair_ids = sorted(set(pair_ids))
+        demonstration_ids = sorted(set(demonstration_ids))
+        rating_keys = sorted({(int(v), int(a)) for v, a in rating_keys})
         with self._write() as conn:
             if parent_version and conn.execute(
                 "SELECT 1 FROM adapter_versions WHERE version = ?", (parent_version,)
@@ -66,17 +76,34 @@ class Rounds:
             ).fetchone()[0]
             if known != len(pair_ids):
                 raise StoreError(f"{len(pair_ids) - known} of the {len(pair_ids)} pairs do not exist.")
+            known = conn.execute("SELECT count(*) FROM demonstrations WHERE id IN (SELECT value FROM json_each(?))",
+                                 (json.dumps(demonstration_ids),)).fetchone()[0]
+            if known != len(demonstration_ids):
+                raise StoreError(f"{len(demonstration_ids) - known} of the {len(demonstration_ids)} demonstrations "
+                                 f"do not exist.")
+            known = conn.execute(
+                "SELECT count(*) FROM ratings WHERE EXISTS (SELECT 1 FROM json_each(?) k WHERE "
+                "json_extract(k.value, '$[0]') = vote_id AND json_extract(k.value, '$[1]') = answer_id)",
+                (json.dumps(rating_keys),)).fetchone()[0]
+            if known != len(rating_keys):
+                raise StoreError(f"{len(rating_keys) - known} of the {len(rating_keys)} ratings do not exist.")
             round_id = conn.execute(
-                "INSERT INTO rounds (status, parent_version, pairs_used, hyperparams, pid, started_at) "
-                "VALUES ('running', ?, ?, ?, ?, ?)",
-                (parent_version or None, len(pair_ids), _json(hyperparams), pid, time.time()),
+                "INSERT INTO rounds (status, parent_version, pairs_used, demonstrations_used, ratings_used, "
+                "hyperparams, pid, started_at) VALUES ('running', ?, ?, ?, ?, ?, ?, ?)",
+                (parent_version or None, len(pair_ids), len(demonstration_ids), len(rating_keys), _json(hyperparams),
+                 pid, time.time()),
             ).lastrowid
             conn.executemany("INSERT INTO round_pairs (round_id, pair_id) VALUES (?, ?)",
                              [(round_id, p) for p in pair_ids])
+            conn.executemany("INSERT INTO round_demonstrations (round_id, answer_id) VALUES (?, ?)",
+                             [(round_id, d) for d in demonstration_ids])
+            conn.executemany("INSERT INTO round_ratings (round_id, vote_id, answer_id) VALUES (?, ?, ?)",
+                             [(round_id, v, a) for v, a in rating_keys])
             return round_id
 
-    def log_step(self, round_id: int, step: int, metrics: dict) -> None:
-        """Store one trl log dict. Logging the same step twice (train and eval logs) merges them."""
+    def log_step(self, round_id: int, step: int, metrics: dict, stage: str = "dpo") -> None:
+        """Store one trl log dict of `stage` (sft, dpo, kto: training.STAGES); `step` counts across the round's
+        stages. Logging the same step twice (train and eval logs) merges them."""
         columns = {col: None for col in _STEP_COLUMNS.values()}
         extra = {}
         for key, value in metrics.items():
@@ -88,11 +115,11 @@ class Rounds:
         updates = ", ".join(f"{c} = coalesce(excluded.{c}, round_steps.{c})" for c in names)
         with self._write() as conn:
             conn.execute(
-                f"INSERT INTO round_steps (round_id, step, {', '.join(names)}, extra, created_at) "
-                f"VALUES (?, ?, {', '.join('?' * len(names))}, ?, ?) "
+                f"INSERT INTO round_steps (round_id, step, stage, {', '.join(names)}, extra, created_at) "
+                f"VALUES (?, ?, ?, {', '.join('?' * len(names))}, ?, ?) "
                 f"ON CONFLICT (round_id, step) DO UPDATE SET {updates}, "
                 f"extra = json_patch(round_steps.extra, excluded.extra)",
-                (round_id, step, *columns.values(), _json(extra), time.time()),
+                (round_id, step, stage, *columns.values(), _json(extra), time.time()),
             )
 
     def finish_round(self, round_id: int, adapter_path: str | os.PathLike, metrics: dict) -> int:
@@ -140,7 +167,8 @@ class Rounds:
 
     def running_round(self) -> dict | None:
         with self._read() as conn:
-            return _row(conn.execute("SELECT * FROM rounds WHERE status = 'running' ORDER BY id DESC").fetchone())
+            row = _row(conn.execute("SELECT * FROM rounds WHERE status = 'running' ORDER BY id DESC").fetchone())
+        return None if row is None else row | {"learned_from": learned_from(row)}
 
     def request_round(self) -> None:
         """Ask the trainer for a round now, whatever the number of pending pairs ("train now")."""
@@ -185,17 +213,21 @@ class Rounds:
         return rnd
 
     def rounds(self) -> list[dict]:
-        """All rounds, oldest first."""
+        """All rounds, oldest first, each with what it `learned_from`."""
         with self._read() as conn:
-            return [_row(r) for r in conn.execute("SELECT * FROM rounds ORDER BY id")]
+            rows = [_row(r) for r in conn.execute("SELECT * FROM rounds ORDER BY id")]
+        return [r | {"learned_from": learned_from(r)} for r in rows]
 
     def round_steps(self, round_id: int | None = None) -> list[dict]:
+        """Every logged step (of one round), in order; `loss_<stage>` repeats the loss under its stage's name."""
         with self._read() as conn:
-            rows = conn.execute(
+            rows = [_row(r) for r in conn.execute(
                 "SELECT * FROM round_steps WHERE ? IS NULL OR round_id = ? ORDER BY round_id, step",
                 (round_id, round_id),
-            )
-            return [_row(r) for r in rows]
+            )]
+        for row in rows:
+            row[f"loss_{row['stage']}"] = row["loss"]
+        return rows
 
     # -- the trainer process's state -------------------------------------------------------------------
 
@@ -220,6 +252,7 @@ class Rounds:
             rows = [self._absolute(_row(r)) for r in conn.execute(_VERSION_SELECT + " ORDER BY av.version")]
         for v in rows:
             v["serving"] = v["version"] == serving
+            v["learned_from"] = learned_from(v)
         return rows
 
     def version(self, version: int) -> dict | None:
@@ -227,6 +260,7 @@ class Rounds:
             v = self._absolute(_row(conn.execute(_VERSION_SELECT + " WHERE av.version = ?", (version,)).fetchone()))
             if v is not None:
                 v["serving"] = v["version"] == self._serving(conn)
+                v["learned_from"] = learned_from(v)
             return v
 
     def serving_version(self) -> int:
@@ -316,6 +350,8 @@ class Rounds:
                 "votes_by_kind": by_kind,
                 "pairs": one("SELECT count(*) FROM pairs"),
                 "pairs_pending": one("SELECT count(*) FROM pairs WHERE round_id IS NULL"),
+                "demonstrations": one("SELECT count(*) FROM demonstrations"),
+                "ratings": one("SELECT count(*) FROM ratings"),
                 "rounds": one("SELECT count(*) FROM rounds"),
                 "versions": one("SELECT count(*) FROM adapter_versions"),
             }

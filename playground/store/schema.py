@@ -242,6 +242,45 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (version, eval_set)
     );
     """,
+    # 7: every kind of feedback trains (training.py). A demonstration is a person's better answer (Dataset 1, the SFT
+    # stage); a rating is one model answer judged on its own, 👍 or 👎 (the KTO stage): a thumb rates its answer, an
+    # "all bad" vote is a 👎 for each model answer of the turn (identical texts once). Both are read from the votes
+    # themselves (views), so every vote counts, those from before this migration too, and a restored durable copy
+    # needs nothing beyond the votes. A round records which ones it trained on; one is pending until a round that
+    # trained on it is done. Steps are numbered across a round's stages and say which stage logged them.
+    """
+    CREATE VIEW demonstrations AS
+        SELECT a.id AS id, v.id AS vote_id, v.comparison_id, v.session_id, v.voter, v.created_at
+        FROM votes v JOIN vote_answers va ON va.vote_id = v.id JOIN answers a ON a.id = va.answer_id
+        WHERE v.kind = 'correction';
+    CREATE VIEW ratings AS
+        SELECT v.id AS vote_id, va.answer_id, CASE v.outcome WHEN 'up' THEN 1 ELSE 0 END AS label, v.comparison_id,
+               v.session_id, v.voter, v.created_at
+        FROM votes v JOIN vote_answers va ON va.vote_id = v.id
+        WHERE v.kind = 'thumb'
+        UNION ALL
+        SELECT v.id, a.id, 0, v.comparison_id, v.session_id, v.voter, v.created_at
+        FROM votes v JOIN answers a ON a.comparison_id = v.comparison_id
+        WHERE v.kind = 'all_bad' AND a.arm <> 'human' AND a.id = (
+            SELECT min(b.id) FROM answers b WHERE b.comparison_id = a.comparison_id AND b.arm <> 'human'
+            AND trim(b.text, char(32, 9, 10, 13)) = trim(a.text, char(32, 9, 10, 13)));
+    CREATE TABLE round_demonstrations (
+        round_id   INTEGER NOT NULL REFERENCES rounds(id),
+        answer_id  INTEGER NOT NULL REFERENCES answers(id),
+        PRIMARY KEY (round_id, answer_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX round_demonstrations_answer ON round_demonstrations (answer_id);
+    CREATE TABLE round_ratings (
+        round_id   INTEGER NOT NULL REFERENCES rounds(id),
+        vote_id    INTEGER NOT NULL REFERENCES votes(id),
+        answer_id  INTEGER NOT NULL REFERENCES answers(id),
+        PRIMARY KEY (round_id, vote_id, answer_id)
+    ) WITHOUT ROWID;
+    CREATE INDEX round_ratings_rating ON round_ratings (vote_id, answer_id);
+    ALTER TABLE rounds ADD COLUMN demonstrations_used INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE rounds ADD COLUMN ratings_used INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE round_steps ADD COLUMN stage TEXT NOT NULL DEFAULT 'dpo';
+    """,
 ]
 
 # Meta keys that describe this process or this copy of the file, not the data: never copied, never restored.

@@ -16,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import leaderboard
+from ..training import eligible_counts
 from .common import Page
 from .data import counts_table
 from .training import (DRIFT_PLOTS, drift_frame, plot_frame, progress_html, steps_frame, training_status,
@@ -58,6 +59,7 @@ class Panel:
         """The raw figures (`/stats`): counts, rounds, versions, serving and engine versions, the trainer."""
         pg = self.page.playground
         facts = facts or pg.dashboard.facts()
+        eligible = eligible_counts(pg.store, pg.round_settings)
         return {
             "ready": pg.ready,
             "status": self.page.status_line(),
@@ -71,13 +73,15 @@ class Panel:
             "trainer": facts["trainer"],
             "min_pairs": (facts["trainer"] or {}).get("min_pairs") or pg.round_settings.min_pairs,
             "counts": facts["counts"],
-            # The pending pairs a round could take under the per-voter cap (what min_pairs is compared with).
-            "pairs_eligible": pg.store.pending_pair_count(per_voter=pg.round_settings.pairs_per_voter),
+            # The pending feedback a round could take under the per-voter cap (what min_pairs is compared with).
+            "eligible": eligible,
+            "pairs_eligible": eligible["pairs"],
+            "feedback": facts["feedback"],
             "running_round": facts["running_round"],
             "sft_drift": facts["sft_drift"],
             "rounds": facts["rounds"],
-            "versions": [{k: v[k] for k in ("version", "parent_version", "state", "reason", "pairs_used", "serving",
-                                            "served_on_publish", "metrics", "vote_win_rate", "drift")}
+            "versions": [{k: v[k] for k in ("version", "parent_version", "state", "reason", "pairs_used", "learned_from",
+                                            "serving", "served_on_publish", "metrics", "vote_win_rate", "drift")}
                          for v in facts["versions"]],
         }
 
@@ -88,9 +92,9 @@ class Panel:
         return {
             "status": stats["status"],
             "training": training_status(facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"],
-                                        stats["pairs_eligible"]),
+                                        stats["eligible"]),
             "progress": progress_html(facts["running_round"]),
-            "loss": plot_frame(steps, "step", "round", "loss"),
+            "loss": plot_frame(steps, "step", "stage", "loss"),
             "margin": plot_frame(steps, "step", "round", "reward_margin"),
             "accuracy": plot_frame(steps, "step", "round", "reward_accuracy"),
             "versions": versions_table(facts),

@@ -1,5 +1,6 @@
-"""The Training tab: the serving version, the trainer's state, the running round's progress, DPO loss / reward
-margin / reward accuracy across rounds, every version with its metrics and vote win rate; Train now and rollback.
+"""The Training tab: the serving version, the trainer's state, the running round's progress, each stage's loss and
+DPO's reward margin / accuracy across rounds, every version with what it learned from, its metrics and vote win rate;
+Train now and rollback.
 
 The render functions turn the shared figures (`dashboard.compute`) into what the components show; panel.py calls
 them once per change for every open page.
@@ -11,6 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from ..store import StoreError
+from ..training import eligible_counts
 from .common import VOTES, Page, code
 
 # (panel output, drift metric, title)
@@ -19,8 +21,8 @@ DRIFT_PLOTS = (("drift_length", "mean_tokens", "Answer length (tokens)"),
                ("drift_kl", "kl_to_sft", "KL to SFT (nats per answer)"),
                ("drift_perplexity", "sft_perplexity", "Perplexity under SFT"),
                ("drift_win_rate", "win_rate", "Vote win rate"))
-VERSION_HEADERS = ["version", "serving", "parent", "state", "pairs", "final loss", "reward margin", "reward acc",
-                   "vote win rate"]
+VERSION_HEADERS = ["version", "serving", "parent", "state", "demonstrations", "pairs", "ratings", "final loss",
+                   "reward margin", "reward acc", "vote win rate"]
 
 
 class TrainingTab:
@@ -29,17 +31,18 @@ class TrainingTab:
 
     def train_now(self):
         pg = self.page.playground
-        # What a round could take now: each voter's pairs up to the per-voter cap; the rest wait for later rounds.
-        pending = pg.store.pending_pair_count(per_voter=pg.round_settings.pairs_per_voter)
-        if not pending:
-            return "⚠ No new training pairs wait: vote first (a tie, all-bad or thumbs vote makes none)."
+        # What a round could take now: each voter's feedback up to the per-voter cap; the rest waits for later rounds.
+        eligible = eligible_counts(pg.store, pg.round_settings)
+        if not sum(eligible.values()):
+            return ("⚠ No feedback waits for a round: vote, rate or write a better answer first (a tie makes no "
+                    "training pair).")
         if pg.store.running_round():
-            return "A round is already running; the pairs that arrived since wait for the next one."
+            return "A round is already running; the feedback that arrived since waits for the next one."
         pg.train_now()
         trainer = "" if pg.trainer_alive() else (
             " The trainer process is not running yet; it starts when the models are ready." if not pg.ready else
             " No trainer process runs here; a trainer on this data set (`train --watch`) takes it.")
-        return f"✓ Asked for a round on {pending} pending pair{'s' * (pending != 1)}.{trainer}"
+        return f"✓ Asked for a round on {feedback_words(eligible)}.{trainer}"
 
     def rollback(self, version, admin_token):
         refusal = self.page.admin_refusal(admin_token, "Rolling back")
@@ -65,17 +68,19 @@ class TrainingTab:
             train_message = gr.Markdown(label="message")
         with gr.Row():
             plots = {
-                "loss": gr.LinePlot(x="step", y="loss", color="round", title="DPO loss", height=260,
-                                    x_title="step (all rounds)"),
+                "loss": gr.LinePlot(x="step", y="loss", color="stage", title="Loss of each stage", height=260,
+                                    x_title="step (all rounds)", elem_id="stage-loss"),
                 "margin": gr.LinePlot(x="step", y="reward_margin", color="round", title="Reward margin", height=260,
                                       x_title="step (all rounds)"),
                 "accuracy": gr.LinePlot(x="step", y="reward_accuracy", color="round", title="Reward accuracy",
                                         height=260, x_title="step (all rounds)", y_lim=[0, 1]),
             }
-        gr.Markdown("Reward margin: how much more the adapter prefers the chosen answer than the SFT model does (in "
-                    "β-scaled log-probability); accuracy: the share of pairs where it prefers the chosen one. Both "
-                    "are measured on the round's own training pairs. Vote win rate: the share of games a version "
-                    "won in the votes (ties half), the games the leaderboard counts.")
+        gr.Markdown("Loss: each stage's own (SFT: negative log-likelihood of the demonstrations; DPO: its sigmoid "
+                    "loss on pairs; KTO: its loss on single ratings). Reward margin: how much more the adapter "
+                    "prefers a pair's chosen answer than the SFT model does (in β-scaled log-probability); accuracy: "
+                    "the share of pairs where it prefers the chosen one. Both are measured on the round's own "
+                    "training pairs. Vote win rate: the share of games a version won in the votes (ties half), the "
+                    "games the leaderboard counts.")
         versions = gr.Dataframe(headers=VERSION_HEADERS, interactive=False, elem_id="versions",
                                 label="Adapter versions")
         gr.Markdown("**Drift per version**, measured by the trainer right after each round on a fixed prompt set "
@@ -104,15 +109,25 @@ class TrainingTab:
 # ---- rendering the shared figures -----------------------------------------------------------------------------
 
 
+def feedback_words(counts: dict[str, int]) -> str:
+    """{kind: n} in words, e.g. "3 pairs, 1 demonstration"; kinds with none left out ("nothing" when all are)."""
+    words = [f"{n} {kind if n != 1 else kind[:-1]}" for kind, n in counts.items() if n]
+    return ", ".join(words) or "nothing"
+
+
 def training_status(facts: dict, engine_version: int | None, trainer_alive: bool, min_pairs: int,
-                    eligible: int | None = None) -> str:
+                    eligible: dict[str, int] | None = None) -> str:
     """min_pairs: this app's setting; a trainer that says its own (one started elsewhere) is believed instead.
-    eligible: the pending pairs a round could take (under the per-voter cap); default: all pending pairs."""
-    counts, running, serving = facts["counts"], facts["running_round"], facts["serving_version"]
+    eligible: {kind: pending pieces a round could take} (under the per-voter cap, the kinds the weights turn on);
+    default: every pending piece."""
+    running, serving = facts["running_round"], facts["serving_version"]
     trainer = facts["trainer"] or {}
     need = trainer.get("min_pairs") or min_pairs
-    pending = counts["pairs_pending"] if eligible is None else eligible
-    held = counts["pairs_pending"] - pending  # pairs over a voter's cap: they wait for later rounds
+    if eligible is None:
+        eligible = {kind: f["pending"] for kind, f in facts["feedback"].items()}
+    pending = sum(eligible.values())
+    # Over a voter's cap: it waits for later rounds.
+    held = sum(facts["feedback"][kind]["pending"] for kind in eligible) - pending
     lines = [f"**Serving:** adapter **v{serving}**"
              + (" (none yet: the preference-tuned arm is the SFT model)" if serving == 0 else "")]
     if engine_version is not None and engine_version != serving:
@@ -123,13 +138,14 @@ def training_status(facts: dict, engine_version: int | None, trainer_alive: bool
                      f"while its round ran (from v{newest['parent_version'] or 0}), and that choice stands. "
                      f"Roll forward to v{newest['version']} to serve it.")
     if running:
-        lines.append(f"**Round {running['id']} running** on {running['pairs_used']} pairs.")
+        lines.append(f"**Round {running['id']} running** on {feedback_words(running['learned_from'])}.")
     elif pending >= need:
-        lines.append(f"**{pending} pairs wait**: the trainer starts a round within seconds.")
+        lines.append(f"**{feedback_words(eligible)} wait**: the trainer starts a round within seconds.")
     else:
-        lines.append(f"**Pending pairs:** {pending} of the {need} that start a round (or press Train now).")
+        lines.append(f"**Waiting for a round:** {feedback_words(eligible)}: {pending} of the {need} that start a "
+                     f"round (each pair, demonstration and rating counts one; or press Train now).")
     if held > 0:
-        lines.append(f"{held} more pair{'s' * (held != 1)} wait for later rounds: one voter's pairs beyond "
+        lines.append(f"{held} more wait{'s' * (held == 1)} for later rounds: one voter's feedback beyond "
                      f"`--pairs-per-voter` per round.")
     state = trainer.get("state")
     doing = {"waiting": "waiting for pairs", "training": "training", "stopped": "stopped",
@@ -155,16 +171,23 @@ def progress_html(running: dict | None) -> str:
             f"<div class='pg-meta'>Round {int(running['id'])}: step {done} of {total or '?'}</div>")
 
 
+STAGE_NAMES = {"sft": "SFT on demonstrations", "dpo": "DPO on pairs", "kto": "KTO on ratings"}
+STEP_COLUMNS = ["step", "round", "stage", "loss", "reward_margin", "reward_accuracy"]
+
+
 def steps_frame(steps: list[dict], rounds: list[dict]) -> pd.DataFrame:
-    """One row per logged step, x = step index across all rounds, colour = round (with the version it made)."""
+    """One row per logged step, x = step index across all rounds, with its round (and the version it made) and its
+    stage. Reward margin and accuracy are DPO's: the other stages' rows have none."""
     made = {r["id"]: r["version"] for r in rounds}
     rows = []
     for index, s in enumerate(steps, 1):
         version = made.get(s["round_id"])
         label = f"round {s['round_id']}" + (f" → v{version}" if version else "")
-        rows.append({"step": index, "round": label, "loss": s["loss"], "reward_margin": s["reward_margin"],
-                     "reward_accuracy": s["reward_accuracy"]})
-    return pd.DataFrame(rows, columns=["step", "round", "loss", "reward_margin", "reward_accuracy"])
+        dpo = s["stage"] == "dpo"
+        rows.append({"step": index, "round": label, "stage": STAGE_NAMES.get(s["stage"], s["stage"]),
+                     "loss": s["loss"], "reward_margin": s["reward_margin"] if dpo else None,
+                     "reward_accuracy": s["reward_accuracy"] if dpo else None})
+    return pd.DataFrame(rows, columns=STEP_COLUMNS)
 
 
 def plot_frame(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
@@ -179,15 +202,17 @@ def versions_table(facts: dict) -> list[list]:
     def number(value, fmt):
         return format(value, fmt) if isinstance(value, (int, float)) else "–"
 
-    rows = [["v0 (SFT, no adapter)", "✓" if facts["serving_version"] == 0 else "", "", "ready", "", "", "", "",
-             rate(facts["sft_win_rate"])]]
+    rows = [["v0 (SFT, no adapter)", "✓" if facts["serving_version"] == 0 else "", "", "ready", "", "", "", "", "",
+             "", rate(facts["sft_win_rate"])]]
     for v in facts["versions"]:
         m = v["metrics"] or {}
         state = v["state"] + (f" ({v['reason']})" if v["reason"] else "")
         if not v["served_on_publish"] and v["state"] == "ready":
             state += " (published, not served)"
+        learned = v["learned_from"]
         rows.append([f"v{v['version']}", "✓" if v["serving"] else "", f"v{v['parent_version'] or 0}", state,
-                     number(v["pairs_used"], "d"), number(m.get("final_loss"), ".3f"),
+                     number(learned["demonstrations"], "d"), number(learned["pairs"], "d"),
+                     number(learned["ratings"], "d"), number(m.get("final_loss"), ".3f"),
                      number(m.get("final_reward_margin"), ".3f"), number(m.get("final_reward_accuracy"), ".2f"),
                      rate(v["vote_win_rate"])])
     return rows

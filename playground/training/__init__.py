@@ -1,0 +1,22 @@
+"""Feedback → one round with trl → a new adapter version; and the trainer process that runs rounds as feedback
+arrives.
+
+- examples.py: which feedback a round takes (the kinds its weights turn on, oldest first, capped per voter, plus a
+  replay of earlier examples), each example fitted to the training length in its trl format;
+- stages.py: the stages (SFT on demonstrations, DPO on pairs, KTO on ratings), one trl trainer each, their
+  references (the SFT model) and weights;
+- runner.py: one round: the stages in order on one LoRA adapter, warm-started from the serving version, published
+  atomically as the next version, then measured (drift.py);
+- watch.py: the trainer process's loop.
+"""
+
+from .examples import (OBJECTIVES, STAGES, Selection, eligible_counts, fit_to_length, select_feedback,
+                       stages_of)
+from .runner import TrainingError, run_round
+from ..models import load_policy
+from .stages import dpo_config, kto_class_weights, sft_config
+from .watch import exit_with_parent, watch
+
+__all__ = ["OBJECTIVES", "STAGES", "Selection", "TrainingError", "dpo_config", "eligible_counts", "exit_with_parent",
+           "fit_to_length", "kto_class_weights", "load_policy", "run_round", "select_feedback", "sft_config",
+           "stages_of", "watch"]

@@ -1,0 +1,99 @@
+"""Choosing a round's examples: the pending feedback a round may take (each kind its weight turns on, oldest first,
+at most `pairs_per_voter` pieces of one voter's), a replay of earlier examples of each kind, and each example cut to
+the training length and put in the trl format of its stage.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from ..settings import RoundSettings
+from ..store import Store
+from ..votes import demonstration_to_trl, rating_to_trl, to_trl
+
+# The stages of a round, in the order they train, with the kind of feedback each learns from and the trl format
+# of that kind. Instruction alignment first; preference alignment (pairs, then single ratings) builds on it.
+STAGES = (("sft", "demonstrations"), ("dpo", "pairs"), ("kto", "ratings"))
+KIND_OF = dict(STAGES)
+TO_TRL = {"demonstrations": demonstration_to_trl, "pairs": to_trl, "ratings": rating_to_trl}
+# Objectives of an ablation (simulate --ablation): the stages each trains.
+OBJECTIVES = {"dpo": ("dpo",), "sft": ("sft",), "sft+dpo": ("sft", "dpo"), "sft+dpo+kto": ("sft", "dpo", "kto")}
+
+
+def stages_of(settings: RoundSettings) -> tuple[str, ...]:
+    """The stages these settings' weights turn on, in training order."""
+    kinds = settings.feedback_kinds()
+    return tuple(stage for stage, kind in STAGES if kind in kinds)
+
+
+def key_of(kind: str, row: dict):
+    """What identifies one example of `kind` (a rating: its vote and answer)."""
+    return (row["vote_id"], row["answer_id"]) if kind == "ratings" else row["id"]
+
+
+@dataclass
+class Selection:
+    """A round's examples: {kind: rows} of new (pending) and replayed (earlier trained) ones."""
+
+    new: dict[str, list[dict]] = field(default_factory=dict)
+    replay: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def new_count(self) -> int:
+        return sum(len(rows) for rows in self.new.values())
+
+    def rows(self, kind: str) -> list[dict]:
+        return self.new.get(kind, []) + self.replay.get(kind, [])
+
+    def counts(self) -> dict[str, int]:
+        """new_<kind> and replayed_<kind> for every kind (what the round records in its hyperparams)."""
+        return {f"{prefix}_{kind}": len(part.get(kind, [])) for kind in KIND_OF.values()
+                for prefix, part in (("new", self.new), ("replayed", self.replay))}
+
+
+def select_feedback(store: Store, settings: RoundSettings, stages: tuple[str, ...] | None = None) -> Selection:
+    """The next round's examples for `stages` (default: those the weights turn on). New: the oldest pending feedback,
+    at most `max_new_pairs` pieces, at most `pairs_per_voter` of one voter's (so one script cannot fill a round); the
+    rest stays pending. Replay: up to `replay_pairs` earlier examples of each kind, drawn with the round's seed."""
+    kinds = [KIND_OF[stage] for stage in (stages_of(settings) if stages is None else stages)]
+    new = store.pending_feedback(kinds, limit=settings.max_new_pairs, per_voter=settings.pairs_per_voter)
+    replay = {}
+    for kind in kinds:
+        taken = {key_of(kind, row) for row in new[kind]}
+        earlier = [row for row in store.trained_feedback(kind) if key_of(kind, row) not in taken]
+        # Pairs keep the draw they always had, so a round on pairs alone is the DPO round it was before other kinds.
+        seed = settings.train_seed + len(earlier)
+        rng = random.Random(seed if kind == "pairs" else f"{kind}-{seed}")
+        replay[kind] = rng.sample(earlier, min(settings.replay_pairs, len(earlier)))
+    return Selection(new, replay)
+
+
+def eligible_counts(store: Store, settings: RoundSettings) -> dict[str, int]:
+    """{kind: pending pieces a round could take now} for the kinds the weights turn on, under the per-voter cap: their
+    sum is what `min_pairs` is compared with."""
+    return store.pending_counts(settings.feedback_kinds(), per_voter=settings.pairs_per_voter)
+
+
+def fit_to_length(row: dict, tokenizer, max_length: int) -> dict:
+    """An example whose conversation is too long for `max_length` tokens loses its OLDEST turns (a user message and
+    the answer after it, together), never an answer and never the turn's own question. trl would otherwise cut the
+    prompt's start mid-message (or the answers' end); for a pair, the same cut for chosen and rejected keeps their
+    prompt equal."""
+    if not getattr(tokenizer, "chat_template", None):
+        return row
+    prompt = list(row["prompt"])
+    answers = [side for side in ("chosen", "rejected", "completion") if side in row]
+
+    def tokens(messages) -> int:
+        text = tokenizer.apply_chat_template(messages, tokenize=False)
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    while len(prompt) > 1 and max(tokens(prompt + row[side]) for side in answers) > max_length:
+        prompt = prompt[2:]
+    return {**row, "prompt": prompt}
+
+
+def trl_rows(kind: str, rows: list[dict], tokenizer, max_length: int) -> list[dict]:
+    """The examples of one stage in its trl format, fitted to the training length."""
+    return [fit_to_length(TO_TRL[kind](row), tokenizer, max_length) for row in rows]

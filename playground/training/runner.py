@@ -1,0 +1,191 @@
+"""One round: the chosen feedback → its stages on one LoRA adapter → a new adapter version, published atomically, then
+measured (drift).
+
+Each round warm-starts from the serving adapter (its parent) and trains on the new feedback plus a replay of earlier
+examples, so what earlier feedback taught is kept while new feedback is added. The stages run in order on that one
+adapter: instruction alignment first (SFT on demonstrations), then preference alignment building on it (DPO on
+pairs, KTO on ratings); see stages.py for their losses, references and weights.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from ..settings import RoundSettings
+from ..store import Store
+from .examples import KIND_OF, Selection, key_of, select_feedback, stages_of, trl_rows
+from ..models import load_policy
+from .stages import Stage, lora_config
+
+log = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    pass
+
+
+def run_round(
+    store: Store,
+    adapters_dir: Path,
+    sft_dir: str,
+    settings: RoundSettings | None = None,
+    *,
+    force: bool = False,
+    sft_hub_id: str | None = None,
+    stages: tuple[str, ...] | None = None,
+) -> int | None:
+    """Train one round if enough new feedback waits (or `force`); returns the new version, or None if idle.
+
+    `stages`: which stages train (default: those the weights turn on; an ablation picks its own). The adapter goes
+    to `adapters_dir/round-NNNN`; its `base_model_name_or_path` is `sft_hub_id` when the SFT model has one (so the
+    published adapter loads elsewhere), else the SFT folder."""
+    settings = settings or RoundSettings()
+    stages = stages_of(settings) if stages is None else tuple(stages)
+    selection = select_feedback(store, settings, stages)
+    if not selection.new_count or (selection.new_count < settings.min_pairs and not force):
+        return None
+
+    import torch
+    from peft import get_peft_model, set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import set_seed
+
+    torch.set_num_threads(settings.train_threads)
+    parent = store.serving_version()
+    parent_path = store.version(parent)["path"] if parent else None
+    plan = [Stage(name, selection.rows(KIND_OF[name])) for name in stages if selection.rows(KIND_OF[name])]
+    hyperparams = settings.as_dict() | selection.counts() | {
+        "stages": [stage.name for stage in plan], "reference": "sft"}
+    keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KIND_OF.values()}
+    round_id = store.start_round(parent, keys["pairs"], hyperparams, os.getpid(),
+                                 demonstration_ids=keys["demonstrations"], rating_keys=keys["ratings"])
+    steps_total = sum(stage.steps(settings) for stage in plan)
+    store.set_round_progress(round_id, 0, steps_total)
+    log.info("Round %d: %s, parent v%d, %d steps.", round_id, _described(selection), parent, steps_total)
+    work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(Path(adapters_dir))))
+    try:
+        model, tokenizer = load_policy(sft_dir)
+        set_seed(settings.train_seed)  # the LoRA initialisation
+        peft_model = get_peft_model(model, lora_config(settings))
+        if parent_path:
+            # Warm start: the parent's weights in the round's adapter.
+            state = load_file(str(Path(parent_path) / "adapter_model.safetensors"))
+            result = set_peft_model_state_dict(peft_model, state, adapter_name="default")
+            if getattr(result, "unexpected_keys", None):
+                raise TrainingError(f"parent adapter v{parent} does not fit this model: {result.unexpected_keys[:3]}")
+        fit_start, done, figures = time.perf_counter(), 0, {}
+        for stage in plan:
+            stage.rows = trl_rows(KIND_OF[stage.name], stage.rows, tokenizer, settings.max_length)
+            figures[stage.name] = stage.train(peft_model, tokenizer, settings, work / stage.name,
+                                              [_progress(store, round_id, stage.name, done, steps_total)])
+            done += figures[stage.name]["steps"]
+        fit_seconds = time.perf_counter() - fit_start  # tokenizing, reference log-probs and training, every stage
+        peft_model.eval()
+        metrics = _metrics(store.round_steps(round_id), figures, fit_seconds)
+        final = Path(adapters_dir) / f"round-{round_id:04d}"
+        staging = work / "adapter"
+        peft_model.save_pretrained(staging)  # PEFT's standard format: adapter_config.json + adapter_model.safetensors
+        if sft_hub_id:
+            # Named after saving: PEFT would look the Hub id up while saving, which an offline machine cannot.
+            config_file = staging / "adapter_config.json"
+            config = json.loads(config_file.read_text())
+            config["base_model_name_or_path"] = sft_hub_id
+            config_file.write_text(json.dumps(config, indent=2))
+        (staging / "playground.json").write_text(json.dumps(
+            {"round_id": round_id, "parent_version": parent, **keys, "hyperparams": hyperparams, "metrics": metrics,
+             "sft_model": sft_dir, "sft_hub_id": sft_hub_id}, indent=2))
+        _prepare_for_serving(staging)
+        os.replace(staging, final)  # atomic: the server never sees a half-written adapter folder
+        version = store.finish_round(round_id, str(final), metrics)
+        if store.serving_version() == version:
+            log.info("Round %d done: version %d serving (%s).", round_id, version, metrics)
+        else:
+            log.info("Round %d done: version %d published; it does not serve because the serving version changed "
+                     "during the round (%s).", round_id, version, metrics)
+    except BaseException as error:
+        store.fail_round(round_id, f"{type(error).__name__}: {error}")
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    # Published first, measured after: the drift evaluation never delays the version (drift.py).
+    _evaluate_published(store, version, peft_model, tokenizer, settings)
+    return version
+
+
+def _described(selection: Selection) -> str:
+    return ", ".join(f"{len(selection.new.get(kind, []))} new + {len(selection.replay.get(kind, []))} replayed {kind}"
+                     for kind in KIND_OF.values() if selection.rows(kind))
+
+
+def _progress(store: Store, round_id: int, stage: str, offset: int, total: int):
+    """A trl callback that logs the stage's steps (numbered across the round) and the round's progress."""
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                store.log_step(round_id, offset + state.global_step, logs, stage)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            store.set_round_progress(round_id, offset + state.global_step, total)
+
+    return Progress()
+
+
+def _metrics(steps: list[dict], figures: dict[str, dict], fit_seconds: float) -> dict:
+    """A version's figures: each stage's last logged loss, DPO's last reward margin and accuracy, the time."""
+    last = {stage: [s for s in steps if s["stage"] == stage][-1] for stage in figures
+            if any(s["stage"] == stage for s in steps)}
+    dpo = last.get("dpo", {})
+    final = dpo or (steps[-1] if steps else {})
+    main = figures.get("dpo") or list(figures.values())[-1]  # the stage the version's headline figures come from
+    return {
+        "train_loss": main["train_loss"],
+        "steps": sum(f["steps"] for f in figures.values()),
+        "seconds": sum(f["seconds"] for f in figures.values()),
+        "fit_seconds": fit_seconds,
+        "stage_seconds": {stage: f["seconds"] for stage, f in figures.items()},
+        "final_loss": final.get("loss"),
+        **{f"final_loss_{stage}": row["loss"] for stage, row in last.items()},
+        "final_reward_margin": dpo.get("reward_margin"),
+        "final_reward_accuracy": dpo.get("reward_accuracy"),
+    }
+
+
+def _evaluate_published(store: Store, version: int, peft_model, tokenizer, settings: RoundSettings) -> None:
+    """The new version's drift, with the model still in memory; a failure is logged, and the idle trainer tries
+    again from the files (the version is published either way)."""
+    from .. import drift
+
+    try:
+        plan = drift.plan_of(settings)
+        if plan is not None:
+            peft_model.set_adapter("default")  # trl may leave another adapter active after a round
+            drift.evaluate_and_store(store, version, peft_model, tokenizer, plan, adapter=True)
+    except Exception as error:  # never lose a trained round over a measurement
+        log.warning("Could not measure the drift of v%d now (the idle trainer retries): %s", version, error)
+
+
+def _prepare_for_serving(adapter_dir: Path) -> None:
+    """What the onnx serving runtime needs for this version (its adapter format, beside PEFT's files), made here so
+    the server's hot swap only loads it. Without onnxruntime installed, or if it fails, the server converts on
+    demand or serves with torch: the version is published either way."""
+    from .. import runtime
+
+    if not runtime.installed():
+        return
+    try:
+        runtime.convert_adapter(adapter_dir)
+    except Exception as error:  # never lose a trained round over a serving format
+        log.warning("Could not prepare the onnx runtime's adapter for %s: %s", adapter_dir, error)
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path

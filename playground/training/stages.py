@@ -1,0 +1,161 @@
+"""The stages of a round: one trl trainer each, all on the round's one LoRA adapter, each with the loss trl made for
+its kind of feedback (nothing hand-written):
+
+- sft: `SFTTrainer` on demonstrations, prompt-completion rows: the negative log-likelihood of the person's answer
+  given its conversation (the prompt's tokens are not trained);
+- dpo: `DPOTrainer` on pairs: DPO's sigmoid loss with β;
+- kto: `KTOTrainer` on ratings: 👍 answers pushed up and 👎 down, each against a KL baseline trl estimates from the
+  other examples of its batch (so a batch holds at least 2: `KTO_MIN_BATCH`).
+
+References. DPO and KTO both measure against the SFT model itself, in every round: trl computes the reference
+log-probs once, when its trainer is made, from a frozen copy of the adapter as it is then, so the adapter's weights
+are set aside meanwhile (`sft_as_reference`). Every version therefore stays anchored to the same fluent SFT model,
+and the implicit reward β·(log π_θ − log π_SFT) that explain.py shows is what both preference stages push on. The SFT
+stage has no reference: it only makes the demonstrations likely.
+
+Weights. Each stage has its own AdamW, and Adam divides each gradient by its running scale, so a constant factor on
+a stage's loss alone would change almost nothing. A stage's weight (`--sft-weight`, `--rating-weight`; DPO's is 1)
+scales its learning rate instead: its steps, as a loss weight scales those of plain gradient descent.
+
+CPU-safe settings throughout: fp32 (no bf16 autocast), no gradient checkpointing, no reporting integrations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..settings import RoundSettings
+
+KTO_MIN_BATCH = 2
+
+
+def lora_config(settings: RoundSettings):
+    from peft import LoraConfig
+
+    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+                      target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+
+
+def _common(settings: RoundSettings, output_dir: Path) -> dict:
+    """What every stage's trl config shares: trl's GPU-minded defaults turned into what a CPU runs well."""
+    import torch
+
+    return dict(output_dir=str(output_dir), num_train_epochs=settings.epochs, lr_scheduler_type="constant",
+                max_length=settings.max_length, bf16=False, fp16=False, gradient_checkpointing=False,
+                report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True,
+                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=settings.train_seed)
+
+
+def dpo_config(settings: RoundSettings, output_dir: Path):
+    """trl's DPOConfig for a round's DPO stage, the reference log-probs computed once up front."""
+    from trl import DPOConfig
+
+    return DPOConfig(per_device_train_batch_size=settings.batch_size,
+                     gradient_accumulation_steps=settings.grad_accumulation, learning_rate=settings.learning_rate,
+                     beta=settings.beta, precompute_ref_log_probs=True, **_common(settings, output_dir))
+
+
+def sft_config(settings: RoundSettings, output_dir: Path):
+    """trl's SFTConfig for the demonstration stage: the loss on the answer's tokens only."""
+    from trl import SFTConfig
+
+    return SFTConfig(per_device_train_batch_size=settings.batch_size,
+                     gradient_accumulation_steps=settings.grad_accumulation,
+                     learning_rate=settings.learning_rate * settings.sft_weight, completion_only_loss=True,
+                     **_common(settings, output_dir))
+
+
+def kto_batches(settings: RoundSettings) -> tuple[int, int]:
+    """(examples per pass, passes per step) of the rating stage: at least KTO_MIN_BATCH a pass, about the same
+    examples per optimizer step as the other stages."""
+    batch = max(KTO_MIN_BATCH, settings.batch_size)
+    return batch, max(1, round(settings.batch_size * settings.grad_accumulation / batch))
+
+
+def kto_class_weights(labels: list[bool]) -> tuple[float, float]:
+    """(desirable, undesirable) weights that give 👍 and 👎 the same total weight, as KTO's paper advises for unequal
+    counts (the larger class is weighted down); 1 and 1 when one class is missing."""
+    up, down = sum(labels), len(labels) - sum(labels)
+    if not up or not down:
+        return 1.0, 1.0
+    return (min(1.0, down / up), min(1.0, up / down))
+
+
+def kto_config(settings: RoundSettings, output_dir: Path, labels: list[bool]):
+    from trl import KTOConfig
+
+    batch, accumulation = kto_batches(settings)
+    desirable, undesirable = kto_class_weights(labels)
+    return KTOConfig(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
+                     learning_rate=settings.learning_rate * settings.rating_weight, beta=settings.beta,
+                     precompute_ref_log_probs=True, desirable_weight=desirable, undesirable_weight=undesirable,
+                     **_common(settings, output_dir))
+
+
+@contextlib.contextmanager
+def sft_as_reference(peft_model):
+    """While a preference trainer is made: the adapter adds nothing (LoRA's B matrices at zero: the model is the
+    SFT model, exactly), so the frozen "ref" copy trl takes and the reference log-probs it computes from it are the
+    SFT model's. Then the weights go back and the copy is deleted (it would be saved with the adapter)."""
+    import torch
+
+    saved = {name: param.detach().clone() for name, param in peft_model.named_parameters()
+             if ".lora_B.default." in name}
+    params = dict(peft_model.named_parameters())
+    with torch.no_grad():
+        for name in saved:
+            params[name].zero_()
+    try:
+        yield
+    finally:
+        if "ref" in peft_model.peft_config:
+            peft_model.delete_adapter("ref")
+        params = dict(peft_model.named_parameters())
+        with torch.no_grad():
+            for name, value in saved.items():
+                params[name].copy_(value)
+
+
+@dataclass
+class Stage:
+    """One stage of a round: its name (sft, dpo, kto) and its examples in trl's format."""
+
+    name: str
+    rows: list[dict]
+
+    def steps(self, settings: RoundSettings) -> int:
+        batch, accumulation = (kto_batches(settings) if self.name == "kto"
+                               else (settings.batch_size, settings.grad_accumulation))
+        return settings.epochs * -(-len(self.rows) // (batch * accumulation))
+
+    def trainer(self, peft_model, tokenizer, settings: RoundSettings, output_dir: Path, callbacks: list):
+        """The trl trainer of this stage, made just before it trains (each trainer fits the model's forward pass to
+        its own loss when it is made)."""
+        from datasets import Dataset
+
+        # KTO reads its batches in order (its KL term pairs each prompt with a neighbour's answer): shuffled here.
+        dataset = Dataset.from_list(self.rows).shuffle(seed=settings.train_seed)
+        given = dict(model=peft_model, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+        if self.name == "sft":
+            from trl import SFTTrainer
+
+            return SFTTrainer(args=sft_config(settings, output_dir), **given)
+        with sft_as_reference(peft_model):
+            if self.name == "dpo":
+                from trl import DPOTrainer
+
+                return DPOTrainer(args=dpo_config(settings, output_dir), **given)
+            from trl import KTOTrainer
+
+            return KTOTrainer(args=kto_config(settings, output_dir, [row["label"] for row in self.rows]), **given)
+
+    def train(self, peft_model, tokenizer, settings: RoundSettings, output_dir: Path, callbacks: list) -> dict:
+        """Train this stage; its figures: steps, train loss, seconds (including making the trainer, which
+        tokenizes and computes the reference log-probs)."""
+        started = time.perf_counter()
+        output = self.trainer(peft_model, tokenizer, settings, output_dir, callbacks).train()
+        return {"steps": output.global_step, "train_loss": output.training_loss,
+                "seconds": time.perf_counter() - started}

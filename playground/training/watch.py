@@ -1,0 +1,104 @@
+"""The trainer process's loop (`python -m playground train --watch`): a round whenever enough feedback waits or one
+is requested, drift measurements while idle, and an end when the app that started it is gone.
+
+The trainer runs in its own OS process, so a round never competes with the server's Python interpreter and a crash
+or kill -9 of the trainer cannot take the server down. It communicates only through the store and the adapter
+folders.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+
+from ..settings import RoundSettings
+from ..store import Store
+from .examples import eligible_counts
+from .runner import run_round
+
+log = logging.getLogger(__name__)
+
+
+def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:
+    """End this process (as SIGTERM would) when the app that started it is gone, even after a kill -9 of the app:
+    an orphaned trainer would hold memory and CPU, and keep training for a server that no longer exists."""
+    import threading
+
+    def check():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        log.warning("The app (pid %d) is gone; the trainer stops.", parent_pid)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=check, name="parent-watch", daemon=True).start()
+
+
+def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
+          sft_hub_id: str | None = None) -> None:
+    """The trainer process's loop: run a round whenever enough feedback waits or one is requested.
+
+    A failed round is logged and recorded (its feedback stays pending); the loop goes on. SIGTERM ends the loop; a
+    round in progress is marked failed on the way out (its feedback stays pending), so the next start trains it.
+    What the trainer is doing goes to the store (`Store.trainer_state`) whenever it changes.
+    """
+    def stop(signum, frame):
+        raise SystemExit(0)
+
+    signal.signal(signal.SIGTERM, stop)
+    for interrupted in store.recover_interrupted_rounds():
+        log.warning("Round %d was interrupted (trainer killed); its feedback is still pending.", interrupted["id"])
+    import torch
+
+    from .. import drift
+
+    failures = 0
+    said: dict = {}
+    torch.set_num_threads(settings.train_threads)
+    try:
+        plan = drift.plan_of(settings)
+    except Exception as error:  # a missing or broken prompt file must not stop training
+        log.error("No drift evaluation: %s", error)
+        plan = None
+
+    def say(state: str, **facts) -> None:
+        nonlocal said
+        now = {"state": state, "pid": os.getpid(), "min_pairs": settings.min_pairs,
+               "pairs_per_voter": settings.pairs_per_voter, "sft_weight": settings.sft_weight,
+               "rating_weight": settings.rating_weight, **facts}
+        if now != said:
+            store.set_trainer_state(now)
+            said = now
+
+    try:
+        while True:
+            forced = store.take_round_request()
+            # Counted under the per-voter cap, like select_feedback takes them: one voter alone cannot start a round.
+            waiting = eligible_counts(store, settings)
+            pending = sum(waiting.values())
+            if pending and (forced or pending >= settings.min_pairs):
+                say("training", pending=pending, waiting=waiting)
+                try:
+                    run_round(store, adapters_dir, sft_dir, settings, force=True, sft_hub_id=sft_hub_id)
+                    failures = 0
+                except Exception as error:  # a crashed round must not end the trainer
+                    log.exception("Round failed: %s", error)
+                    failures += 1
+                    waiting = eligible_counts(store, settings)
+                    say("waiting", pending=sum(waiting.values()), waiting=waiting, failures=failures)
+            elif plan is not None and store.versions_missing_eval(plan.key):
+                # Idle: measure a version that has no drift evaluation yet (version 0 for the baseline, versions
+                # from before, one whose evaluation was interrupted), one a turn, so a round never waits long.
+                say("evaluating", pending=pending, waiting=waiting)
+                drift.evaluate_one_missing(store, sft_dir, plan)
+                continue
+            else:
+                say("waiting", pending=pending, waiting=waiting, failures=failures)
+            time.sleep(poll_seconds * min(2**failures, 30))
+    finally:
+        try:
+            say("stopped")
+        except Exception:  # the store may be what failed; stopping must not hide the original error
+            log.exception("Could not record that the trainer stopped")
