@@ -316,7 +316,8 @@ def cmd_push(args) -> int:
 def cmd_simulate(args) -> int:
     from .core import Playground
     from .prompting import load_prompts
-    from .simulate import Oracle, simulate, split_prompts, workspace
+    from .data_sets import DataSet
+    from .simulate import Oracle, record_and_ablate, simulate, split_prompts, workspace
 
     oracle = Oracle.parse(args.oracle)
     prompts = load_prompts(args.prompts)
@@ -326,16 +327,36 @@ def cmd_simulate(args) -> int:
     if args.heldout_limit:
         heldout = heldout[: args.heldout_limit]
     models = settings_from(args, ModelSettings)
-    models.data_dir = str(workspace(models.resolved_data_dir()))
+    real_data_dir = models.resolved_data_dir()
+    # Its own workspace, and no durable copy: simulated feedback never mixes with real feedback.
+    models = replace(models, data_dir=str(workspace(real_data_dir)), persist="off", hub_dataset=None)
     # The simulated voter is one source by design: a cap per voter would only slice its votes into more rounds.
     rounds = replace(settings_from(args, RoundSettings), pairs_per_voter=0)
     playground = opened(Playground(models, rounds))
     playground.load_models()
-    result = simulate(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
-                      sampling=settings_from(args, Sampling), seed=args.seed or 0)
+    run = record_and_ablate if args.ablation else simulate
+    result = run(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
+                 sampling=settings_from(args, Sampling), seed=args.seed or 0, corrections=args.corrections,
+                 ratings=args.ratings)
     result["workspace"] = str(playground.data_dir)
+    if args.ablation:
+        # The real data set's Stages view shows the latest ablation of its models.
+        real = DataSet.for_models(real_data_dir, playground.preset.base, playground.preset.sft).open_store()
+        real.save_ablation({k: result[k] for k in ("oracle", "mode", "votes", "ablation", "baseline", "workspace",
+                                                   "heldout_prompts", "samples_per_prompt", "max_new_tokens")})
     if args.json:
         print(json.dumps(result, indent=2, default=str))
+        return 0
+    if args.ablation:
+        from .ablation import table
+
+        v = result["votes"]
+        print(f"oracle {result['oracle']}: {v['votes']} {args.mode} votes, {v['corrections']} better answers, "
+              f"{v['ratings']} ratings -> {result['feedback']['pairs']['total']} pairs; each objective trained "
+              f"from the SFT model on all of it, {result['heldout_prompts']} held-out prompts x "
+              f"{result['samples_per_prompt']} answers\n")
+        print(table(result))
+        print(f"time: {result['seconds']}; workspace: {result['workspace']}")
         return 0
     b, a = result["before"], result["after"]
     print(f"oracle {result['oracle']}, {result['votes']['votes']} {args.mode} votes -> {result['votes']['pairs']} pairs, "
@@ -510,7 +531,8 @@ def build_parser() -> argparse.ArgumentParser:
     pu.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")
     pu.add_argument("--public", action="store_true", help="create public repos (default: private)")
 
-    sim = command("simulate", cmd_simulate, "a rule-based voter drives the real loop; reports held-out win rate",
+    sim = command("simulate", cmd_simulate, "a rule-based voter drives the real loop (or an ablation of the stages); "
+                  "reports held-out win rates",
                   ModelSettings, RoundSettings, Sampling, temperature=0.8, top_p=0.95)
     sim.add_argument("--oracle", required=True, help="shorter | no-word:WORD | contains:WORD")
     sim.add_argument("--votes", type=int, default=64)
@@ -518,6 +540,18 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--prompts", default=None, help="prompt file (JSONL); default assets/prompts.jsonl")
     sim.add_argument("--heldout", default=None, help="held-out prompt file; default every 4th prompt of --prompts")
     sim.add_argument("--heldout-limit", type=int, default=None, help="evaluate on the first N held-out prompts")
+    sim.add_argument("--corrections", type=int, default=0, metavar="K",
+                     help="every K-th turn the oracle also writes a better answer (a demonstration): for shorter, "
+                          "the first sentence of the answer it likes best; for contains:W / no-word:W, that answer "
+                          "with W added / removed; 0 = none")
+    sim.add_argument("--ratings", action="store_true",
+                     help="the oracle also rates every answer on its own: thumbs up above its median score so far, "
+                          "down below it")
+    sim.add_argument("--ablation", action="store_true",
+                     help="record the feedback on the SFT model's answers, then train it from that same start under "
+                          "each objective (dpo, sft, sft+dpo; with ratings also sft+dpo+kto) and compare them on the "
+                          "held-out prompts: win rate against SFT, perplexity under SFT, KL to SFT, mean length, "
+                          "round seconds")
     sim.add_argument("--json", action="store_true")
 
     st = command("stats", cmd_stats, "counts (prompts, comparisons, answers, votes, pairs, rounds, versions) and "

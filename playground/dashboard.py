@@ -57,6 +57,7 @@ def compute(store: Store) -> dict[str, Any]:
         "standings": standings,
         "win_rates": rates,
         "trainer": store.trainer_state(),
+        "ablation": store.latest_ablation(),
     }
 
 

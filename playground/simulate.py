@@ -2,7 +2,11 @@
 measures, on held-out prompts, whether the preference-tuned model moved the way the votes asked.
 
 Oracles: `shorter` (prefers the shorter answer), `no-word:WORD` (prefers answers without WORD), `contains:WORD`
-(prefers answers with WORD). Equal scores are a tie (no DPO pair).
+(prefers answers with WORD). Equal scores are a tie (no DPO pair). Besides voting, the voter can give the other two
+kinds of feedback: every K-th turn a better answer (`corrections`: the answer it likes best, improved by its rule:
+`Oracle.improve`), and single ratings of every answer (`ratings`: 👍 above the median score of the answers it has
+seen so far, 👎 below it, none at the median). `simulate --ablation` (ablation.py) trains what it recorded under
+each objective.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ import logging
 import math
 import random
 import re
+import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,6 +56,31 @@ class Oracle:
         """Keys best first (equal scores keep their order; identical texts then give no pair)."""
         return sorted(texts, key=lambda key: -self.score(texts[key]))
 
+    def improve(self, text: str) -> str:
+        """The better answer this oracle would write from `text`: `shorter`, its first sentence; `contains:W`, the
+        text with W added; `no-word:W`, the text with every W removed ("" when nothing is left)."""
+        text = text.strip()
+        if self.kind == "shorter":
+            return re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0].strip()
+        if self.kind == "contains":
+            return f"{text} {self.word}".strip()
+        without = re.sub(rf"\b{re.escape(self.word)}\b", "", text, flags=re.IGNORECASE)
+        return re.sub(r"[ \t]{2,}", " ", without).strip()
+
+
+class Rater:
+    """Single ratings by an oracle: 👍 for an answer scoring above the median of every answer it has scored so far
+    (this one included), 👎 below, None (no rating) at the median."""
+
+    def __init__(self, oracle: Oracle):
+        self.oracle, self.scores = oracle, []
+
+    def rate(self, text: str) -> bool | None:
+        score = self.oracle.score(text)
+        self.scores.append(score)
+        median = statistics.median(self.scores)
+        return None if score == median else score > median
+
 
 def split_prompts(prompts: list[dict], every: int = 4) -> tuple[list[dict], list[dict]]:
     """Held-out = every 4th prompt (the file is grouped by category, so each category is represented)."""
@@ -58,8 +88,12 @@ def split_prompts(prompts: list[dict], every: int = 4) -> tuple[list[dict], list
 
 
 def collect_votes(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], mode: str,
-                  sampling: Sampling, rng: random.Random) -> dict:
-    counts = {"votes": 0, "pairs": 0, "ties": 0}
+                  sampling: Sampling, rng: random.Random, *, corrections: int = 0, ratings: bool = False,
+                  follow: bool = True) -> dict:
+    """`votes` turns, each voted on; every `corrections`-th turn also gets a better answer, and with `ratings` every
+    answer a single rating. `follow`: serve each new version as it appears (off: every answer is the SFT model's)."""
+    counts = {"votes": 0, "pairs": 0, "ties": 0, "corrections": 0, "ratings": 0}
+    rater = Rater(oracle)
     for i in range(votes):
         row = prompts[i % len(prompts)]
         settings = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, rng.randrange(2**31))
@@ -76,7 +110,19 @@ def collect_votes(playground: Playground, oracle: Oracle, votes: int, prompts: l
                                            [recorded.answer_ids[key] for key in order])
         counts["votes"] += 1
         counts["pairs"] += receipt.pairs_created
-        serving = playground.sync_adapter()
+        texts = {key: answer.text for key, answer in answers.items()}
+        if corrections and (i + 1) % corrections == 0:
+            better = oracle.improve(texts[oracle.rank(texts)[0]])
+            if better:
+                counts["pairs"] += playground.correct(SESSION, recorded.comparison_id, better).pairs_created
+                counts["corrections"] += 1
+        if ratings:
+            for key, text in texts.items():
+                label = rater.rate(text)
+                if label is not None:
+                    playground.vote_thumb(SESSION, recorded.answer_ids[key], label)
+                    counts["ratings"] += 1
+        serving = playground.sync_adapter() if follow else playground.engine.adapter_version
         log.info("vote %d/%d: +%d pairs (serving v%d)", i + 1, votes, receipt.pairs_created, serving)
     return counts
 
@@ -111,7 +157,7 @@ def evaluate(playground: Playground, oracle: Oracle, heldout: list[dict], sampli
 
 def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], heldout: list[dict],
              mode: str = "pairwise", sampling: Sampling | None = None, seed: int = 0,
-             round_timeout: float = 1800) -> dict:
+             round_timeout: float = 1800, *, corrections: int = 0, ratings: bool = False) -> dict:
     sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
     kinds = playground.round_settings.feedback_kinds()
     rng = random.Random(seed)
@@ -119,7 +165,8 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
     before = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
     playground.start_trainer()
     try:
-        counts = collect_votes(playground, oracle, votes, prompts, mode, sampling, rng)
+        counts = collect_votes(playground, oracle, votes, prompts, mode, sampling, rng, corrections=corrections,
+                               ratings=ratings)
         voting_s = time.perf_counter() - started
         # The votes left over after the last automatic round get one final round, so every vote counts.
         if any(playground.store.pending_counts(kinds).values()):
@@ -139,8 +186,9 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
         {
             "round": r["id"], "status": r["status"], "version": r["version"], "pairs_used": r["pairs_used"],
             "seconds": (r["finished_at"] or time.time()) - r["started_at"], "error": r["error"],
+            "learned_from": r["learned_from"],
             "steps": [
-                {k: s[k] for k in ("step", "loss", "reward_margin", "reward_accuracy")}
+                {k: s[k] for k in ("step", "stage", "loss", f"loss_{s['stage']}", "reward_margin", "reward_accuracy")}
                 for s in playground.store.round_steps(r["id"])
             ],
         }
@@ -157,6 +205,28 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
         "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},
         "sampling": sampling.as_dict(),
     }
+
+
+def record_and_ablate(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], heldout: list[dict],
+                      mode: str = "pairwise", sampling: Sampling | None = None, seed: int = 0, *,
+                      corrections: int = 0, ratings: bool = False) -> dict:
+    """`simulate --ablation`: the voter's feedback on the SFT model's own answers (no trainer runs meanwhile), then
+    each objective trained on it from that same start and measured on the held-out prompts (ablation.py)."""
+    from . import ablation
+    from .models import model_folder
+
+    sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
+    started = time.perf_counter()
+    counts = collect_votes(playground, oracle, votes, prompts, mode, sampling, random.Random(seed),
+                           corrections=corrections, ratings=ratings, follow=False)
+    voting_s = time.perf_counter() - started
+    sft_dir = model_folder(playground.preset.sft, playground.data_dir, playground.models.trust_remote_code)
+    result = ablation.ablate(playground.store, sft_dir, playground.round_settings, oracle,
+                             [p["prompt"] for p in heldout], sampling.max_new_tokens, playground.data_dir / "ablation",
+                             seed=10_000 + seed)
+    return {"oracle": f"{oracle.kind}{':' + oracle.word if oracle.word else ''}", "mode": mode, "votes": counts,
+            **result, "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},
+            "sampling": sampling.as_dict()}
 
 
 def workspace(data_dir: Path) -> Path:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import AnswersInFlight, add_short_vs_long_votes
+from helpers import AnswersInFlight, add_compare, add_short_vs_long_votes
 from playground.core import Playground, wait_for
 from playground.data_sets import DataSet
 from playground.generation import Engine
@@ -244,11 +244,18 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
                            learning_rate=3e-3, beta=0.25, max_length=96, lora_r=4, lora_alpha=8, lora_dropout=0.05,
                            target_modules=["q_proj", "k_proj", "v_proj"], train_threads=defaults.train_threads + 1,
                            train_seed=7, pairs_per_voter=defaults.pairs_per_voter + 4, eval_prompts=str(prompts),
-                           eval_tokens=6)
+                           eval_tokens=6, sft_weight=0.5, rating_weight=2.0)
     assert all(getattr(custom, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoundSettings))
     playground.round_settings = custom
-    # 6 pairs of one voter (one session, no voter recorded): max_new_pairs would take 5, one voter's share is 4.
-    add_short_vs_long_votes(playground.store, 6)
+    # First a rater: 2 ratings, then a better answer (1 demonstration, 3 pairs); one voter's share is 4, oldest first.
+    store = playground.store
+    comparison, ids = add_compare(store, "Rate these?", {"base": "No.", "sft": "Yes, gladly.", "pref": "Maybe so."},
+                                  session="rater")
+    store.vote_thumb("rater", ids["sft"], True)
+    store.vote_thumb("rater", ids["pref"], False)
+    store.add_correction("rater", comparison, "Yes: here is how.")
+    # Then 6 pairs of another voter: max_new_pairs takes 5 pieces in all, so 1 of these.
+    add_short_vs_long_votes(store, 6)
     playground.start_trainer()
     try:
         assert wait_for(lambda: playground.store.versions(), timeout=300), "no round ran"
@@ -259,7 +266,13 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     (rnd,) = [r for r in playground.store.rounds() if r["status"] == "done"]
     recorded = rnd["hyperparams"]
     assert {k: recorded[k] for k in custom.as_dict()} == custom.as_dict()
-    assert (recorded["new_pairs"], recorded["replayed_pairs"]) == (custom.pairs_per_voter, 0)
+    assert {k: recorded[f"new_{k}"] for k in ("ratings", "demonstrations", "pairs")} == {
+        "ratings": 2, "demonstrations": 1, "pairs": 1 + 1}
+    assert recorded["stages"] == ["sft", "dpo", "kto"] and rnd["learned_from"] == {
+        "demonstrations": 1, "pairs": 2, "ratings": 2}
+    # Each weight scales its stage's learning rate.
+    rates = {s["stage"]: s["learning_rate"] for s in store.round_steps(rnd["id"])}
+    assert rates == pytest.approx({"sft": 3e-3 * 0.5, "dpo": 3e-3, "kto": 3e-3 * 2.0})
     config = json.loads((Path(playground.store.version(1)["path"]) / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.05)
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj"}

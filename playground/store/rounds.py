@@ -333,6 +333,19 @@ class Rounds:
                 "SELECT v FROM (SELECT 0 AS v UNION ALL SELECT version FROM adapter_versions WHERE state = 'ready') "
                 "WHERE v NOT IN (SELECT version FROM version_evals WHERE eval_set = ?) ORDER BY v", (eval_set,))]
 
+    # -- what each stage contributes (ablation.py) -----------------------------------------------------
+
+    def save_ablation(self, summary: dict) -> None:
+        """The latest ablation measured on this data set's models (`simulate --ablation` runs it on a copy of its
+        own feedback, never this store's): what the Training tab's Stages view shows."""
+        with self._write() as conn:
+            self._set_meta(conn, "ablation", _json(summary | {"saved_at": time.time()}))
+
+    def latest_ablation(self) -> dict | None:
+        with self._read() as conn:
+            value = self._meta(conn, "ablation")
+        return json.loads(value) if value else None
+
     # -- numbers -------------------------------------------------------------------------------------
 
     def counts(self) -> dict[str, Any]:

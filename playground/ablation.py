@@ -1,0 +1,109 @@
+"""What each stage contributes: the same recorded feedback, trained from the same start under each objective, and
+each result measured on held-out prompts (`simulate --ablation`).
+
+The simulated voter first records its feedback on the SFT model's own answers (no trainer runs meanwhile, so every
+objective starts from version 0 and sees the same data). Then, for each objective of `training.OBJECTIVES` (`dpo`:
+preference only; `sft`: instruction only; `sft+dpo`: both; `sft+dpo+kto`: both and the ratings, when there are
+any), a copy of that store trains one round of only that objective's stages, in this process, with the real round
+code. Each version it makes, and the SFT model, answer every held-out prompt `SAMPLES` times (temperature 1, the same
+seeds for all of them: drift.py's sampler), and per objective:
+- win_rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt and seed (ties ½);
+- ppl_sft: the perplexity of its answers under the SFT model; kl: KL to the SFT model, nats per answer (drift.py);
+- mean_length: answer length in tokens; seconds: the round, from its start to its published version.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+import time
+from pathlib import Path
+
+from . import drift
+from .models import load_policy
+from .settings import RoundSettings
+from .store import Store
+from .training import OBJECTIVES, run_round
+
+log = logging.getLogger(__name__)
+SAMPLES = 2  # answers per held-out prompt and model (different seeds)
+FIGURES = ("win_rate", "ppl_sft", "kl", "mean_length", "seconds")
+
+
+def objectives_for(store: Store) -> list[str]:
+    """The objectives the recorded feedback can train: the rating stage only when there are ratings."""
+    totals = store.feedback_totals()
+    return [name for name, stages in OBJECTIVES.items() if "kto" not in stages or totals["ratings"]["total"]]
+
+
+def copy_store(store: Store, folder: Path) -> Store:
+    """A copy of the store's file in `folder` (SQLite's online backup: a consistent snapshot)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / store.path.name
+    source, copy = sqlite3.connect(store.path), sqlite3.connect(target)
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    return Store(target)
+
+
+def sample(sft_dir: str, adapter: str | None, plan: drift.EvalPlan) -> list[dict]:
+    """The answers of the SFT model (with the adapter at `adapter`, if any) to the plan's prompts, with their
+    log-probabilities under it and under the SFT model."""
+    model, tokenizer = load_policy(sft_dir)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return drift.sample_and_score(model, tokenizer, plan, adapter=bool(adapter))
+
+
+def figures(samples: list[dict], baseline: list[dict], oracle, max_new_tokens: int) -> dict:
+    """An objective's figures from its samples and the SFT model's samples of the same prompts and seeds."""
+    score = {"a": 1.0, "b": 0.0, "tie": 0.5}
+    wins = [score[oracle.compare(mine["text"], theirs["text"])] for mine, theirs in zip(samples, baseline)]
+    summary = drift.summarize(samples, max_new_tokens)
+    return {"win_rate": sum(wins) / len(wins), "ppl_sft": summary["sft_perplexity"], "kl": summary["kl_to_sft"],
+            "mean_length": summary["mean_tokens"], "distinct_2": summary["distinct_2"]}
+
+
+def ablate(store: Store, sft_dir: str, settings: RoundSettings, oracle, heldout: list[str], max_new_tokens: int,
+           folder: Path, seed: int = 0, objectives: list[str] | None = None) -> dict:
+    """{"ablation": {objective: figures}, "baseline": the SFT model's figures, ...}: each objective trained from
+    the same start on a copy of `store` (under `folder/<objective>`), measured on the held-out prompts."""
+    objectives = objectives or objectives_for(store)
+    plan = drift.EvalPlan(tuple(heldout) * SAMPLES, max_new_tokens, seed)
+    # Every piece of feedback in one round; no drift evaluation (this measures its own, on the held-out prompts).
+    one_round = RoundSettings(**(settings.as_dict() | {"max_new_pairs": 10**9, "pairs_per_voter": 0,
+                                                        "eval_tokens": 0}))
+    started = time.perf_counter()
+    baseline = sample(sft_dir, None, plan)
+    results, made = {}, {}
+    for name in objectives:
+        copy = copy_store(store, folder / name)
+        began = time.perf_counter()
+        version = run_round(copy, copy.root / "adapters", sft_dir, one_round, force=True, stages=OBJECTIVES[name])
+        seconds = time.perf_counter() - began
+        row = copy.version(version)
+        results[name] = figures(sample(sft_dir, row["path"], plan), baseline, oracle, max_new_tokens) | {
+            "seconds": seconds, "learned_from": row["learned_from"], "steps": (row["metrics"] or {}).get("steps")}
+        made[name] = row["path"]
+        log.info("Ablation %s: %s", name, {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)})
+    return {"ablation": results,
+            "baseline": figures(baseline, baseline, oracle, max_new_tokens) | {"seconds": 0.0},
+            "heldout_prompts": len(heldout), "samples_per_prompt": SAMPLES, "max_new_tokens": max_new_tokens,
+            "adapters": made, "feedback": store.feedback_totals(), "seconds": time.perf_counter() - started}
+
+
+def table(result: dict) -> str:
+    """The ablation as a Markdown table (the README and docs/performance.md quote it)."""
+    lines = ["| objective | held-out win rate vs SFT | perplexity under SFT | KL to SFT (nats/answer) | "
+             "mean length (tokens) | round seconds |", "|---|---|---|---|---|---|"]
+    rows = [("SFT model (v0)", result["baseline"])] + list(result["ablation"].items())
+    for name, f in rows:
+        lines.append(f"| {name} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | {f['kl']:.2f} | {f['mean_length']:.1f} | "
+                     f"{f['seconds']:.0f} |")
+    return "\n".join(lines) + "\n"
