@@ -298,7 +298,8 @@ def cmd_export(args) -> int:
         return 0
     _, n = playground.export(what, args.out)
     noun = {"votes": "votes with their answers", "pairs": "preference pairs (TRL conversational format)",
-            "demonstrations": "demonstrations (TRL conversational messages format)"}[what]
+            "demonstrations": "demonstrations (TRL conversational messages format)",
+            "ratings": "ratings (TRL unpaired preference format)"}[what]
     print(f"Wrote {n} {noun} to {args.out}.")
     return 0
 
@@ -515,17 +516,18 @@ def build_parser() -> argparse.ArgumentParser:
                  ModelSettings)
     rb.add_argument("version", type=int)
 
-    ex = command("export", cmd_export, "preference pairs (TRL format), raw votes, demonstrations (corrections), or "
-                 "an adapter version with its model card", ModelSettings)
+    ex = command("export", cmd_export, "preference pairs, demonstrations (better answers) or ratings in TRL's "
+                 "formats, raw votes, or an adapter version with its model card", ModelSettings)
     ex.add_argument("--out", required=True, help="a .jsonl file; a folder for --what adapter")
-    ex.add_argument("--what", choices=("pairs", "votes", "demonstrations", "adapter"), default="pairs",
-                    help="pairs: DPO (TRL preference format); votes: raw; demonstrations: the corrections, SFT "
-                         "(TRL messages format); adapter: a version with its model card")
+    ex.add_argument("--what", choices=("pairs", "votes", "demonstrations", "ratings", "adapter"), default="pairs",
+                    help="pairs: DPO (TRL preference format); votes: raw; demonstrations: the better answers, SFT "
+                         "(TRL messages format); ratings: single answers with a true (thumbs up) or false label, KTO "
+                         "(TRL unpaired format); adapter: a version with its model card")
     ex.add_argument("--raw", action="store_true", help="the same as --what votes")
     ex.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")
 
-    pu = command("push", cmd_push, "push the pairs to a Hub dataset repo, and an adapter version to a model repo "
-                 "(token: HF_TOKEN or `hf auth login`)", ModelSettings)
+    pu = command("push", cmd_push, "push the pairs, demonstrations and ratings to a Hub dataset repo, and an adapter "
+                 "version to a model repo (token: HF_TOKEN or `hf auth login`)", ModelSettings)
     pu.add_argument("--dataset-repo", required=True)
     pu.add_argument("--model-repo", default=None)
     pu.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")

@@ -345,7 +345,7 @@ class Playground:
 
     # ---- data out -----------------------------------------------------------------------------------------
     def export(self, what: str = "pairs", path: str | Path | None = None) -> tuple[Path, int]:
-        """'pairs' (TRL format), 'votes' (raw) or 'demonstrations' (the corrections, TRL messages format) as JSONL, to
+        """'pairs', 'demonstrations' or 'ratings' (TRL's formats) or 'votes' (raw) as JSONL (publishing.py), to
         `path` or a fresh download file: (path, rows)."""
         if path is None:
             return publishing.export_file(self.store, what)

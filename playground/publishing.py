@@ -1,6 +1,6 @@
-"""Getting the data out: JSONL exports (preference pairs in TRL's format, raw votes), an adapter version as a
-folder that loads anywhere (with a model card), and pushes of both to the Hugging Face Hub. The CLI and the page
-share these.
+"""Getting the data out: JSONL exports (pairs, demonstrations and ratings in TRL's formats, raw votes), an adapter
+version as a folder that loads anywhere (with a model card), and pushes of both to the Hugging Face Hub. The CLI and
+the page share these.
 """
 
 from __future__ import annotations
@@ -14,19 +14,22 @@ from pathlib import Path
 
 from .store import Store
 
-EXPORTS = ("pairs", "votes", "demonstrations")
+EXPORTS = ("pairs", "votes", "demonstrations", "ratings")
+# The trl-format exports and their file names in a dataset repo: one config each (`load_dataset(repo, "ratings")`).
+HUB_FILES = {"pairs": "preference_pairs.jsonl", "demonstrations": "demonstrations.jsonl", "ratings": "ratings.jsonl"}
 EXPORT_KEEP_SECONDS = 3600
 QUANTIZED_NOTE = ("The SFT weights this adapter was trained on came from a GGUF file ({source}) de-quantized to "
                   "float32, not from the original checkpoint: expect small differences on the original weights.")
 
 
 def write_export(store: Store, what: str, path: str | Path) -> int:
-    """Write 'pairs' (DPO: TRL's conversational preference format), 'votes' (raw, with their answers) or
-    'demonstrations' (SFT: the corrections in TRL's conversational `messages` format) as JSONL; the row count."""
+    """Write 'pairs' (DPO: TRL's conversational preference format), 'votes' (raw, with their answers),
+    'demonstrations' (SFT: the corrections in TRL's conversational `messages` format) or 'ratings' (KTO: TRL's
+    unpaired prompt / completion / label format) as JSONL; the row count."""
     if what not in EXPORTS:
         raise ValueError(f"Unknown export {what!r}; choose one of {', '.join(EXPORTS)}.")
     rows = {"pairs": store.export_pairs, "votes": store.export_votes,
-            "demonstrations": store.export_demonstrations}[what]()
+            "demonstrations": store.export_demonstrations, "ratings": store.export_ratings}[what]()
     n = 0
     with open(path, "w", encoding="utf-8") as out:
         for row in rows:
@@ -47,7 +50,7 @@ def export_file(store: Store, what: str = "pairs") -> tuple[Path, int]:
         except FileNotFoundError:  # another export pruned it first
             pass
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = {"pairs": "preference-pairs", "votes": "votes", "demonstrations": "demonstrations"}[what]
+    name = {"pairs": "preference-pairs", "votes": "votes", "demonstrations": "demonstrations", "ratings": "ratings"}[what]
     path = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=folder)) / f"{name}-{stamp}.jsonl"
     return path, write_export(store, what, path)
 
@@ -77,13 +80,18 @@ def model_card(store: Store, version: int, *, sft_spec: str, sft_hub_id: str | N
     base = sft_hub_id or sft_spec
     data = ModelCardData(
         base_model=sft_hub_id, library_name="peft", license=None, datasets=[dataset_repo] if dataset_repo else None,
-        tags=["dpo", "lora", "trl", "peft", "alignment-playground"],
+        tags=["dpo", "sft", "kto", "lora", "trl", "peft", "alignment-playground"],
     )
-    settings = ", ".join(f"{k}={params[k]}" for k in ("beta", "learning_rate", "epochs", "batch_size",
-                                                        "grad_accumulation", "max_length", "lora_r", "lora_alpha",
-                                                        "lora_dropout", "target_modules") if k in params)
+    settings = ", ".join(f"{k}={params[k]}" for k in ("beta", "learning_rate", "sft_weight", "rating_weight", "epochs",
+                                                        "batch_size", "grad_accumulation", "max_length", "lora_r",
+                                                        "lora_alpha", "lora_dropout", "target_modules") if k in params)
+    learned = row["learned_from"]
+    stages = {"sft": f"SFT on {learned['demonstrations']} demonstrations (people's better answers)",
+              "dpo": f"DPO on {learned['pairs']} preference pairs", "kto": f"KTO on {learned['ratings']} single ratings"}
+    trained = ", then ".join(stages[s] for s in params.get("stages", ["dpo"]) if s in stages)
     rounds = "\n".join(
-        f"| v{v['version']} | v{v['parent_version'] or 0} | {v.get('pairs_used') or '–'} | "
+        f"| v{v['version']} | v{v['parent_version'] or 0} | {v['learned_from']['demonstrations']} | "
+        f"{v['learned_from']['pairs']} | {v['learned_from']['ratings']} | "
         f"{_number((v.get('metrics') or {}).get('final_loss'))} | "
         f"{_number((v.get('metrics') or {}).get('final_reward_margin'))} | "
         f"{_number((v.get('metrics') or {}).get('final_reward_accuracy'))} |" for v in chain)
@@ -105,21 +113,21 @@ def model_card(store: Store, version: int, *, sft_spec: str, sft_hub_id: str | N
 # Alignment Playground adapter v{version}
 
 A LoRA adapter for [{base}]({'https://huggingface.co/' + sft_hub_id if sft_hub_id else base}), trained with
-DPO ([trl](https://github.com/huggingface/trl)) on the preference votes people cast in an Alignment
-Playground app. The reference model of every round was the SFT model itself
-(the adapter disabled). {votes}
+[trl](https://github.com/huggingface/trl) on the feedback people gave in an Alignment Playground app: instruction
+alignment on their better answers, then preference alignment on their votes. The reference model of every
+preference stage was the SFT model itself (the adapter disabled). {votes}
 
-- Version {version}, made by round {row.get('round_id')} from {row.get('pairs_used') or 0} preference pairs
-  ({params.get('new_pairs', '?')} new, {params.get('replayed_pairs', '?')} replayed from earlier rounds).
-- DPO settings: {settings or 'not recorded'}.
+- Version {version}, made by round {row.get('round_id')}: {trained or 'no stage recorded'} (new and replayed
+  from earlier rounds; {params.get('new_pairs', '?')} of the pairs were new).
+- Settings: {settings or 'not recorded'}.
 - Final loss {_number(metrics.get('final_loss'))}, reward margin {_number(metrics.get('final_reward_margin'))},
   reward accuracy {_number(metrics.get('final_reward_accuracy'))} (on the round's own training pairs).
-{('- Preference pairs: the dataset [' + dataset_repo + '](https://huggingface.co/datasets/' + dataset_repo + ').') if dataset_repo else ''}
+{('- The feedback: the dataset [' + dataset_repo + '](https://huggingface.co/datasets/' + dataset_repo + ').') if dataset_repo else ''}
 
 ## Rounds that made it
 
-| version | parent | pairs | final loss | reward margin | reward accuracy |
-|---|---|---|---|---|---|
+| version | parent | demonstrations | pairs | ratings | final loss | reward margin | reward accuracy |
+|---|---|---|---|---|---|---|---|
 {rounds}
 
 ## Use
@@ -167,12 +175,43 @@ def server_token() -> str | None:
     return huggingface_hub.get_token()
 
 
+def dataset_card(counts: dict[str, int]) -> str:
+    """The dataset repo's README: one config per kind of feedback, so `load_dataset(repo, "ratings")` and trl's
+    CLIs (`--dataset_name repo --dataset_config ratings`) read each as its own dataset."""
+    from huggingface_hub import DatasetCard, DatasetCardData
+
+    data = DatasetCardData(tags=["dpo", "sft", "kto", "trl", "alignment-playground"], configs=[
+        {"config_name": kind, "data_files": name, **({"default": True} if kind == "pairs" else {})}
+        for kind, name in HUB_FILES.items()])
+    return str(DatasetCard(f"""---
+{data.to_yaml()}
+---
+
+# Alignment Playground feedback
+
+What people gave an Alignment Playground app, in trl's formats (prompts and answers only: no sessions or voters).
+
+| config | rows | format | trains |
+|---|---|---|---|
+| `pairs` | {counts['pairs']} | conversational preference: `prompt`, `chosen`, `rejected` | DPO (`trl dpo`) |
+| `demonstrations` | {counts['demonstrations']} | conversational `messages`: a person's better answer | SFT (`trl sft`) |
+| `ratings` | {counts['ratings']} | unpaired preference: `prompt`, `completion`, `label` (true: 👍) | KTO (`trl kto`) |
+
+```python
+from datasets import load_dataset
+
+ratings = load_dataset("REPO", "ratings", split="train")
+```
+"""))
+
+
 def push_to_hub(store: Store, token: str | None, dataset_repo: str, model_repo: str | None = None,
                 version: int = 0, *, sft_spec: str = "", sft_hub_id: str | None = None, private: bool = True,
-                win_rate: dict | None = None, endpoint: str | None = None) -> str:
-    """Upload the preference pairs (and an adapter version with its model card) to the Hugging Face Hub with
-    `token`, and only that token: an empty one is refused, never replaced by the server's login (huggingface_hub
-    would do that for None); a caller entitled to the server's login passes `server_token()`. A message either way."""
+                win_rate: dict | None = None, endpoint: str | None = None, api=None) -> str:
+    """Upload the feedback in trl's formats (pairs, demonstrations, ratings, one config each, with a dataset card)
+    and an adapter version with its model card to the Hugging Face Hub with `token`, and only that token: an empty
+    one is refused, never replaced by the server's login (huggingface_hub would do that for None); a caller entitled
+    to the server's login passes `server_token()`. A message either way. `api`: an `HfApi` (tests pass a stand-in)."""
     import huggingface_hub
 
     dataset_repo, model_repo, token = (dataset_repo or "").strip(), (model_repo or "").strip(), (token or "").strip()
@@ -180,20 +219,27 @@ def push_to_hub(store: Store, token: str | None, dataset_repo: str, model_repo: 
         return "⚠ Enter a dataset repo id, like `your-name/alignment-playground-votes`."
     if not token:
         return "⚠ No Hugging Face token: enter one with write access to the repos."
-    if huggingface_hub.is_offline_mode():
+    if api is None and huggingface_hub.is_offline_mode():
         return ("⚠ Cannot push: this server runs offline (HF_HUB_OFFLINE is set), so the Hugging Face Hub is out "
                 "of reach. Download the export instead.")
     if model_repo and not version:
         return "⚠ No adapter serves yet (version 0), so there is nothing to upload to a model repo."
-    api = huggingface_hub.HfApi(endpoint=endpoint, token=token)
-    path, n = export_file(store, "pairs")
+    api = api or huggingface_hub.HfApi(endpoint=endpoint, token=token)
+    exports = {kind: export_file(store, kind) for kind in HUB_FILES}
+    counts = {kind: n for kind, (_, n) in exports.items()}
     step = "creating the dataset repo"
     try:
         api.create_repo(dataset_repo, repo_type="dataset", exist_ok=True, private=private)
-        step = "uploading the pairs"
-        api.upload_file(path_or_fileobj=str(path), path_in_repo="preference_pairs.jsonl", repo_id=dataset_repo,
-                        repo_type="dataset", commit_message=f"Alignment Playground export: {n} preference pairs")
-        done = f"✓ Pushed {n} pairs to the dataset `{dataset_repo}`"
+        step = "uploading the feedback"
+        operations = [huggingface_hub.CommitOperationAdd(path_in_repo=HUB_FILES[kind], path_or_fileobj=str(path))
+                      for kind, (path, _) in exports.items()]
+        operations.append(huggingface_hub.CommitOperationAdd(
+            path_in_repo="README.md", path_or_fileobj=dataset_card(counts).replace("REPO", dataset_repo).encode()))
+        api.create_commit(repo_id=dataset_repo, repo_type="dataset", operations=operations,
+                          commit_message=f"Alignment Playground export: {counts['pairs']} preference pairs, "
+                                         f"{counts['demonstrations']} demonstrations, {counts['ratings']} ratings")
+        done = (f"✓ Pushed {counts['pairs']} pairs, {counts['demonstrations']} demonstrations and "
+                f"{counts['ratings']} ratings to the dataset `{dataset_repo}`")
         if model_repo:
             step = "preparing the adapter"
             with tempfile.TemporaryDirectory() as work:

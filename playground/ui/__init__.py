@@ -6,6 +6,7 @@ votes, versions, exports); the shared panels are rendered once per change (panel
     duel.py      Duel: two answers, A / B / tie / both bad
     explain.py   Why this answer: the implicit reward per token, under each chat tab and as the `explain` endpoint
     training.py  Training: status, progress, plots, versions, Train now, rollback
+    stages.py    the Stages view: the two datasets, the stage each trains, the latest ablation
     data.py      Leaderboard and Data: ratings, counts, exports, Hub pushes
     panel.py     the refresh every page runs, computed once per change for all of them
 """

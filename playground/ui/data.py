@@ -1,6 +1,7 @@
-"""The Leaderboard and Data tabs: ratings; counts, downloads (pairs in TRL's format, raw votes) and Hub pushes.
+"""The Leaderboard and Data tabs: ratings; counts, downloads (pairs, demonstrations and ratings in TRL's formats, raw
+votes) and Hub pushes.
 
-The pairs (prompt, chosen, rejected: no session, address or voter) are open to everyone. The raw votes (sessions and
+The trl exports (prompts and answers: no session, address or voter) are open to everyone. The raw votes (sessions and
 voters) and Hub pushes are admin actions (`Page.admin_refusal`)."""
 
 from __future__ import annotations
@@ -18,9 +19,10 @@ def counts_table(counts: dict) -> list[list]:
              "thumb": "thumbs", "correction": "better answers written (demonstrations)"}
     rows = [[label, counts["votes_by_kind"].get(kind, 0)] for kind, label in kinds.items()]
     return rows + [["votes in all", counts["votes"]], ["prompts", counts["prompts"]],
-                   ["comparisons", counts["comparisons"]], ["training pairs", counts["pairs"]],
-                   ["pairs waiting for a round", counts["pairs_pending"]], ["training rounds", counts["rounds"]],
-                   ["adapter versions", counts["versions"]]]
+                   ["comparisons", counts["comparisons"]], ["training pairs (DPO)", counts["pairs"]],
+                   ["pairs waiting for a round", counts["pairs_pending"]],
+                   ["demonstrations (SFT)", counts["demonstrations"]], ["single ratings (KTO)", counts["ratings"]],
+                   ["training rounds", counts["rounds"]], ["adapter versions", counts["versions"]]]
 
 
 class DataTab:
@@ -38,12 +40,14 @@ class DataTab:
             refusal = self.page.admin_refusal(admin_token, "Exporting the raw votes")
             if refusal:
                 return None, refusal
-        what = what if what in ("votes", "demonstrations") else "pairs"
+        what = what if what in publishing.EXPORTS else "pairs"
         path, n = self.page.playground.export(what)
         noun, detail = {"votes": ("vote", " with their answers"),
                         "pairs": ("preference pair", " in TRL's conversational preference format (DPO)"),
                         "demonstrations": ("demonstration", " (people's better answers) in TRL's conversational "
-                                                            "messages format (SFT)")}[what]
+                                                            "messages format (SFT)"),
+                        "ratings": ("rating", " (single answers, 👍 true / 👎 false) in TRL's unpaired preference "
+                                              "format (KTO)")}[what]
         return str(path), f"✓ {n} {noun}{'' if n == 1 else 's'}{detail}: {path.name}"
 
     def push(self, hf_token, dataset_repo, model_repo, private, admin_token):
@@ -88,7 +92,8 @@ class DataTab:
         counts = gr.Dataframe(headers=COUNT_HEADERS, interactive=False, label="Counts", elem_id="counts")
         with gr.Row():
             what = gr.Radio([("Preference pairs (DPO, TRL format)", "pairs"),
-                             ("Demonstrations (SFT, TRL messages format)", "demonstrations"), ("Raw votes", "votes")],
+                             ("Demonstrations (SFT, TRL messages format)", "demonstrations"),
+                             ("Ratings (KTO, TRL unpaired format)", "ratings"), ("Raw votes", "votes")],
                             value="pairs",
                             label="Export")
             export_token = gr.Textbox(label="Admin token (raw votes)", type="password",

@@ -19,10 +19,11 @@ from .. import leaderboard
 from ..training import eligible_counts
 from .common import Page
 from .data import counts_table
+from .stages import stages_markdown
 from .training import (DRIFT_PLOTS, drift_frame, plot_frame, progress_html, steps_frame, training_status,
                        versions_table)
 
-OUTPUTS = ("status", "training", "progress", "loss", "margin", "accuracy", "versions", *(p[0] for p in DRIFT_PLOTS),
+OUTPUTS = ("status", "training", "stages", "progress", "loss", "margin", "accuracy", "versions", *(p[0] for p in DRIFT_PLOTS),
            "leaderboard", "leaderboard_plot", "counts", "stats")
 
 
@@ -86,6 +87,7 @@ class Panel:
         }
 
     def _render(self, facts: dict) -> dict:
+        pg = self.page.playground
         stats = self.stats(facts)
         steps = steps_frame(facts["steps"], facts["rounds"])
         drift = drift_frame(facts)
@@ -93,6 +95,7 @@ class Panel:
             "status": stats["status"],
             "training": training_status(facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"],
                                         stats["eligible"]),
+            "stages": stages_markdown(facts, pg.round_settings),
             "progress": progress_html(facts["running_round"]),
             "loss": plot_frame(steps, "step", "stage", "loss"),
             "margin": plot_frame(steps, "step", "round", "reward_margin"),

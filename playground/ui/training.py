@@ -62,6 +62,8 @@ class TrainingTab:
     def build(self) -> dict:
         """The components; returns those the panel refreshes."""
         training = gr.Markdown(elem_id="training-status", label="training status")
+        with gr.Accordion("Stages: what each kind of feedback trains", open=True, elem_id="stages-view"):
+            stages = gr.Markdown(elem_id="stages", label="stages")
         progress = gr.HTML(progress_html(None), elem_id="progress", label="progress")
         with gr.Row():
             train_btn = gr.Button("Train now", elem_id="train-now")
@@ -103,7 +105,8 @@ class TrainingTab:
 
         train_btn.click(self.train_now, None, [train_message], api_name="train_now", **VOTES)
         rollback_btn.click(self.rollback, [version, token], [rollback_message], api_name="rollback", **VOTES)
-        return {"training": training, "progress": progress, **plots, "versions": versions, **drift_plots}
+        return {"training": training, "stages": stages, "progress": progress, **plots, "versions": versions,
+                **drift_plots}
 
 
 # ---- rendering the shared figures -----------------------------------------------------------------------------

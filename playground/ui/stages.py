@@ -1,0 +1,67 @@
+"""The Stages view of the Training tab: the two datasets people give, side by side, which stage of alignment each
+trains, which version learned from them, and what each stage contributed in the latest ablation. Short, plain
+sentences: this is where a student sees the two stages.
+"""
+
+from __future__ import annotations
+
+from ..settings import RoundSettings
+
+INTRO = ("**Two stages, two datasets.** *Instruction alignment* (SFT) learns from **demonstrations**: a prompt and "
+         "the one answer a person wrote for it; it makes that answer likely. *Preference alignment* (DPO) learns from "
+         "**rankings**: which of several model answers a person preferred; it makes the preferred answer more likely "
+         "than the others, relative to the SFT model. Every round runs them in that order on one adapter: first "
+         "the written answers, then the preferences, building on them. Single 👍 / 👎 ratings train a third, "
+         "unpaired preference loss (KTO).")
+
+
+def _latest_learner(versions: list[dict], kind: str) -> str:
+    learned = [v["version"] for v in versions if v["state"] == "ready" and v["learned_from"][kind]]
+    return f"v{max(learned)}" if learned else "none yet"
+
+
+def _weight(value: float, flag: str) -> str:
+    return f"off (`{flag} 0`)" if value <= 0 else f"{value:g} (`{flag}`)"
+
+
+def stages_markdown(facts: dict, settings: RoundSettings) -> str:
+    feedback, votes, versions = facts["feedback"], facts["counts"]["votes_by_kind"], facts["versions"]
+    demos, pairs, ratings = feedback["demonstrations"], feedback["pairs"], feedback["ratings"]
+    ranked = votes.get("best", 0) + votes.get("pairwise", 0)
+    rows = [
+        "| | Dataset 1: demonstrations | Dataset 2: preferences |",
+        "|---|---|---|",
+        f"| people gave | {demos['total']} better answers written | {ranked} ranked comparisons (best, ranking, "
+        f"duel) → {pairs['total']} pairs, with each better answer's pairs; {ratings['total']} single ratings |",
+        "| it trains | instruction alignment: SFT, the written answer made likely | preference alignment: DPO on "
+        "the pairs, KTO on the ratings, both relative to the SFT model |",
+        f"| waiting for a round | {demos['pending']} | {pairs['pending']} pairs, {ratings['pending']} ratings |",
+        f"| latest version that learned from it | {_latest_learner(versions, 'demonstrations')} | "
+        f"{_latest_learner(versions, 'pairs')} (pairs), {_latest_learner(versions, 'ratings')} (ratings) |",
+        f"| weight | {_weight(settings.sft_weight, '--sft-weight')} | pairs 1; ratings "
+        f"{_weight(settings.rating_weight, '--rating-weight')} |",
+    ]
+    return "\n\n".join([INTRO, "\n".join(rows), ablation_markdown(facts.get("ablation"))])
+
+
+def ablation_markdown(ablation: dict | None) -> str:
+    """What each stage contributed in the latest ablation of these models, or how to measure it."""
+    if not ablation:
+        return ("**What each stage contributes** has not been measured for these models yet: `python -m playground "
+                "simulate --oracle shorter --votes 32 --corrections 4 --ratings --ablation` trains the same simulated "
+                "feedback under each objective and compares them here.")
+    v = ablation["votes"]
+    lines = [f"**What each stage contributes** (latest ablation: oracle `{ablation['oracle']}`, {v['votes']} votes, "
+             f"{v['corrections']} better answers, {v['ratings']} ratings; each objective trained from the SFT model "
+             f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts):",
+             "",
+             "| objective | stages | win rate vs SFT | perplexity under SFT | KL to SFT | mean length | round s |",
+             "|---|---|---|---|---|---|---|"]
+    described = {"dpo": "preference only", "sft": "instruction only", "sft+dpo": "both",
+                 "sft+dpo+kto": "both, and ratings"}
+    for name, f in ablation["ablation"].items():
+        lines.append(f"| {name} | {described.get(name, name)} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | "
+                     f"{f['kl']:.2f} | {f['mean_length']:.1f} | {f['seconds']:.0f} |")
+    lines.append("\nWin rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt "
+                 "and seed (0.5 = no change). KL: how far the version moved from the SFT model (nats per answer).")
+    return "\n".join(lines)
