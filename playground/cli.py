@@ -7,6 +7,7 @@ in settings.py, each from its flag, else its PLAYGROUND_* environment variable, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -336,9 +337,11 @@ def cmd_simulate(args) -> int:
     playground = opened(Playground(models, rounds))
     playground.load_models()
     run = record_and_ablate if args.ablation else simulate
-    result = run(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
-                 sampling=settings_from(args, Sampling), seed=args.seed or 0, corrections=args.corrections,
-                 ratings=args.ratings)
+    # An ablation trains in this process, and trl prints its logs: stdout stays for the report alone.
+    with contextlib.redirect_stdout(sys.stderr):
+        result = run(playground, oracle, args.votes, prompts, heldout, mode=args.mode,
+                     sampling=settings_from(args, Sampling), seed=args.seed or 0, corrections=args.corrections,
+                     ratings=args.ratings)
     result["workspace"] = str(playground.data_dir)
     if args.ablation:
         # The real data set's Stages view shows the latest ablation of its models.

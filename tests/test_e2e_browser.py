@@ -103,7 +103,7 @@ def settled_version(app) -> int:
 
     def quiet():
         s = client.predict(api_name="/stats")
-        idle = s["ready"] and s["counts"]["pairs_pending"] < s["min_pairs"] and not s["running_round"]
+        idle = s["ready"] and sum(s["eligible"].values()) < s["min_pairs"] and not s["running_round"]
         return idle and s["engine_version"] == s["serving_version"] and s
 
     return wait_until(quiet, SLOW / 1000, "the trainer to be idle")["serving_version"]
@@ -209,6 +209,15 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     expect(page.locator("#status-line")).to_contain_text(f"adapter v{version + 1}", timeout=ANSWER)
     expect(page.locator("#versions")).to_contain_text(f"v{version + 1}")
     expect(page.locator("#progress")).to_contain_text("No round running")
+    # The Stages view: the two datasets side by side, the stage each trains, the version that learned from them.
+    stages = page.locator("#stages")
+    for text in ("Dataset 1: demonstrations", "Dataset 2: preferences", "instruction alignment: SFT",
+                 "preference alignment: DPO", "better answers written"):
+        expect(stages).to_contain_text(text)
+    expect(stages.locator("table tr").filter(has_text="latest version that learned from it")).to_contain_text(
+        f"v{version + 1} (pairs)")
+    expect(page.locator("#stage-loss canvas, #stage-loss svg").first).to_be_visible(timeout=ANSWER)
+    expect(page.locator("#versions")).to_contain_text("demonstrations")
     page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
 
     page.get_by_role("tab", name="Compare").click()

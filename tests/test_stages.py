@@ -238,3 +238,32 @@ def test_a_stage_weight_of_0_leaves_its_feedback_out_of_the_count(tmp_path):
     assert run_round(store, tmp_path / "adapters", "no-model-needed", off) is None
     with pytest.raises(ValueError, match="rating_weight must be 0"):
         RoundSettings(rating_weight=-1)
+
+
+def test_the_stages_view_says_what_each_dataset_trains_and_what_the_latest_ablation_found(tmp_path):
+    from playground.dashboard import compute
+    from playground.ui.stages import stages_markdown
+
+    store = Store.open(tmp_path)
+    comparison, ids = rated_turn(store, 1, "s")
+    store.vote_best("s", comparison, [ids["sft"]])
+    store.vote_thumb("s", ids["pref"], False)
+    store.add_correction("s", comparison, "Better.")
+    run = store.start_round(0, [p["id"] for p in store.pending_pairs()], {}, pid=None,
+                            demonstration_ids=[d["id"] for d in store.demonstrations()])
+    store.finish_round(run, tmp_path / "adapter", {})
+    view = stages_markdown(compute(store), RoundSettings(rating_weight=0))
+    for text in ("| people gave | 1 better answer written | 1 ranked comparison (best, ranking, duel) → 5 pairs",
+                 "1 single rating |", "| waiting for a round | 0 | 0 pairs, 1 ratings |",
+                 "| latest version that learned from it | v1 | v1 (pairs), none yet (ratings) |",
+                 "| weight | 1 (`--sft-weight`) | pairs 1; ratings off (`--rating-weight 0`) |",
+                 "has not been measured for these models yet"):
+        assert text in view, (text, view)
+
+    figures = {"win_rate": 0.75, "ppl_sft": 9.5, "kl": 0.3, "mean_length": 40.0, "seconds": 61.0}
+    store.save_ablation({"oracle": "shorter", "votes": {"votes": 32, "corrections": 8, "ratings": 20},
+                         "heldout_prompts": 15, "ablation": {"dpo": figures, "sft": figures | {"win_rate": 0.5}}})
+    view = stages_markdown(compute(store), RoundSettings())
+    assert "latest ablation: oracle `shorter`, 32 votes, 8 better answers, 20 ratings" in view
+    assert "| dpo | preference only | 0.75 | 9.50 | 0.30 | 40.0 | 61 |" in view
+    assert "| sft | instruction only | 0.50 |" in view

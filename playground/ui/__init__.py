@@ -45,8 +45,8 @@ def build_app(page: Page) -> gr.Blocks:
 
     with gr.Blocks(title="Alignment Playground") as demo:
         gr.Markdown("# Alignment Playground\nOne conversation, three models: **base** (pretrained only), **SFT** "
-                    "(instruction-tuned) and **preference-tuned** (SFT + a LoRA adapter trained with DPO on "
-                    "the votes cast here). Your votes and better answers become training data; new adapter versions "
+                    "(instruction-tuned) and **preference-tuned** (SFT + a LoRA adapter trained on the feedback "
+                    "given here: better answers by SFT, votes by DPO, single ratings by KTO). New adapter versions "
                     "swap in live.")
         gr.Markdown(page.data_notice(), elem_id="data-notice", elem_classes=["pg-meta"], label="how votes are used")
         if page.require_login:

@@ -11,13 +11,17 @@ INTRO = ("**Two stages, two datasets.** *Instruction alignment* (SFT) learns fro
          "the one answer a person wrote for it; it makes that answer likely. *Preference alignment* (DPO) learns from "
          "**rankings**: which of several model answers a person preferred; it makes the preferred answer more likely "
          "than the others, relative to the SFT model. Every round runs them in that order on one adapter: first "
-         "the written answers, then the preferences, building on them. Single 👍 / 👎 ratings train a third, "
-         "unpaired preference loss (KTO).")
+         "the written answers, then the preferences, building on them. Single ratings (**Good** / **Bad** under an "
+         "answer, and **All three are bad**) train a third, unpaired preference loss (KTO).")
 
 
 def _latest_learner(versions: list[dict], kind: str) -> str:
     learned = [v["version"] for v in versions if v["state"] == "ready" and v["learned_from"][kind]]
     return f"v{max(learned)}" if learned else "none yet"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def _weight(value: float, flag: str) -> str:
@@ -31,8 +35,9 @@ def stages_markdown(facts: dict, settings: RoundSettings) -> str:
     rows = [
         "| | Dataset 1: demonstrations | Dataset 2: preferences |",
         "|---|---|---|",
-        f"| people gave | {demos['total']} better answers written | {ranked} ranked comparisons (best, ranking, "
-        f"duel) → {pairs['total']} pairs, with each better answer's pairs; {ratings['total']} single ratings |",
+        f"| people gave | {_count(demos['total'], 'better answer')} written | "
+        f"{_count(ranked, 'ranked comparison')} (best, ranking, duel) → {_count(pairs['total'], 'pair')}, with each "
+        f"better answer's pairs; {_count(ratings['total'], 'single rating')} |",
         "| it trains | instruction alignment: SFT, the written answer made likely | preference alignment: DPO on "
         "the pairs, KTO on the ratings, both relative to the SFT model |",
         f"| waiting for a round | {demos['pending']} | {pairs['pending']} pairs, {ratings['pending']} ratings |",

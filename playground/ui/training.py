@@ -115,7 +115,7 @@ class TrainingTab:
 def feedback_words(counts: dict[str, int]) -> str:
     """{kind: n} in words, e.g. "3 pairs, 1 demonstration"; kinds with none left out ("nothing" when all are)."""
     words = [f"{n} {kind if n != 1 else kind[:-1]}" for kind, n in counts.items() if n]
-    return ", ".join(words) or "nothing"
+    return ", ".join(words) or "nothing yet"
 
 
 def training_status(facts: dict, engine_version: int | None, trainer_alive: bool, min_pairs: int,
@@ -145,8 +145,8 @@ def training_status(facts: dict, engine_version: int | None, trainer_alive: bool
     elif pending >= need:
         lines.append(f"**{feedback_words(eligible)} wait**: the trainer starts a round within seconds.")
     else:
-        lines.append(f"**Waiting for a round:** {feedback_words(eligible)}: {pending} of the {need} that start a "
-                     f"round (each pair, demonstration and rating counts one; or press Train now).")
+        lines.append(f"**Waiting for a round:** {feedback_words(eligible)} ({pending} of the {need} that start "
+                     f"one: each pair, demonstration and rating counts one; or press Train now).")
     if held > 0:
         lines.append(f"{held} more wait{'s' * (held == 1)} for later rounds: one voter's feedback beyond "
                      f"`--pairs-per-voter` per round.")
