@@ -437,8 +437,8 @@ def cmd_restore(args) -> int:
     return 0
 
 
-BENCH_SUITES = {"generate": "generation", "dpo": "dpo", "loop": "loop", "startup": "startup", "panel": "panel",
-                "persist": "persist", "explain": "explain"}
+BENCH_SUITES = {"generate": "generation", "dpo": "dpo", "stages": "stages", "loop": "loop", "startup": "startup",
+                "panel": "panel", "persist": "persist", "explain": "explain"}
 
 
 def cmd_bench(args) -> int:

@@ -208,8 +208,8 @@ class RoundSettings:
     train_threads: int = field(default_factory=half_the_cores, metadata=_help("torch threads of the trainer"))
     train_seed: int = field(default=0, metadata=_help("seed of the data order, LoRA init and replay choice"))
     pairs_per_voter: int = field(default_factory=_default_pairs_per_voter, metadata=_help(
-        "most new pairs one voter (address or signed-in user) puts into one round; the rest wait for later "
-        "rounds; 0 = no cap"))
+        "most new pieces of feedback (pairs, demonstrations and ratings together) one voter (address or signed-in "
+        "user) puts into one round; the rest wait for later rounds; 0 = no cap"))
     eval_prompts: str | None = field(default=None, metadata=_help(
         "the fixed prompt set each version's drift is measured on after its round (JSONL, one "
         "`{\"prompt\": ...}` a line); unset: assets/drift_prompts.jsonl"))

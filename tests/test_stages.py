@@ -267,3 +267,28 @@ def test_the_stages_view_says_what_each_dataset_trains_and_what_the_latest_ablat
     assert "latest ablation: oracle `shorter`, 32 votes, 8 better answers, 20 ratings" in view
     assert "| dpo | preference only | 0.75 | 9.50 | 0.30 | 40.0 | 61 |" in view
     assert "| sft | instruction only | 0.50 |" in view
+
+
+def test_feedback_given_before_the_upgrade_trains_too(tmp_path):
+    """Demonstrations and ratings are read from the votes, so those cast before schema 7 wait for a round."""
+    import sqlite3
+
+    from playground.store import MIGRATIONS
+
+    store = Store.open(tmp_path)
+    comparison, ids = rated_turn(store, 1, "s")
+    store.vote_thumb("s", ids["sft"], True)
+    store.add_correction("s", comparison, "Better.")
+    other, _ = rated_turn(store, 2, "s")
+    store.vote_all_bad("s", other)
+    conn = sqlite3.connect(store.path)  # back to schema 6, as a store from before this migration was
+    for statement in ("DROP VIEW demonstrations", "DROP VIEW ratings", "DROP TABLE round_demonstrations",
+                      "DROP TABLE round_ratings", "ALTER TABLE rounds DROP COLUMN demonstrations_used",
+                      "ALTER TABLE rounds DROP COLUMN ratings_used", "ALTER TABLE round_steps DROP COLUMN stage",
+                      "PRAGMA user_version = 6"):
+        conn.execute(statement)
+    conn.commit()
+    conn.close()
+    upgraded = Store.open(tmp_path)
+    assert upgraded.pragmas()["user_version"] == len(MIGRATIONS)
+    assert upgraded.pending_counts() == {"demonstrations": 1, "pairs": 3, "ratings": 1 + 3}
