@@ -21,7 +21,7 @@ from ..settings import RoundSettings
 from ..store import Store
 from .examples import KIND_OF, Selection, key_of, select_feedback, stages_of, trl_rows
 from ..models import load_policy
-from .stages import Stage, lora_config
+from .stages import Stage, lora_config, stage_steps
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +59,12 @@ def run_round(
     torch.set_num_threads(settings.train_threads)
     parent = store.serving_version()
     parent_path = store.version(parent)["path"] if parent else None
-    plan = [Stage(name, selection.rows(KIND_OF[name])) for name in stages if selection.rows(KIND_OF[name])]
-    hyperparams = settings.as_dict() | selection.counts() | {
-        "stages": [stage.name for stage in plan], "reference": "sft"}
+    sizes = {name: len(selection.rows(KIND_OF[name])) for name in stages if selection.rows(KIND_OF[name])}
+    hyperparams = settings.as_dict() | selection.counts() | {"stages": list(sizes), "reference": "sft"}
     keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KIND_OF.values()}
     round_id = store.start_round(parent, keys["pairs"], hyperparams, os.getpid(),
                                  demonstration_ids=keys["demonstrations"], rating_keys=keys["ratings"])
-    steps_total = sum(stage.steps(settings) for stage in plan)
+    steps_total = sum(stage_steps(name, n, settings) for name, n in sizes.items())
     store.set_round_progress(round_id, 0, steps_total)
     log.info("Round %d: %s, parent v%d, %d steps.", round_id, _described(selection), parent, steps_total)
     work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(Path(adapters_dir))))
@@ -80,11 +79,11 @@ def run_round(
             if getattr(result, "unexpected_keys", None):
                 raise TrainingError(f"parent adapter v{parent} does not fit this model: {result.unexpected_keys[:3]}")
         fit_start, done, figures = time.perf_counter(), 0, {}
-        for stage in plan:
-            stage.rows = trl_rows(KIND_OF[stage.name], stage.rows, tokenizer, settings.max_length)
-            figures[stage.name] = stage.train(peft_model, tokenizer, settings, work / stage.name,
-                                              [_progress(store, round_id, stage.name, done, steps_total)])
-            done += figures[stage.name]["steps"]
+        for name in sizes:
+            stage = Stage(name, trl_rows(KIND_OF[name], selection.rows(KIND_OF[name]), tokenizer, settings.max_length))
+            figures[name] = stage.train(peft_model, tokenizer, settings, work / name,
+                                        [_progress(store, round_id, name, done, steps_total)])
+            done += figures[name]["steps"]
         fit_seconds = time.perf_counter() - fit_start  # tokenizing, reference log-probs and training, every stage
         peft_model.eval()
         metrics = _metrics(store.round_steps(round_id), figures, fit_seconds)

@@ -23,6 +23,7 @@ CPU-safe settings throughout: fp32 (no bf16 autocast), no gradient checkpointing
 from __future__ import annotations
 
 import contextlib
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +104,7 @@ def sft_as_reference(peft_model):
     import torch
 
     saved = {name: param.detach().clone() for name, param in peft_model.named_parameters()
-             if ".lora_B.default." in name}
+             if re.search(r"\.lora_(embedding_)?B\.default\b", name)}
     params = dict(peft_model.named_parameters())
     with torch.no_grad():
         for name in saved:
@@ -119,17 +120,18 @@ def sft_as_reference(peft_model):
                 params[name].copy_(value)
 
 
+def stage_steps(name: str, examples: int, settings: RoundSettings) -> int:
+    """Optimizer steps of a stage on `examples` examples (what trl's trainer will take)."""
+    batch, accumulation = kto_batches(settings) if name == "kto" else (settings.batch_size, settings.grad_accumulation)
+    return settings.epochs * -(-examples // (batch * accumulation))
+
+
 @dataclass
 class Stage:
     """One stage of a round: its name (sft, dpo, kto) and its examples in trl's format."""
 
     name: str
     rows: list[dict]
-
-    def steps(self, settings: RoundSettings) -> int:
-        batch, accumulation = (kto_batches(settings) if self.name == "kto"
-                               else (settings.batch_size, settings.grad_accumulation))
-        return settings.epochs * -(-len(self.rows) // (batch * accumulation))
 
     def trainer(self, peft_model, tokenizer, settings: RoundSettings, output_dir: Path, callbacks: list):
         """The trl trainer of this stage, made just before it trains (each trainer fits the model's forward pass to
