@@ -50,7 +50,7 @@ def export_file(store: Store, what: str = "pairs") -> tuple[Path, int]:
         except FileNotFoundError:  # another export pruned it first
             pass
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = {"pairs": "preference-pairs", "votes": "votes", "demonstrations": "demonstrations", "ratings": "ratings"}[what]
+    name = {"pairs": "preference-pairs"}.get(what, what)
     path = Path(tempfile.mkdtemp(prefix=f"{name}-{stamp}-", dir=folder)) / f"{name}-{stamp}.jsonl"
     return path, write_export(store, what, path)
 
@@ -87,7 +87,8 @@ def model_card(store: Store, version: int, *, sft_spec: str, sft_hub_id: str | N
                                                         "lora_alpha", "lora_dropout", "target_modules") if k in params)
     learned = row["learned_from"]
     stages = {"sft": f"SFT on {learned['demonstrations']} demonstrations (people's better answers)",
-              "dpo": f"DPO on {learned['pairs']} preference pairs", "kto": f"KTO on {learned['ratings']} single ratings"}
+              "dpo": f"DPO on {learned['pairs']} preference pairs",
+              "kto": f"KTO on {learned['ratings']} single ratings"}
     trained = ", then ".join(stages[s] for s in params.get("stages", ["dpo"]) if s in stages)
     rounds = "\n".join(
         f"| v{v['version']} | v{v['parent_version'] or 0} | {v['learned_from']['demonstrations']} | "

@@ -23,7 +23,8 @@ from .stages import stages_markdown
 from .training import (DRIFT_PLOTS, drift_frame, plot_frame, progress_html, steps_frame, training_status,
                        versions_table)
 
-OUTPUTS = ("status", "training", "stages", "progress", "loss", "margin", "accuracy", "versions", *(p[0] for p in DRIFT_PLOTS),
+OUTPUTS = ("status", "training", "stages", "progress", "loss", "margin", "accuracy", "versions",
+           *(p[0] for p in DRIFT_PLOTS),
            "leaderboard", "leaderboard_plot", "counts", "stats")
 
 
@@ -81,8 +82,9 @@ class Panel:
             "running_round": facts["running_round"],
             "sft_drift": facts["sft_drift"],
             "rounds": facts["rounds"],
-            "versions": [{k: v[k] for k in ("version", "parent_version", "state", "reason", "pairs_used", "learned_from",
-                                            "serving", "served_on_publish", "metrics", "vote_win_rate", "drift")}
+            "versions": [{k: v[k] for k in ("version", "parent_version", "state", "reason", "pairs_used",
+                                            "learned_from", "serving", "served_on_publish", "metrics",
+                                            "vote_win_rate", "drift")}
                          for v in facts["versions"]],
         }
 
