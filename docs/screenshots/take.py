@@ -1,9 +1,11 @@
-"""Retake docs/screenshots/compare.png: the embedded models in a two-turn conversation with a vote.
+"""Retake docs/screenshots/compare.png (the embedded models in a two-turn conversation with a vote) and
+training.png (the Training tab after two rounds on every kind of feedback: votes, better answers, ratings).
 
     python docs/screenshots/take.py [--data-dir DIR]
 
 Starts `python app.py --preset embedded` on a fresh data directory (its model cache linked to the main one), drives
-the page in Debian's Chromium and writes the screenshot next to this file. Look at it before committing it.
+the page in Debian's Chromium (and gives the rest of the feedback through the API) and writes the screenshots next
+to this file. Look at them before committing them.
 """
 
 from __future__ import annotations
@@ -67,10 +69,37 @@ def main(argv=None) -> None:
                         page.locator("#best-2").click()
                         expect(page.locator("#vote-status")).to_contain_text("Thanks!", timeout=60_000)
                 page.screenshot(path=str(HERE / "compare.png"), full_page=False)
+                feedback_for_two_rounds(f"http://127.0.0.1:{port}/")
+                page.get_by_role("tab", name="Training").click()
+                expect(page.locator("#training-status")).to_contain_text("adapter v2", timeout=900_000)
+                expect(page.locator("#stages")).to_contain_text("v2")
+                time.sleep(3)  # the plots draw
+                page.screenshot(path=str(HERE / "training.png"), full_page=True)
                 browser.close()
         finally:
             stop_app(server)
     print(f"wrote {HERE / 'compare.png'}")
+
+
+def feedback_for_two_rounds(url: str) -> None:
+    """Enough of every kind of feedback for two rounds (8 pieces start one): duels, a better answer, ratings."""
+    from gradio_client import Client
+
+    from test_e2e_browser import wait_until
+
+    client = Client(url, verbose=False)
+    questions = ["Name a fruit.", "Why is the sea salty?", "What is a verb?", "How do birds fly?",
+                 "What is rain?", "Name a planet.", "Why do leaves fall?", "What is a noun?"]
+    for round_number in (1, 2):
+        before = client.predict(api_name="/stats")["serving_version"]
+        for question in questions[4 * (round_number - 1):4 * round_number]:
+            client.predict(api_name="/new_chat")
+            client.predict(question, api_name="/chat")
+            client.predict("2", api_name="/vote_best")  # the SFT answer: 2 pairs
+            client.predict(3, False, api_name="/vote_thumb")  # one rating
+        client.predict("A short, clear answer.", api_name="/correct")  # a demonstration and 3 pairs
+        wait_until(lambda: client.predict(api_name="/stats")["serving_version"] > before, 900,
+                   f"round {round_number}")
 
 
 if __name__ == "__main__":
