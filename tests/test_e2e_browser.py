@@ -212,7 +212,7 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     # The Stages view: the two datasets side by side, the stage each trains, the version that learned from them.
     stages = page.locator("#stages")
     for text in ("Dataset 1: demonstrations", "Dataset 2: preferences", "instruction alignment: SFT",
-                 "preference alignment: DPO", "better answers written"):
+                 "preference alignment: DPO", "written", "ranked comparison"):
         expect(stages).to_contain_text(text)
     expect(stages.locator("table tr").filter(has_text="latest version that learned from it")).to_contain_text(
         f"v{version + 1} (pairs)")

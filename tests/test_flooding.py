@@ -251,7 +251,7 @@ def test_fifty_sessions_from_one_address(flooded_app):
                          and s["trainer"]["state"] == "waiting" and s, 60, "the trainer to count the eligible pairs")
     assert waiting["trainer"]["state"] == "waiting" and waiting["rounds"] == [] and waiting["pairs_eligible"] == 6
     training_panel = watcher.predict(api_name="/panel")[1]
-    assert "6 of the 8 that start a round" in training_panel
+    assert "6 of the 8 that start one" in training_panel
     assert f"{pending - 6} more wait for later rounds" in training_panel
 
     # One more vote of the other visitor makes 8 eligible pairs: the round takes 4 of each voter's.

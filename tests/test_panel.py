@@ -47,7 +47,7 @@ def test_many_pages_share_one_computation_per_change(tmp_path):
     assert (dashboard.computed, panel.rendered) == (2, 2)
     names = OUTPUTS
     changed = {name for name, value in zip(names, after[0]) if not skipped(value)}
-    assert changed == {"training", "versions", "leaderboard", "leaderboard_plot", "counts", "stats"}
+    assert changed == {"training", "stages", "versions", "leaderboard", "leaderboard_plot", "counts", "stats"}
     assert "sft" in after[0][names.index("leaderboard_plot")] and "<svg" in after[0][names.index("leaderboard_plot")]
     board = after[0][names.index("leaderboard")]
     assert [row[1] for row in board] == ["sft", "base"], "the SFT answer won: it leads"

@@ -151,7 +151,7 @@ def training_status(facts: dict, engine_version: int | None, trainer_alive: bool
         lines.append(f"{held} more wait{'s' * (held == 1)} for later rounds: one voter's feedback beyond "
                      f"`--pairs-per-voter` per round.")
     state = trainer.get("state")
-    doing = {"waiting": "waiting for pairs", "training": "training", "stopped": "stopped",
+    doing = {"waiting": "waiting for feedback", "training": "training", "stopped": "stopped",
              "evaluating": "measuring a version's drift"}.get(state, "not seen yet")
     lines.append(f"**Trainer process:** {'running' if trainer_alive else 'not running here'} ({doing}) · "
                  f"**rounds:** {sum(r['status'] == 'done' for r in facts['rounds'])} done, "
