@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .store import Store
+from .training.examples import KIND_OF, STAGE_TITLES
 
 EXPORTS = ("pairs", "votes", "demonstrations", "ratings")
 # The trl-format exports and their file names in a dataset repo: one config each (`load_dataset(repo, "ratings")`).
@@ -86,10 +87,8 @@ def model_card(store: Store, version: int, *, sft_spec: str, sft_hub_id: str | N
                                                         "batch_size", "grad_accumulation", "max_length", "lora_r",
                                                         "lora_alpha", "lora_dropout", "target_modules") if k in params)
     learned = row["learned_from"]
-    stages = {"sft": f"SFT on {learned['demonstrations']} demonstrations (people's better answers)",
-              "dpo": f"DPO on {learned['pairs']} preference pairs",
-              "kto": f"KTO on {learned['ratings']} single ratings"}
-    trained = ", then ".join(stages[s] for s in params.get("stages", ["dpo"]) if s in stages)
+    trained = ", then ".join(f"{STAGE_TITLES[stage]} ({learned[KIND_OF[stage]]})" for stage in
+                             params.get("stages", ["dpo"]) if stage in STAGE_TITLES)
     rounds = "\n".join(
         f"| v{v['version']} | v{v['parent_version'] or 0} | {v['learned_from']['demonstrations']} | "
         f"{v['learned_from']['pairs']} | {v['learned_from']['ratings']} | "

@@ -48,6 +48,11 @@ class Oracle:
         hits = len(re.findall(rf"\b{re.escape(self.word)}\b", text.lower()))
         return -hits if self.kind == "no-word" else hits
 
+    @property
+    def spec(self) -> str:
+        """The oracle as `--oracle` spells it."""
+        return f"{self.kind}:{self.word}" if self.word else self.kind
+
     def compare(self, a: str, b: str) -> str:
         sa, sb = self.score(a), self.score(b)
         return "tie" if sa == sb else ("a" if sa > sb else "b")
@@ -195,7 +200,7 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
         for r in playground.store.rounds()
     ]
     return {
-        "oracle": f"{oracle.kind}{':' + oracle.word if oracle.word else ''}",
+        "oracle": oracle.spec,
         "mode": mode,
         "votes": counts,
         "win_rate": after["win_rate"],
@@ -224,7 +229,7 @@ def record_and_ablate(playground: Playground, oracle: Oracle, votes: int, prompt
     result = ablation.ablate(playground.store, sft_dir, playground.round_settings, oracle,
                              [p["prompt"] for p in heldout], sampling.max_new_tokens, playground.data_dir / "ablation",
                              seed=10_000 + seed)
-    return {"oracle": f"{oracle.kind}{':' + oracle.word if oracle.word else ''}", "mode": mode, "votes": counts,
+    return {"oracle": oracle.spec, "mode": mode, "votes": counts,
             **result, "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},
             "sampling": sampling.as_dict()}
 

@@ -85,5 +85,5 @@ def test_a_round_on_multi_turn_pairs_and_a_correction_runs(tiny_models, tmp_path
     pairs = store.pending_pairs()
     assert len(pairs) == 5 and {len(to_trl(p)["prompt"]) for p in pairs} == {1, 3}
     version = run_round(store, tmp_path / "ds" / "adapters", str(tiny_models["sft"]), FAST, force=True)
-    assert version == 1 and store.pending_pair_count() == 0
+    assert version == 1 and store.pending_counts(("pairs",))["pairs"] == 0
     assert (Path(store.version(1)["path"]) / "adapter_model.safetensors").is_file()

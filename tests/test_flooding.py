@@ -80,8 +80,9 @@ def test_one_voter_puts_at_most_the_cap_into_a_round_oldest_first(tmp_path):
     cli = duel_votes(store, 6, voter=None, session="cli")  # no voter recorded: the session stands for it
     settings = RoundSettings(pairs_per_voter=CAP, min_pairs=8)
 
-    assert store.pending_pair_count() == 24
-    assert store.pending_pair_count(per_voter=CAP) == training.eligible_counts(store, settings)["pairs"] == 4 + 3 + 4
+    assert store.pending_counts(("pairs",))["pairs"] == 24
+    eligible = training.eligible_counts(store, settings)["pairs"]
+    assert store.pending_counts(("pairs",), per_voter=CAP)["pairs"] == eligible == 4 + 3 + 4
     chosen = training.select_feedback(store, settings)
     new, replay = chosen.new["pairs"], chosen.replay["pairs"]
     assert [p["id"] for p in new] == sorted(flood[:4] + alice + cli[:4]) and replay == []

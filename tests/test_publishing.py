@@ -48,7 +48,7 @@ def test_an_adapter_folder_names_the_hub_model_and_carries_a_model_card(tiny_ada
     card = ModelCard.load(out / "README.md")
     assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and card.data.library_name == "peft"
     assert card.data.datasets == ["me/votes"] and "dpo" in card.data.tags
-    for fact in ("v1", "4 preference pairs", "beta=0.1", "lora_r=8", "0.500", "won 3 of 4 games",
+    for fact in ("v1", "DPO on pairs (4)", "beta=0.1", "lora_r=8", "0.500", "won 3 of 4 games",
                  "de-quantized", "AutoPeftModelForCausalLM"):
         assert fact in card.text, fact
     original = json.loads((tiny_adapters[1] / "adapter_config.json").read_text())

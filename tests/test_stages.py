@@ -122,7 +122,7 @@ def test_a_round_on_demonstrations_only_makes_them_more_likely(tiny_models, tmp_
     assert row["learned_from"] == {"demonstrations": 4, "pairs": 0, "ratings": 0}
     assert {s["stage"] for s in store.round_steps()} == {"sft"}
     assert store.pending_counts(("demonstrations",)) == {"demonstrations": 0}
-    assert store.pending_pair_count() == 12, "an instruction-only round leaves the pairs for preference rounds"
+    assert store.pending_counts(("pairs",))["pairs"] == 12, "an instruction-only round leaves the pairs to DPO"
     for demo in store.demonstrations():
         messages = user(demo["prompt_text"])
         before = logprob_sum(tiny_models["sft"], None, messages, demo["text"])

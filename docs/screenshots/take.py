@@ -85,7 +85,7 @@ def feedback_for_two_rounds(url: str) -> None:
     """Enough of every kind of feedback for two rounds (8 pieces start one): duels, a better answer, ratings."""
     from gradio_client import Client
 
-    from test_e2e_browser import wait_until
+    from app_process import wait_until
 
     client = Client(url, verbose=False)
     questions = ["Name a fruit.", "Why is the sea salty?", "What is a verb?", "How do birds fly?",

@@ -115,9 +115,6 @@ class Feedback:
         `per_voter` of them."""
         return self.pending_feedback(("pairs",), limit, per_voter)["pairs"]
 
-    def pending_pair_count(self, per_voter: int = 0) -> int:
-        return self.pending_counts(("pairs",), per_voter)["pairs"]
-
     def trained_feedback(self, kind: str) -> list[dict]:
         """The rows of `kind` that a finished round trained on (what a round replays), oldest first."""
         (kind,) = _checked([kind])

@@ -363,8 +363,6 @@ class Rounds:
                 "votes_by_kind": by_kind,
                 "pairs": one("SELECT count(*) FROM pairs"),
                 "pairs_pending": one("SELECT count(*) FROM pairs WHERE round_id IS NULL"),
-                "demonstrations": one("SELECT count(*) FROM demonstrations"),
-                "ratings": one("SELECT count(*) FROM ratings"),
                 "rounds": one("SELECT count(*) FROM rounds"),
                 "versions": one("SELECT count(*) FROM adapter_versions"),
             }

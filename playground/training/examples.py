@@ -16,9 +16,12 @@ from ..votes import demonstration_to_trl, rating_to_trl, to_trl
 # of that kind. Instruction alignment first; preference alignment (pairs, then single ratings) builds on it.
 STAGES = (("sft", "demonstrations"), ("dpo", "pairs"), ("kto", "ratings"))
 KIND_OF = dict(STAGES)
+STAGE_TITLES = {"sft": "SFT on demonstrations", "dpo": "DPO on pairs", "kto": "KTO on ratings"}
 TO_TRL = {"demonstrations": demonstration_to_trl, "pairs": to_trl, "ratings": rating_to_trl}
-# Objectives of an ablation (simulate --ablation): the stages each trains.
+# Objectives of an ablation (simulate --ablation): the stages each trains, and what that is in words.
 OBJECTIVES = {"dpo": ("dpo",), "sft": ("sft",), "sft+dpo": ("sft", "dpo"), "sft+dpo+kto": ("sft", "dpo", "kto")}
+OBJECTIVE_TITLES = {"dpo": "preference only", "sft": "instruction only", "sft+dpo": "both",
+                    "sft+dpo+kto": "both, and ratings"}
 
 
 def stages_of(settings: RoundSettings) -> tuple[str, ...]:

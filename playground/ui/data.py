@@ -14,14 +14,16 @@ from .common import DATA, PANEL, Page
 COUNT_HEADERS = ["what", "count"]
 
 
-def counts_table(counts: dict) -> list[list]:
+def counts_table(counts: dict, feedback: dict) -> list[list]:
+    """Counts by vote kind and of what they made (`feedback`: `Store.feedback_totals()`)."""
     kinds = {"best": "best-of-three votes", "all_bad": "all-bad votes", "pairwise": "duel (A/B) votes",
              "thumb": "thumbs", "correction": "better answers written (demonstrations)"}
     rows = [[label, counts["votes_by_kind"].get(kind, 0)] for kind, label in kinds.items()]
     return rows + [["votes in all", counts["votes"]], ["prompts", counts["prompts"]],
                    ["comparisons", counts["comparisons"]], ["training pairs (DPO)", counts["pairs"]],
                    ["pairs waiting for a round", counts["pairs_pending"]],
-                   ["demonstrations (SFT)", counts["demonstrations"]], ["single ratings (KTO)", counts["ratings"]],
+                   ["demonstrations (SFT)", feedback["demonstrations"]["total"]],
+                   ["single ratings (KTO)", feedback["ratings"]["total"]],
                    ["training rounds", counts["rounds"]], ["adapter versions", counts["versions"]]]
 
 

@@ -106,7 +106,7 @@ class Panel:
             **{name: plot_frame(drift, "version", column) for name, column, _ in DRIFT_PLOTS},
             "leaderboard": leaderboard.table(facts["standings"]),
             "leaderboard_plot": leaderboard.interval_plot(facts["standings"]),
-            "counts": counts_table(facts["counts"]),
+            "counts": counts_table(facts["counts"], facts["feedback"]),
             "stats": stats,
         }
 

@@ -6,6 +6,7 @@ sentences: this is where a student sees the two stages.
 from __future__ import annotations
 
 from ..settings import RoundSettings
+from ..training import OBJECTIVE_TITLES
 
 INTRO = ("**Two stages, two datasets.** *Instruction alignment* (SFT) learns from **demonstrations**: a prompt and "
          "the one answer a person wrote for it; it makes that answer likely. *Preference alignment* (DPO) learns from "
@@ -62,10 +63,8 @@ def ablation_markdown(ablation: dict | None) -> str:
              "",
              "| objective | stages | win rate vs SFT | perplexity under SFT | KL to SFT | mean length | round s |",
              "|---|---|---|---|---|---|---|"]
-    described = {"dpo": "preference only", "sft": "instruction only", "sft+dpo": "both",
-                 "sft+dpo+kto": "both, and ratings"}
     for name, f in ablation["ablation"].items():
-        lines.append(f"| {name} | {described.get(name, name)} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | "
+        lines.append(f"| {name} | {OBJECTIVE_TITLES.get(name, name)} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | "
                      f"{f['kl']:.2f} | {f['mean_length']:.1f} | {f['seconds']:.0f} |")
     lines.append("\nWin rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt "
                  "and seed (0.5 = no change). KL: how far the version moved from the SFT model (nats per answer).")

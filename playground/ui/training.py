@@ -12,7 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from ..store import StoreError
-from ..training import eligible_counts
+from ..training import STAGE_TITLES, eligible_counts
 from .common import VOTES, Page, code
 
 # (panel output, drift metric, title)
@@ -174,7 +174,6 @@ def progress_html(running: dict | None) -> str:
             f"<div class='pg-meta'>Round {int(running['id'])}: step {done} of {total or '?'}</div>")
 
 
-STAGE_NAMES = {"sft": "SFT on demonstrations", "dpo": "DPO on pairs", "kto": "KTO on ratings"}
 STEP_COLUMNS = ["step", "round", "stage", "loss", "reward_margin", "reward_accuracy"]
 
 
@@ -187,7 +186,7 @@ def steps_frame(steps: list[dict], rounds: list[dict]) -> pd.DataFrame:
         version = made.get(s["round_id"])
         label = f"round {s['round_id']}" + (f" → v{version}" if version else "")
         dpo = s["stage"] == "dpo"
-        rows.append({"step": index, "round": label, "stage": STAGE_NAMES.get(s["stage"], s["stage"]),
+        rows.append({"step": index, "round": label, "stage": STAGE_TITLES.get(s["stage"], s["stage"]),
                      "loss": s["loss"], "reward_margin": s["reward_margin"] if dpo else None,
                      "reward_accuracy": s["reward_accuracy"] if dpo else None})
     return pd.DataFrame(rows, columns=STEP_COLUMNS)
