@@ -86,7 +86,7 @@ def what_it_learned(store, sft_dir: str, adapter: str) -> dict:
     from peft import PeftModel
 
     from playground.explain import answer_tokens
-    from playground.generation import token_logprobs
+    from playground.scoring import token_logprobs
     from playground.models import load_policy
     from playground.votes import demonstration_to_trl, to_trl
 

@@ -74,7 +74,7 @@ def cmd_generate(args) -> int:
         report = {arm: a.to_dict() for arm, a in answers.items()}
         report |= {"adapter_version": playground.engine.adapter_version, "serving_version": serving,
                    "data_set": playground.data_set.name, "history_turns": len(history) // 2,
-                   "runtime": playground.engine.runtime}
+                   "runtime": playground.engine.runtime, "runtimes": playground.engine.describe()}
         print(json.dumps(report, indent=2))
         return 0
     print(f"(data set {playground.data_set.name}; adapter v{playground.engine.adapter_version}"
@@ -82,7 +82,7 @@ def cmd_generate(args) -> int:
     for arm, answer in answers.items():
         version = f" v{answer.adapter_version}" if arm == "pref" else ""
         print(f"=== {ARM_TITLES[arm]}{version} ({answer.model}) ===")
-        print(answer.text or "(empty answer)")
+        print(answer.text or (f"(no answer: {answer.error})" if answer.error else "(empty answer)"))
         rate = f"{answer.tokens_per_second:.1f} tok/s"
         unseen = (f"; did not see the {answer.dropped_turns} oldest of {len(history) // 2} earlier turns (context)"
                   if answer.dropped_turns else "")

@@ -124,20 +124,23 @@ class Playground:
     def load_models(self) -> Engine:
         """Load both models (minutes on a first start that converts GGUF weights) and serve the serving version."""
         from . import runtime as serving_runtime
+        from .runtime.vllm_server import VllmOptions
 
         settings = self.models
         runtime = serving_runtime.resolve(settings.runtime, settings.device)
+        vllm = VllmOptions(url=settings.vllm_url, base_url=settings.base_vllm_url, python=settings.vllm_python,
+                           max_lora_rank=self.round_settings.lora_r, log_dir=self.data_set.root)
 
         def load(runtime: str) -> Engine:
             return Engine.from_preset(self.preset, self.data_dir, trust_remote_code=settings.trust_remote_code,
                                       device=settings.device, precision=settings.precision,
                                       threads=settings.serve_threads,
                                       adapter_targets=tuple(self.round_settings.target_modules), runtime=runtime,
-                                      chat_workers=settings.chat_workers)
+                                      chat_workers=settings.chat_workers, vllm=vllm)
 
         try:
             engine = load(runtime)
-        except (serving_runtime.RuntimeUnavailable, serving_runtime.WorkerError) as error:
+        except (serving_runtime.RuntimeUnavailable, serving_runtime.ServingError) as error:
             if settings.runtime != "auto":
                 raise ModelLoadError(str(error)) from error
             # auto: a model the onnx builder cannot take still serves, slower, with transformers.
@@ -210,6 +213,10 @@ class Playground:
         answers = {}
         for answers in stream:
             yield answers, None
+        if any(answer.error for answer in answers.values()):
+            # A turn with an answer missing is not a comparison people should vote on: shown, not stored.
+            log.warning("Turn not recorded: %s", next(a.error for a in answers.values() if a.error))
+            return
         yield answers, self.record(prompt, answers, session_id, mode, category, history=history,
                                    parent_answer_id=parent["id"] if parent else None,
                                    chat_id=chat.chat_id if chat else None)

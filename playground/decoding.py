@@ -80,29 +80,57 @@ class RowStreamer(BaseStreamer):
     def step(self, tokens: list[int | None]) -> None:
         """One new token per row; None: the decoder ended that row (its context is full)."""
         for row, token in enumerate(tokens):
-            if self.finished[row]:
-                continue  # a finished row is padded until the batch ends
             if token is None:
-                self._finish(row, "length")
-                continue
-            if token in self.eos_ids:
-                self._finish(row, "eos")
-                continue
-            self.tokens[row].append(token)
-            text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
-            text, stopped = cut_at_stop(text, self.stops) if self.stops else (text, False)
-            self.events.put(("text", self.arms[row], text, len(self.tokens[row])))
-            if stopped:
-                self._finish(row, "stop")
+                if not self.finished[row]:
+                    self.finish(row, "length")
+            else:
+                self.token(row, token)
 
-    def _finish(self, row: int, reason: str) -> None:
+    def token(self, row: int, token: int) -> None:
+        """One new token of one row (a runtime that streams rows separately calls this from each row's thread)."""
+        if self.finished[row]:
+            return  # a finished row is padded until the batch ends
+        if token in self.eos_ids:
+            self.finish(row, "eos")
+            return
+        self.tokens[row].append(token)
+        text = self.tokenizer.decode(self.tokens[row], skip_special_tokens=True)
+        text, stopped = cut_at_stop(text, self.stops) if self.stops else (text, False)
+        self.events.put(("text", self.arms[row], text, len(self.tokens[row])))
+        if stopped:
+            self.finish(row, "stop")
+
+    def finish(self, row: int, reason: str) -> None:
+        if self.finished[row]:
+            return
         self.finished[row] = True
         self.events.put(("done", self.arms[row], reason, len(self.tokens[row]) + (reason == "eos")))
 
     def end(self) -> None:
         for row in range(len(self.arms)):
-            if not self.finished[row]:
-                self._finish(row, "length")
+            self.finish(row, "length")
+
+    def rows(self, indexes: list[int]) -> "StreamerRows":
+        """This streamer seen through some of its rows (a decoder that runs only those)."""
+        return StreamerRows(self, indexes)
+
+
+class StreamerRows:
+    """`step` and `finished` of a RowStreamer, for the rows `indexes` only, in that order."""
+
+    def __init__(self, streamer: RowStreamer, indexes: list[int]):
+        self.streamer, self.indexes = streamer, indexes
+
+    def step(self, tokens: list[int | None]) -> None:
+        for index, token in zip(self.indexes, tokens):
+            if token is None:
+                self.streamer.finish(index, "length")
+            else:
+                self.streamer.token(index, token)
+
+    @property
+    def finished(self) -> list[bool]:
+        return [self.streamer.finished[i] for i in self.indexes]
 
 
 class Mirror:

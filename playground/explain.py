@@ -129,7 +129,7 @@ def find_answer(comparison: dict, arm: str) -> dict:
 
 def explain(engine, store: Store, comparison_id: int, arm: str, version: int | None = None) -> Explanation:
     """The implicit reward of one stored answer under `version` (default: the serving one). `engine`: any Engine
-    holding the SFT model (`Engine.answer_logprobs`). Raises StoreError for an unknown comparison, answer or version,
+    holding the SFT model (scoring.Scorer.answer_logprobs). Raises StoreError for an unknown comparison, answer or version,
     PromptError when even the answer's own turn does not fit the model's context."""
     comparison = store.comparison(int(comparison_id))
     if comparison is None:
@@ -151,7 +151,7 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
         messages, lambda m: len(answer_tokens(tokenizer, m, "")[0]),
         context_budget(engine.sft.config, tokenizer), answer_tokens=length, model="the SFT model")
     prompt_ids, ids = answer_tokens(tokenizer, messages, answer_text)
-    policy, reference = engine.answer_logprobs(prompt_ids, ids, version, path)
+    policy, reference = engine.scoring.answer_logprobs(prompt_ids, ids, version, path)
     texts = token_texts(tokenizer, ids)
     tokens = [{"text": text, "reward": beta * (p - r), "logprob_policy": p, "logprob_sft": r}
               for text, p, r in zip(texts, policy, reference)]

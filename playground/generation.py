@@ -1,46 +1,45 @@
-"""Three arms for one prompt, streamed token by token: base, SFT, and preference-tuned (SFT + DPO LoRA adapter).
+"""Three arms for one prompt, streamed token by token: base, SFT, and preference-tuned (SFT + the serving LoRA
+adapter), over any serving runtime (runtime/: torch, onnx, vllm).
 
-One copy of the SFT weights serves two arms. The SFT and preference rows run as ONE batched `generate` call with
-PEFT's mixed-adapter batches (`adapter_names=["__base__", "v3"]`): the SFT row never touches the adapter, and no
-global adapter switch happens that another request could observe. The base model runs concurrently in its own
-thread. Each model has a lock, held for a whole generation and for adapter swaps, because PEFT's per-call adapter
-routing and adapter loading both mutate the model's modules.
+The Engine keeps what every runtime shares: the arms and their rows, each model's input fitted to its context
+budget, stop rules (decoding.RowStreamer), the serving adapter version and what each answer records. A runtime
+only decodes token ids for rows of one prompt, each with its seed and adapter name.
 
-Sampling uses one seeded `torch.Generator` per row (`SeededSampler`), so an answer depends only on its seed, not
-on which other rows shared its batch or which thread drew random numbers first. The SFT and preference arms share
-the request's seed: with the same sampling noise, whatever differs between those two columns is the adapter's doing.
+The SFT and preference arms are rows of ONE request to the SFT model's runtime (one set of weights; the preference
+row names the serving adapter `v<N>`), and share the request's seed: with the same sampling noise, whatever differs
+between those two columns is the adapter's doing. The base model decodes at the same time in its own thread.
 
-Two runtimes decode (`--runtime`, runtime.py): `torch` as above, and `onnx`, where ONNX Runtime GenAI decodes each
-model in its own worker process (about 3x faster per token on a CPU, the same greedy tokens). There the SFT and
-preference rows are two generators over one set of weights (the preference one with the version's adapter) and
-the base model decodes in parallel in its own process; token steps come back to `_drive`, so streaming, stop rules,
-cancelling and the recorded adapter version are the same code for both.
+Hot swap: a new version is attached under its own name before it serves; a request takes the serving name (and so
+the version it records) when it starts, and the previous version is detached once no request runs with it, so no
+answer ever sees a half-loaded or vanished adapter.
 
 A request may carry earlier turns of a conversation (`history`, see prompting.py). Each model renders the
 conversation in its own framing and, when prompt + answer would not fit its context budget, drops the oldest whole
 turns (`Answer.dropped_turns` says how many that answer's model did not see).
+
+A runtime that fails (a server unreachable, a worker gone: runtime.ServingError) fails only the answers it was
+writing: they end with `finish_reason="error"` and the message in `error`, and the other arms answer on.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator
 
-import torch
-from transformers import LogitsProcessorList, StoppingCriteriaList
-
-from .decoding import AnswerBoundary, Mirror, RowStreamer, SeededSampler
+from .decoding import Mirror, RowStreamer
 from .int8 import int8_roles
-from .models import LoadedModel, Preset, load_model, models_dir
+from .models import LoadedModel, Preset
 from .prompting import (BASE_STOP_STRINGS, base_prompt, chat_prompt, check_history, check_prompt, context_budget,
-                        fit_conversation)
-from .settings import RoundSettings, Sampling, half_the_cores
+                        encode_prompt, fit_conversation)
+from .runtime import AdapterError, DecodeRow, ModelRuntime, ServingError
+from .runtime.torch_runtime import TorchRuntime
+from .scoring import Scorer
+from .settings import Sampling
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +47,7 @@ ARMS = ("base", "sft", "pref")
 ARM_TITLES = {"base": "Base", "sft": "SFT", "pref": "Preference-tuned"}
 V0_NOTE = "version 0: no DPO round has run yet, so this is the SFT model itself"
 
-
-class AdapterError(RuntimeError):
-    """An adapter folder could not be loaded; the previous adapter keeps serving."""
+__all__ = ["ARMS", "ARM_TITLES", "AdapterError", "Answer", "Engine", "ServingError", "V0_NOTE"]
 
 
 @dataclass
@@ -67,10 +64,11 @@ class Answer:
     new_tokens: int = 0
     seconds: float = 0.0
     ttft: float | None = None  # seconds to the first token
-    finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled"
+    finish_reason: str | None = None  # "eos" | "stop" | "length" | "cancelled" | "error"
     done: bool = False
     note: str | None = None
     dropped_turns: int = 0  # earlier turns of the conversation this answer's model did not see (context budget)
+    error: str | None = None  # why this answer could not be written (its runtime failed); the other arms go on
 
     @property
     def tokens_per_second(self) -> float:
@@ -84,21 +82,24 @@ class Answer:
 
 
 class Engine:
-    """Owns the loaded models and the serving adapter; streams answers for any number of callers."""
+    """Owns the loaded models, their runtimes and the serving adapter; streams answers for any number of callers."""
 
-    def __init__(self, base: LoadedModel, sft: LoadedModel, workers: dict | None = None, sft_weights=None):
-        """workers: {"base": DecodeWorker, "sft": DecodeWorker[, "sft2": a second one over the SFT model]} to decode
-        with the onnx runtime (runtime.py); then
-        the LoadedModels may come without torch weights, and `sft_weights()` loads the SFT model's when something
-        needs them (sft_nll)."""
+    def __init__(self, base: LoadedModel | None, sft: LoadedModel, runtimes: dict[str, ModelRuntime] | None = None,
+                 load_sft_weights=None):
+        """runtimes: {"base": ..., "sft": ...} (default: torch on the LoadedModels' weights; then the LoadedModels
+        may come without torch weights, and `load_sft_weights()` gives the SFT model's to the scorer)."""
         self.base, self.sft = base, sft
-        self.workers = workers
-        self.runtime = "onnx" if workers else "torch"
+        self.runtimes = runtimes or {role: TorchRuntime(m) for role, m in (("base", base), ("sft", sft)) if m}
+        self.runtime = self.runtimes["sft"].name  # what serves the SFT and preference arms
         self.runtime_note: str | None = None  # why `auto` fell back to torch, for the status line
-        self._sft_weights = sft_weights
-        self._locks = {"base": threading.Lock(), "sft": threading.Lock()}
-        self._peft = None  # the PeftModel around sft.model, created when the first adapter arrives
+        serving = self.runtimes["sft"] if isinstance(self.runtimes["sft"], TorchRuntime) else None
+        self.scoring = Scorer(sft, serving, load_sft_weights)
+        self._lock = threading.Condition()  # the serving version and the adapters in use
+        self._swap = threading.Lock()  # one attach / detach at a time
+        self._swaps_waiting = 0  # new requests wait for them: a swap is never starved by a stream of requests
         self._adapter_name: str | None = None
+        self._leases: Counter = Counter()  # adapter name -> requests running with it
+        self._retired: set[str] = set()  # replaced adapters still in use: detached when their last request ends
         self.adapter_version = 0
         self.adapter_path: str | None = None
         self.base_stops = BASE_STOP_STRINGS  # benchmarks clear it to time full-length base answers
@@ -106,212 +107,103 @@ class Engine:
     @classmethod
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
                     threads: int | None = None, adapter_targets: tuple[str, ...] | None = None,
-                    runtime: str = "torch", chat_workers: int = 2) -> "Engine":
-        """precision: `auto` (on a CPU the base model int8, the SFT model float), `int8` (both) or `float` (neither;
-        see int8.int8_roles).
-        adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8
-        SFT model.
-        threads: torch threads on a CPU (process-wide: torch has no per-model setting); by default half the cores,
-        because the base model and the SFT batch decode at the same time, each bound by per-token overhead rather
-        than arithmetic (docs/performance.md, "Thread allocation")."""
-        if device == "cpu":
-            torch.set_num_threads(threads or half_the_cores())
-        int8 = int8_roles(precision, device)
-        targets = tuple(adapter_targets or RoundSettings().target_modules)
-        if runtime == "onnx":
-            return cls._onnx(preset, data_dir, trust_remote_code, int8, threads or half_the_cores(), targets,
-                             chat_workers)
-        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, device=device,
-                          int8="base" in int8)
-        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device,
-                         int8="sft" in int8,
-                         keep_float=targets)
-        return cls(base, sft)
+                    runtime: str = "torch", chat_workers: int = 2, vllm=None) -> "Engine":
+        """The models of `preset` on `runtime` (runtime/opening.py says what each setting does); vllm: a
+        runtime.vllm_server.VllmOptions for `--runtime vllm`."""
+        from .runtime.opening import open_runtimes
+
+        opened = open_runtimes(preset, data_dir, trust_remote_code=trust_remote_code, device=device,
+                               int8=int8_roles(precision, device), threads=threads, adapter_targets=adapter_targets,
+                               runtime=runtime, chat_workers=chat_workers, vllm=vllm)
+        return cls(opened.base, opened.sft, opened.runtimes, opened.load_sft_weights)
 
     @classmethod
     def for_scoring(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu") -> "Engine":
         """The SFT model alone, in torch, for what only scores answers (`explain`, the command line): no base
         model, nothing decodes."""
+        from .models import load_model
+
         return cls(None, load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device))
 
-    @classmethod
-    def _onnx(cls, preset: Preset, data_dir, trust_remote_code, int8: set[str], threads: int,
-              targets: tuple[str, ...], chat_workers: int = 2) -> "Engine":
-        """Both models decoded by the onnx runtime in worker processes; torch holds only tokenizers and configs
-        (the SFT weights load on demand)."""
-        from . import runtime as onnx_runtime
-
-        base = load_model(preset.base, data_dir, "base", trust_remote_code=trust_remote_code, weights=False)
-        sft = load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, weights=False)
-        if "sft" in int8:
-            # The builder's int8 would quantize the LoRA slots too, and int8 SFT weights followed the float model
-            # on only 95% of next tokens (docs/performance.md): the SFT model stays float on this runtime.
-            log.warning("--precision int8: the onnx runtime keeps the SFT model in float (its LoRA slots need it).")
-        workers = {}
-        try:
-            for role, loaded, slots in (("base", base, ()), ("sft", sft, targets)):
-                precision = "int8" if role == "base" and role in int8 else "fp32"
-                folder = onnx_runtime.prepare_model(loaded.source, models_dir(data_dir), precision, slots)
-                loaded.precision = "int8" if precision == "int8" else "float32"
-                workers[role] = onnx_runtime.DecodeWorker(folder, threads, role)
-            # A second process over the SFT model: the SFT and preference rows decode in parallel, as a batch
-            # would (ONNX Runtime GenAI runs one adapter per generator, so one process would take turns).
-            if chat_workers > 1:
-                workers["sft2"] = onnx_runtime.DecodeWorker(workers["sft"].model_dir, threads, "sft2")
-        except BaseException:
-            for worker in workers.values():
-                worker.close()
-            raise
-
-        def sft_weights():
-            return load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code).model
-
-        return cls(base, sft, workers, sft_weights)
-
     def close(self) -> None:
-        """Stop the decode workers (the onnx runtime); the torch runtime holds nothing to stop."""
-        for worker in (self.workers or {}).values():
-            worker.close()
+        """Stop what the runtimes started (decode workers, a vLLM server)."""
+        for runtime in self.runtimes.values():
+            runtime.close()
+
+    @property
+    def problem(self) -> str | None:
+        """The latest failure of a runtime that serves, until it answers again (for the status line)."""
+        return next((r.problem for r in self.runtimes.values() if r.problem), None)
+
+    def describe(self) -> dict:
+        """Which runtime serves each model (the status line, `generate --json`)."""
+        return {role: runtime.name for role, runtime in self.runtimes.items()}
 
     # ---- adapters (hot swap) -------------------------------------------------------------------------------
     def use_adapter(self, version: int, path: str | None) -> None:
-        """Serve adapter `version` from `path` (0/None: no adapter). Waits for running generations; atomic for callers."""
-        from peft import PeftModel
+        """Serve adapter `version` from `path` (0: no adapter). Requests already running keep the version they
+        started with; atomic for callers. Raises AdapterError (nothing changes) when it cannot be loaded."""
+        with self._lock:
+            self._swaps_waiting += 1
+        try:
+            self._swap_to(version, path)
+        finally:
+            with self._lock:
+                self._swaps_waiting -= 1
+                self._lock.notify_all()
 
-        name = f"v{version}"
-        with self._locks["sft"]:
-            if version == self.adapter_version and (version == 0 or name == self._adapter_name):
+    def _swap_to(self, version: int, path: str | None) -> None:
+        name = f"v{version}" if version else None
+        runtime = self.runtimes["sft"]
+        with self._swap:
+            if version == self.adapter_version and name == self._adapter_name:
                 return
-            if self.workers:
-                self._use_onnx_adapter(version, path, name)
-                return
-            if version and path:
+            if name and not path:
+                raise AdapterError(f"Adapter v{version} has no folder to load.")
+            if name and name in self._retired:
+                self._retired.discard(name)  # rolled back to a version still in use: it is loaded already
+            elif name:
                 try:
-                    if self._peft is None:
-                        self._peft = PeftModel.from_pretrained(self.sft.model, path, adapter_name=name)
-                    else:
-                        self._peft.load_adapter(path, adapter_name=name)
+                    runtime.attach(name, str(path))
                 except Exception as error:
-                    if self._peft is not None and name in self._peft.peft_config and name != self._adapter_name:
-                        self._peft.delete_adapter(name)
-                    hint = self._int8_hint(path)
-                    raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}.{hint}") from error
-                # Rows pick their adapter per call (adapter_names), but PEFT still needs a valid active one.
-                self._peft.set_adapter(name)
-                self._peft.eval()
-            old, self._adapter_name = self._adapter_name, (name if version else None)
-            if old and old != self._adapter_name:
-                self._peft.delete_adapter(old)  # frees its weights
-            self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
+                    raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}."
+                                       f"{runtime.adapter_hint(str(path))}") from error
+            with self._lock:
+                old, self._adapter_name = self._adapter_name, name
+                self.adapter_version, self.adapter_path = (version, str(path)) if name else (0, None)
+                if old and self._leases[old]:
+                    self._retired.add(old)
+                    old = None
+            if old:
+                self._detach(old)
 
-    def _use_onnx_adapter(self, version: int, path: str | None, name: str) -> None:
-        """use_adapter for the onnx runtime: the version's converted adapter (converted now if the trainer did not,
-        e.g. a version from before this runtime) goes into the SFT workers; the previous one is unloaded."""
-        from . import runtime as onnx_runtime
+    def _lease(self) -> tuple[int, str | None]:
+        """The serving version and adapter name for a request that starts now; release it with `_release`."""
+        with self._lock:
+            self._lock.wait_for(lambda: not self._swaps_waiting)
+            if self._adapter_name:
+                self._leases[self._adapter_name] += 1
+            return self.adapter_version, self._adapter_name
 
-        chat_workers = [self.workers[name] for name in ("sft", "sft2") if name in self.workers]
-        if version and path:
-            try:
-                converted = onnx_runtime.converted_adapter(path, chat_workers[0].slots)
-                for worker in chat_workers:  # either may run a preference row (a duel runs two)
-                    worker.load_adapter(name, converted)
-            except Exception as error:  # unreadable files, a format the runtime cannot take, the worker refusing it
-                for worker in chat_workers:
-                    if name in worker.adapters and name != self._adapter_name:
-                        worker.unload_adapter(name)
-                raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}. To serve it, start "
-                                   f"with --runtime torch.") from error
-        old, self._adapter_name = self._adapter_name, (name if version else None)
-        if old and old != self._adapter_name:
-            for worker in chat_workers:
-                worker.unload_adapter(old)
-        self.adapter_version, self.adapter_path = (version, path) if version else (0, None)
+    def _release(self, name: str | None) -> None:
+        if name is None:
+            return
+        with self._lock:
+            self._leases[name] -= 1
+            if self._leases[name] or name not in self._retired:
+                return
+        with self._swap, self._lock:  # the last request with a replaced version ended: free it
+            if self._leases[name] or name not in self._retired:
+                return
+            self._retired.discard(name)
+            self._leases.pop(name, None)
+        self._detach(name)
 
-    def _int8_hint(self, path: str) -> str:
-        """Why an adapter cannot attach to an int8 SFT model, when that is the reason."""
-        if self.sft.precision != "int8":
-            return ""
+    def _detach(self, name: str) -> None:
         try:
-            targets = json.loads((Path(path) / "adapter_config.json").read_text())["target_modules"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return ""
-        on_int8 = sorted(set([targets] if isinstance(targets, str) else targets) - set(self.sft.float_layers))
-        if not on_int8:
-            return ""
-        return (f" It targets {', '.join(on_int8)}, which this server holds in int8 (adapters can attach only to "
-                f"{', '.join(sorted(self.sft.float_layers))}); to serve it, start with --precision float.")
-
-    def sft_nll(self, prompt: str, answer: str) -> float | None:
-        """Mean negative log-likelihood per answer token under the SFT model, adapter off: how natural a text
-        looks to the model the adapter started from (a fluency yardstick; lower is more fluent)."""
-        if not answer.strip():
-            return None
-        tokenizer = self.sft.tokenizer
-        context = chat_prompt(tokenizer, prompt)
-        ids = tokenizer(context + answer.strip(), return_tensors="pt", add_special_tokens=False).input_ids
-        start = len(tokenizer(context, add_special_tokens=False).input_ids)
-        with self._locks["sft"], torch.inference_mode():
-            logits = self._reference_logits(ids)
-        targets = ids[0, 1:].to(logits.device)
-        return float(torch.nn.functional.cross_entropy(logits[0, start - 1 : -1].float(), targets[start - 1 :]))
-
-    def answer_logprobs(self, prompt_ids: list[int], answer_ids: list[int], version: int,
-                        path: str | None) -> tuple[list[float], list[float]]:
-        """log π(token | everything before it) of each answer token, with adapter `version` (from `path`; 0: none)
-        and without it (the SFT model): the two terms of DPO's implicit reward (explain.py). Always torch, on the
-        SFT weights the server holds (loaded on first use when the onnx runtime serves); a version other than the
-        serving one is loaded for the call and dropped after it."""
-        ids = torch.tensor([list(prompt_ids) + list(answer_ids)])
-        start = len(prompt_ids)
-        with self._locks["sft"], torch.inference_mode():
-            reference = token_logprobs(self._reference_logits(ids), ids, start)
-            if not version:
-                return reference, reference
-            name, loaded_now = self._scoring_adapter(version, path)
-            try:
-                logits = self._peft(input_ids=ids.to(self.sft.model.device), adapter_names=[name]).logits
-            finally:
-                if loaded_now:
-                    self._peft.delete_adapter(name)
-            return token_logprobs(logits, ids, start), reference
-
-    def _torch_sft(self):
-        if self.sft.model is None:  # served by the onnx runtime: the torch weights load on first use
-            self.sft.model = self._sft_weights()
-        return self.sft.model
-
-    def _reference_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """The SFT model's logits, adapter off (PEFT injects its layers into the model itself, so with any adapter
-        loaded the plain model is not plain: the wrapper must disable them). Call with the SFT lock held."""
-        model = self._torch_sft()
-        if self._peft is not None and self._peft.peft_config:
-            with self._peft.disable_adapter():
-                return self._peft(input_ids=ids.to(model.device)).logits
-        return model(input_ids=ids.to(model.device)).logits
-
-    def _scoring_adapter(self, version: int, path: str | None) -> tuple[str, bool]:
-        """(adapter name, loaded for this call): the serving adapter when the torch runtime holds `version`, else
-        the version's folder loaded under a name of its own. Call with the SFT lock held."""
-        from peft import PeftModel
-
-        if not self.workers and (version, path) == (self.adapter_version, self.adapter_path) and self._adapter_name:
-            return self._adapter_name, False
-        if not path:
-            raise AdapterError(f"Adapter v{version} has no folder to load.")
-        name = f"scoring-v{version}"
-        try:
-            if self._peft is None:
-                self._peft = PeftModel.from_pretrained(self._torch_sft(), path, adapter_name=name)
-            else:
-                self._peft.load_adapter(path, adapter_name=name)
-        except Exception as error:
-            raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}.") from error
-        if self._adapter_name not in self._peft.peft_config:
-            # No serving adapter in this wrapper (version 0, or the onnx runtime serves): PEFT still wants a valid
-            # active adapter, and the one it had may be a scoring adapter deleted since.
-            self._peft.set_adapter(name)
-        self._peft.eval()
-        return name, True
+            self.runtimes["sft"].detach(name)
+        except Exception as error:  # the new version serves either way; the old one just lingers
+            log.warning("Could not unload adapter %s: %s", name, error)
 
     # ---- generation ----------------------------------------------------------------------------------------
     def stream(self, prompt: str, sampling: Sampling | None = None, arms=ARMS,
@@ -345,16 +237,19 @@ class Engine:
     def model_input(self, role: str, prompt: str, history: list[dict] | None = None,
                     max_new_tokens: int = Sampling.max_new_tokens) -> tuple[str, int]:
         """The text model `role` ("base" or "sft") gets for this conversation, and how many of the oldest earlier
-        turns it leaves out so that prompt + `max_new_tokens` fit its context budget (prompting.context_budget).
-        Raises PromptError when the new prompt alone does not fit."""
+        turns it leaves out so that prompt + `max_new_tokens` fit its context budget (prompting.context_budget,
+        and the runtime's own limit where it is smaller). Raises PromptError when the new prompt alone does not
+        fit."""
         loaded = self.base if role == "base" else self.sft
         render = base_prompt if role == "base" else (lambda p, h: chat_prompt(loaded.tokenizer, p, h))
         prompt, history = check_prompt(prompt), check_history(history)
         messages = [*history, {"role": "user", "content": prompt}]
+        budget = context_budget(loaded.config, loaded.tokenizer)
+        limit = self.runtimes[role].max_context
         kept, dropped = fit_conversation(
             messages,
-            lambda m: _token_count(loaded.tokenizer, render(m[-1]["content"], m[:-1])),
-            context_budget(loaded.config, loaded.tokenizer),
+            lambda m: len(encode_prompt(loaded.tokenizer, render(m[-1]["content"], m[:-1]))),
+            min(budget, limit) if limit else budget,
             answer_tokens=max_new_tokens,
             model=f"the {'base' if role == 'base' else 'SFT'} model",
         )
@@ -367,28 +262,27 @@ class Engine:
         cancel = threading.Event()
         start = time.perf_counter()
         answers: dict[str, Answer] = {}
-        workers = []
+        jobs = []
         base_rows = [row for row in rows if row.arm == "base"]
         chat_rows = [row for row in rows if row.arm != "base"]
         # Each model's input, fitted to its own context budget, before anything runs (a prompt too long: PromptError).
         inputs = {role: self.model_input(role, prompt, history, sampling.max_new_tokens)
                   for role, wanted in (("base", base_rows), ("sft", chat_rows)) if wanted}
+        lease = None
         if base_rows:
             text, dropped = inputs["base"]
             answers.update({row.key: self._new_answer(row, sampling, 0, dropped) for row in base_rows})
-            workers.append(threading.Thread(target=self._run_base, args=(text, sampling, base_rows, events, cancel)))
+            jobs.append(("base", text, base_rows, None, self.base_stops))
         if chat_rows:
             text, dropped = inputs["sft"]
-            with self._locks["sft"]:  # the adapter version we record is the one the rows will run with
-                version = self.adapter_version
+            version, lease = self._lease()  # the version these rows run with, and record
             for row in chat_rows:
                 answers[row.key] = self._new_answer(row, sampling, version if row.arm == "pref" else 0, dropped)
-            workers.append(
-                threading.Thread(target=self._run_chat, args=(text, sampling, chat_rows, version, events, cancel))
-            )
-        for worker in workers:
-            worker.daemon = True
-            worker.start()
+            jobs.append(("sft", text, chat_rows, lease, ()))
+        threads = [threading.Thread(target=self._run, args=(*job, sampling, events, cancel), daemon=True)
+                   for job in jobs]
+        for thread in threads:
+            thread.start()
         pending = set(answers)
         try:
             while pending:
@@ -401,16 +295,17 @@ class Engine:
                 if kind == "prompt_tokens":
                     answer.prompt_tokens = payload[0]
                     continue
-                if kind == "version":  # a swap landed between our read and the lock: record the truth
-                    answer.adapter_version = payload[0]
-                    answer.note = None if payload[0] else V0_NOTE
-                    continue
                 if kind == "text":
                     answer.text, answer.new_tokens = payload
                     if answer.ttft is None:
                         answer.ttft = now
-                elif kind == "done":
-                    answer.finish_reason, answer.new_tokens = payload
+                elif kind in ("done", "failed"):
+                    if answer.done:
+                        continue
+                    if kind == "failed":
+                        answer.finish_reason, answer.error = "error", payload[0]
+                    else:
+                        answer.finish_reason, answer.new_tokens = payload
                     answer.text = answer.text.strip()
                     answer.done = True
                     pending.discard(key)
@@ -418,8 +313,9 @@ class Engine:
                 yield answers
         finally:
             cancel.set()  # a consumer that stops reading (closed browser tab) frees the models quickly
-            for worker in workers:
-                worker.join()
+            for thread in threads:
+                thread.join()
+            self._release(lease)
 
     def _new_answer(self, row: "Row", sampling: Sampling, version: int, dropped_turns: int = 0) -> Answer:
         model = self.base if row.arm == "base" else self.sft
@@ -427,144 +323,42 @@ class Engine:
         settings = sampling.as_dict() | {"seed": row.seed}
         return Answer(row.arm, model.name, version, settings, row.seed, note=note, dropped_turns=dropped_turns)
 
-    def _run_base(self, text, sampling, rows, events, cancel):
-        """text: the base model's input (model_input)."""
-        try:
-            with self._locks["base"]:
-                self._generate(self.base, text, rows, sampling, events, cancel, self.base_stops, {})
-        except BaseException as error:
-            events.put(("error", rows[0].key, error))
-
-    def _run_chat(self, text, sampling, rows, version_seen, events, cancel):
-        """text: the SFT model's input (model_input), for every row."""
-        try:
-            with self._locks["sft"]:
-                if self.adapter_version != version_seen:
-                    for row in rows:
-                        if row.arm == "pref":
-                            events.put(("version", row.key, self.adapter_version))
-                adapter = self._adapter_name
-                if adapter is None:
-                    # No adapter: every row runs the SFT weights, and rows with the same seed would repeat each
-                    # other token for token (the preference arm at version 0), so each seed runs once.
-                    unique: dict[int, Row] = {}
-                    mirrors: dict[str, list[str]] = {}
-                    for row in rows:
-                        if row.seed in unique:
-                            mirrors.setdefault(unique[row.seed].key, []).append(row.key)
-                        else:
-                            unique[row.seed] = row
-                    self._generate(self.sft, text, list(unique.values()), sampling, events, cancel, (), {}, mirrors=mirrors)
-                else:
-                    names = ["__base__" if row.arm == "sft" else adapter for row in rows]
-                    self._generate(
-                        self.sft, text, rows, sampling, events, cancel, (), {"adapter_names": names}, model=self._peft
-                    )
-        except BaseException as error:
-            events.put(("error", rows[0].key, error))
-
-    def _generate(self, loaded, text, rows, sampling, events, cancel, stops, extra_kwargs, model=None, mirrors=None):
-        tokenizer = loaded.tokenizer
-        keys = [row.key for row in rows]
+    def _run(self, role, text, rows, adapter, stops, sampling, events, cancel):
+        """Decode `rows` of one model's input `text` on its runtime (a thread per model). Rows that would write
+        exactly the same tokens (same seed, same adapter: the preference arm at version 0) run once, mirrored."""
+        loaded = self.base if role == "base" else self.sft
+        unique: dict[tuple, Row] = {}
+        mirrors: dict[str, list[str]] = {}
+        for row in rows:
+            spec = (row.seed, adapter if row.arm == "pref" else None)
+            if spec in unique:
+                mirrors.setdefault(unique[spec].key, []).append(row.key)
+            else:
+                unique[spec] = row
         sink = Mirror(events, mirrors) if mirrors else events
-        eos = loaded.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-        eos_ids.discard(None)
-        if self.workers:
-            adapter = extra_kwargs.get("adapter_names", [None] * len(rows))
-            ids = tokenizer(text, **_encoding(tokenizer))["input_ids"]
-            for key in keys:
-                sink.put(("prompt_tokens", key, len(ids)))
-            specs = [(row.seed, None if name in (None, "__base__") else name) for row, name in zip(rows, adapter)]
-            if loaded is self.base:
-                groups = [(self.workers["base"], list(range(len(rows))))]
-            else:  # rows alternate between the SFT processes
-                chat = [self.workers[name] for name in ("sft", "sft2") if name in self.workers]
-                groups = [(w, list(range(i, len(rows), len(chat)))) for i, w in enumerate(chat)]
-            _decode_in_workers([g for g in groups if g[1]], ids, specs, keys, sampling, sink, tokenizer, stops,
-                               eos_ids, cancel)
-            return
-        streamer = RowStreamer(sink, keys, tokenizer, stops, eos_ids)
-        inputs = tokenizer([text] * len(rows), return_tensors="pt", **_encoding(tokenizer))
-        inputs = inputs.to(loaded.model.device)
-        prompt_len = inputs["input_ids"].shape[1]
-        for key in keys:
-            sink.put(("prompt_tokens", key, prompt_len))
-        processors = LogitsProcessorList()
-        if not sampling.greedy:
-            processors.append(SeededSampler([row.seed for row in rows], sampling.temperature, sampling.top_p))
-        with torch.inference_mode():
-            (model or loaded.model).generate(
-                **inputs,
-                **extra_kwargs,
-                do_sample=False,  # sampling happens in SeededSampler
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                max_new_tokens=sampling.max_new_tokens,
-                logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([AnswerBoundary(tokenizer, prompt_len, stops, cancel)]),
-                streamer=streamer,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=sorted(eos_ids),
-            )
-
-
-def _decode_in_workers(groups, ids, specs, keys, sampling, sink, tokenizer, stops, eos_ids, cancel) -> None:
-    """Each (worker, row indexes) group decodes in its own thread (they wait on pipes, not on the GIL); the first
-    failure is raised once all have ended."""
-    errors = []
-
-    def run(worker, indexes):
         try:
-            streamer = RowStreamer(sink, [keys[i] for i in indexes], tokenizer, stops, eos_ids)
-            steps = worker.generate(ids, [specs[i] for i in indexes], sampling, sampling.max_new_tokens)
-            _drive(steps, streamer, cancel)
+            ids = encode_prompt(loaded.tokenizer, text)
+            for row in rows:
+                events.put(("prompt_tokens", row.key, len(ids)))
+            streamer = RowStreamer(sink, [row.key for row in unique.values()], loaded.tokenizer, stops,
+                                   eos_ids(loaded))
+            self.runtimes[role].decode(ids, [DecodeRow(seed, name) for seed, name in unique], sampling, streamer,
+                                       cancel)
+            streamer.end()
+        except ServingError as error:  # this model's answers fail; the other model's go on
+            log.error("The %s runtime failed: %s", role, error)
+            for row in rows:
+                events.put(("failed", row.key, str(error)))
         except BaseException as error:
-            errors.append(error)
-            cancel.set()  # the other rows stop too: the request failed
-
-    threads = [threading.Thread(target=run, args=group, daemon=True) for group in groups[1:]]
-    for thread in threads:
-        thread.start()
-    run(*groups[0])
-    for thread in threads:
-        thread.join()
-    if errors:
-        raise errors[0]
+            events.put(("error", rows[0].key, error))
 
 
-def _drive(steps, streamer: RowStreamer, cancel: threading.Event) -> None:
-    """Feed a decode worker's token steps to the streamer, telling the worker which rows stop (EOS, a stop
-    string) and when everything stops (cancelled)."""
-    try:
-        step = next(steps)
-        while True:
-            streamer.step(step)
-            stopped = [i for i, done in enumerate(streamer.finished) if done]
-            step = steps.send(True if cancel.is_set() else stopped)
-    except StopIteration:
-        pass
-    finally:
-        steps.close()
-    streamer.end()
-
-
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, start: int) -> list[float]:
-    """log-probabilities of ids[0, start:] under the logits of one sequence (row 0), each given what precedes it."""
-    logprobs = torch.log_softmax(logits[0, start - 1 : -1].float(), dim=-1)
-    return logprobs.gather(1, ids[0, start:].to(logprobs.device)[:, None])[:, 0].tolist()
-
-
-def _encoding(tokenizer) -> dict:
-    """How a prompt text is tokenized: a chat template writes its own special tokens; a plain framing gets the
-    tokenizer's usual ones (a BOS token, for models that use one)."""
-    return {"add_special_tokens": not tokenizer.chat_template}
-
-
-def _token_count(tokenizer, text: str) -> int:
-    """The prompt tokens `_generate` will feed for `text`."""
-    return len(tokenizer(text, **_encoding(tokenizer))["input_ids"])
+def eos_ids(loaded: LoadedModel) -> set[int]:
+    """The tokens that end an answer: the generation config's and the tokenizer's."""
+    eos = loaded.generation_config.eos_token_id if loaded.generation_config is not None else None
+    ids = set(eos if isinstance(eos, list) else [eos]) | {loaded.tokenizer.eos_token_id}
+    ids.discard(None)
+    return ids
 
 
 @dataclass(frozen=True)

@@ -134,6 +134,17 @@ def chat_prompt(tokenizer, prompt: str, history: list[dict] | None = None) -> st
     return base_prompt(prompt, history)
 
 
+def prompt_encoding(tokenizer) -> dict:
+    """How a prompt text is tokenized: a chat template writes its own special tokens; a plain framing gets the
+    tokenizer's usual ones (a BOS token, for models that use one)."""
+    return {"add_special_tokens": not tokenizer.chat_template}
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+    """The token ids a model is fed for a rendered prompt (chat_prompt, base_prompt)."""
+    return tokenizer(text, **prompt_encoding(tokenizer))["input_ids"]
+
+
 def context_budget(config, tokenizer) -> int:
     """The tokens one request may use (prompt + answer): the model's positions (the config's
     max_position_embeddings, the tokenizer's model_max_length when it is a real number, the smaller of the two),

@@ -23,11 +23,10 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .runtime import RUNTIMES
-
 ENV_PREFIX = "PLAYGROUND_"
 ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
 PRECISIONS = ("auto", "int8", "float")
+RUNTIMES = ("auto", "torch", "onnx", "vllm")
 MAX_NEW_TOKENS_LIMIT = 1024
 
 
@@ -97,8 +96,17 @@ class ModelSettings:
         choices=PRECISIONS))
     runtime: str = field(default="auto", metadata=_help(
         "what decodes answers: `onnx` (ONNX Runtime GenAI in a worker process per model; CPU only), `torch` "
-        "(transformers); `auto`: onnx on a CPU when it is installed and can build the models, else torch "
-        "(docs/performance.md, Serving runtime)", choices=RUNTIMES))
+        "(transformers), `vllm` (a vLLM server: see --vllm-url); `auto`: onnx on a CPU when it is installed and can "
+        "build the models, else torch (docs/performance.md, Serving runtime; README, Scale out)", choices=RUNTIMES))
+    vllm_url: str | None = field(default=None, metadata=_help(
+        "with --runtime vllm: the vLLM server (OpenAI API) that serves the SFT model, e.g. http://gpu-box:8000; "
+        "unset: one is started here from the vLLM environment (--vllm-python) and stopped on exit"))
+    base_vllm_url: str | None = field(default=None, metadata=_help(
+        "with --runtime vllm: a vLLM server for the base model (a server serves one model); unset: the base arm runs "
+        "on the local runtime (onnx on a CPU)"))
+    vllm_python: str | None = field(default=None, metadata=_help(
+        "the python of a virtual environment with vLLM, to start a server; unset: the python beside a `vllm` on "
+        "PATH, else the project's .venv-vllm (setup.sh)"))
     chat_workers: int = field(default=2, metadata=_help(
         "with the onnx runtime, processes decoding the SFT model: 2 run the SFT and the preference answer in "
         "parallel (three columns about 1.4x faster, about 0.7 GB more memory); 1 lets them take turns",
@@ -119,6 +127,11 @@ class ModelSettings:
             raise ValueError(f"Unknown precision '{self.precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
         if self.runtime not in RUNTIMES:
             raise ValueError(f"Unknown runtime '{self.runtime}'. Fix: use one of {', '.join(RUNTIMES)}.")
+        if self.runtime == "auto" and self.vllm_url:
+            self.runtime = "vllm"  # a vLLM server given is a vLLM server used
+        if self.base_vllm_url and self.runtime != "vllm":
+            raise ValueError("--base-vllm-url serves the base arm from vLLM alongside the SFT model's server. Fix: "
+                             "add --runtime vllm (and --vllm-url, or let the app start the SFT model's server).")
         if self.serve_threads is not None and self.serve_threads < 1:
             raise ValueError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
         if self.chat_workers not in (1, 2):

@@ -145,7 +145,7 @@ def evaluate(playground: Playground, oracle: Oracle, heldout: list[dict], sampli
         for arm in ("sft", "pref"):
             lengths[arm].append(len(answers[arm].text))
             tokens[arm].append(answers[arm].new_tokens)
-            value = playground.engine.sft_nll(row["prompt"], answers[arm].text)
+            value = playground.engine.scoring.sft_nll(row["prompt"], answers[arm].text)
             if value is not None:
                 nll[arm].append(value)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731

@@ -113,7 +113,7 @@ def test_another_version_is_scored_without_touching_what_serves(playground, tiny
     assert under_first.total_reward != pytest.approx(playground.explain(comparison, "pref").total_reward)
     after = playground.engine.generate("Tell me about topic 3.", greedy)
     assert {k: a.text for k, a in after.items()} == {k: a.text for k, a in before.items()}
-    assert playground.engine._peft.peft_config.keys() == {f"v{second}"}  # the scoring adapter is gone again
+    assert playground.engine.runtimes["sft"].peft.peft_config.keys() == {f"v{second}"}  # the scoring adapter is gone again
 
 
 def test_bad_requests_get_a_clear_message(playground):

@@ -75,10 +75,10 @@ def _sft_row_logits(engine, prompt):
     tokenizer = engine.sft.tokenizer
     ids = tokenizer([chat_prompt(tokenizer, prompt)] * 2, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
-        mixed = engine._peft(**ids, adapter_names=["__base__", engine._adapter_name]).logits
-        with engine._peft.disable_adapter():
-            plain = engine._peft(**ids).logits
-        adapted = engine._peft(**ids).logits
+        mixed = engine.runtimes["sft"].peft(**ids, adapter_names=["__base__", engine._adapter_name]).logits
+        with engine.runtimes["sft"].peft.disable_adapter():
+            plain = engine.runtimes["sft"].peft(**ids).logits
+        adapted = engine.runtimes["sft"].peft(**ids).logits
     return mixed, plain, adapted
 
 
@@ -174,14 +174,14 @@ def test_a_corrupt_adapter_is_refused_and_the_old_one_keeps_serving(tiny_engine,
     assert "--precision" not in str(refused.value), "a corrupt file is not a precision problem"
     assert tiny_engine.adapter_version == 1
     assert tiny_engine.generate("Hello", GREEDY)["pref"].text == good
-    assert list(tiny_engine._peft.peft_config) == ["v1"], "the half-loaded adapter must be removed"
+    assert list(tiny_engine.runtimes["sft"].peft.peft_config) == ["v1"], "the half-loaded adapter must be removed"
 
 
 def test_swapping_frees_the_old_adapter(tiny_engine, tiny_adapters):
     for version in (1, 2, 1, 2):
         tiny_engine.use_adapter(version, str(tiny_adapters[version]))
-    assert list(tiny_engine._peft.peft_config) == ["v2"]
-    lora_names = {n.split("lora_A.")[1].split(".")[0] for n, _ in tiny_engine._peft.named_parameters() if "lora_A." in n}
+    assert list(tiny_engine.runtimes["sft"].peft.peft_config) == ["v2"]
+    lora_names = {n.split("lora_A.")[1].split(".")[0] for n, _ in tiny_engine.runtimes["sft"].peft.named_parameters() if "lora_A." in n}
     assert lora_names == {"v2"}
 
 

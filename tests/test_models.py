@@ -185,7 +185,7 @@ def test_int8_model_takes_lora_adapters_and_refuses_ones_on_its_int8_layers(tiny
     served.use_adapter(1, str(tiny_adapters[1]))
     after = served.generate("Explain gravity.", greedy, arms=("sft", "pref"))
     assert after["sft"].text == before["sft"].text and after["pref"].text != before["pref"].text
-    lora = [n for n, _ in served._peft.named_parameters() if "lora_A" in n]
+    lora = [n for n, _ in served.runtimes["sft"].peft.named_parameters() if "lora_A" in n]
     assert lora and all(".q_proj." in n or ".v_proj." in n for n in lora)
 
     # An adapter on layers that were quantized (the trainer was set to other target modules) is refused clearly.

@@ -1,4 +1,4 @@
-"""The onnx serving runtime (runtime.py) against the torch runtime it stands in for, on tiny models built in the test:
+"""The onnx serving runtime (runtime/onnx_*.py) against the torch runtime it stands in for, on tiny models built in the test:
 same greedy tokens with and without adapters, hot swap, per-row seeds, cancel, a dead worker, bad adapters, and
 `auto` falling back to torch."""
 
@@ -13,12 +13,11 @@ import pytest
 
 from conftest import make_lora_adapter, make_tiny_model
 
-pytest.importorskip("onnxruntime_genai", reason="the onnx runtime is part of requirements.txt")
-
-from playground import runtime  # noqa: E402
-from playground.generation import AdapterError, Engine  # noqa: E402
-from playground.models import Preset  # noqa: E402
-from playground.settings import Sampling  # noqa: E402
+from playground import runtime
+from playground.generation import AdapterError, Engine
+from playground.models import Preset
+from playground.runtime import onnx_build, onnx_runtime
+from playground.settings import Sampling
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Tell me a joke about cats."]
 GREEDY = Sampling(temperature=0, max_new_tokens=24, seed=1)
@@ -57,14 +56,14 @@ def _texts(engine, prompt, sampling=GREEDY, history=None):
 def test_the_onnx_copy_is_built_once_with_lora_slots(engines, tiny_models):
     onnx, _ = engines
     assert onnx.runtime == "onnx" and onnx.base.model is None and onnx.sft.model is None  # no torch weights held
-    slots = onnx.workers["sft"].slots
+    slots = onnx.runtimes["sft"].workers[0].slots
     assert slots and all(".lora_A." in name or ".lora_B." in name for name in slots)
     assert {name.split(".")[4] for name in slots} == {"q_proj", "v_proj"}  # the trainer's targets
-    assert onnx.workers["base"].slots is None  # the base model takes no adapter
+    assert onnx.runtimes["base"].workers[0].slots is None  # the base model takes no adapter
     # A second engine over the same models reuses the built folders.
-    folder = onnx.workers["sft"].model_dir
+    folder = onnx.runtimes["sft"].workers[0].model_dir
     stamp = (folder / "model.onnx").stat().st_mtime
-    again = runtime.prepare_model(str(tiny_models["sft"]), folder.parent, "fp32", ("q_proj", "v_proj"))
+    again = onnx_build.prepare_model(str(tiny_models["sft"]), folder.parent, "fp32", ("q_proj", "v_proj"))
     assert again == folder and (folder / "model.onnx").stat().st_mtime == stamp
 
 
@@ -82,8 +81,8 @@ def test_adapters_swap_in_and_match_peft(engines, adapters):
         for version in (1, 2):
             for engine in engines:
                 engine.use_adapter(version, str(adapters[version]))
-            assert (adapters[version] / runtime.ADAPTER_FILE).is_file()  # converted on demand, beside PEFT's files
-            assert onnx.workers["sft"].adapters == {f"v{version}": str(adapters[version] / runtime.ADAPTER_FILE)}
+            assert (adapters[version] / onnx_build.ADAPTER_FILE).is_file()  # converted on demand, beside PEFT's files
+            assert onnx.runtimes["sft"].workers[0].adapters == {f"v{version}": str(adapters[version] / onnx_build.ADAPTER_FILE)}
             for prompt in PROMPTS[:2]:
                 got, want = _texts(onnx, prompt), _texts(torch_engine, prompt)
                 assert got == want, (version, prompt)
@@ -92,7 +91,7 @@ def test_adapters_swap_in_and_match_peft(engines, adapters):
     finally:
         for engine in engines:
             engine.use_adapter(0, None)
-    assert onnx.workers["sft"].adapters == {}
+    assert onnx.runtimes["sft"].workers[0].adapters == {}
     assert _texts(onnx, PROMPTS[0]) == _texts(torch_engine, PROMPTS[0])
 
 
@@ -118,7 +117,7 @@ def test_a_dead_worker_starts_again_with_its_adapter(engines, adapters):
     try:
         for engine in engines:
             engine.use_adapter(1, str(adapters[1]))
-        worker = onnx.workers["sft"]
+        worker = onnx.runtimes["sft"].workers[0]
         worker.process.kill()
         worker.process.wait()
         assert _texts(onnx, PROMPTS[0]) == _texts(torch_engine, PROMPTS[0])  # restarted, v1 loaded again
@@ -134,7 +133,7 @@ def test_bad_adapters_are_refused_and_the_served_one_stays(engines, adapters, ti
     before = _texts(onnx, PROMPTS[0])
     corrupt = tmp_path / "corrupt"
     shutil.copytree(adapters[2], corrupt)
-    (corrupt / runtime.ADAPTER_FILE).unlink(missing_ok=True)
+    (corrupt / onnx_build.ADAPTER_FILE).unlink(missing_ok=True)
     (corrupt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AdapterError, match="could not be loaded"):
         onnx.use_adapter(3, str(corrupt))
@@ -166,13 +165,13 @@ def test_conversion_folds_the_lora_scale(adapters):
     import onnxruntime as ort
     from safetensors.numpy import load_file
 
-    path = runtime.convert_adapter(adapters[1])
+    path = onnx_build.convert_adapter(adapters[1])
     read = ort.AdapterFormat.read_adapter(str(path))  # kept alive: the arrays below view its memory
     converted = {k: v.numpy().copy() for k, v in read.get_parameters().items()}
     config = json.loads((adapters[1] / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
     for key, weight in load_file(str(adapters[1] / "adapter_model.safetensors")).items():
-        name = runtime._slot_name(key)
+        name = onnx_build._slot_name(key)
         want = weight.T if "lora_A" in key else scale * weight.T
         np.testing.assert_allclose(converted[name], want, rtol=1e-6)
 
@@ -180,9 +179,9 @@ def test_conversion_folds_the_lora_scale(adapters):
 def test_a_model_onnx_runtime_cannot_run_fails_at_start(real_tokenizer_dir, tmp_path):
     """Heads of 8 build, but ONNX Runtime's attention kernel refuses them: the worker says so when it starts."""
     folder = make_tiny_model(tmp_path / "heads8", real_tokenizer_dir, seed=3, chat=True, hidden=32)
-    built = runtime.prepare_model(str(folder), tmp_path / "models")
-    with pytest.raises(runtime.WorkerError, match="head_size"):
-        runtime.DecodeWorker(built, 1, "sft")
+    built = onnx_build.prepare_model(str(folder), tmp_path / "models")
+    with pytest.raises(onnx_runtime.WorkerError, match="head_size"):
+        onnx_runtime.DecodeWorker(built, 1, "sft")
 
 
 def test_auto_falls_back_to_torch_when_the_onnx_build_fails(tiny_models, tmp_path, monkeypatch):
@@ -193,7 +192,7 @@ def test_auto_falls_back_to_torch_when_the_onnx_build_fails(tiny_models, tmp_pat
     def cannot_build(*args, **kwargs):
         raise runtime.RuntimeUnavailable("onnxruntime-genai could not build it (unsupported architecture)")
 
-    monkeypatch.setattr(runtime, "prepare_model", cannot_build)
+    monkeypatch.setattr(onnx_build, "prepare_model", cannot_build)
     settings = dict(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path), persist="off")
     playground = Playground(ModelSettings(**settings, runtime="auto"))
     try:
@@ -215,10 +214,10 @@ def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
 
     folder = tmp_path / "round"
     shutil.copytree(adapters[2], folder)
-    (folder / runtime.ADAPTER_FILE).unlink(missing_ok=True)
+    (folder / onnx_build.ADAPTER_FILE).unlink(missing_ok=True)
     _prepare_for_serving(folder)
-    assert (folder / runtime.ADAPTER_FILE).stat().st_size > 0
-    assert runtime.converted_adapter(folder) == folder / runtime.ADAPTER_FILE  # fresh: not converted again
+    assert (folder / onnx_build.ADAPTER_FILE).stat().st_size > 0
+    assert onnx_build.converted_adapter(folder) == folder / onnx_build.ADAPTER_FILE  # fresh: not converted again
 
 
 def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, tiny_models, tmp_path_factory):
@@ -229,7 +228,7 @@ def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, ti
     lean = Engine.from_preset(preset, tmp_path_factory.mktemp("lean"), precision="float", runtime="onnx",
                               threads=1, chat_workers=1)
     try:
-        assert set(lean.workers) == {"base", "sft"} and set(onnx.workers) == {"base", "sft", "sft2"}
+        assert len(lean.runtimes["sft"].workers) == 1 and len(onnx.runtimes["sft"].workers) == 2
         for engine in (lean, onnx, torch_engine):
             engine.use_adapter(1, str(adapters[1]))
         assert _texts(lean, PROMPTS[1]) == _texts(torch_engine, PROMPTS[1])
@@ -246,7 +245,8 @@ def test_the_sft_weights_load_on_demand_for_scoring(engines):
     """The simulated voter's fluency yardstick needs torch weights; the onnx engine loads them only then."""
     onnx, torch_engine = engines
     answer = "Paris is the capital of France."
-    assert onnx.sft_nll(PROMPTS[0], answer) == pytest.approx(torch_engine.sft_nll(PROMPTS[0], answer), rel=1e-5)
+    assert onnx.scoring.sft_nll(PROMPTS[0], answer) == pytest.approx(torch_engine.scoring.sft_nll(PROMPTS[0], answer),
+                                                                rel=1e-5)
     assert onnx.sft.model is not None and onnx.base.model is None
 
 
@@ -273,6 +273,6 @@ def test_the_implicit_reward_is_the_same_on_both_runtimes(engines, adapters, tmp
         assert on_onnx.total_reward == pytest.approx(on_torch.total_reward, rel=1e-4, abs=1e-5)
         assert [t["text"] for t in on_onnx.tokens] == [t["text"] for t in on_torch.tokens]
     assert onnx.adapter_version == 1 and _texts(onnx, PROMPTS[1]) == serving_before
-    assert not onnx._peft.peft_config, "the scoring adapter is dropped again"
+    assert onnx.scoring._runtime.adapters == [], "the scoring adapter is dropped again"
     for engine in engines:
         engine.use_adapter(0, None)

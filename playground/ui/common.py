@@ -173,7 +173,14 @@ class Page:
         engine = pg.engine
         trainer = "trainer running" if pg.trainer_alive() else ("trainer stopped" if pg.trainer.wanted else "no trainer")
         base, sft = (code(short_model(m.name)) for m in (engine.base, engine.sft))
+        runtimes = engine.describe()
         runtime = f"runtime {code(engine.runtime)}" + (" (onnx unavailable, see the log)" if engine.runtime_note else "")
+        if runtimes.get("base") != engine.runtime:
+            runtime += f" (base arm: {code(runtimes.get('base'))})"
+        problem = engine.problem
+        if problem:
+            return (f"⚠ **Serving problem:** {problem} · base {base} · SFT {sft} · {runtime} · adapter "
+                    f"v{engine.adapter_version} · {trainer} · {data_set}")
         return (f"✓ Ready · base {base} · SFT {sft} · {runtime} · "
                 f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}"
                 + durable_copy_note(pg.durable_status()))
@@ -227,6 +234,8 @@ def blind_title(column: int) -> str:
 def meta(answer: dict, revealed: bool) -> str:
     if not answer.get("done", True):
         return f"writing… {answer.get('new_tokens') or 0} tokens"
+    if answer.get("error"):
+        return f"⚠ not written: {answer['error']}"
     parts = [f"{answer.get('new_tokens') or 0} tokens", f"{answer.get('seconds') or 0:.1f} s"]
     if answer.get("finish_reason") == "length":
         parts.append("stopped at the token limit")
@@ -284,7 +293,7 @@ def kept_label(answer: dict | None) -> str:
 def answer_dict(answer) -> dict:
     return {"arm": answer.arm, "model": answer.model, "adapter_version": answer.adapter_version, "text": answer.text,
             "new_tokens": answer.new_tokens, "seconds": answer.seconds, "finish_reason": answer.finish_reason,
-            "done": answer.done, "dropped_turns": answer.dropped_turns}
+            "done": answer.done, "dropped_turns": answer.dropped_turns, "error": answer.error}
 
 
 def sampling(temperature, top_p, max_new_tokens, seed) -> Sampling:
@@ -357,12 +366,17 @@ def stream_answers(page: Page, prompt, sampling_args, current, state, n_outputs,
         last = 0.0
         for answers, recorded in stream:
             now = time.monotonic()
-            if recorded is None and now - last < STREAM_INTERVAL:
+            finished = all(answer.done for answer in answers.values())
+            if recorded is None and not finished and now - last < STREAM_INTERVAL:
                 continue
             last = now
             if recorded is not None:
                 state |= {"comparison": recorded.comparison_id, "answers": recorded.answer_ids, "streaming": False}
             outputs, status = render(answers, recorded)
+            failed = next((answer.error for answer in answers.values() if answer.error), None)
+            if failed and finished:
+                state |= {"streaming": False}
+                status = f"⚠ Not saved: an answer could not be written. {failed} Ask again once it is back."
             yield *outputs, status, state
     except (PromptError, ValueError) as error:
         yield *keep, f"⚠ {error}", current if state["comparison"] is None else None

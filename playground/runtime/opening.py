@@ -1,0 +1,112 @@
+"""Opening the models on a runtime: which runtime serves which model, with what weights.
+
+- `torch`: both models' weights in this process (int8 where `int8` names the role, int8.int8_roles).
+- `onnx`: ONNX copies in worker processes; here only tokenizers and configs (the SFT weights load for scoring).
+- `vllm`: the SFT model (both chat arms) from a vLLM server (started here without a URL); the base model from
+  its own vLLM server with `base_url`, else on the local runtime `auto` picks (onnx on a CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..models import LoadedModel, Preset, load_model, models_dir
+from ..settings import RoundSettings, half_the_cores
+from . import ModelRuntime, resolve
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Opened:
+    base: LoadedModel
+    sft: LoadedModel
+    runtimes: dict[str, ModelRuntime]
+    load_sft_weights: object = None  # () -> the SFT model's torch weights, when no torch runtime holds them
+
+
+def open_runtimes(preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", int8: set[str] = frozenset(),
+                  threads: int | None = None, adapter_targets: tuple[str, ...] | None = None, runtime="torch",
+                  chat_workers: int = 2, vllm=None) -> Opened:
+    """threads: torch threads on a CPU (process-wide: torch has no per-model setting), or each onnx decode
+    process's; by default half the cores, because the base model and the SFT rows decode at the same time, each
+    bound by per-token overhead rather than arithmetic (docs/performance.md, "Thread allocation").
+    adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8 SFT
+    model and are the onnx SFT model's LoRA slots."""
+    threads = threads or half_the_cores()
+    if device == "cpu":
+        import torch
+
+        torch.set_num_threads(threads)
+    targets = tuple(adapter_targets or RoundSettings().target_modules)
+    local = dict(data_dir=data_dir, trust_remote_code=trust_remote_code, device=device, int8=int8, threads=threads,
+                 targets=targets, chat_workers=chat_workers)
+    if "sft" in int8 and runtime in ("onnx", "vllm"):
+        # The builder's int8 would quantize the LoRA slots too, and int8 SFT weights followed the float model on
+        # fewer next tokens (docs/performance.md): the SFT model stays float on this runtime.
+        log.warning("--precision int8: the %s runtime keeps the SFT model in float.", runtime)
+    opened: dict[str, tuple[LoadedModel, ModelRuntime]] = {}
+    try:
+        if runtime == "vllm":
+            from .vllm_server import VllmOptions
+
+            options = vllm or VllmOptions()
+            opened["sft"] = _vllm("sft", preset.sft, options.url, options, **local)
+            if options.base_url:
+                opened["base"] = _vllm("base", preset.base, options.base_url, options, **local)
+            else:
+                opened["base"] = _local("base", preset.base, resolve("auto", device), **local)
+        else:
+            for role, spec in (("base", preset.base), ("sft", preset.sft)):
+                opened[role] = _local(role, spec, runtime, **local)
+    except BaseException:
+        for _, runtime_ in opened.values():
+            runtime_.close()
+        raise
+    runtimes = {role: pair[1] for role, pair in opened.items()}
+    load_sft_weights = None
+    if runtimes["sft"].name != "torch":
+        def load_sft_weights():
+            return load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device).model
+    return Opened(opened["base"][0], opened["sft"][0], runtimes, load_sft_weights)
+
+
+def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, threads, targets, chat_workers):
+    """One model on the torch or onnx runtime."""
+    slots = targets if role == "sft" else ()
+    if runtime == "onnx":
+        from .onnx_runtime import OnnxRuntime
+
+        loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
+        precision = "int8" if role == "base" and role in int8 else "fp32"
+        served = OnnxRuntime.open(loaded.source, models_dir(data_dir), precision, slots, threads,
+                                  chat_workers if role == "sft" else 1, role)
+        loaded.precision = "int8" if precision == "int8" else "float32"
+        return loaded, served
+    from .torch_runtime import TorchRuntime
+
+    loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, device=device, int8=role in int8,
+                        keep_float=slots)
+    return loaded, TorchRuntime(loaded)
+
+
+def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, **_):
+    """One model from a vLLM server: `url`, else one started here on the model's local folder."""
+    from .vllm_runtime import VllmRuntime
+    from .vllm_server import VllmServer, find_python
+
+    loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
+    label = "base" if role == "base" else "SFT"
+    if url:
+        return loaded, VllmRuntime(url, label=label)
+    log_dir = Path(options.log_dir or data_dir)
+    server = VllmServer(find_python(options.python), loaded.source, device=device,
+                        max_lora_rank=options.max_lora_rank, max_model_len=options.max_model_len,
+                        log_path=log_dir / f"vllm-{role}.log", startup_timeout=options.startup_timeout).start()
+    try:
+        return loaded, VllmRuntime(server.url, server, label=label)
+    except BaseException:
+        server.stop()
+        raise
