@@ -17,6 +17,9 @@ Runtimes: the app's default (`--runtime auto`: onnx on a CPU) and the torch conf
 onnx runtime also its next-token agreement with the torch model each arm stands for (teacher forcing on torch's
 greedy answers, `--fidelity-prompts` prompts × `--tokens`), the converted adapter's size and conversion time, and
 with `--llama-cpp` llama.cpp's single-stream speed on the SFT GGUF where llama-cpp-python is installed.
+`--runtime vllm` adds the vllm runtime (a vLLM server started from the vLLM environment, or `--vllm-url`; the base
+arm on vLLM too with `--base-vllm-url`, else on the local runtime) and its hot swap; `--configs app,vllm` measures
+only those configurations.
 """
 
 from __future__ import annotations
@@ -137,7 +140,7 @@ def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str],
                                               max_new_tokens=tokens, min_new_tokens=tokens,
                                               pad_token_id=tokenizer.pad_token_id)
                 wanted = reference(sequence).logits[0, start - 1 : -1].argmax(-1).tolist()
-            got = engine.workers[role].next_tokens(sequence[0].tolist(), start, adapter)
+            got = engine.runtimes[role].workers[0].next_tokens(sequence[0].tolist(), start, adapter)
             matches = [a == b for a, b in zip(got, wanted)]
             agree, total, identical = agree + sum(matches), total + len(matches), identical + all(matches)
         result[arm] = {"next_token_agreement": round(agree / total, 4), "positions": total,
@@ -165,6 +168,7 @@ def run(args) -> dict:
     from bench.common import report
     from playground import runtime as serving_runtime
     from playground.generation import Engine
+    from playground.runtime.vllm_server import VllmOptions
     from playground.models import load_model, model_folder, resolve_preset
     from playground.settings import ModelSettings, RoundSettings, Sampling, half_the_cores
 
@@ -179,9 +183,16 @@ def run(args) -> dict:
         configs["torch"] = ("torch", "auto", None)  # the default before the onnx runtime
         configs["torch_int8_weights"] = ("torch", "int8", None)
         configs["torch_float_weights"] = ("torch", "float", None)
-        if serving_runtime.installed():
+        if serving_runtime.onnx_installed():
             configs["onnx_one_chat_worker"] = ("onnx", "auto", None, 1)
             configs["onnx_all_cores_per_worker"] = ("onnx", "auto", os.cpu_count())
+    if args.runtime == "vllm":
+        configs["vllm"] = ("vllm", "float", None)
+    if args.configs:
+        wanted = args.configs.split(",")
+        configs = {name: config for name, config in configs.items() if name in wanted}
+    vllm = VllmOptions(url=args.vllm_url, base_url=args.base_vllm_url)
+    swaps = {}
     adapter_dir = tempfile.mkdtemp(prefix="bench-adapter-")
     random_adapter(model_folder(preset.sft, data_dir, trust_remote_code=False), adapter_dir)
     built = {}  # one engine per (runtime, precision[, worker threads]): torch threads are set per call
@@ -190,10 +201,15 @@ def run(args) -> dict:
         chat_workers = chat_workers[0] if chat_workers else 2
         key = (runtime, precision, threads if runtime == "onnx" else None, chat_workers)
         if key not in built:
+            start = time.perf_counter()
             engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision, runtime=runtime,
-                                        threads=threads if runtime == "onnx" else None, chat_workers=chat_workers)
+                                        threads=threads if runtime == "onnx" else None, chat_workers=chat_workers,
+                                        vllm=vllm)
+            loaded_s = time.perf_counter() - start
             engine.base_stops = ()
+            start = time.perf_counter()
             engine.use_adapter(1, adapter_dir)
+            swaps[name] = {"start_s": round(loaded_s, 1), "first_adapter_s": round(time.perf_counter() - start, 3)}
             built[key] = engine
         engines[name] = built[key]
     # The baseline: the SFT model as transformers loads it, no adapter, torch's default threads.
@@ -229,8 +245,9 @@ def run(args) -> dict:
             for arm, stats in per_arm.items():
                 for key, value in stats.items():
                     arms[name][arm][key].append(value)
-    torch.set_num_threads(threads_for("app"))
-    naive = naive_sequential(engines["app"], sampling)
+    first = next(iter(engines))
+    torch.set_num_threads(threads_for(first))
+    naive = naive_sequential(engines[first], sampling)
 
     base_s = statistics.median(baseline)
     figures = {"baseline_plain_generate_sft_float_s": round(base_s, 2),
@@ -251,9 +268,16 @@ def run(args) -> dict:
             figures[f"{prefix}{arm}_new_tokens"] = int(statistics.median(stats["tokens"]))
         figures[f"{prefix}precision"] = f"base {engine.base.precision}, sft {engine.sft.precision}"
         figures[f"{prefix}threads"] = threads_for(name)
+        figures[f"{prefix}runtimes"] = engine.describe()
+        if name in swaps:
+            figures[f"{prefix}start_s"] = swaps[name]["start_s"]
+            figures[f"{prefix}first_adapter_load_s"] = swaps[name]["first_adapter_s"]
+            start = time.perf_counter()
+            engine.use_adapter(3, adapter_dir)  # the hot swap: load the next version, unload the previous
+            figures[f"{prefix}hot_swap_s"] = round(time.perf_counter() - start, 3)
     figures["naive_three_arms_sequential_s"] = round(naive, 2)
     figures["ratio_naive_to_one_plain"] = round(naive / base_s, 2)
-    onnx_engine = engines["app"] if engines["app"].runtime == "onnx" else None
+    onnx_engine = engines["app"] if "app" in engines and engines["app"].runtime == "onnx" else None
     if onnx_engine is not None and args.fidelity_prompts:
         from peft import PeftModel
 
@@ -263,10 +287,12 @@ def run(args) -> dict:
         torch.set_num_threads(torch_default_threads)
         figures["onnx_fidelity"] = onnx_fidelity(onnx_engine, plain.model, torch_pref, torch_base.model, prompts,
                                                  args.tokens)
-        figures["onnx_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / serving_runtime.ADAPTER_FILE)
+        from playground.runtime import onnx_build
+
+        figures["onnx_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / onnx_build.ADAPTER_FILE)
         figures["peft_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / "adapter_model.safetensors")
         start = time.perf_counter()
-        serving_runtime.convert_adapter(adapter_dir)
+        onnx_build.convert_adapter(adapter_dir)
         figures["onnx_adapter_convert_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         onnx_engine.use_adapter(2, adapter_dir)
@@ -282,7 +308,7 @@ def run(args) -> dict:
             gguf = str(EMBEDDED["smollm2-135m-instruct"].gguf_path(Path(tempfile.mkdtemp())))
             figures["llama_cpp_sft_single_stream"] = llama_cpp_single_stream(gguf, PROMPT, args.tokens,
                                                                              os.cpu_count())
-    if plain_int8 is not None:
+    if plain_int8 is not None and {"torch_float_weights", "torch_int8_weights"} <= set(engines):
         figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, args.tokens, chat=True)
         figures["int8_fidelity_base"] = int8_fidelity(engines["torch_float_weights"].base,
                                                       engines["torch_int8_weights"].base, args.tokens, chat=False)
@@ -305,6 +331,11 @@ def main(argv=None):
                         help="prompts for the onnx runtime's next-token agreement with torch (0: skip)")
     parser.add_argument("--llama-cpp", action="store_true",
                         help="also time llama.cpp on the SFT GGUF, where llama-cpp-python is installed")
+    parser.add_argument("--runtime", choices=("vllm",), default=None,
+                        help="also measure this runtime against the app's default in the same run")
+    parser.add_argument("--vllm-url", default=None, help="a running vLLM server for the SFT model (else one is started)")
+    parser.add_argument("--base-vllm-url", default=None, help="a vLLM server for the base model")
+    parser.add_argument("--configs", default=None, help="only these configurations, e.g. app,vllm")
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))
 

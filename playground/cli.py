@@ -438,7 +438,7 @@ def cmd_restore(args) -> int:
 
 
 BENCH_SUITES = {"generate": "generation", "dpo": "dpo", "stages": "stages", "loop": "loop", "startup": "startup",
-                "panel": "panel", "persist": "persist", "explain": "explain"}
+                "panel": "panel", "persist": "persist", "explain": "explain", "load": "load"}
 
 
 def cmd_bench(args) -> int:

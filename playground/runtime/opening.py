@@ -92,21 +92,27 @@ def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, th
     return loaded, TorchRuntime(loaded)
 
 
-def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, **_):
-    """One model from a vLLM server: `url`, else one started here on the model's local folder."""
-    from .vllm_runtime import VllmRuntime
+def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, targets, **_):
+    """One model from a vLLM server: `url`, else one started here on the model's local folder. The SFT model's
+    rows without an adapter run with a zero adapter (vllm_runtime.py says why)."""
+    from .vllm_runtime import VllmRuntime, zero_adapter
     from .vllm_server import VllmServer, find_python
 
     loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
     label = "base" if role == "base" else "SFT"
+    plain = None
+    if role == "sft":
+        name = Path(loaded.source).name if Path(loaded.source).is_dir() else loaded.source.replace("/", "--")
+        plain = str(zero_adapter(loaded.source, targets, models_dir(data_dir) / f"{name}-zero-lora-{'-'.join(targets)}",
+                                 trust_remote_code))
     if url:
-        return loaded, VllmRuntime(url, label=label)
+        return loaded, VllmRuntime(url, label=label, plain_adapter=plain)
     log_dir = Path(options.log_dir or data_dir)
     server = VllmServer(find_python(options.python), loaded.source, device=device,
                         max_lora_rank=options.max_lora_rank, max_model_len=options.max_model_len,
                         log_path=log_dir / f"vllm-{role}.log", startup_timeout=options.startup_timeout).start()
     try:
-        return loaded, VllmRuntime(server.url, server, label=label)
+        return loaded, VllmRuntime(server.url, server, label=label, plain_adapter=plain)
     except BaseException:
         server.stop()
         raise

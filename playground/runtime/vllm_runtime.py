@@ -9,6 +9,11 @@ stream (vLLM aborts the request); the base arm's `Q:`/`A:` stops also go to the 
 Adapters: a version is loaded into the server under its name (`POST /v1/load_lora_adapter`, v<N>, from a folder
 the server can read) and the preference row asks for `model="v<N>"`; detached with `/v1/unload_lora_adapter`. A
 server that restarted has forgotten them: the runtime loads its adapters again before the next request.
+
+The SFT row asks for `v0`, an adapter whose weights are all zero (the SFT model exactly), not for the plain model:
+vLLM 0.32's CPU LoRA kernels index the adapter slots with -1 for a request without one, which picks the LAST slot,
+so in a batch with an adapter request the plain request was answered with whatever adapter sat there (measured:
+the SFT column wrote the preference column's tokens). With every request naming an adapter, no row reads -1.
 """
 
 from __future__ import annotations
@@ -16,19 +21,23 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from pathlib import Path
 
 from . import DecodeRow, ModelRuntime, ServingError
 
 log = logging.getLogger(__name__)
+
+PLAIN = "v0"  # the zero adapter: version 0, the SFT model itself
 
 
 class VllmRuntime(ModelRuntime):
     name = "vllm"
     concurrent = True
 
-    def __init__(self, url: str, server=None, label: str = "SFT"):
+    def __init__(self, url: str, server=None, label: str = "SFT", plain_adapter: str | None = None):
         """url: the server (with or without /v1); server: the vllm_server.VllmServer this runtime started (it is
-        restarted if it dies, and stopped on close)."""
+        restarted if it dies, and stopped on close); plain_adapter: the folder of a zero adapter the rows without
+        an adapter run with (`zero_adapter`; None: they ask for the model itself)."""
         import httpx
 
         self.server, self.label = server, label
@@ -38,6 +47,15 @@ class VllmRuntime(ModelRuntime):
         self._suspect = False  # a request failed: check the server (and reload adapters) before the next one
         self._lock = threading.Lock()
         self.model_id, self.max_context = self._served_model()
+        self.plain = None
+        if plain_adapter:
+            try:
+                self.attach(PLAIN, plain_adapter)
+                self.plain = PLAIN
+            except (RuntimeError, ServingError) as error:  # e.g. a server elsewhere that cannot read our folder
+                log.warning("The vLLM server at %s did not take the zero adapter (%s): the SFT arm asks for the "
+                            "model itself, which vLLM's CPU build answers wrongly in a batch with an adapter "
+                            "request; GPU builds are not affected.", self.url, error)
 
     def describe(self) -> str:
         return f"vLLM at {self.url}" + (" (started here)" if self.server else "")
@@ -104,8 +122,6 @@ class VllmRuntime(ModelRuntime):
     def attach(self, name: str, path: str) -> None:
         if self._suspect:
             self._recover()
-        from pathlib import Path
-
         path = str(Path(path).resolve()) if Path(path).exists() else path  # the server's working folder is not ours
         self._load(name, path)
         self.adapters[name] = path
@@ -143,7 +159,7 @@ class VllmRuntime(ModelRuntime):
         self.problem = None
 
     def _body(self, ids, row: DecodeRow, sampling, stops) -> dict:
-        body = {"model": row.adapter or self.model_id, "prompt": list(ids), "max_tokens": sampling.max_new_tokens,
+        body = {"model": row.adapter or self.plain or self.model_id, "prompt": list(ids), "max_tokens": sampling.max_new_tokens,
                 "stream": True, "return_token_ids": True, "seed": row.seed, "skip_special_tokens": True}
         if sampling.greedy:
             body["temperature"] = 0.0
@@ -200,6 +216,33 @@ class VllmRuntime(ModelRuntime):
         self.client.close()
         if self.server is not None:
             self.server.stop()
+
+
+def zero_adapter(model_source: str, targets: tuple[str, ...], out: Path, trust_remote_code: bool = False) -> Path:
+    """A rank-1 LoRA adapter with every weight zero on `targets` of the model (shapes from its config alone: no
+    weights are loaded), in PEFT's format: served, it is the model exactly."""
+    if (out / "adapter_model.safetensors").is_file():
+        return out
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_source, trust_remote_code=trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    peft = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=list(targets)))
+    scratch = out.with_name(out.name + ".partial")
+    scratch.mkdir(parents=True, exist_ok=True)
+    zeros = {key: torch.zeros(value.shape, dtype=torch.float32) for key, value in get_peft_model_state_dict(peft).items()}
+    save_file(zeros, str(scratch / "adapter_model.safetensors"))
+    peft.peft_config["default"].save_pretrained(str(scratch))
+    if out.exists():
+        import shutil
+
+        shutil.rmtree(out)
+    scratch.rename(out)
+    return out
 
 
 class _AdapterForgotten(Exception):

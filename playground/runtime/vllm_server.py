@@ -86,6 +86,7 @@ class VllmServer:
         self.process: subprocess.Popen | None = None
         self.starts = 0
         self._restarting: threading.Thread | None = None
+        self._restart_lock = threading.Lock()  # every failing request asks for a restart: one happens
         atexit.register(self.stop)
 
     @property
@@ -97,7 +98,7 @@ class VllmServer:
         dtype = "float32" if self.device == "cpu" else "auto"
         return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                 "--host", "127.0.0.1", "--port", str(self.port), "--enable-lora",
-                "--max-lora-rank", str(self.max_lora_rank), "--max-loras", "2",  # the serving version + the next
+                "--max-lora-rank", str(self.max_lora_rank), "--max-loras", "3",  # v0 (zeros), the serving version, the next
                 "--max-model-len", str(self.max_model_len), "--dtype", dtype, "--disable-uvicorn-access-log"]
 
     def environment(self) -> dict:
@@ -156,20 +157,20 @@ class VllmServer:
 
     def restart_soon(self) -> None:
         """Start the server again in the background after it died (requests fail with a message meanwhile)."""
-        if self.alive() or (self._restarting is not None and self._restarting.is_alive()):
-            return
+        with self._restart_lock:
+            if self.alive() or self.restarting:
+                return
+            self._restarting = threading.Thread(target=self._restart, name="vllm-restart", daemon=True)
+            log.warning("The vLLM server exited (code %s); starting it again.",
+                        self.process.returncode if self.process else None)
+            self._restarting.start()
 
-        def restart():
-            try:
-                self.stop()
-                self.start()
-            except Exception as error:
-                log.error("The vLLM server could not be started again: %s", error)
-
-        log.warning("The vLLM server exited (code %s); starting it again.",
-                    self.process.returncode if self.process else None)
-        self._restarting = threading.Thread(target=restart, name="vllm-restart", daemon=True)
-        self._restarting.start()
+    def _restart(self) -> None:
+        try:
+            self.stop()
+            self.start()
+        except Exception as error:
+            log.error("The vLLM server could not be started again: %s", error)
 
     @property
     def restarting(self) -> bool:
