@@ -187,7 +187,7 @@ def run(args) -> dict:
             configs["onnx_one_chat_worker"] = ("onnx", "auto", None, 1)
             configs["onnx_all_cores_per_worker"] = ("onnx", "auto", os.cpu_count())
     if args.runtime == "vllm":
-        configs["vllm"] = ("vllm", "float", None)
+        configs["vllm"] = ("vllm", "auto", None)  # the base arm as the app default: int8 on the onnx runtime
     if args.configs:
         wanted = args.configs.split(",")
         configs = {name: config for name, config in configs.items() if name in wanted}

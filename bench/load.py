@@ -2,6 +2,7 @@
 after turn, on each serving runtime in the same run.
 
     python -m playground bench load [--sessions 10,50] [--turns 2] [--tokens 32] [--runtimes onnx,torch,vllm]
+                                    [--base-on-vllm]
 
 Figures per runtime and N: complete turns (all three answers) per minute, the p50 and p95 seconds from asking to
 the last answer, and the p95 time to the first token of the SFT answer. The baseline is one session alone on the
@@ -77,6 +78,14 @@ def run(args) -> dict:
     random_adapter(model_folder(preset.sft, data_dir, trust_remote_code=False), adapter_dir)
     counts = [int(n) for n in args.sessions.split(",")]
     figures = {}
+    base_server = None
+    if args.base_on_vllm and not args.base_vllm_url and "vllm" in args.runtimes.split(","):
+        from playground.models import load_model
+        from playground.runtime.vllm_server import VllmServer, find_python
+
+        source = load_model(preset.base, data_dir, "base", weights=False).source
+        base_server = VllmServer(find_python(), source, log_path=data_dir / "vllm-bench-base.log").start()
+        args.base_vllm_url = base_server.url
     for runtime in args.runtimes.split(","):
         start = time.perf_counter()
         engine = Engine.from_preset(preset, data_dir, runtime=runtime, vllm=VllmOptions(
@@ -95,6 +104,8 @@ def run(args) -> dict:
             figures[runtime] = result
         finally:
             engine.close()
+    if base_server is not None:
+        base_server.stop()
     settings = {"preset": preset.name, "sessions": counts, "turns_per_session": args.turns,
                 "max_new_tokens": args.tokens, "sampling": "temperature 0.7, one seed per turn", "adapter": "r=8 q,v"}
     return report("load", settings, figures, args.json)
@@ -110,6 +121,8 @@ def main(argv=None):
     parser.add_argument("--runtimes", default="onnx,torch,vllm")
     parser.add_argument("--vllm-url", default=None)
     parser.add_argument("--base-vllm-url", default=None)
+    parser.add_argument("--base-on-vllm", action="store_true",
+                        help="with the vllm runtime, serve the base model from a vLLM server of its own too")
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))
 

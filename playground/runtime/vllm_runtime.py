@@ -196,7 +196,13 @@ class VllmRuntime(ModelRuntime):
                         return  # leaving the stream aborts the request on the server
                     if not line.startswith("data: ") or line == "data: [DONE]":
                         continue
-                    choice = json.loads(line[6:])["choices"][0]
+                    chunk = json.loads(line[6:])
+                    if "choices" not in chunk:  # the server failed mid-answer: it streams its error instead
+                        self._suspect = True
+                        self.problem = (f"The vLLM server of the {self.label} model failed while answering: "
+                                        f"{str(chunk.get('error', chunk))[:300]}")
+                        raise ServingError(self.problem)
+                    choice = chunk["choices"][0]
                     for token in choice.get("token_ids") or ():
                         streamer.token(index, token)
                     reason = choice.get("finish_reason")

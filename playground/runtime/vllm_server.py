@@ -96,10 +96,15 @@ class VllmServer:
     def command(self) -> list[str]:
         # float32 on a CPU: the torch runtime's numbers (bf16 is emulated on CPUs without AVX-512-BF16).
         dtype = "float32" if self.device == "cpu" else "auto"
-        return [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
-                "--host", "127.0.0.1", "--port", str(self.port), "--enable-lora",
-                "--max-lora-rank", str(self.max_lora_rank), "--max-loras", "3",  # v0 (zeros), the serving version, the next
-                "--max-model-len", str(self.max_model_len), "--dtype", dtype, "--disable-uvicorn-access-log"]
+        command = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
+                   "--host", "127.0.0.1", "--port", str(self.port), "--enable-lora",
+                   "--max-lora-rank", str(self.max_lora_rank), "--max-loras", "3",  # v0 (zeros), serving, the next
+                   "--max-model-len", str(self.max_model_len), "--dtype", dtype, "--disable-uvicorn-access-log"]
+        if self.device == "cpu":
+            # vLLM 0.32 on a CPU dies when a seeded request's prefill is split over steps (its CPU generator
+            # "does not use offset"), which chunked prefill does under load: every prefill in one step instead.
+            command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(self.max_model_len, 4096))]
+        return command
 
     def environment(self) -> dict:
         env = dict(os.environ, VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", TQDM_DISABLE="1")
