@@ -166,9 +166,9 @@ def run(args) -> dict:
     import torch
 
     from bench.common import report
-    from playground import runtime as serving_runtime
+    from playground import runtimes as serving_runtime
     from playground.generation import Engine
-    from playground.runtime.vllm_server import VllmOptions
+    from playground.runtimes.vllm.server import VllmOptions
     from playground.models import load_model, model_folder, resolve_preset
     from playground.settings import ModelSettings, RoundSettings, Sampling, half_the_cores
 
@@ -287,12 +287,12 @@ def run(args) -> dict:
         torch.set_num_threads(torch_default_threads)
         figures["onnx_fidelity"] = onnx_fidelity(onnx_engine, plain.model, torch_pref, torch_base.model, prompts,
                                                  args.tokens)
-        from playground.runtime import onnx_build
+        from playground.runtimes.onnx import adapters as onnx_adapters
 
-        figures["onnx_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / onnx_build.ADAPTER_FILE)
+        figures["onnx_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / onnx_adapters.ADAPTER_FILE)
         figures["peft_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / "adapter_model.safetensors")
         start = time.perf_counter()
-        onnx_build.convert_adapter(adapter_dir)
+        onnx_adapters.convert_adapter(adapter_dir)
         figures["onnx_adapter_convert_s"] = round(time.perf_counter() - start, 3)
         start = time.perf_counter()
         onnx_engine.use_adapter(2, adapter_dir)

@@ -69,7 +69,7 @@ def run(args) -> dict:
     from bench.generation import random_adapter
     from playground.generation import Engine
     from playground.models import model_folder, resolve_preset
-    from playground.runtime.vllm_server import VllmOptions
+    from playground.runtimes.vllm.server import VllmOptions
     from playground.settings import ModelSettings
 
     preset = resolve_preset(args.preset)
@@ -81,7 +81,7 @@ def run(args) -> dict:
     base_server = None
     if args.base_on_vllm and not args.base_vllm_url and "vllm" in args.runtimes.split(","):
         from playground.models import load_model
-        from playground.runtime.vllm_server import VllmServer, find_python
+        from playground.runtimes.vllm.server import VllmServer, find_python
 
         source = load_model(preset.base, data_dir, "base", weights=False).source
         base_server = VllmServer(find_python(), source, log_path=data_dir / "vllm-bench-base.log").start()

@@ -34,7 +34,7 @@ def tree_memory_mb(pid: int) -> dict[str, float]:
     for child in root.children(recursive=True):
         try:
             command = " ".join(child.cmdline())
-            if "playground.runtime" in command:  # a decode worker of the onnx runtime serves for the server
+            if "playground.runtimes" in command:  # a decode worker of the onnx runtime serves for the server
                 rss["server"] += child.memory_info().rss / 2**20
                 rss["server_uss"] += child.memory_full_info().uss / 2**20
             elif "train" in command:

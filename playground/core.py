@@ -123,8 +123,8 @@ class Playground:
 
     def load_models(self) -> Engine:
         """Load both models (minutes on a first start that converts GGUF weights) and serve the serving version."""
-        from . import runtime as serving_runtime
-        from .runtime.vllm_server import VllmOptions
+        from . import runtimes as serving_runtime
+        from .runtimes.vllm.server import VllmOptions
 
         settings = self.models
         runtime = serving_runtime.resolve(settings.runtime, settings.device)

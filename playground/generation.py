@@ -1,5 +1,5 @@
 """Three arms for one prompt, streamed token by token: base, SFT, and preference-tuned (SFT + the serving LoRA
-adapter), over any serving runtime (runtime/: torch, onnx, vllm).
+adapter), over any serving runtime (runtimes/: torch, onnx, vllm).
 
 The Engine keeps what every runtime shares: the arms and their rows, each model's input fitted to its context
 budget, stop rules (decoding.RowStreamer), the serving adapter version and what each answer records. A runtime
@@ -17,7 +17,7 @@ A request may carry earlier turns of a conversation (`history`, see prompting.py
 conversation in its own framing and, when prompt + answer would not fit its context budget, drops the oldest whole
 turns (`Answer.dropped_turns` says how many that answer's model did not see).
 
-A runtime that fails (a server unreachable, a worker gone: runtime.ServingError) fails only the answers it was
+A runtime that fails (a server unreachable, a worker gone: runtimes.ServingError) fails only the answers it was
 writing: they end with `finish_reason="error"` and the message in `error`, and the other arms answer on.
 """
 
@@ -36,8 +36,8 @@ from .int8 import int8_roles
 from .models import LoadedModel, Preset
 from .prompting import (BASE_STOP_STRINGS, base_prompt, chat_prompt, check_history, check_prompt, context_budget,
                         encode_prompt, fit_conversation)
-from .runtime import AdapterError, DecodeRow, ModelRuntime, ServingError
-from .runtime.torch_runtime import TorchRuntime
+from .runtimes import AdapterError, DecodeRow, ModelRuntime, ServingError
+from .runtimes.torch_runtime import TorchRuntime
 from .scoring import Scorer
 from .settings import Sampling
 
@@ -108,9 +108,9 @@ class Engine:
     def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
                     threads: int | None = None, adapter_targets: tuple[str, ...] | None = None,
                     runtime: str = "torch", chat_workers: int = 2, vllm=None) -> "Engine":
-        """The models of `preset` on `runtime` (runtime/opening.py says what each setting does); vllm: a
-        runtime.vllm_server.VllmOptions for `--runtime vllm`."""
-        from .runtime.opening import open_runtimes
+        """The models of `preset` on `runtime` (runtimes/opening.py says what each setting does); vllm: a
+        runtimes.vllm.server.VllmOptions for `--runtime vllm`."""
+        from .runtimes.opening import open_runtimes
 
         opened = open_runtimes(preset, data_dir, trust_remote_code=trust_remote_code, device=device,
                                int8=int8_roles(precision, device), threads=threads, adapter_targets=adapter_targets,

@@ -14,8 +14,8 @@ import threading
 import torch
 
 from .prompting import chat_prompt, check_history, prompt_encoding
-from .runtime import AdapterError
-from .runtime.torch_runtime import TorchRuntime
+from .runtimes import AdapterError
+from .runtimes.torch_runtime import TorchRuntime
 
 
 class Scorer:

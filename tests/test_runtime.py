@@ -13,10 +13,12 @@ import pytest
 
 from conftest import make_lora_adapter, make_tiny_model
 
-from playground import runtime
+from playground import runtimes as runtime
 from playground.generation import AdapterError, Engine
 from playground.models import Preset
-from playground.runtime import onnx_build, onnx_runtime
+from playground.runtimes.onnx import adapters as adapters_module
+from playground.runtimes.onnx import build as onnx_build
+from playground.runtimes.onnx import client as onnx_runtime
 from playground.settings import Sampling
 
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Tell me a joke about cats."]
@@ -81,8 +83,8 @@ def test_adapters_swap_in_and_match_peft(engines, adapters):
         for version in (1, 2):
             for engine in engines:
                 engine.use_adapter(version, str(adapters[version]))
-            assert (adapters[version] / onnx_build.ADAPTER_FILE).is_file()  # converted on demand, beside PEFT's files
-            assert onnx.runtimes["sft"].workers[0].adapters == {f"v{version}": str(adapters[version] / onnx_build.ADAPTER_FILE)}
+            assert (adapters[version] / adapters_module.ADAPTER_FILE).is_file()  # converted on demand, beside PEFT's files
+            assert onnx.runtimes["sft"].workers[0].adapters == {f"v{version}": str(adapters[version] / adapters_module.ADAPTER_FILE)}
             for prompt in PROMPTS[:2]:
                 got, want = _texts(onnx, prompt), _texts(torch_engine, prompt)
                 assert got == want, (version, prompt)
@@ -133,7 +135,7 @@ def test_bad_adapters_are_refused_and_the_served_one_stays(engines, adapters, ti
     before = _texts(onnx, PROMPTS[0])
     corrupt = tmp_path / "corrupt"
     shutil.copytree(adapters[2], corrupt)
-    (corrupt / onnx_build.ADAPTER_FILE).unlink(missing_ok=True)
+    (corrupt / adapters_module.ADAPTER_FILE).unlink(missing_ok=True)
     (corrupt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
     with pytest.raises(AdapterError, match="could not be loaded"):
         onnx.use_adapter(3, str(corrupt))
@@ -165,13 +167,13 @@ def test_conversion_folds_the_lora_scale(adapters):
     import onnxruntime as ort
     from safetensors.numpy import load_file
 
-    path = onnx_build.convert_adapter(adapters[1])
+    path = adapters_module.convert_adapter(adapters[1])
     read = ort.AdapterFormat.read_adapter(str(path))  # kept alive: the arrays below view its memory
     converted = {k: v.numpy().copy() for k, v in read.get_parameters().items()}
     config = json.loads((adapters[1] / "adapter_config.json").read_text())
     scale = config["lora_alpha"] / config["r"]
     for key, weight in load_file(str(adapters[1] / "adapter_model.safetensors")).items():
-        name = onnx_build._slot_name(key)
+        name = adapters_module._slot_name(key)
         want = weight.T if "lora_A" in key else scale * weight.T
         np.testing.assert_allclose(converted[name], want, rtol=1e-6)
 
@@ -214,10 +216,10 @@ def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
 
     folder = tmp_path / "round"
     shutil.copytree(adapters[2], folder)
-    (folder / onnx_build.ADAPTER_FILE).unlink(missing_ok=True)
+    (folder / adapters_module.ADAPTER_FILE).unlink(missing_ok=True)
     _prepare_for_serving(folder)
-    assert (folder / onnx_build.ADAPTER_FILE).stat().st_size > 0
-    assert onnx_build.converted_adapter(folder) == folder / onnx_build.ADAPTER_FILE  # fresh: not converted again
+    assert (folder / adapters_module.ADAPTER_FILE).stat().st_size > 0
+    assert adapters_module.converted_adapter(folder) == folder / adapters_module.ADAPTER_FILE  # fresh: not converted again
 
 
 def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, tiny_models, tmp_path_factory):

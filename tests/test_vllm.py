@@ -22,7 +22,7 @@ import pytest
 from conftest import make_lora_adapter, make_tiny_model
 from playground.generation import Engine
 from playground.models import Preset
-from playground.runtime.vllm_server import VllmOptions, VllmServer, find_python
+from playground.runtimes.vllm.server import VllmOptions, VllmServer, find_python
 from playground.settings import Sampling
 
 REPO = Path(__file__).resolve().parent.parent

@@ -175,12 +175,12 @@ def _prepare_for_serving(adapter_dir: Path) -> None:
     """What the onnx serving runtime needs for this version (its adapter format, beside PEFT's files), made here so
     the server's hot swap only loads it. Without onnxruntime installed, or if it fails, the server converts on
     demand or serves with torch: the version is published either way."""
-    from ..runtime import onnx_installed
+    from ..runtimes import onnx_installed
 
     if not onnx_installed():
         return
     try:
-        from ..runtime.onnx_build import convert_adapter
+        from ..runtimes.onnx.adapters import convert_adapter
 
         convert_adapter(adapter_dir)
     except Exception as error:  # never lose a trained round over a serving format

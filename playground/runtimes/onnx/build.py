@@ -1,14 +1,11 @@
-"""Building what the onnx runtime serves: the ONNX copy of a transformers model (once, cached) and each adapter
-version in ONNX Runtime's adapter format.
+"""Building what the onnx runtime serves: the ONNX copy of a transformers model, once, cached.
 
 - **Build once** (`prepare_model`): a transformers folder → an ONNX folder under `<data dir>/models`, by
   onnxruntime-genai's model builder in a subprocess (it loads the torch model; the server should not hold that
   memory), atomically, cached by the source, the precision and the LoRA slots. The SFT model is built with
   zero-valued LoRA weights on the layers the trainer adapts, declared as graph inputs of any rank, so one set of
   weights serves both the SFT row (no adapter: the zeros) and the preference row (a version's adapter).
-- **Adapters** (`convert_adapter`): PEFT's `adapter_model.safetensors` → `adapter.onnx_adapter` (ONNX Runtime's
-  adapter format) beside it; the trainer writes it before publishing a version, the server converts on demand
-  (older or restored versions). PEFT's scale (alpha / r) is folded into B.
+The adapters of each version are converted in adapters.py.
 """
 
 from __future__ import annotations
@@ -25,17 +22,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import RuntimeUnavailable
+from .. import RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
-ADAPTER_FILE = "adapter.onnx_adapter"
 LORA_SLOTS_FILE = "lora_slots.json"
 SLOT_RANK = "lora_rank"  # the symbolic dimension that lets an adapter of any rank fill a slot
-
-
-class AdapterConversionError(RuntimeError):
-    """A PEFT adapter that the onnx runtime cannot serve (missing slots, unsupported LoRA variant)."""
 
 
 # ---- building ---------------------------------------------------------------------------------------------
@@ -70,7 +62,7 @@ def prepare_model(source: str, models_dir: Path, precision: str = "fp32",
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    command = [sys.executable, "-m", "playground.runtime.onnx_worker", "build", folder, str(scratch / "model"),
+    command = [sys.executable, "-m", "playground.runtimes.onnx.worker", "build", folder, str(scratch / "model"),
                "--precision", precision, "--lora-targets", ",".join(lora_targets)]
     log.info("Building the ONNX copy of %s once into %s ...", source, target)
     try:
@@ -87,7 +79,7 @@ def prepare_model(source: str, models_dir: Path, precision: str = "fp32",
 
 
 def _build(source: str, out: str, precision: str, lora_targets: list[str]) -> None:
-    """Runs in its own process (`python -m playground.runtime.onnx_worker build`): the builder loads the torch model."""
+    """Runs in its own process (`python -m playground.runtimes.onnx.worker build`): the builder loads the torch model."""
     from onnxruntime_genai.models import builder
 
     read_config = builder.get_hf_details
@@ -156,76 +148,13 @@ def _lora_slots_as_inputs(folder: Path) -> None:
     (folder / LORA_SLOTS_FILE).write_text(json.dumps(slots, indent=1))
 
 
-# ---- adapters ---------------------------------------------------------------------------------------------
-_BUILDER_BLOCK = {"self_attn": "attn", "mlp": "mlp"}
-
-
-def _slot_name(peft_key: str) -> str | None:
-    """PEFT's name of a LoRA weight → the builder's name of the slot it fills, e.g.
-    `base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight` → `model.layers.3.attn.q_proj.lora_A.MatMul.weight`."""
-    match = re.search(r"layers\.(\d+)\.([A-Za-z_]+)\.([A-Za-z0-9_]+)\.(lora_A|lora_B)\.weight$", peft_key)
-    if not match:
-        return None
-    layer, block, leaf, part = match.groups()
-    return f"model.layers.{layer}.{_BUILDER_BLOCK.get(block, block)}.{leaf}.{part}.MatMul.weight"
-
-
-def convert_adapter(peft_dir: str | os.PathLike, slots: dict | None = None) -> Path:
-    """Write `adapter.onnx_adapter` beside PEFT's files (atomically) and return its path.
-    slots: the model's LoRA slots (name → shape), to check the adapter fits before anything is served."""
-    import numpy as np
-    import onnxruntime as ort
-    from safetensors.numpy import load_file
-
-    folder = Path(peft_dir)
-    config = json.loads((folder / "adapter_config.json").read_text())
-    for unsupported in ("use_dora", "rank_pattern", "alpha_pattern"):
-        if config.get(unsupported):
-            raise AdapterConversionError(f"{unsupported} adapters cannot be served by the onnx runtime")
-    rank = config["r"]
-    scale = config["lora_alpha"] / (rank ** 0.5 if config.get("use_rslora") else rank)
-    params = {}
-    for key, weight in load_file(str(folder / "adapter_model.safetensors")).items():
-        name = _slot_name(key)
-        if name is None:
-            raise AdapterConversionError(f"no LoRA slot for the adapter weight {key}")
-        if slots is not None and name not in slots:
-            raise AdapterConversionError(f"the served model has no LoRA slot for {key} (slots are built for the "
-                                         f"trainer's target modules)")
-        weight = weight.astype(np.float32)
-        value = weight.T if ".lora_A." in name else (scale * weight).T  # the graph computes x @ A @ B
-        params[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, dtype=np.float32))
-    if slots is not None and set(slots) - set(params):
-        missing = sorted(set(slots) - set(params))
-        log.debug("adapter %s leaves %d LoRA slots at zero (e.g. %s)", folder, len(missing), missing[0])
-    formatted = ort.AdapterFormat()
-    formatted.set_adapter_version(1)
-    formatted.set_model_version(1)
-    formatted.set_parameters(params)
-    target = folder / ADAPTER_FILE
-    partial = folder / f".{ADAPTER_FILE}.{os.getpid()}.partial"
-    formatted.export_adapter(str(partial))
-    os.replace(partial, target)
-    return target
-
-
-def converted_adapter(peft_dir: str | os.PathLike, slots: dict | None = None) -> Path:
-    """The version's converted adapter, converting it now if it is missing or older than PEFT's weights."""
-    folder = Path(peft_dir)
-    target = folder / ADAPTER_FILE
-    weights = folder / "adapter_model.safetensors"
-    if target.is_file() and weights.is_file() and target.stat().st_mtime >= weights.stat().st_mtime:
-        return target
-    return convert_adapter(folder, slots)
+def child_env() -> dict:
+    """The environment of a child `python -m playground.runtimes.onnx.worker`: this package importable from anywhere."""
+    package_root = str(Path(__file__).resolve().parents[3])
+    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"TQDM_DISABLE": "1", "PYTHONPATH": path}
 
 
 def lora_slots(model_dir: Path) -> dict | None:
     path = Path(model_dir) / LORA_SLOTS_FILE
     return json.loads(path.read_text()) if path.is_file() else None
-
-
-def child_env() -> dict:
-    """The environment of a child `python -m playground.runtime.onnx_worker`: this package importable from anywhere."""
-    package_root = str(Path(__file__).resolve().parents[2])
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    return os.environ | {"TQDM_DISABLE": "1", "PYTHONPATH": path}

@@ -23,7 +23,7 @@ import logging
 import threading
 from pathlib import Path
 
-from . import DecodeRow, ModelRuntime, ServingError
+from .. import DecodeRow, ModelRuntime, ServingError
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ class VllmRuntime(ModelRuntime):
     concurrent = True
 
     def __init__(self, url: str, server=None, label: str = "SFT", plain_adapter: str | None = None):
-        """url: the server (with or without /v1); server: the vllm_server.VllmServer this runtime started (it is
+        """url: the server (with or without /v1); server: the server.VllmServer this runtime started (it is
         restarted if it dies, and stopped on close); plain_adapter: the folder of a zero adapter the rows without
         an adapter run with (`zero_adapter`; None: they ask for the model itself)."""
         import httpx

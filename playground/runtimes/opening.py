@@ -50,7 +50,7 @@ def open_runtimes(preset: Preset, data_dir, *, trust_remote_code=False, device="
     opened: dict[str, tuple[LoadedModel, ModelRuntime]] = {}
     try:
         if runtime == "vllm":
-            from .vllm_server import VllmOptions
+            from .vllm.server import VllmOptions
 
             options = vllm or VllmOptions()
             opened["sft"] = _vllm("sft", preset.sft, options.url, options, **local)
@@ -77,7 +77,7 @@ def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, th
     """One model on the torch or onnx runtime."""
     slots = targets if role == "sft" else ()
     if runtime == "onnx":
-        from .onnx_runtime import OnnxRuntime
+        from .onnx.client import OnnxRuntime
 
         loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
         precision = "int8" if role == "base" and role in int8 else "fp32"
@@ -94,9 +94,9 @@ def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, th
 
 def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, targets, **_):
     """One model from a vLLM server: `url`, else one started here on the model's local folder. The SFT model's
-    rows without an adapter run with a zero adapter (vllm_runtime.py says why)."""
-    from .vllm_runtime import VllmRuntime, zero_adapter
-    from .vllm_server import VllmServer, find_python
+    rows without an adapter run with a zero adapter (vllm/client.py says why)."""
+    from .vllm.client import VllmRuntime, zero_adapter
+    from .vllm.server import VllmServer, find_python
 
     loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
     label = "base" if role == "base" else "SFT"

@@ -5,9 +5,9 @@ overhead, and ONNX Runtime GenAI runs the same fp32 weights with the same next t
 hold the GIL for a whole token step, so two models in one process take turns instead of running at once; one
 process per model lets the base model and the SFT model decode in parallel and keeps the web server responsive.
 
-`DecodeWorker` is the parent's end of one worker process (onnx_worker.py); `OnnxRuntime` serves one model over
+`DecodeWorker` is the parent's end of one worker process (worker.py); `OnnxRuntime` serves one model over
 one or two of them (two over the SFT model: its SFT and preference rows decode in parallel, as a batch would,
-because ONNX Runtime GenAI runs one adapter per generator). The ONNX copies and adapters come from onnx_build.py.
+because ONNX Runtime GenAI runs one adapter per generator). The ONNX copies come from build.py, the adapters from adapters.py.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ import sys
 import threading
 from pathlib import Path
 
-from . import DecodeRow, ModelRuntime, ServingError
-from .onnx_build import child_env, converted_adapter, lora_slots
-from .onnx_worker import Duplex
+from .. import DecodeRow, ModelRuntime, ServingError
+from .adapters import converted_adapter
+from .build import child_env, lora_slots
+from .worker import Duplex
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ class DecodeWorker:
         # it imports only onnxruntime-genai and exits when the parent's end of the pipe closes.
         from_parent, to_child = os.pipe()
         from_child, to_parent = os.pipe()
-        command = [sys.executable, "-m", "playground.runtime.onnx_worker", "serve", str(self.model_dir),
+        command = [sys.executable, "-m", "playground.runtimes.onnx.worker", "serve", str(self.model_dir),
                    "--threads", str(self.threads), "--fds", f"{from_parent},{to_parent}"]
         self.process = subprocess.Popen(command, pass_fds=(from_parent, to_parent), env=child_env(),
                                         stdout=subprocess.DEVNULL)
@@ -157,7 +158,7 @@ class OnnxRuntime(ModelRuntime):
     def open(cls, source: str, models_dir: Path, precision: str, slots: tuple[str, ...], threads: int,
              processes: int, label: str) -> "OnnxRuntime":
         """The model's ONNX copy (built on first use) in `processes` worker processes."""
-        from .onnx_build import prepare_model
+        from .build import prepare_model
 
         folder = prepare_model(source, models_dir, precision, slots)
         workers = []

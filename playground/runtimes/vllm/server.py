@@ -21,12 +21,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import RuntimeUnavailable
+from .. import RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
 PYTHON_ENV = "PLAYGROUND_VLLM_PYTHON"
-PROJECT_VENV = Path(__file__).resolve().parents[2] / ".venv-vllm"
+PROJECT_VENV = Path(__file__).resolve().parents[3] / ".venv-vllm"
 LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the ranks vLLM's --max-lora-rank accepts
 
 

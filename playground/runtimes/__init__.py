@@ -1,8 +1,8 @@
 """Serving runtimes: what decodes the answers of one model, behind one interface (`ModelRuntime`).
 
 - `torch` (torch_runtime.py): transformers `generate` in this process, PEFT's mixed-adapter batches.
-- `onnx` (onnx_*.py): ONNX Runtime GenAI in worker processes (the fast path on a CPU: docs/performance.md).
-- `vllm` (vllm_*.py): vLLM's OpenAI-compatible server, started here or running elsewhere (GPUs, many users).
+- `onnx` (onnx/): ONNX Runtime GenAI in worker processes (the fast path on a CPU: docs/performance.md).
+- `vllm` (vllm/): vLLM's OpenAI-compatible server, started here or running elsewhere (GPUs, many users).
 
 A runtime streams token ids for rows that share one prompt (each row its seed and adapter), attaches and detaches
 adapter versions by name, and says what it is. Everything all runtimes share (the arms, the conversation fitted to

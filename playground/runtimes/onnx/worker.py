@@ -1,7 +1,7 @@
 """The onnx runtime's decode worker: the child process that holds one ONNX model (`python -m
-playground.runtime.onnx_worker serve`), and the command that builds an ONNX copy in its own process (`… build`).
+playground.runtimes.onnx.worker serve`), and the command that builds an ONNX copy in its own process (`… build`).
 
-It imports only ONNX Runtime GenAI: the parent (onnx_runtime.DecodeWorker) sends a request, then for each token
+It imports only ONNX Runtime GenAI: the parent (client.DecodeWorker) sends a request, then for each token
 step receives one token per row and answers which rows go on (lockstep: the parent's stop rules, cancels and
 streaming stay in generation.py, the same for every runtime). Sampling runs here with one generator (and so one
 seed) per row: answers are reproducible per seed, though not the same random draws as the torch runtime's.
@@ -144,7 +144,7 @@ def _generate(conn, model, adapters, context_length, prompt_ids, rows, temperatu
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m playground.runtime.onnx_worker")
+    parser = argparse.ArgumentParser(prog="python -m playground.runtimes.onnx.worker")
     sub = parser.add_subparsers(dest="command", required=True)
     build = sub.add_parser("build", help="build the ONNX copy of a transformers folder")
     build.add_argument("source")
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--fds", required=True, help="read,write: the pipes to the parent")
     args = parser.parse_args(argv)
     if args.command == "build":
-        from .onnx_build import _build
+        from .build import _build
 
         _build(args.source, args.out, args.precision, [t for t in args.lora_targets.split(",") if t])
     else:
