@@ -238,3 +238,40 @@ def test_cancel_stops_all_rows():
     assert not boundary(ids, None).any()
     cancel.set()
     assert boundary(ids, None).all()
+
+
+class _Unreachable:
+    """A runtime whose server is gone: every request fails as a remote server's would (runtimes.ServingError)."""
+
+    name, concurrent, max_context, problem = "vllm", True, None, None
+
+    def decode(self, ids, rows, sampling, streamer, cancel):
+        from playground.runtimes import ServingError
+
+        self.problem = "The vLLM server of the base model at http://gpu-box:8001 cannot be reached"
+        raise ServingError(self.problem)
+
+    def close(self):
+        pass
+
+
+def test_a_failing_runtime_fails_only_its_answers_and_the_turn_is_not_stored(tiny_models, tmp_path):
+    from playground.core import Playground
+    from playground.runtimes.torch_runtime import TorchRuntime
+    from playground.settings import ModelSettings
+
+    sft = load_model(str(tiny_models["sft"]), tmp_path)
+    engine = Engine(load_model(str(tiny_models["base"]), tmp_path), sft, {"base": _Unreachable(), "sft": TorchRuntime(sft)})
+    answers = engine.generate("Explain gravity.", GREEDY)
+    assert answers["base"].finish_reason == "error" and "cannot be reached" in answers["base"].error
+    assert answers["sft"].done and not answers["sft"].error and answers["sft"].new_tokens > 0
+    assert answers["pref"].text == answers["sft"].text and not answers["pref"].error
+    assert engine.problem and "gpu-box:8001" in engine.problem  # what the status line shows
+    playground = Playground(ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]),
+                                          data_dir=str(tmp_path), persist="off"), engine=engine)
+    try:
+        items = list(playground.compare("Explain gravity.", GREEDY, "s1"))
+        assert items[-1][1] is None and items[-1][0]["base"].error  # shown, not recorded
+        assert playground.store.counts()["comparisons"] == 0
+    finally:
+        playground.close()

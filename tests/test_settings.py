@@ -86,3 +86,15 @@ def test_the_trainer_process_gets_every_setting(tiny_models, tmp_path):
     sent = s.from_dict(s.ModelSettings, given["models"])
     assert (sent.base, sent.sft, sent.data_dir, sent.precision, sent.trust_remote_code) == (
         str(tiny_models["base"]), str(tiny_models["sft"]), str(tmp_path), "float", True)
+
+
+def test_a_vllm_url_means_the_vllm_runtime_and_a_base_server_needs_it(clean_env):
+    assert s.ModelSettings(vllm_url="http://gpu-box:8000").runtime == "vllm"  # auto + a server given
+    assert s.ModelSettings(runtime="torch").runtime == "torch"
+    with pytest.raises(ValueError, match="--base-vllm-url.*--runtime vllm"):
+        s.ModelSettings(runtime="onnx", base_vllm_url="http://gpu-box:8001")
+    clean_env.setenv("PLAYGROUND_VLLM_URL", "http://gpu-box:8000")
+    clean_env.setenv("PLAYGROUND_VLLM_PYTHON", "/opt/vllm/bin/python")
+    models = parse("--base-vllm-url", "http://gpu-box:8001")[s.ModelSettings]
+    assert (models.runtime, models.vllm_url, models.base_vllm_url, models.vllm_python) == (
+        "vllm", "http://gpu-box:8000", "http://gpu-box:8001", "/opt/vllm/bin/python")
