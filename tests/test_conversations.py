@@ -10,12 +10,13 @@ import pytest
 import torch
 from transformers import LogitsProcessor, LogitsProcessorList
 
-from playground import cli, generation, prompting
+from playground import cli, prompting
 from playground.core import ChatTurn, Playground
 from playground.generation import Engine
 from playground.models import load_model
 from playground.prompting import (BASE_TEMPLATE, PromptError, base_prompt, chat_prompt, check_history,
                                   context_budget, fit_conversation)
+from playground.runtimes import torch_runtime
 from playground.settings import Sampling
 
 GREEDY = Sampling(temperature=0, max_new_tokens=6, seed=0)
@@ -45,15 +46,15 @@ def engine(tiny_models, tmp_path_factory):
 
 @pytest.fixture()
 def inputs(engine, monkeypatch):
-    """The text each `_generate` call received, by model ("base" / "sft"), while still generating for real."""
+    """The text each model's decode received (Engine._run, one call per model), while still generating for real."""
     seen = {}
-    original = engine._generate
+    original = engine._run
 
-    def spy(loaded, text, *args, **kwargs):
-        seen["base" if loaded is engine.base else "sft"] = text
-        return original(loaded, text, *args, **kwargs)
+    def spy(role, text, *args, **kwargs):
+        seen[role] = text
+        return original(role, text, *args, **kwargs)
 
-    monkeypatch.setattr(engine, "_generate", spy)
+    monkeypatch.setattr(engine, "_run", spy)
     return seen
 
 
@@ -129,7 +130,7 @@ def test_a_base_answer_in_a_conversation_stops_before_it_invents_the_next_turn(e
     tokenizer = engine.base.tokenizer
     script = tokenizer(" Madrid, by far.\nQ: And Rome?\nA: Rome is smaller.", add_special_tokens=False).input_ids
     processor = Script(script, tokenizer.eos_token_id)
-    monkeypatch.setattr(generation, "LogitsProcessorList", lambda: LogitsProcessorList([processor]))
+    monkeypatch.setattr(torch_runtime, "LogitsProcessorList", lambda: LogitsProcessorList([processor]))
     answer = engine.generate(PROMPT, Sampling(temperature=0, max_new_tokens=len(script) + 4, seed=0),
                              arms=("base",), history=HISTORY)["base"]
     assert inputs["base"] == base_prompt(PROMPT, HISTORY)
