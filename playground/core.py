@@ -31,6 +31,10 @@ from .trainer_process import TrainerProcess
 log = logging.getLogger(__name__)
 
 
+class MissingVersion(AdapterError):
+    """A version with no record in the store (never made, or lost by a restore)."""
+
+
 @dataclass(frozen=True)
 class ChatTurn:
     """Where a new turn goes: its conversation, the turn it follows (a comparison id; None for the first) and the
@@ -280,6 +284,9 @@ class Playground:
             wanted = self.store.serving_version()
             try:
                 return self.serve(wanted)
+            except MissingVersion as error:  # its record is gone (a restore that lost it): nothing to mark bad
+                log.error("%s; the newest good version below it serves.", error)
+                self.store.fall_back_below(wanted)
             except AdapterError as error:
                 log.error("%s; skipping it, the last good version serves.", error)
                 self.store.mark_version_bad(wanted, str(error))
@@ -295,7 +302,7 @@ class Playground:
             return 0
         row = self.store.version(version)
         if row is None:
-            raise StoreError(f"Adapter version {version} does not exist.")
+            raise MissingVersion(f"Adapter version {version} does not exist.")
         path = row["path"]
         if not (Path(path) / "adapter_config.json").is_file():
             raise AdapterError(f"Adapter v{version}: folder {path} is missing or incomplete")

@@ -176,7 +176,10 @@ def evaluate_and_store(store: Store, version: int, model, tokenizer, plan: EvalP
 
 def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: EvalPlan) -> dict:
     """Evaluate a published version (or 0, the SFT model) from its files; a version that cannot be evaluated gets
-    its error stored instead, so an idle trainer does not try it again and again."""
+    its error stored instead, so an idle trainer does not try it again and again. A version with no record is
+    not evaluated and nothing is stored: there is no version to hold the result."""
+    if version and store.version(version) is None:
+        return {"error": f"Adapter version {version} does not exist."}
     try:
         model, tokenizer = load_policy(sft_dir)
         if torch.cuda.is_available():  # where the trainer trains (trl's default device)

@@ -28,6 +28,9 @@ ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
 PRECISIONS = ("auto", "int8", "float")
 RUNTIMES = ("auto", "torch", "onnx", "vllm")
 MAX_NEW_TOKENS_LIMIT = 1024
+# The seeds every runtime takes: ONNX Runtime GenAI's random_seed is a C int, and a duel's second answer uses
+# seed + 1.
+MAX_SEED = 2**31 - 2
 
 
 def half_the_cores() -> int:
@@ -175,7 +178,9 @@ class Sampling:
             raise ValueError(f"top_p must be in (0, 1] (got {self.top_p}).")
         if not 1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
             raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens}).")
-        seed = self.seed if self.seed is not None else random.randrange(2**31)
+        if self.seed is not None and not 0 <= int(self.seed) <= MAX_SEED:
+            raise ValueError(f"seed must be between 0 and {MAX_SEED} (got {self.seed}).")
+        seed = self.seed if self.seed is not None else random.randrange(MAX_SEED + 1)
         return Sampling(float(self.temperature), float(self.top_p), int(self.max_new_tokens), int(seed))
 
     @property

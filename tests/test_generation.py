@@ -275,3 +275,13 @@ def test_a_failing_runtime_fails_only_its_answers_and_the_turn_is_not_stored(tin
         assert playground.store.counts()["comparisons"] == 0
     finally:
         playground.close()
+
+
+def test_a_seed_outside_what_every_runtime_takes_is_refused_up_front():
+    from playground.settings import MAX_SEED
+
+    assert Sampling(seed=MAX_SEED).checked().seed == MAX_SEED
+    for seed in (-1, MAX_SEED + 1, 2**70):
+        with pytest.raises(ValueError, match=f"seed must be between 0 and {MAX_SEED}"):
+            Sampling(seed=seed).checked()
+    assert all(0 <= Sampling().checked().seed <= MAX_SEED for _ in range(200))

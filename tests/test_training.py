@@ -427,3 +427,25 @@ def test_the_trainer_exits_when_the_app_is_killed(tiny_models, tmp_path):
         return Path(f"/proc/{trainer_pid}/stat").read_text().split()[2] == "Z"
 
     assert wait_for(gone, timeout=30), "an orphaned trainer must stop by itself"
+
+
+def test_a_serving_version_whose_record_is_gone_falls_back_and_drift_stores_nothing(playground, tiny_models,
+                                                                                      tiny_adapters):
+    import sqlite3
+
+    from playground.drift import EvalPlan, evaluate_stored_version
+
+    store = playground.store
+    for v in (1, 2):
+        round_id = store.start_round(store.serving_version(), [], {"beta": 0.1}, None)
+        assert store.finish_round(round_id, str(tiny_adapters[v]), {}) == v
+    with sqlite3.connect(store.path) as conn:  # a restore that lost the serving version's record
+        conn.execute("PRAGMA foreign_keys = OFF")
+        conn.execute("DELETE FROM adapter_versions WHERE version = 2")
+    assert store.serving_version() == 2 and store.version(2) is None
+    fresh = Playground(playground.models, FAST, engine=Engine(playground.engine.base,
+                                                              load_model(str(tiny_models["sft"]), playground.data_dir)))
+    assert fresh.ready and fresh.engine.adapter_version == 1 and store.serving_version() == 1
+    metrics = evaluate_stored_version(store, 2, str(tiny_models["sft"]), EvalPlan(("Say hi.",), 4, 0))
+    assert "does not exist" in metrics["error"]
+    assert not [row for row in store.version_evals() if row["version"] == 2], "nothing stored for good"

@@ -290,16 +290,28 @@ class Rounds:
                 raise StoreError(f"Adapter version {version} does not exist.")
             serving = self._serving(conn)
             if serving == version:
-                serving = conn.execute(
-                    "SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready' AND version < ?",
-                    (version,),
-                ).fetchone()[0]
+                serving = self._newest_ready_below(conn, version)
+                self._set_serving(conn, serving)
+            return serving
+
+    def fall_back_below(self, version: int) -> int:
+        """While `version` serves: serve the newest ready version below it (or 0) instead, for a serving version
+        whose record is gone. Returns the serving version afterwards."""
+        with self._write() as conn:
+            serving = self._serving(conn)
+            if serving == version:
+                serving = self._newest_ready_below(conn, version)
                 self._set_serving(conn, serving)
             return serving
 
     def latest_good_version(self) -> int:
         with self._read() as conn:
             return conn.execute("SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready'").fetchone()[0]
+
+    @staticmethod
+    def _newest_ready_below(conn: sqlite3.Connection, version: int) -> int:
+        return conn.execute("SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready' AND version < ?",
+                            (version,)).fetchone()[0]
 
     def _serving(self, conn: sqlite3.Connection) -> int:
         value = self._meta(conn, "serving_version")
