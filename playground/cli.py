@@ -14,8 +14,10 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from .errors import UserError
 from .models import ModelLoadError
 from .prompting import PromptError
+from .runtimes import AdapterError, RuntimeUnavailable
 from .settings import (ModelSettings, RoundSettings, Sampling, add_settings, from_dict, options_table,
                        parser_class, settings_from)
 from .store import StoreError
@@ -235,7 +237,7 @@ def cmd_evaluate(args) -> int:
     playground = playground_from(args, rounds)
     plan = drift.plan_of(rounds)
     if plan is None:
-        raise ValueError("--eval-tokens is 0: drift evaluation is turned off.")
+        raise UserError("--eval-tokens is 0: drift evaluation is turned off.")
     store = playground.store
     if args.version is not None:
         if args.version and store.version(args.version) is None:
@@ -592,7 +594,7 @@ def main(argv=None) -> int:
     configure_logging(args.quiet)
     try:
         return args.func(args)
-    except (ModelLoadError, PromptError, ValueError, StoreError) as error:
+    except (ModelLoadError, PromptError, UserError, StoreError, AdapterError, RuntimeUnavailable) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_USAGE
     finally:

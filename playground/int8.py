@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 
+from .errors import UserError
 from .settings import PRECISIONS
 
 # The inputs of the MLP's down projection carry the few huge activations of small LLMs, which int8 activations
@@ -16,7 +17,7 @@ from .settings import PRECISIONS
 INT8_KEEP_FLOAT = ("down_proj",)
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError):
     """A precision that cannot run here; the message says what to use instead."""
 
 

@@ -12,6 +12,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from .errors import UserError
 from .store import Store
 from .training.examples import KIND_OF, STAGE_TITLES
 
@@ -28,7 +29,7 @@ def write_export(store: Store, what: str, path: str | Path) -> int:
     'demonstrations' (SFT: the corrections in TRL's conversational `messages` format) or 'ratings' (KTO: TRL's
     unpaired prompt / completion / label format) as JSONL; the row count."""
     if what not in EXPORTS:
-        raise ValueError(f"Unknown export {what!r}; choose one of {', '.join(EXPORTS)}.")
+        raise UserError(f"Unknown export {what!r}; choose one of {', '.join(EXPORTS)}.")
     rows = {"pairs": store.export_pairs, "votes": store.export_votes,
             "demonstrations": store.export_demonstrations, "ratings": store.export_ratings}[what]()
     n = 0
@@ -152,11 +153,11 @@ def adapter_folder(store: Store, version: int, out: str | Path, *, sft_spec: str
     model's Hub id (when it has one), the playground's round record and a model card."""
     row = store.version(version) if version else None
     if row is None:
-        raise ValueError(f"Adapter version {version} does not exist." if version else
+        raise UserError(f"Adapter version {version} does not exist." if version else
                          "Version 0 is the SFT model itself: there is no adapter to publish.")
     source = Path(row["path"])
     if not (source / "adapter_config.json").is_file():
-        raise ValueError(f"Adapter version {version}'s folder {source} is missing or incomplete.")
+        raise UserError(f"Adapter version {version}'s folder {source} is missing or incomplete.")
     out = Path(out)
     shutil.copytree(source, out, dirs_exist_ok=True)
     config = json.loads((out / "adapter_config.json").read_text())

@@ -23,6 +23,8 @@ import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .errors import UserError
+
 ENV_PREFIX = "PLAYGROUND_"
 ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
 PRECISIONS = ("auto", "int8", "float")
@@ -127,18 +129,18 @@ class ModelSettings:
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
-            raise ValueError(f"Unknown precision '{self.precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
+            raise UserError(f"Unknown precision '{self.precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
         if self.runtime not in RUNTIMES:
-            raise ValueError(f"Unknown runtime '{self.runtime}'. Fix: use one of {', '.join(RUNTIMES)}.")
+            raise UserError(f"Unknown runtime '{self.runtime}'. Fix: use one of {', '.join(RUNTIMES)}.")
         if self.runtime == "auto" and self.vllm_url:
             self.runtime = "vllm"  # a vLLM server given is a vLLM server used
         if self.base_vllm_url and self.runtime != "vllm":
-            raise ValueError("--base-vllm-url serves the base arm from vLLM alongside the SFT model's server. Fix: "
+            raise UserError("--base-vllm-url serves the base arm from vLLM alongside the SFT model's server. Fix: "
                              "add --runtime vllm (and --vllm-url, or let the app start the SFT model's server).")
         if self.serve_threads is not None and self.serve_threads < 1:
-            raise ValueError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
+            raise UserError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
         if self.chat_workers not in (1, 2):
-            raise ValueError(f"chat_workers must be 1 or 2 (got {self.chat_workers}).")
+            raise UserError(f"chat_workers must be 1 or 2 (got {self.chat_workers}).")
 
     def resolved_data_dir(self) -> Path:
         path = Path(self.data_dir).expanduser() if self.data_dir else default_data_dir()
@@ -173,13 +175,13 @@ class Sampling:
     def checked(self) -> "Sampling":
         """A copy with a concrete seed; raises ValueError with a readable message on nonsense settings."""
         if not 0 <= self.temperature <= 5:
-            raise ValueError(f"temperature must be between 0 and 5 (got {self.temperature}); 0 means greedy.")
+            raise UserError(f"temperature must be between 0 and 5 (got {self.temperature}); 0 means greedy.")
         if not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (got {self.top_p}).")
+            raise UserError(f"top_p must be in (0, 1] (got {self.top_p}).")
         if not 1 <= int(self.max_new_tokens) <= MAX_NEW_TOKENS_LIMIT:
-            raise ValueError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens}).")
+            raise UserError(f"max_new_tokens must be between 1 and {MAX_NEW_TOKENS_LIMIT} (got {self.max_new_tokens}).")
         if self.seed is not None and not 0 <= int(self.seed) <= MAX_SEED:
-            raise ValueError(f"seed must be between 0 and {MAX_SEED} (got {self.seed}).")
+            raise UserError(f"seed must be between 0 and {MAX_SEED} (got {self.seed}).")
         seed = self.seed if self.seed is not None else random.randrange(MAX_SEED + 1)
         return Sampling(float(self.temperature), float(self.top_p), int(self.max_new_tokens), int(seed))
 
@@ -254,7 +256,7 @@ class RoundSettings:
         if not self.target_modules:
             problems.append("target_modules must name at least one layer")
         if problems:
-            raise ValueError("Round settings: " + "; ".join(problems) + ".")
+            raise UserError("Round settings: " + "; ".join(problems) + ".")
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -305,7 +307,7 @@ def _from_env(text: str, kind) -> object:
     if kind is bool:
         lowered = text.strip().lower()
         if lowered not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-            raise ValueError(f"expected true or false, got {text!r}")
+            raise UserError(f"expected true or false, got {text!r}")
         return lowered in ("1", "true", "yes", "on")
     if origin is list:
         return [part.strip() for part in text.split(",") if part.strip()]

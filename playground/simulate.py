@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .core import Playground, wait_for
+from .errors import UserError
 from .settings import Sampling
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ class Oracle:
             return cls("shorter")
         if kind in ("no-word", "contains") and word.strip():
             return cls(kind, word.strip().lower())
-        raise ValueError(f"Unknown oracle '{spec}': use shorter, no-word:WORD or contains:WORD.")
+        raise UserError(f"Unknown oracle '{spec}': use shorter, no-word:WORD or contains:WORD.")
 
     def score(self, text: str) -> float:
         """Higher is better."""

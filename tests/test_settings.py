@@ -98,3 +98,17 @@ def test_a_vllm_url_means_the_vllm_runtime_and_a_base_server_needs_it(clean_env)
     models = parse("--base-vllm-url", "http://gpu-box:8001")[s.ModelSettings]
     assert (models.runtime, models.vllm_url, models.base_vllm_url, models.vllm_python) == (
         "vllm", "http://gpu-box:8000", "http://gpu-box:8001", "/opt/vllm/bin/python")
+
+
+def test_the_cli_shows_a_message_for_a_mistake_and_a_traceback_for_a_bug(monkeypatch, capsys, tmp_path):
+    from playground import cli
+
+    assert cli.main(["evaluate", "--epochs", "0", "--data-dir", str(tmp_path)]) == 2  # a mistake: one line, exit 2
+    assert "epochs must be at least 1" in capsys.readouterr().err
+
+    def broken(args):
+        raise ValueError("an internal invariant broke")
+
+    monkeypatch.setattr(cli, "cmd_options", broken)
+    with pytest.raises(ValueError, match="internal invariant"):  # a bug keeps its traceback
+        cli.main(["options"])

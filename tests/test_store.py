@@ -419,7 +419,7 @@ def test_newer_schema_is_refused(tmp_path):
 
 def test_export_pairs_loads_with_datasets(store, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    datasets = pytest.importorskip("datasets")
+    import datasets  # a requirement (trl needs it): missing, this fails rather than skips
     cid, (a, b, c) = make_comparison(store, texts=("Paris.", "Lyon, naïvement.", "Nope."))
     store.vote_best("s1", cid, [a, b, c])
     path = tmp_path / "pairs.jsonl"

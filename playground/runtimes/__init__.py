@@ -15,6 +15,7 @@ import importlib.util
 import threading
 from dataclasses import dataclass
 
+from ..errors import UserError
 from ..settings import RUNTIMES
 
 __all__ = ["RUNTIMES", "AdapterError", "DecodeRow", "ModelRuntime", "RuntimeUnavailable", "ServingError", "resolve"]
@@ -76,9 +77,9 @@ def resolve(runtime: str, device: str) -> str:
     """`auto`: onnx on a CPU when onnxruntime-genai is installed, else torch (a GPU keeps torch: not measured to
     win there). `vllm` is never chosen by `auto`: it needs a server (or an environment to start one in)."""
     if runtime not in RUNTIMES:
-        raise ValueError(f"Unknown runtime '{runtime}'. Fix: use one of {', '.join(RUNTIMES)}.")
+        raise UserError(f"Unknown runtime '{runtime}'. Fix: use one of {', '.join(RUNTIMES)}.")
     if runtime == "onnx" and device != "cpu":
-        raise ValueError(f"The onnx runtime serves on the CPU only, not on '{device}'. Fix: --runtime torch or auto.")
+        raise UserError(f"The onnx runtime serves on the CPU only, not on '{device}'. Fix: --runtime torch or auto.")
     if runtime == "onnx" and not onnx_installed():
         raise RuntimeUnavailable("The onnx runtime needs onnxruntime-genai. Fix: pip install -r requirements.txt, "
                                  "or --runtime torch.")
