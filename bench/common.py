@@ -43,14 +43,6 @@ def report(suite: str, settings: dict, figures: dict, as_json: bool) -> dict:
     return result
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def stop_app(server) -> None:
     """Stop an `app.py` subprocess as Ctrl-C would (it stops its trainer), or kill it after 30 s."""
     import signal

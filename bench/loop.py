@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 def run(args) -> dict:
     from bench.common import report
     from bench.pairs import fill_store
-    from playground.core import Playground, wait_for
+    from playground.core import Playground
+    from playground.processes import wait_for
     from playground.models import models_dir, resolve_preset
     from playground.settings import ModelSettings, RoundSettings, Sampling
 

@@ -82,7 +82,8 @@ def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
     """Seed, start the app, measure CPU with no page and with `pages` pages, stop."""
     from gradio_client import Client
 
-    from bench.common import free_port, stop_app
+    from bench.common import stop_app
+    from playground.processes import free_port
     from playwright.sync_api import sync_playwright
 
     data_dir = work / "data"

@@ -149,7 +149,8 @@ def seconds_to_ready(data_dir: Path, extra: list[str], expect_version: int | Non
     import httpx
     from gradio_client import Client
 
-    from bench.common import free_port, stop_app
+    from bench.common import stop_app
+    from playground.processes import free_port
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}

@@ -49,7 +49,8 @@ def run(args) -> dict:
     import httpx
     from gradio_client import Client
 
-    from bench.common import free_port, report, stop_app
+    from bench.common import report, stop_app
+    from playground.processes import free_port
     from playground.models import models_dir
     from playground.settings import ModelSettings
 

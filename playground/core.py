@@ -13,7 +13,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Iterator
@@ -400,12 +399,3 @@ class Playground:
             self.durable.stop(flush=True)  # what the trainer wrote last is copied too
         if self._loaded_engine is not None:
             self._loaded_engine.close()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()

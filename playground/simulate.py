@@ -20,8 +20,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .core import Playground, wait_for
+from .core import Playground
 from .errors import UserError
+from .processes import wait_for
 from .settings import Sampling
 
 log = logging.getLogger(__name__)

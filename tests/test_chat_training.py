@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import pytest
 from transformers import AutoTokenizer
 
 from playground.settings import RoundSettings

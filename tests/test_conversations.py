@@ -237,8 +237,8 @@ def test_oldest_whole_turns_are_dropped_per_model_to_fit_the_budget(engine, inpu
     assert inputs["base"] == base_prompt(PROMPT, LONG_HISTORY[2:])
     assert inputs["sft"] == chat_prompt(engine.sft.tokenizer, PROMPT, LONG_HISTORY[4:])
     assert inputs["sft"].endswith(f"{PROMPT}<|im_end|>\n<|im_start|>assistant\n")
-    assert f"<|im_start|>user\nWhich keeps longer?<|im_end|>\n<|im_start|>assistant\n" \
-           f"Apples usually keep longer in a cool cellar.<|im_end|>" in inputs["sft"]
+    assert "<|im_start|>user\nWhich keeps longer?<|im_end|>\n<|im_start|>assistant\n" \
+           "Apples usually keep longer in a cool cellar.<|im_end|>" in inputs["sft"]
     for dropped in LONG_HISTORY[:4]:
         assert dropped["content"] not in inputs["sft"]
     assert "Tell me about apples." not in inputs["base"] and "Apples grow" not in inputs["base"]

@@ -12,7 +12,7 @@ import torch
 
 from helpers import add_compare
 from playground.core import Playground
-from playground.explain import Explanation, explain, summary
+from playground.explain import Explanation, summary
 from playground.generation import Engine
 from playground.models import load_model
 from playground.settings import ModelSettings, Sampling

@@ -164,7 +164,7 @@ def test_a_vote_records_the_signed_in_user_else_the_hashed_address(login_page):
 
 
 def test_a_page_that_requires_login_builds_and_starts_offline(login_page, monkeypatch):
-    from app_process import free_port
+    from playground.processes import free_port
     from playground.ui import build_app, launch
 
     monkeypatch.delenv("HF_TOKEN", raising=False)  # no Hub login either: Gradio's own mock would raise here

@@ -15,7 +15,8 @@ from pathlib import Path
 
 from gradio_client import Client
 
-from app_process import OFFLINE_ENV, REPO, pid_alive, start_app, wait_until
+from app_process import OFFLINE_ENV, REPO, start_app, wait_until
+from playground.processes import pid_alive
 
 SAMPLING = (0.7, 0.9, 16, None, False)  # temperature, top_p, max_new_tokens, seed, blind
 

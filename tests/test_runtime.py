@@ -5,7 +5,6 @@ same greedy tokens with and without adapters, hot swap, per-row seeds, cancel, a
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 

@@ -17,7 +17,8 @@ import httpx
 import pytest
 from gradio_client import Client
 
-from app_process import free_port, start_app, wait_until
+from app_process import start_app, wait_until
+from playground.processes import free_port
 from helpers import add_short_vs_long_votes
 from playground.data_sets import DataSet
 

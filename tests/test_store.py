@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from playground.store import Store, StoreError, VoteError, pid_alive
+from playground.processes import pid_alive
+from playground.store import Store, StoreError, VoteError
 from playground.store import records as records_module
 from playground.store import schema as store_module
 

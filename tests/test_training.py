@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 
 from helpers import AnswersInFlight, add_compare, add_short_vs_long_votes
-from playground.core import Playground, wait_for
+from playground.core import Playground
 from playground.data_sets import DataSet
 from playground.generation import Engine
 from playground.models import load_model
+from playground.processes import wait_for
 from playground.settings import ModelSettings, RoundSettings, Sampling
 from playground.training import run_round
 

@@ -8,7 +8,8 @@ import pytest
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app_process import pid_alive, start_app, wait_until
+from app_process import start_app, wait_until
+from playground.processes import pid_alive
 from playground.ui.panel import OUTPUTS
 
 ADMIN = "s3cret-token"
@@ -342,7 +343,7 @@ def test_push_to_hub_fails_clearly_without_network(tmp_path, monkeypatch):
     # Online mode, but the Hub endpoint refuses connections (what a machine without network sees).
     import huggingface_hub.constants
 
-    from app_process import free_port
+    from playground.processes import free_port
     from playground.publishing import push_to_hub
     from playground.store import Store
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .feedback import Feedback
 from .records import ARMS, MODES, Records, VoteError, VoteReceipt
-from .rounds import Rounds, pid_alive
+from .rounds import Rounds
 from .schema import MIGRATIONS, Database, StoreError
 
 __all__ = ["ARMS", "MODES", "MIGRATIONS", "Store", "StoreError", "VoteError", "VoteReceipt", "pid_alive"]

@@ -36,7 +36,6 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
 
 from ..data_sets import _locked  # on local disk next to the live store: the one lock here that works
 from .schema import LOCAL_META_KEYS, MIGRATIONS, StoreError

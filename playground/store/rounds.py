@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .. import votes as rules
+from ..processes import pid_alive
 from .schema import StoreError, _json, _row
 
 # trl's log keys -> round_steps columns.
@@ -32,19 +33,6 @@ _VERSION_SELECT = (
     "SELECT av.*, r.pairs_used, r.demonstrations_used, r.ratings_used, r.hyperparams, r.started_at, r.finished_at "
     "FROM adapter_versions av LEFT JOIN rounds r ON r.id = av.round_id"
 )
-
-
-def pid_alive(pid: int | None) -> bool:
-    """Whether a process with this pid exists on this machine (the default liveness check)."""
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def learned_from(round_row: dict) -> dict[str, int]:

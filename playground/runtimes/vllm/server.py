@@ -14,13 +14,13 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ...processes import free_port
 from .. import RuntimeUnavailable
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,6 @@ def find_python(explicit: str | None = None) -> str:
 def lora_rank_limit(rank: int) -> int:
     """The smallest --max-lora-rank vLLM accepts that holds adapters of `rank`."""
     return next((r for r in LORA_RANKS if r >= rank), rank)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 class VllmServer:
