@@ -143,6 +143,24 @@ def test_a_swap_mid_answer_keeps_the_version_the_answer_started_with(servers, mo
         engine.use_adapter(0, None)
 
 
+def test_an_app_started_again_against_a_server_that_kept_its_adapters(servers, models):
+    """`--vllm-url`: the server outlives the app. A new app's v0 and v1 load over the names it still holds."""
+    from playground.runtimes.vllm.client import VllmRuntime
+
+    engine = servers["engine"]
+    url = engine.runtimes["sft"].url
+    engine.use_adapter(1, str(models["v1"]))
+    try:
+        want = _texts(engine, PROMPTS[1])
+        again = Engine(engine.base, engine.sft, {"base": engine.runtimes["base"],
+                                                 "sft": VllmRuntime(url, plain_adapter=engine.runtimes["sft"].adapters["v0"])})
+        assert again.runtimes["sft"].plain == "v0", "the zero adapter the server already held was loaded again"
+        again.use_adapter(1, str(models["v1"]))  # already loaded in the server: not an error
+        assert again.adapter_version == 1 and _texts(again, PROMPTS[1]) == want
+    finally:
+        engine.use_adapter(0, None)
+
+
 def test_the_cli_generates_through_vllm_servers(servers, models):
     env = os.environ | {"PLAYGROUND_RUNTIME": "vllm"}
     command = [sys.executable, "-m", "playground", "generate", PROMPTS[0], "--json", "--temperature", "0",

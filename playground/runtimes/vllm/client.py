@@ -115,7 +115,11 @@ class VllmRuntime(ModelRuntime):
 
     # ---- adapters --------------------------------------------------------------------------------------------
     def _load(self, name: str, path: str) -> None:
-        response = self._request("POST", "/v1/load_lora_adapter", json={"lora_name": name, "lora_path": path})
+        body = {"lora_name": name, "lora_path": path}
+        response = self._request("POST", "/v1/load_lora_adapter", json=body)
+        if response.status_code == 400 and "already been loaded" in response.text:
+            # A server that outlived an earlier run of the app still holds this name: load this folder over it.
+            response = self._request("POST", "/v1/load_lora_adapter", json=body | {"load_inplace": True})
         if response.status_code != 200:
             raise RuntimeError(f"the vLLM server refused it ({response.status_code}: {response.text[:300]})")
 
