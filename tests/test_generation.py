@@ -285,3 +285,22 @@ def test_a_seed_outside_what_every_runtime_takes_is_refused_up_front():
         with pytest.raises(ValueError, match=f"seed must be between 0 and {MAX_SEED}"):
             Sampling(seed=seed).checked()
     assert all(0 <= Sampling().checked().seed <= MAX_SEED for _ in range(200))
+
+
+def test_sft_nll_scores_the_input_generation_feeds_the_sft_model(tiny_models, tmp_path):
+    from playground.prompting import encode_prompt
+
+    sft = load_model(str(tiny_models["sft"]), tmp_path)
+    engine = Engine(load_model(str(tiny_models["base"]), tmp_path), sft)
+    history = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello! How can I help?"}]
+    answer = "Paris is the capital of France."
+    text, _ = engine.model_input("sft", "And the capital of Spain?", history)
+    context = encode_prompt(sft.tokenizer, text)
+    ids = encode_prompt(sft.tokenizer, text + answer)
+    with torch.inference_mode():
+        logits = sft.model(input_ids=torch.tensor([ids])).logits[0]
+    want = float(torch.nn.functional.cross_entropy(logits[len(context) - 1 : -1], torch.tensor(ids[len(context):])))
+    got = engine.scoring.sft_nll("And the capital of Spain?", answer, history)
+    assert got == pytest.approx(want, rel=1e-5)
+    alone = engine.scoring.sft_nll("And the capital of Spain?", answer)
+    assert abs(got - alone) > 1e-6  # the earlier turns are part of what is scored
