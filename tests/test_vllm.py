@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -46,14 +45,10 @@ def servers(models, tmp_path_factory):
     (each takes about a minute to come up on 2 cores)."""
     logs = tmp_path_factory.mktemp("vllm-logs")
     base_server = VllmServer(find_python(), str(models["base"]), log_path=logs / "base.log", max_model_len=1024)
-    started: list = []
-    thread = threading.Thread(target=lambda: started.append(base_server.start()), daemon=True)
-    thread.start()
+    base_server.launch()  # comes up while the app's code starts the SFT model's server
     preset = Preset("tiny", str(models["base"]), str(models["sft"]), "test")
     data = tmp_path_factory.mktemp("vllm-data")
-    thread.join(timeout=900)
-    assert started, f"the base model's vLLM server did not start: {base_server.last_log_lines()}"
-    options = VllmOptions(base_url=base_server.url, max_model_len=1024, log_dir=logs)
+    options = VllmOptions(base_url=base_server.url, max_model_len=1024, log_dir=logs)  # it waits for the base one
     engine = Engine.from_preset(preset, data, runtime="vllm", precision="float", vllm=options)
     torch_engine = Engine.from_preset(preset, data, runtime="torch", precision="float")
     yield {"engine": engine, "torch": torch_engine, "base_server": base_server, "data": data}

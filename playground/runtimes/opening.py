@@ -106,7 +106,7 @@ def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, targ
         plain = str(zero_adapter(loaded.source, targets, models_dir(data_dir) / f"{name}-zero-lora-{'-'.join(targets)}",
                                  trust_remote_code))
     if url:
-        return loaded, VllmRuntime(url, label=label, plain_adapter=plain)
+        return loaded, VllmRuntime(url, label=label, plain_adapter=plain, wait=options.connect_wait)
     log_dir = Path(options.log_dir or data_dir)
     server = VllmServer(find_python(options.python), loaded.source, device=device,
                         max_lora_rank=options.max_lora_rank, max_model_len=options.max_model_len,

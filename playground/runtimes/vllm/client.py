@@ -34,10 +34,12 @@ class VllmRuntime(ModelRuntime):
     name = "vllm"
     concurrent = True
 
-    def __init__(self, url: str, server=None, label: str = "SFT", plain_adapter: str | None = None):
+    def __init__(self, url: str, server=None, label: str = "SFT", plain_adapter: str | None = None,
+                 wait: float = 0.0):
         """url: the server (with or without /v1); server: the server.VllmServer this runtime started (it is
         restarted if it dies, and stopped on close); plain_adapter: the folder of a zero adapter the rows without
-        an adapter run with (`zero_adapter`; None: they ask for the model itself)."""
+        an adapter run with (`zero_adapter`; None: they ask for the model itself); wait: seconds to wait for a
+        server that is still starting (refusing connections) before giving up."""
         import httpx
 
         self.server, self.label = server, label
@@ -46,7 +48,7 @@ class VllmRuntime(ModelRuntime):
         self.adapters: dict[str, str] = {}  # name -> path, loaded in the server
         self._suspect = False  # a request failed: check the server (and reload adapters) before the next one
         self._lock = threading.Lock()
-        self.model_id, self.max_context = self._served_model()
+        self.model_id, self.max_context = self._served_model(wait)
         self.plain = None
         if plain_adapter:
             try:
@@ -89,9 +91,22 @@ class VllmRuntime(ModelRuntime):
         self.problem = message
         return ServingError(message)
 
-    def _served_model(self) -> tuple[str, int | None]:
+    def _served_model(self, wait: float = 0.0) -> tuple[str, int | None]:
         """The model the server serves (its base, not an adapter) and its context length."""
-        response = self._request("GET", "/v1/models")
+        import time
+
+        import httpx
+
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                response = self._request("GET", "/v1/models")
+                break
+            except ServingError as error:
+                if not isinstance(error.__cause__, httpx.ConnectError) or time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+        self._suspect, self.problem = False, None
         if response.status_code != 200:
             raise ServingError(f"The vLLM server at {self.url} answered {response.status_code} to /v1/models: "
                                f"{response.text[:200]}")

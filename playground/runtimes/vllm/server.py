@@ -40,6 +40,7 @@ class VllmOptions:
     max_lora_rank: int = 8  # the rounds' LoRA rank (a server started here takes adapters up to it)
     max_model_len: int = 2048
     log_dir: Path | None = None  # where a started server writes its log
+    connect_wait: float = 120.0  # seconds a server given by URL may still be starting before the app gives up
     startup_timeout: float = 900.0  # a first start on a CPU compiles kernels: minutes
 
 
@@ -110,11 +111,18 @@ class VllmServer:
 
     def start(self) -> "VllmServer":
         """Start the server and wait until it answers (RuntimeUnavailable with its last log lines if it cannot)."""
+        started = time.monotonic()
+        self.launch()
+        self.wait_ready()
+        log.info("The vLLM server is up after %.0f s.", time.monotonic() - started)
+        return self
+
+    def launch(self) -> "VllmServer":
+        """Start the server process on a free port, without waiting for it (`url` is known at once)."""
         self.port = free_port()
         self.starts += 1
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         log.info("Starting a vLLM server for %s on port %d (log: %s) ...", self.model_dir, self.port, self.log_path)
-        started = time.monotonic()
         try:
             self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
                                             stderr=subprocess.STDOUT, start_new_session=True)
@@ -123,11 +131,9 @@ class VllmServer:
         finally:
             if output is not subprocess.DEVNULL:
                 output.close()
-        self._wait_ready()
-        log.info("The vLLM server is up after %.0f s.", time.monotonic() - started)
         return self
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         import httpx
 
         deadline = time.monotonic() + self.startup_timeout
