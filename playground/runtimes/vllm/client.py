@@ -49,6 +49,7 @@ class VllmRuntime(ModelRuntime):
         self._suspect = False  # a request failed: check the server (and reload adapters) before the next one
         self._lock = threading.Lock()
         self.model_id, self.max_context = self._served_model(wait)
+        self._suspect, self.problem = False, None  # waiting for a server that was starting is not a failure
         self.plain = None
         if plain_adapter:
             try:
@@ -58,9 +59,6 @@ class VllmRuntime(ModelRuntime):
                 log.warning("The vLLM server at %s did not take the zero adapter (%s): the SFT arm asks for the "
                             "model itself, which vLLM's CPU build answers wrongly in a batch with an adapter "
                             "request; GPU builds are not affected.", self.url, error)
-
-    def describe(self) -> str:
-        return f"vLLM at {self.url}" + (" (started here)" if self.server else "")
 
     # ---- the server ------------------------------------------------------------------------------------------
     def _endpoint(self, path: str) -> str:
@@ -106,7 +104,6 @@ class VllmRuntime(ModelRuntime):
                 if not isinstance(error.__cause__, httpx.ConnectError) or time.monotonic() > deadline:
                     raise
                 time.sleep(1.0)
-        self._suspect, self.problem = False, None
         if response.status_code != 200:
             raise ServingError(f"The vLLM server at {self.url} answered {response.status_code} to /v1/models: "
                                f"{response.text[:200]}")
