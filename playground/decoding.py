@@ -79,12 +79,7 @@ class RowStreamer(BaseStreamer):
 
     def step(self, tokens: list[int | None]) -> None:
         """One new token per row; None: the decoder ended that row (its context is full)."""
-        for row, token in enumerate(tokens):
-            if token is None:
-                if not self.finished[row]:
-                    self.finish(row, "length")
-            else:
-                self.token(row, token)
+        self.rows(list(range(len(self.arms)))).step(tokens)
 
     def token(self, row: int, token: int) -> None:
         """One new token of one row (a runtime that streams rows separately calls this from each row's thread)."""

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..models import LoadedModel, Preset, load_model, models_dir
 from ..settings import RoundSettings, half_the_cores
 from . import ModelRuntime, resolve
+from .zero_adapter import zero_adapter
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, th
 def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, targets, **_):
     """One model from a vLLM server: `url`, else one started here on the model's local folder. The SFT model's
     rows without an adapter run with a zero adapter (vllm/client.py says why)."""
-    from .vllm.client import VllmRuntime, zero_adapter
+    from .vllm.client import VllmRuntime
     from .vllm.server import VllmServer, find_python
 
     loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
@@ -104,7 +105,7 @@ def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, targ
     if role == "sft":
         name = Path(loaded.source).name if Path(loaded.source).is_dir() else loaded.source.replace("/", "--")
         plain = str(zero_adapter(loaded.source, targets, models_dir(data_dir) / f"{name}-zero-lora-{'-'.join(targets)}",
-                                 trust_remote_code))
+                                 trust_remote_code=trust_remote_code))
     if url:
         return loaded, VllmRuntime(url, label=label, plain_adapter=plain, wait=options.connect_wait)
     log_dir = Path(options.log_dir or data_dir)

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from .. import RuntimeUnavailable
+from ..zero_adapter import zero_adapter
 
 log = logging.getLogger(__name__)
 
@@ -101,28 +102,12 @@ def _build(source: str, out: str, precision: str, lora_targets: list[str]) -> No
     options = ["accuracy_level=4"] if precision == "int8" else []
     with tempfile.TemporaryDirectory() as scratch:
         if lora_targets:
-            options.append(f"adapter_path={_zero_adapter(source, lora_targets, Path(scratch) / 'lora')}")
+            options.append(f"adapter_path={zero_adapter(source, lora_targets, Path(scratch) / 'lora', rank=8)}")
         cache = str(Path(scratch) / "cache")
         extra = builder.parse_extra_options(None, source, out, precision, "cpu", cache, options or None)
         builder.create_model(None, source, out, precision, "cpu", cache, **extra)
     if lora_targets:
         _lora_slots_as_inputs(Path(out))
-
-
-def _zero_adapter(source: str, targets: list[str], out: Path) -> Path:
-    """A PEFT adapter whose weights are all zero: the builder makes a LoRA branch for each target layer."""
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(source),
-                           LoraConfig(r=8, lora_alpha=8, target_modules=targets))
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_" in name:
-                param.zero_()
-    model.save_pretrained(out)
-    return out
 
 
 def _lora_slots_as_inputs(folder: Path) -> None:

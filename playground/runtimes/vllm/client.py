@@ -38,7 +38,7 @@ class VllmRuntime(ModelRuntime):
                  wait: float = 0.0):
         """url: the server (with or without /v1); server: the server.VllmServer this runtime started (it is
         restarted if it dies, and stopped on close); plain_adapter: the folder of a zero adapter the rows without
-        an adapter run with (`zero_adapter`; None: they ask for the model itself); wait: seconds to wait for a
+        an adapter run with (zero_adapter.py; None: they ask for the model itself); wait: seconds to wait for a
         server that is still starting (refusing connections) before giving up."""
         import httpx
 
@@ -238,33 +238,6 @@ class VllmRuntime(ModelRuntime):
         self.client.close()
         if self.server is not None:
             self.server.stop()
-
-
-def zero_adapter(model_source: str, targets: tuple[str, ...], out: Path, trust_remote_code: bool = False) -> Path:
-    """A rank-1 LoRA adapter with every weight zero on `targets` of the model (shapes from its config alone: no
-    weights are loaded), in PEFT's format: served, it is the model exactly."""
-    if (out / "adapter_model.safetensors").is_file():
-        return out
-    import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-    from safetensors.torch import save_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    config = AutoConfig.from_pretrained(model_source, trust_remote_code=trust_remote_code)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-    peft = get_peft_model(model, LoraConfig(r=1, lora_alpha=1, target_modules=list(targets)))
-    scratch = out.with_name(out.name + ".partial")
-    scratch.mkdir(parents=True, exist_ok=True)
-    zeros = {key: torch.zeros(value.shape, dtype=torch.float32) for key, value in get_peft_model_state_dict(peft).items()}
-    save_file(zeros, str(scratch / "adapter_model.safetensors"))
-    peft.peft_config["default"].save_pretrained(str(scratch))
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    scratch.rename(out)
-    return out
 
 
 class _AdapterForgotten(Exception):
