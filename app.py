@@ -17,8 +17,15 @@ import os
 import signal
 import sys
 
-from playground.settings import (ADMIN_TOKEN_ENV, ModelSettings, RoundSettings, Sampling, ServerSettings, parser_with,
-                                 settings_from)
+from playground.settings import (
+    ADMIN_TOKEN_ENV,
+    ModelSettings,
+    RoundSettings,
+    Sampling,
+    ServerSettings,
+    parser_with,
+    settings_from,
+)
 
 SETTINGS = (ModelSettings, ServerSettings, RoundSettings, Sampling)
 
@@ -39,10 +46,16 @@ def create_app(settings: dict):
     from playground.settings import on_space
 
     server = settings[ServerSettings]
-    page = Page(playground, votes_per_minute=server.votes_per_minute,
-                admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None, defaults=settings[Sampling],
-                votes_per_minute_per_address=server.votes_per_minute_per_address, on_space=on_space(),
-                hub_dataset=settings[ModelSettings].hub_dataset, require_login=server.require_login)
+    page = Page(
+        playground,
+        votes_per_minute=server.votes_per_minute,
+        admin_token=os.environ.get(ADMIN_TOKEN_ENV) or None,
+        defaults=settings[Sampling],
+        votes_per_minute_per_address=server.votes_per_minute_per_address,
+        on_space=on_space(),
+        hub_dataset=settings[ModelSettings].hub_dataset,
+        require_login=server.require_login,
+    )
     return build_app(page), page
 
 

@@ -40,19 +40,36 @@ def plain_trl_round(sft_dir: str, n_pairs: int, settings) -> float:
     from bench.pairs import fixed_pairs
 
     torch.set_num_threads(settings.train_threads)
-    rows = [{"prompt": [{"role": "user", "content": p}], "chosen": [{"role": "assistant", "content": c}],
-             "rejected": [{"role": "assistant", "content": r}]} for p, c, r in fixed_pairs(n_pairs)]
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": p}],
+            "chosen": [{"role": "assistant", "content": c}],
+            "rejected": [{"role": "assistant", "content": r}],
+        }
+        for p, c, r in fixed_pairs(n_pairs)
+    ]
     model, tokenizer = AutoModelForCausalLM.from_pretrained(sft_dir), AutoTokenizer.from_pretrained(sft_dir)
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
         trainer = DPOTrainer(
             model=model,
-            args=DPOConfig(output_dir=out, use_cpu=True, bf16=False, num_train_epochs=1, report_to="none",
-                           save_strategy="no", disable_tqdm=True),
+            args=DPOConfig(
+                output_dir=out,
+                use_cpu=True,
+                bf16=False,
+                num_train_epochs=1,
+                report_to="none",
+                save_strategy="no",
+                disable_tqdm=True,
+            ),
             train_dataset=Dataset.from_list(rows),
             processing_class=tokenizer,
-            peft_config=LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                   target_modules=list(settings.target_modules), task_type="CAUSAL_LM"),
+            peft_config=LoraConfig(
+                r=settings.lora_r,
+                lora_alpha=settings.lora_alpha,
+                target_modules=list(settings.target_modules),
+                task_type="CAUSAL_LM",
+            ),
         )
         with contextlib.redirect_stdout(sys.stderr):  # trl prints its logs; stdout carries the JSON
             trainer.train()
@@ -69,17 +86,44 @@ def run(args) -> dict:
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     preset = resolve_preset(args.preset)
     sft_dir = model_folder(preset.sft, data_dir, False)  # converts once if needed, before timing
-    settings = RoundSettings(epochs=args.epochs, train_threads=args.threads, batch_size=args.batch_size,
-                             grad_accumulation=args.grad_accumulation)
+    settings = RoundSettings(
+        epochs=args.epochs,
+        train_threads=args.threads,
+        batch_size=args.batch_size,
+        grad_accumulation=args.grad_accumulation,
+    )
     with tempfile.TemporaryDirectory() as work:
         store = DataSet.for_models(work, sft_dir, sft_dir).open_store()
         fill_store(store, args.pairs)
         start = time.perf_counter()
         subprocess.run(
-            [sys.executable, "-m", "playground", "-q", "train", "--once", "--data-dir", work, "--sft", sft_dir,
-             "--base", sft_dir, "--epochs", str(args.epochs), "--train-threads", str(args.threads), "--device", args.device,
-             "--batch-size", str(args.batch_size), "--grad-accumulation", str(args.grad_accumulation)],
-            cwd=ROOT, check=True, stdout=sys.stderr,
+            [
+                sys.executable,
+                "-m",
+                "playground",
+                "-q",
+                "train",
+                "--once",
+                "--data-dir",
+                work,
+                "--sft",
+                sft_dir,
+                "--base",
+                sft_dir,
+                "--epochs",
+                str(args.epochs),
+                "--train-threads",
+                str(args.threads),
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+                "--grad-accumulation",
+                str(args.grad_accumulation),
+            ],
+            cwd=ROOT,
+            check=True,
+            stdout=sys.stderr,
         )
         wall = time.perf_counter() - start
         peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
@@ -105,8 +149,11 @@ def run(args) -> dict:
         "round_start_to_publish_s": round(to_publish, 1),
         "drift_eval_s": round(drift["seconds"], 1) if "seconds" in drift else None,
         "drift_eval_share_of_round": round(drift["seconds"] / to_publish, 3) if "seconds" in drift else None,
-        "drift": {k: round(drift[k], 3) for k in ("mean_tokens", "hit_limit", "distinct_2", "kl_to_sft",
-                                                  "sft_perplexity") if drift.get(k) is not None},
+        "drift": {
+            k: round(drift[k], 3)
+            for k in ("mean_tokens", "hit_limit", "distinct_2", "kl_to_sft", "sft_perplexity")
+            if drift.get(k) is not None
+        },
     }
     if baseline_s is not None:
         app_per_pair = fit_s / (args.pairs * args.epochs)

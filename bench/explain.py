@@ -35,6 +35,7 @@ def median_seconds(work, repeats: int) -> float:
 
 
 def run(args) -> dict:
+    import psutil
     import torch
     from peft import LoraConfig, get_peft_model
 
@@ -45,8 +46,6 @@ def run(args) -> dict:
     from playground.settings import ModelSettings, RoundSettings
     from playground.store import Store
 
-    import psutil
-
     torch.set_num_threads(args.threads)
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     preset = resolve_preset(args.preset)
@@ -54,12 +53,16 @@ def run(args) -> dict:
     rss_before = process.memory_info().rss
     engine = Engine.for_scoring(preset, data_dir)
     tokenizer, model = engine.sft.tokenizer, engine.sft.model
-    ids = tokenizer(tokenizer.apply_chat_template([{"role": "user", "content": PROMPT}], tokenize=False,
-                                                  add_generation_prompt=True), return_tensors="pt",
-                    add_special_tokens=False).input_ids
+    ids = tokenizer(
+        tokenizer.apply_chat_template(
+            [{"role": "user", "content": PROMPT}], tokenize=False, add_generation_prompt=True
+        ),
+        return_tensors="pt",
+        add_special_tokens=False,
+    ).input_ids
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=args.tokens, do_sample=False, min_new_tokens=args.tokens)
-    answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     with tempfile.TemporaryDirectory() as work:
         store = Store.open(work)
         comparison, _ = store.add_comparison(PROMPT, "bench", answers=[{"arm": "sft", "text": answer, "model": "sft"}])
@@ -67,13 +70,20 @@ def run(args) -> dict:
         for seed in (1, 2):  # two real adapters in PEFT's format, non-zero so they change the scores
             torch.manual_seed(seed)
             settings = RoundSettings()
-            lora = get_peft_model(type(model).from_pretrained(model_folder(preset.sft, data_dir, False)),
-                                  LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                             target_modules=list(settings.target_modules), init_lora_weights=False))
+            lora = get_peft_model(
+                type(model).from_pretrained(model_folder(preset.sft, data_dir, False)),
+                LoraConfig(
+                    r=settings.lora_r,
+                    lora_alpha=settings.lora_alpha,
+                    target_modules=list(settings.target_modules),
+                    init_lora_weights=False,
+                ),
+            )
             folder = Path(work) / f"v{seed}"
             lora.save_pretrained(folder)
-            versions.append(store.finish_round(store.start_round(store.serving_version(), [], {"beta": 0.1}, None),
-                                               str(folder), {}))
+            versions.append(
+                store.finish_round(store.start_round(store.serving_version(), [], {"beta": 0.1}, None), str(folder), {})
+            )
         engine.use_adapter(versions[0], store.version(versions[0])["path"])
         messages = [{"role": "user", "content": PROMPT}]
         prompt_ids, answer_ids = answer_tokens(tokenizer, messages, answer)
@@ -104,8 +114,18 @@ def run(args) -> dict:
         # explanation: what an onnx-runtime server, which holds no torch weights, adds when someone first asks.
         "rss_added_by_weights_and_first_explanation_mb": round(rss_added / 2**20),
     }
-    return report("explain", {"preset": preset.name, "tokens": args.tokens, "threads": args.threads,
-                              "repeats": args.repeats, "answer": "greedy SFT"}, figures, args.json)
+    return report(
+        "explain",
+        {
+            "preset": preset.name,
+            "tokens": args.tokens,
+            "threads": args.threads,
+            "repeats": args.repeats,
+            "answer": "greedy SFT",
+        },
+        figures,
+        args.json,
+    )
 
 
 def main(argv=None):

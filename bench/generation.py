@@ -45,8 +45,13 @@ def plain_generate(loaded, prompt: str, tokens: int) -> float:
     inputs = loaded.tokenizer(chat_prompt(loaded.tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
     start = time.perf_counter()
     with torch.inference_mode():
-        loaded.model.generate(**inputs, do_sample=False, max_new_tokens=tokens, min_new_tokens=tokens,
-                              pad_token_id=loaded.tokenizer.pad_token_id)
+        loaded.model.generate(
+            **inputs,
+            do_sample=False,
+            max_new_tokens=tokens,
+            min_new_tokens=tokens,
+            pad_token_id=loaded.tokenizer.pad_token_id,
+        )
     return time.perf_counter() - start
 
 
@@ -56,8 +61,10 @@ def random_adapter(model_dir: str, out: str) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir),
-                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -71,8 +78,9 @@ def three_arms_once(engine, sampling) -> tuple[float, dict]:
     start = time.perf_counter()
     answers = engine.generate(PROMPT, sampling)
     wall = time.perf_counter() - start
-    return wall, {arm: {"ttft": a.ttft, "tok_s": a.tokens_per_second, "tokens": a.new_tokens}
-                  for arm, a in answers.items()}
+    return wall, {
+        arm: {"ttft": a.ttft, "tok_s": a.tokens_per_second, "tokens": a.new_tokens} for arm, a in answers.items()
+    }
 
 
 def naive_sequential(engine, sampling) -> float:
@@ -95,26 +103,49 @@ def int8_fidelity(float_model, int8_model, tokens: int, chat: bool) -> dict:
     ids = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).input_ids
     start = ids.shape[1]
     with torch.inference_mode():
-        text = float_model.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                          max_new_tokens=tokens, pad_token_id=tokenizer.pad_token_id)
+        text = float_model.model.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            do_sample=False,
+            max_new_tokens=tokens,
+            pad_token_id=tokenizer.pad_token_id,
+        )
         targets = text[0, start:]
-        logits = {name: loaded.model(text).logits[0, start - 1 : -1].float()
-                  for name, loaded in (("float", float_model), ("int8", int8_model))}
+        logits = {
+            name: loaded.model(text).logits[0, start - 1 : -1].float()
+            for name, loaded in (("float", float_model), ("int8", int8_model))
+        }
     ppl = {name: float(torch.nn.functional.cross_entropy(lg, targets).exp()) for name, lg in logits.items()}
     agree = float((logits["float"].argmax(-1) == logits["int8"].argmax(-1)).float().mean())
-    return {"int8_top1_agreement_with_float": round(agree, 3), "perplexity_float": round(ppl["float"], 3),
-            "perplexity_int8": round(ppl["int8"], 3), "positions": int(targets.numel())}
+    return {
+        "int8_top1_agreement_with_float": round(agree, 3),
+        "perplexity_float": round(ppl["float"], 3),
+        "perplexity_int8": round(ppl["int8"], 3),
+        "positions": int(targets.numel()),
+    }
 
 
 FIDELITY_PROMPTS = [
-    "What is the capital of France?", "Write a haiku about rain.", "Explain photosynthesis to a child.",
-    "Give me three tips for sleeping better.", "Why is the sky blue?", "Write a short poem about the sea.",
-    "How do I boil an egg?", "What is 17 times 23?", "Summarize the plot of Cinderella.",
-    "Translate 'good morning' into French and Spanish.", "List five fruits that are red.",
-    "What causes the seasons on Earth?", "Write a Python function that reverses a string.",
-    "Describe a cat to someone who has never seen one.", "What is the difference between weather and climate?",
-    "Give me a recipe for pancakes.", "Why do we dream?", "Write a thank-you note to a teacher.",
-    "What are the planets of the solar system?", "How does a bicycle stay upright?",
+    "What is the capital of France?",
+    "Write a haiku about rain.",
+    "Explain photosynthesis to a child.",
+    "Give me three tips for sleeping better.",
+    "Why is the sky blue?",
+    "Write a short poem about the sea.",
+    "How do I boil an egg?",
+    "What is 17 times 23?",
+    "Summarize the plot of Cinderella.",
+    "Translate 'good morning' into French and Spanish.",
+    "List five fruits that are red.",
+    "What causes the seasons on Earth?",
+    "Write a Python function that reverses a string.",
+    "Describe a cat to someone who has never seen one.",
+    "What is the difference between weather and climate?",
+    "Give me a recipe for pancakes.",
+    "Why do we dream?",
+    "Write a thank-you note to a teacher.",
+    "What are the planets of the solar system?",
+    "How does a bicycle stay upright?",
 ]
 
 
@@ -127,8 +158,11 @@ def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str],
     from playground.prompting import base_prompt, chat_prompt
 
     result = {}
-    for arm, reference, role, adapter in (("sft", torch_sft, "sft", None), ("pref", torch_pref, "sft", "v1"),
-                                          ("base", torch_base, "base", None)):
+    for arm, reference, role, adapter in (
+        ("sft", torch_sft, "sft", None),
+        ("pref", torch_pref, "sft", "v1"),
+        ("base", torch_base, "base", None),
+    ):
         tokenizer = engine.sft.tokenizer if role == "sft" else engine.base.tokenizer
         agree = total = identical = 0
         for prompt in prompts:
@@ -136,15 +170,24 @@ def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str],
             ids = tokenizer(text, return_tensors="pt", add_special_tokens=role != "sft").input_ids
             start = ids.shape[1]
             with torch.inference_mode():
-                sequence = reference.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                                              max_new_tokens=tokens, min_new_tokens=tokens,
-                                              pad_token_id=tokenizer.pad_token_id)
+                sequence = reference.generate(
+                    ids,
+                    attention_mask=torch.ones_like(ids),
+                    do_sample=False,
+                    max_new_tokens=tokens,
+                    min_new_tokens=tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
                 wanted = reference(sequence).logits[0, start - 1 : -1].argmax(-1).tolist()
             got = engine.runtimes[role].workers[0].next_tokens(sequence[0].tolist(), start, adapter)
             matches = [a == b for a, b in zip(got, wanted)]
             agree, total, identical = agree + sum(matches), total + len(matches), identical + all(matches)
-        result[arm] = {"next_token_agreement": round(agree / total, 4), "positions": total,
-                       "prompts_agreeing_everywhere": identical, "prompts": len(prompts)}
+        result[arm] = {
+            "next_token_agreement": round(agree / total, 4),
+            "positions": total,
+            "prompts_agreeing_everywhere": identical,
+            "prompts": len(prompts),
+        }
     return result
 
 
@@ -153,13 +196,13 @@ def llama_cpp_single_stream(gguf: str, prompt: str, tokens: int, threads: int) -
     from llama_cpp import Llama
 
     llm = Llama(model_path=gguf, n_threads=threads, n_ctx=1024, verbose=False)
-    start, first, count = time.perf_counter(), None, 0
-    for _ in llm.create_chat_completion([{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0,
-                                        stream=True):
+    first, count = None, 0
+    for _ in llm.create_chat_completion(
+        [{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0, stream=True
+    ):
         count += 1
         first = first or time.perf_counter()
-    return {"tokens_per_s": round((count - 1) / (time.perf_counter() - first), 1), "tokens": count,
-            "threads": threads}
+    return {"tokens_per_s": round((count - 1) / (time.perf_counter() - first), 1), "tokens": count, "threads": threads}
 
 
 def run(args) -> dict:
@@ -168,8 +211,8 @@ def run(args) -> dict:
     from bench.common import report
     from playground import runtimes as serving_runtime
     from playground.generation import Engine
-    from playground.runtimes.vllm.server import VllmOptions
     from playground.models import load_model, model_folder, resolve_preset
+    from playground.runtimes.vllm.server import VllmOptions
     from playground.settings import ModelSettings, RoundSettings, Sampling, half_the_cores
 
     preset = resolve_preset(args.preset)
@@ -202,9 +245,16 @@ def run(args) -> dict:
         key = (runtime, precision, threads if runtime == "onnx" else None, chat_workers)
         if key not in built:
             start = time.perf_counter()
-            engine = Engine.from_preset(preset, data_dir, device=args.device, precision=precision, runtime=runtime,
-                                        threads=threads if runtime == "onnx" else None, chat_workers=chat_workers,
-                                        vllm=vllm)
+            engine = Engine.from_preset(
+                preset,
+                data_dir,
+                device=args.device,
+                precision=precision,
+                runtime=runtime,
+                threads=threads if runtime == "onnx" else None,
+                chat_workers=chat_workers,
+                vllm=vllm,
+            )
             loaded_s = time.perf_counter() - start
             engine.base_stops = ()
             start = time.perf_counter()
@@ -214,8 +264,11 @@ def run(args) -> dict:
         engines[name] = built[key]
     # The baseline: the SFT model as transformers loads it, no adapter, torch's default threads.
     plain = load_model(preset.sft, data_dir, "sft", device=args.device)
-    plain_int8 = (load_model(preset.sft, data_dir, "sft", int8=True, keep_float=tuple(RoundSettings().target_modules))
-                  if cpu else None)
+    plain_int8 = (
+        load_model(preset.sft, data_dir, "sft", int8=True, keep_float=tuple(RoundSettings().target_modules))
+        if cpu
+        else None
+    )
 
     def threads_for(name):
         runtime, _, threads, *_ = configs[name]
@@ -250,8 +303,10 @@ def run(args) -> dict:
     naive = naive_sequential(engines[first], sampling)
 
     base_s = statistics.median(baseline)
-    figures = {"baseline_plain_generate_sft_float_s": round(base_s, 2),
-               "baseline_plain_generate_sft_float_tokens_per_s": round((args.tokens - 1) / base_s, 2)}
+    figures = {
+        "baseline_plain_generate_sft_float_s": round(base_s, 2),
+        "baseline_plain_generate_sft_float_tokens_per_s": round((args.tokens - 1) / base_s, 2),
+    }
     if baseline_int8:
         figures["plain_generate_sft_int8_s"] = round(statistics.median(baseline_int8), 2)
     for name, engine in engines.items():
@@ -285,8 +340,9 @@ def run(args) -> dict:
         torch_base = load_model(preset.base, data_dir, "base", device=args.device)
         torch_pref = PeftModel.from_pretrained(load_model(preset.sft, data_dir, "sft").model, adapter_dir).eval()
         torch.set_num_threads(torch_default_threads)
-        figures["onnx_fidelity"] = onnx_fidelity(onnx_engine, plain.model, torch_pref, torch_base.model, prompts,
-                                                 args.tokens)
+        figures["onnx_fidelity"] = onnx_fidelity(
+            onnx_engine, plain.model, torch_pref, torch_base.model, prompts, args.tokens
+        )
         from playground.runtimes.onnx import adapters as onnx_adapters
 
         figures["onnx_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / onnx_adapters.ADAPTER_FILE)
@@ -306,17 +362,24 @@ def run(args) -> dict:
             from playground.models import EMBEDDED
 
             gguf = str(EMBEDDED["smollm2-135m-instruct"].gguf_path(Path(tempfile.mkdtemp())))
-            figures["llama_cpp_sft_single_stream"] = llama_cpp_single_stream(gguf, PROMPT, args.tokens,
-                                                                             os.cpu_count())
+            figures["llama_cpp_sft_single_stream"] = llama_cpp_single_stream(gguf, PROMPT, args.tokens, os.cpu_count())
     if plain_int8 is not None and {"torch_float_weights", "torch_int8_weights"} <= set(engines):
         figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, args.tokens, chat=True)
-        figures["int8_fidelity_base"] = int8_fidelity(engines["torch_float_weights"].base,
-                                                      engines["torch_int8_weights"].base, args.tokens, chat=False)
+        figures["int8_fidelity_base"] = int8_fidelity(
+            engines["torch_float_weights"].base, engines["torch_int8_weights"].base, args.tokens, chat=False
+        )
     for engine in built.values():
         engine.close()
-    settings = {"preset": preset.name, "prompt": PROMPT, "max_new_tokens": args.tokens, "repeats": args.repeats,
-                "decoding": "greedy", "adapter_version": 1, "device": args.device,
-                "baseline_threads": torch_default_threads}
+    settings = {
+        "preset": preset.name,
+        "prompt": PROMPT,
+        "max_new_tokens": args.tokens,
+        "repeats": args.repeats,
+        "decoding": "greedy",
+        "adapter_version": 1,
+        "device": args.device,
+        "baseline_threads": torch_default_threads,
+    }
     return report("generate", settings, figures, args.json)
 
 
@@ -327,13 +390,26 @@ def main(argv=None):
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--fidelity-prompts", type=int, default=20,
-                        help="prompts for the onnx runtime's next-token agreement with torch (0: skip)")
-    parser.add_argument("--llama-cpp", action="store_true",
-                        help="also time llama.cpp on the SFT GGUF, where llama-cpp-python is installed")
-    parser.add_argument("--runtime", choices=("vllm",), default=None,
-                        help="also measure this runtime against the app's default in the same run")
-    parser.add_argument("--vllm-url", default=None, help="a running vLLM server for the SFT model (else one is started)")
+    parser.add_argument(
+        "--fidelity-prompts",
+        type=int,
+        default=20,
+        help="prompts for the onnx runtime's next-token agreement with torch (0: skip)",
+    )
+    parser.add_argument(
+        "--llama-cpp",
+        action="store_true",
+        help="also time llama.cpp on the SFT GGUF, where llama-cpp-python is installed",
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=("vllm",),
+        default=None,
+        help="also measure this runtime against the app's default in the same run",
+    )
+    parser.add_argument(
+        "--vllm-url", default=None, help="a running vLLM server for the SFT model (else one is started)"
+    )
     parser.add_argument("--base-vllm-url", default=None, help="a vLLM server for the base model")
     parser.add_argument("--configs", default=None, help="only these configurations, e.g. app,vllm")
     parser.add_argument("--json", action="store_true")

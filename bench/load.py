@@ -18,8 +18,14 @@ import tempfile
 import threading
 import time
 
-PROMPTS = ["Why is the sky blue?", "Give me three tips for sleeping better.", "Write a haiku about rain.",
-           "How do I boil an egg?", "What causes the seasons on Earth?", "Describe a cat to someone who never saw one."]
+PROMPTS = [
+    "Why is the sky blue?",
+    "Give me three tips for sleeping better.",
+    "Write a haiku about rain.",
+    "How do I boil an egg?",
+    "What causes the seasons on Earth?",
+    "Describe a cat to someone who never saw one.",
+]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -59,9 +65,15 @@ def run_sessions(engine, sessions: int, turns: int, tokens: int) -> dict:
     wall = time.perf_counter() - start
     if not latencies:
         return {"errors": len(errors), "first_error": errors[0] if errors else None}
-    return {"turns_per_minute": round(60 * len(latencies) / wall, 1), "p50_s": round(statistics.median(latencies), 2),
-            "p95_s": round(percentile(latencies, 0.95), 2), "p95_sft_ttft_s": round(percentile(first_tokens, 0.95), 2),
-            "turns": len(latencies), "errors": len(errors), "wall_s": round(wall, 1)}
+    return {
+        "turns_per_minute": round(60 * len(latencies) / wall, 1),
+        "p50_s": round(statistics.median(latencies), 2),
+        "p95_s": round(percentile(latencies, 0.95), 2),
+        "p95_sft_ttft_s": round(percentile(first_tokens, 0.95), 2),
+        "turns": len(latencies),
+        "errors": len(errors),
+        "wall_s": round(wall, 1),
+    }
 
 
 def run(args) -> dict:
@@ -88,8 +100,9 @@ def run(args) -> dict:
         args.base_vllm_url = base_server.url
     for runtime in args.runtimes.split(","):
         start = time.perf_counter()
-        engine = Engine.from_preset(preset, data_dir, runtime=runtime, vllm=VllmOptions(
-            url=args.vllm_url, base_url=args.base_vllm_url))
+        engine = Engine.from_preset(
+            preset, data_dir, runtime=runtime, vllm=VllmOptions(url=args.vllm_url, base_url=args.base_vllm_url)
+        )
         try:
             engine.use_adapter(1, adapter_dir)
             engine.generate(PROMPTS[0], None)  # warm-up
@@ -106,8 +119,14 @@ def run(args) -> dict:
             engine.close()
     if base_server is not None:
         base_server.stop()
-    settings = {"preset": preset.name, "sessions": counts, "turns_per_session": args.turns,
-                "max_new_tokens": args.tokens, "sampling": "temperature 0.7, one seed per turn", "adapter": "r=8 q,v"}
+    settings = {
+        "preset": preset.name,
+        "sessions": counts,
+        "turns_per_session": args.turns,
+        "max_new_tokens": args.tokens,
+        "sampling": "temperature 0.7, one seed per turn",
+        "adapter": "r=8 q,v",
+    }
     return report("load", settings, figures, args.json)
 
 
@@ -121,8 +140,11 @@ def main(argv=None):
     parser.add_argument("--runtimes", default="onnx,torch,vllm")
     parser.add_argument("--vllm-url", default=None)
     parser.add_argument("--base-vllm-url", default=None)
-    parser.add_argument("--base-on-vllm", action="store_true",
-                        help="with the vllm runtime, serve the base model from a vLLM server of its own too")
+    parser.add_argument(
+        "--base-on-vllm",
+        action="store_true",
+        help="with the vllm runtime, serve the base model from a vLLM server of its own too",
+    )
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))
 

@@ -23,8 +23,8 @@ def run(args) -> dict:
     from bench.common import report
     from bench.pairs import fill_store
     from playground.core import Playground
-    from playground.processes import wait_for
     from playground.models import models_dir, resolve_preset
+    from playground.processes import wait_for
     from playground.settings import ModelSettings, RoundSettings, Sampling
 
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
@@ -46,8 +46,9 @@ def run(args) -> dict:
             committed = time.perf_counter()
             ok = wait_for(lambda: playground.engine.adapter_version >= 1, timeout=1800, interval=0.2)
             swapped = time.perf_counter()
-            answer = playground.engine.generate("Why is the sky blue?", Sampling(temperature=0, max_new_tokens=1),
-                                                arms=("pref",))["pref"]
+            answer = playground.engine.generate(
+                "Why is the sky blue?", Sampling(temperature=0, max_new_tokens=1), arms=("pref",)
+            )["pref"]
             served = time.perf_counter()
             assert ok and answer.adapter_version >= 1
             (rnd,) = playground.store.rounds()

@@ -23,8 +23,15 @@ sys.path.insert(0, str(ROOT))
 
 BEFORE = "1c66cd3"  # the last commit before the panels were shared
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 # Run with the code under test (cwd = its checkout): fills a data directory through that code's own store, so the
 # layout is the one that code reads. Works with the store before and after data sets.
@@ -69,8 +76,6 @@ print(store.counts())
 """
 
 
-
-
 def cpu_seconds(pid: int) -> float:
     import psutil
 
@@ -81,22 +86,40 @@ def cpu_seconds(pid: int) -> float:
 def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
     """Seed, start the app, measure CPU with no page and with `pages` pages, stop."""
     from gradio_client import Client
+    from playwright.sync_api import sync_playwright
 
     from bench.common import stop_app
     from playground.processes import free_port
-    from playwright.sync_api import sync_playwright
 
     data_dir = work / "data"
     data_dir.mkdir(parents=True)
     (data_dir / "models").symlink_to(models_cache)
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
-           "PYTHONPATH": str(checkout)}
-    subprocess.run([sys.executable, "-c", SEED, str(data_dir), str(args.votes)], cwd=checkout, env=env, check=True,
-                   capture_output=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONPATH": str(checkout)}
+    subprocess.run(
+        [sys.executable, "-c", SEED, str(data_dir), str(args.votes)],
+        cwd=checkout,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
     port = free_port()
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir),
-                               "--preset", "embedded", "--no-trainer"], cwd=checkout, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "app.py",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--preset",
+            "embedded",
+            "--no-trainer",
+        ],
+        cwd=checkout,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 600
@@ -130,16 +153,17 @@ def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
             browser.close()
     finally:
         stop_app(server)
-    return {"no_page_cpu_s": round(idle, 2), "pages_cpu_s": round(busy, 2),
-            "cpu_s_per_page_minute": round((busy - idle) / args.pages * 60 / args.seconds, 3)}
+    return {
+        "no_page_cpu_s": round(idle, 2),
+        "pages_cpu_s": round(busy, 2),
+        "cpu_s_per_page_minute": round((busy - idle) / args.pages * 60 / args.seconds, 3),
+    }
 
 
 def run(args) -> dict:
     from bench.common import report
-    from playground.models import models_dir
+    from playground.models import model_folder, models_dir, resolve_preset
     from playground.settings import ModelSettings
-
-    from playground.models import model_folder, resolve_preset
 
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     preset = resolve_preset("embedded")
@@ -148,22 +172,37 @@ def run(args) -> dict:
     models_cache = models_dir(data_dir).resolve()
     with tempfile.TemporaryDirectory() as tmp:
         before = Path(tmp) / "before"
-        subprocess.run(["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True,
-                       capture_output=True)
+        subprocess.run(
+            ["git", "worktree", "add", "--detach", str(before), args.before], cwd=ROOT, check=True, capture_output=True
+        )
         try:
-            results = {"before": measure(before, models_cache, Path(tmp) / "run-before", args),
-                       "after": measure(ROOT, models_cache, Path(tmp) / "run-after", args)}
+            results = {
+                "before": measure(before, models_cache, Path(tmp) / "run-before", args),
+                "after": measure(ROOT, models_cache, Path(tmp) / "run-after", args),
+            }
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(before)], cwd=ROOT, capture_output=True)
     b, a = results["before"], results["after"]
-    figures = {
-        f"before_{k}": v for k, v in b.items()} | {f"after_{k}": v for k, v in a.items()} | {
-        "ratio_pages_cpu_before_over_after": round(b["pages_cpu_s"] / a["pages_cpu_s"], 2) if a["pages_cpu_s"] else None,
-        "ratio_added_by_pages_before_over_after": round((b["pages_cpu_s"] - b["no_page_cpu_s"])
-                                                         / max(a["pages_cpu_s"] - a["no_page_cpu_s"], 1e-9), 2),
+    figures = (
+        {f"before_{k}": v for k, v in b.items()}
+        | {f"after_{k}": v for k, v in a.items()}
+        | {
+            "ratio_pages_cpu_before_over_after": round(b["pages_cpu_s"] / a["pages_cpu_s"], 2)
+            if a["pages_cpu_s"]
+            else None,
+            "ratio_added_by_pages_before_over_after": round(
+                (b["pages_cpu_s"] - b["no_page_cpu_s"]) / max(a["pages_cpu_s"] - a["no_page_cpu_s"], 1e-9), 2
+            ),
+        }
+    )
+    settings = {
+        "pages": args.pages,
+        "seconds": args.seconds,
+        "votes_seeded": 2 * args.votes,
+        "before": args.before,
+        "preset": "embedded",
+        "trainer": False,
     }
-    settings = {"pages": args.pages, "seconds": args.seconds, "votes_seeded": 2 * args.votes, "before": args.before,
-                "preset": "embedded", "trainer": False}
     return report("panel", settings, figures, args.json)
 
 

@@ -29,8 +29,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-ANSWER = ("A river is a natural stream of water flowing toward an ocean, a lake or another river. Rivers shape "
-          "valleys, carry sediment and support many kinds of life along their banks. ")
+ANSWER = (
+    "A river is a natural stream of water flowing toward an ocean, a lake or another river. Rivers shape "
+    "valleys, carry sediment and support many kinds of life along their banks. "
+)
 
 
 def real_adapter(sft_dir: Path, out: Path) -> Path:
@@ -42,29 +44,58 @@ def real_adapter(sft_dir: Path, out: Path) -> Path:
 
     settings = RoundSettings()
     model = AutoModelForCausalLM.from_pretrained(sft_dir)
-    peft = get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha,
-                                            target_modules=settings.target_modules, init_lora_weights="gaussian"))
+    peft = get_peft_model(
+        model,
+        LoraConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            target_modules=settings.target_modules,
+            init_lora_weights="gaussian",
+        ),
+    )
     peft.save_pretrained(out)
     return out
 
 
 def fill(store, votes: int, versions: int, adapter: Path) -> None:
     for i in range(votes):
-        answers = [{"arm": arm, "text": f"{ANSWER * (1 + k)} ({arm} {i})", "model": f"model-{arm}",
-                    "adapter_version": 0, "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 128},
-                    "seed": i, "prompt_tokens": 20, "new_tokens": 40 * (1 + k), "seconds": 4.0, "ttft": 0.2,
-                    "finish_reason": "stop"} for k, arm in enumerate(("base", "sft", "pref"))]
-        comparison, ids = store.add_comparison(f"Question {i}: tell me about rivers number {i}.", f"session-{i % 97}",
-                                               answers=answers)
+        answers = [
+            {
+                "arm": arm,
+                "text": f"{ANSWER * (1 + k)} ({arm} {i})",
+                "model": f"model-{arm}",
+                "adapter_version": 0,
+                "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 128},
+                "seed": i,
+                "prompt_tokens": 20,
+                "new_tokens": 40 * (1 + k),
+                "seconds": 4.0,
+                "ttft": 0.2,
+                "finish_reason": "stop",
+            }
+            for k, arm in enumerate(("base", "sft", "pref"))
+        ]
+        comparison, ids = store.add_comparison(
+            f"Question {i}: tell me about rivers number {i}.", f"session-{i % 97}", answers=answers
+        )
         store.vote_best(f"session-{i % 97}", comparison, [ids[2], ids[1], ids[0]])
     pending = [p["id"] for p in store.pending_pairs()]
     chunk = max(1, len(pending) // versions)
     parent = None
     for n in range(versions):
-        round_id = store.start_round(parent, pending[n * chunk:(n + 1) * chunk], {"beta": 0.1}, pid=os.getpid())
+        round_id = store.start_round(parent, pending[n * chunk : (n + 1) * chunk], {"beta": 0.1}, pid=os.getpid())
         for step in range(1, 25):
-            store.log_step(round_id, step, {"loss": 0.69 - step / 100, "rewards/margins": step / 50,
-                                            "rewards/accuracies": 0.75, "learning_rate": 2e-4, "epoch": step / 12})
+            store.log_step(
+                round_id,
+                step,
+                {
+                    "loss": 0.69 - step / 100,
+                    "rewards/margins": step / 50,
+                    "rewards/accuracies": 0.75,
+                    "learning_rate": 2e-4,
+                    "epoch": step / 12,
+                },
+            )
             store.set_round_progress(round_id, step, 24)
         folder = store.root / "adapters" / f"round-{round_id:04d}"
         shutil.copytree(adapter, folder)
@@ -101,11 +132,16 @@ def restore_figures(work: Path, data_set: str, votes: int, versions: int, adapte
     plain_s, _ = timed(plain_copy)
     shard_mb = sum(p.stat().st_size for p in durable.shards(copy.folder)) / 2**20
     adapters_mb = sum(p.stat().st_size for p in (copy.folder / "adapters").rglob("*") if p.is_file()) / 2**20
-    return {"restore_s": round(restore_s, 2), "restore_plain_file_copy_s": round(plain_s, 2),
-            "restore_ratio_to_plain_copy": round(restore_s / plain_s, 1),
-            "first_copy_snapshot_s": round(snapshot_s, 2), "rows_restored": sum(summary["rows"].values()),
-            "shards_mb": round(shard_mb, 1), "adapters_mb": round(adapters_mb, 1),
-            "sqlite_mb": round(store.path.stat().st_size / 2**20, 1)}, target
+    return {
+        "restore_s": round(restore_s, 2),
+        "restore_plain_file_copy_s": round(plain_s, 2),
+        "restore_ratio_to_plain_copy": round(restore_s / plain_s, 1),
+        "first_copy_snapshot_s": round(snapshot_s, 2),
+        "rows_restored": sum(summary["rows"].values()),
+        "shards_mb": round(shard_mb, 1),
+        "adapters_mb": round(adapters_mb, 1),
+        "sqlite_mb": round(store.path.stat().st_size / 2**20, 1),
+    }, target
 
 
 def vote_latencies(store, n: int, after_vote=lambda: None) -> list[float]:
@@ -139,10 +175,14 @@ def vote_figures(work: Path, n: int) -> dict:
     assert copy.pending() == 0
     med_without, med_with = statistics.median(without) * 1e3, statistics.median(with_copy) * 1e3
     p95 = lambda xs: sorted(xs)[int(0.95 * len(xs))] * 1e3  # noqa: E731
-    return {"vote_commit_ms_no_target": round(med_without, 2), "vote_commit_ms_with_copy": round(med_with, 2),
-            "vote_commit_added_ms": round(med_with - med_without, 2),
-            "vote_commit_ratio": round(med_with / med_without, 2),
-            "vote_commit_p95_ms_no_target": round(p95(without), 2), "vote_commit_p95_ms_with_copy": round(p95(with_copy), 2)}
+    return {
+        "vote_commit_ms_no_target": round(med_without, 2),
+        "vote_commit_ms_with_copy": round(med_with, 2),
+        "vote_commit_added_ms": round(med_with - med_without, 2),
+        "vote_commit_ratio": round(med_with / med_without, 2),
+        "vote_commit_p95_ms_no_target": round(p95(without), 2),
+        "vote_commit_p95_ms_with_copy": round(p95(with_copy), 2),
+    }
 
 
 def seconds_to_ready(data_dir: Path, extra: list[str], expect_version: int | None) -> float:
@@ -155,9 +195,24 @@ def seconds_to_ready(data_dir: Path, extra: list[str], expect_version: int | Non
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     start = time.perf_counter()
-    server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir),
-                               "--preset", "embedded", "--no-trainer", *extra], cwd=ROOT, env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "app.py",
+            "--port",
+            str(port),
+            "--data-dir",
+            str(data_dir),
+            "--preset",
+            "embedded",
+            "--no-trainer",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         client = None
         while time.perf_counter() - start < 600:
@@ -201,15 +256,16 @@ def run(args) -> dict:
         figures |= vote_figures(work, args.commit_votes)
         if not args.no_restart:
             runs = {}
-            for name, extra, version in (("plain", [], None),
-                                         ("restore", ["--persist", str(target)], args.versions)):
+            for name, extra, version in (("plain", [], None), ("restore", ["--persist", str(target)], args.versions)):
                 fresh = work / f"start-{name}"
                 fresh.mkdir()
                 (fresh / "models").symlink_to(models_dir(data_dir).resolve())
                 runs[name] = seconds_to_ready(fresh, extra, version)
-            figures |= {"restart_to_serving_s_plain": round(runs["plain"], 1),
-                        "restart_to_serving_s_with_restore": round(runs["restore"], 1),
-                        "restart_restore_ratio": round(runs["restore"] / runs["plain"], 2)}
+            figures |= {
+                "restart_to_serving_s_plain": round(runs["plain"], 1),
+                "restart_to_serving_s_with_restore": round(runs["restore"], 1),
+                "restart_restore_ratio": round(runs["restore"] / runs["plain"], 2),
+            }
     settings = {"votes": args.votes, "versions": args.versions, "commit_votes": args.commit_votes}
     return report("persist", settings, figures, args.json)
 

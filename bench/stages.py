@@ -70,10 +70,16 @@ def combined_round(store, sft_dir: str, settings, out: Path) -> tuple[float, str
     model, tokenizer = load_policy(sft_dir)
     set_seed(settings.train_seed)
     rows = [fit_to_length(to_trl(p), tokenizer, settings.max_length) for p in store.pairs()]
-    config = dataclasses.replace(dpo_config(settings, out / "trainer"), loss_type=["sigmoid", "sft"],
-                                 loss_weights=[1.0, settings.sft_weight])
-    trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer, peft_config=lora_config(settings),
-                         train_dataset=Dataset.from_list(rows).shuffle(seed=settings.train_seed))
+    config = dataclasses.replace(
+        dpo_config(settings, out / "trainer"), loss_type=["sigmoid", "sft"], loss_weights=[1.0, settings.sft_weight]
+    )
+    trainer = DPOTrainer(
+        model=model,
+        args=config,
+        processing_class=tokenizer,
+        peft_config=lora_config(settings),
+        train_dataset=Dataset.from_list(rows).shuffle(seed=settings.train_seed),
+    )
     trainer.train()
     trainer.model.save_pretrained(out / "adapter")
     return time.perf_counter() - start, str(out / "adapter")
@@ -86,8 +92,8 @@ def what_it_learned(store, sft_dir: str, adapter: str) -> dict:
     from peft import PeftModel
 
     from playground.explain import answer_tokens
-    from playground.scoring import token_logprobs
     from playground.models import load_policy
+    from playground.scoring import token_logprobs
     from playground.votes import demonstration_to_trl, to_trl
 
     model, tokenizer = load_policy(sft_dir)
@@ -113,8 +119,10 @@ def what_it_learned(store, sft_dir: str, adapter: str) -> dict:
             tuned, sft = logprobs(pair["prompt"], pair[side][0]["content"])
             margin += sign * (sum(tuned) - sum(sft))
         positive.append(margin > 0)
-    return {"demonstration_logprob_gain_per_token": round(gains / tokens, 4) if tokens else None,
-            "pair_accuracy": round(sum(positive) / len(positive), 3)}
+    return {
+        "demonstration_logprob_gain_per_token": round(gains / tokens, 4) if tokens else None,
+        "pair_accuracy": round(sum(positive) / len(positive), 3),
+    }
 
 
 def run(args) -> dict:
@@ -143,8 +151,11 @@ def run(args) -> dict:
         totals = store.feedback_totals()
     figures["ratio_all_kinds_to_dpo_alone"] = round(figures["all_round_s"] / figures["dpo_round_s"], 2)
     figures["feedback"] = {kind: t["total"] for kind, t in totals.items()}
-    settings_out = settings.as_dict() | {"preset": preset.name, "corrections": args.corrections,
-                                         "rated_turns": args.rated_turns}
+    settings_out = settings.as_dict() | {
+        "preset": preset.name,
+        "corrections": args.corrections,
+        "rated_turns": args.rated_turns,
+    }
     return report("stages", settings_out, figures, args.json)
 
 

@@ -21,16 +21,18 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-
-
 def tree_memory_mb(pid: int) -> dict[str, float]:
     import psutil
 
     root = psutil.Process(pid)
     # USS beside RSS: RSS also counts pages shared with other processes or backed by files (safetensors weights
     # are memory-mapped, and both processes map the SFT model's file), so a sum of RSS overstates what the two cost.
-    rss = {"server": root.memory_info().rss / 2**20, "trainer": 0.0,
-           "server_uss": root.memory_full_info().uss / 2**20, "trainer_uss": 0.0}
+    rss = {
+        "server": root.memory_info().rss / 2**20,
+        "trainer": 0.0,
+        "server_uss": root.memory_full_info().uss / 2**20,
+        "trainer_uss": 0.0,
+    }
     for child in root.children(recursive=True):
         try:
             command = " ".join(child.cmdline())
@@ -50,8 +52,8 @@ def run(args) -> dict:
     from gradio_client import Client
 
     from bench.common import report, stop_app
-    from playground.processes import free_port
     from playground.models import models_dir
+    from playground.processes import free_port
     from playground.settings import ModelSettings
 
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
@@ -60,9 +62,13 @@ def run(args) -> dict:
         port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         start = time.perf_counter()
-        server = subprocess.Popen([sys.executable, "app.py", "--port", str(port), "--data-dir", work,
-                                   "--preset", args.preset], cwd=ROOT, env=env,
-                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(port), "--data-dir", work, "--preset", args.preset],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         peak = dict.fromkeys(("server", "trainer", "total", "server_uss", "trainer_uss", "total_uss"), 0.0)
         try:
             page = answered = None

@@ -66,19 +66,32 @@ def figures(samples: list[dict], baseline: list[dict], oracle, max_new_tokens: i
     score = {"a": 1.0, "b": 0.0, "tie": 0.5}
     wins = [score[oracle.compare(mine["text"], theirs["text"])] for mine, theirs in zip(samples, baseline)]
     summary = drift.summarize(samples, max_new_tokens)
-    return {"win_rate": sum(wins) / len(wins), "ppl_sft": summary["sft_perplexity"], "kl": summary["kl_to_sft"],
-            "mean_length": summary["mean_tokens"], "distinct_2": summary["distinct_2"]}
+    return {
+        "win_rate": sum(wins) / len(wins),
+        "ppl_sft": summary["sft_perplexity"],
+        "kl": summary["kl_to_sft"],
+        "mean_length": summary["mean_tokens"],
+        "distinct_2": summary["distinct_2"],
+    }
 
 
-def ablate(store: Store, sft_dir: str, settings: RoundSettings, oracle, heldout: list[str], max_new_tokens: int,
-           folder: Path, seed: int = 0, objectives: list[str] | None = None) -> dict:
+def ablate(
+    store: Store,
+    sft_dir: str,
+    settings: RoundSettings,
+    oracle,
+    heldout: list[str],
+    max_new_tokens: int,
+    folder: Path,
+    seed: int = 0,
+    objectives: list[str] | None = None,
+) -> dict:
     """{"ablation": {objective: figures}, "baseline": the SFT model's figures, ...}: each objective trained from
     the same start on a copy of `store` (under `folder/<objective>`), measured on the held-out prompts."""
     objectives = objectives or objectives_for(store)
     plan = drift.EvalPlan(tuple(heldout) * SAMPLES, max_new_tokens, seed)
     # Every piece of feedback in one round; no drift evaluation (this measures its own, on the held-out prompts).
-    one_round = RoundSettings(**(settings.as_dict() | {"max_new_pairs": 10**9, "pairs_per_voter": 0,
-                                                        "eval_tokens": 0}))
+    one_round = RoundSettings(**(settings.as_dict() | {"max_new_pairs": 10**9, "pairs_per_voter": 0, "eval_tokens": 0}))
     started = time.perf_counter()
     baseline = sample(sft_dir, None, plan)
     results, made = {}, {}
@@ -89,21 +102,35 @@ def ablate(store: Store, sft_dir: str, settings: RoundSettings, oracle, heldout:
         seconds = time.perf_counter() - began
         row = copy.version(version)
         results[name] = figures(sample(sft_dir, row["path"], plan), baseline, oracle, max_new_tokens) | {
-            "seconds": seconds, "learned_from": row["learned_from"], "steps": (row["metrics"] or {}).get("steps")}
+            "seconds": seconds,
+            "learned_from": row["learned_from"],
+            "steps": (row["metrics"] or {}).get("steps"),
+        }
         made[name] = row["path"]
         log.info("Ablation %s: %s", name, {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)})
-    return {"ablation": results,
-            "baseline": figures(baseline, baseline, oracle, max_new_tokens) | {"seconds": 0.0},
-            "heldout_prompts": len(heldout), "samples_per_prompt": SAMPLES, "max_new_tokens": max_new_tokens,
-            "adapters": made, "feedback": store.feedback_totals(), "seconds": time.perf_counter() - started}
+    return {
+        "ablation": results,
+        "baseline": figures(baseline, baseline, oracle, max_new_tokens) | {"seconds": 0.0},
+        "heldout_prompts": len(heldout),
+        "samples_per_prompt": SAMPLES,
+        "max_new_tokens": max_new_tokens,
+        "adapters": made,
+        "feedback": store.feedback_totals(),
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def table(result: dict) -> str:
     """The ablation as a Markdown table (the README and docs/performance.md quote it)."""
-    lines = ["| objective | held-out win rate vs SFT | perplexity under SFT | KL to SFT (nats/answer) | "
-             "mean length (tokens) | round seconds |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| objective | held-out win rate vs SFT | perplexity under SFT | KL to SFT (nats/answer) | "
+        "mean length (tokens) | round seconds |",
+        "|---|---|---|---|---|---|",
+    ]
     rows = [("SFT model (v0)", result["baseline"])] + list(result["ablation"].items())
     for name, f in rows:
-        lines.append(f"| {name} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | {f['kl']:.2f} | {f['mean_length']:.1f} | "
-                     f"{f['seconds']:.0f} |")
+        lines.append(
+            f"| {name} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | {f['kl']:.2f} | {f['mean_length']:.1f} | "
+            f"{f['seconds']:.0f} |"
+        )
     return "\n".join(lines) + "\n"

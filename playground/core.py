@@ -13,9 +13,9 @@ import logging
 import os
 import sys
 import threading
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Iterator
 
 from . import publishing, voters
 from .dashboard import Dashboard
@@ -23,8 +23,7 @@ from .data_sets import DataSet
 from .generation import AdapterError, Answer, Engine
 from .models import PRESETS, ModelLoadError, Preset, hub_id, resolve_preset
 from .settings import ModelSettings, RoundSettings, Sampling
-from .store import Store, StoreError, VoteReceipt
-from .store import durable
+from .store import Store, StoreError, VoteReceipt, durable
 from .trainer_process import TrainerProcess
 
 log = logging.getLogger(__name__)
@@ -53,8 +52,9 @@ class Recorded:
 
 
 class Playground:
-    def __init__(self, models: ModelSettings | None = None, rounds: RoundSettings | None = None, *,
-                 engine: Engine | None = None):
+    def __init__(
+        self, models: ModelSettings | None = None, rounds: RoundSettings | None = None, *, engine: Engine | None = None
+    ):
         self.models = models or ModelSettings()
         self.round_settings = rounds or RoundSettings()
         self.preset: Preset = resolve_preset(self.models.preset, self.models.base, self.models.sft)
@@ -131,15 +131,27 @@ class Playground:
 
         settings = self.models
         runtime = serving_runtime.resolve(settings.runtime, settings.device)
-        vllm = VllmOptions(url=settings.vllm_url, base_url=settings.base_vllm_url, python=settings.vllm_python,
-                           max_lora_rank=self.round_settings.lora_r, log_dir=self.data_set.root)
+        vllm = VllmOptions(
+            url=settings.vllm_url,
+            base_url=settings.base_vllm_url,
+            python=settings.vllm_python,
+            max_lora_rank=self.round_settings.lora_r,
+            log_dir=self.data_set.root,
+        )
 
         def load(runtime: str) -> Engine:
-            return Engine.from_preset(self.preset, self.data_dir, trust_remote_code=settings.trust_remote_code,
-                                      device=settings.device, precision=settings.precision,
-                                      threads=settings.serve_threads,
-                                      adapter_targets=tuple(self.round_settings.target_modules), runtime=runtime,
-                                      chat_workers=settings.chat_workers, vllm=vllm)
+            return Engine.from_preset(
+                self.preset,
+                self.data_dir,
+                trust_remote_code=settings.trust_remote_code,
+                device=settings.device,
+                precision=settings.precision,
+                threads=settings.serve_threads,
+                adapter_targets=tuple(self.round_settings.target_modules),
+                runtime=runtime,
+                chat_workers=settings.chat_workers,
+                vllm=vllm,
+            )
 
         try:
             engine = load(runtime)
@@ -188,28 +200,46 @@ class Playground:
         return thread
 
     # ---- generation, recorded -----------------------------------------------------------------------------
-    def compare(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None, *,
-                chat: "ChatTurn | None" = None) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
+    def compare(
+        self,
+        prompt: str,
+        sampling: Sampling,
+        session_id: str,
+        category: str | None = None,
+        *,
+        chat: ChatTurn | None = None,
+    ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
         """Stream the three arms; the last item carries the stored ids (answers are stored once complete).
         chat: which conversation this turn continues (None: a conversation of one turn)."""
-        history, parent = self.continue_after(session_id, chat.after if chat else None,
-                                              chat.continue_from if chat else None)
+        history, parent = self.continue_after(
+            session_id, chat.after if chat else None, chat.continue_from if chat else None
+        )
         stream = self.engine.stream(prompt, sampling, history=history)
         yield from self._recorded(stream, prompt, session_id, "compare", category, history, parent, chat)
 
-    def duel(self, prompt: str, sampling: Sampling, session_id: str, category: str | None = None,
-             arms: tuple[str, str] | None = None, *, chat: "ChatTurn | None" = None
-             ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
+    def duel(
+        self,
+        prompt: str,
+        sampling: Sampling,
+        session_id: str,
+        category: str | None = None,
+        arms: tuple[str, str] | None = None,
+        *,
+        chat: ChatTurn | None = None,
+    ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
         """Answers "a" and "b": two samples of the preference-tuned model (on-policy), or, with `arms`, one answer
         of each of two arms (arms[0] is "a"). chat: as in `compare`."""
-        history, parent = self.continue_after(session_id, chat.after if chat else None,
-                                              chat.continue_from if chat else None)
+        history, parent = self.continue_after(
+            session_id, chat.after if chat else None, chat.continue_from if chat else None
+        )
         if arms is None:
             stream = self.engine.stream_duel(prompt, sampling, history=history)
         else:
             names = dict(zip(arms, ("a", "b")))
-            stream = ({names[arm]: answer for arm, answer in answers.items()}
-                      for answers in self.engine.stream(prompt, sampling, arms, history=history))
+            stream = (
+                {names[arm]: answer for arm, answer in answers.items()}
+                for answers in self.engine.stream(prompt, sampling, arms, history=history)
+            )
         yield from self._recorded(stream, prompt, session_id, "duel", category, history, parent, chat)
 
     def _recorded(self, stream, prompt, session_id, mode, category, history, parent, chat):
@@ -220,37 +250,76 @@ class Playground:
             # A turn with an answer missing is not a comparison people should vote on: shown, not stored.
             log.warning("Turn not recorded: %s", next(a.error for a in answers.values() if a.error))
             return
-        yield answers, self.record(prompt, answers, session_id, mode, category, history=history,
-                                   parent_answer_id=parent["id"] if parent else None,
-                                   chat_id=chat.chat_id if chat else None)
+        yield (
+            answers,
+            self.record(
+                prompt,
+                answers,
+                session_id,
+                mode,
+                category,
+                history=history,
+                parent_answer_id=parent["id"] if parent else None,
+                chat_id=chat.chat_id if chat else None,
+            ),
+        )
 
-    def record(self, prompt: str, answers: dict[str, Answer], session_id: str, mode="compare",
-               category: str | None = None, *, history: list[dict] | None = None,
-               parent_answer_id: int | None = None, chat_id: str | None = None) -> Recorded:
+    def record(
+        self,
+        prompt: str,
+        answers: dict[str, Answer],
+        session_id: str,
+        mode="compare",
+        category: str | None = None,
+        *,
+        history: list[dict] | None = None,
+        parent_answer_id: int | None = None,
+        chat_id: str | None = None,
+    ) -> Recorded:
         """Store a comparison (a turn) and its answers, in one transaction."""
-        rows = [{"arm": a.arm, "text": a.text, "model": a.model, "adapter_version": a.adapter_version,
-                 "settings": a.settings | {"dropped_turns": a.dropped_turns} if a.dropped_turns else a.settings,
-                 "seed": a.seed, "prompt_tokens": a.prompt_tokens, "new_tokens": a.new_tokens, "seconds": a.seconds,
-                 "ttft": a.ttft, "finish_reason": a.finish_reason}
-                for a in answers.values()]
-        comparison, ids = self.store.add_comparison(prompt.strip(), session_id, mode=mode, category=category,
-                                                    answers=rows, history=history, chat_id=chat_id,
-                                                    parent_answer_id=parent_answer_id)
+        rows = [
+            {
+                "arm": a.arm,
+                "text": a.text,
+                "model": a.model,
+                "adapter_version": a.adapter_version,
+                "settings": a.settings | {"dropped_turns": a.dropped_turns} if a.dropped_turns else a.settings,
+                "seed": a.seed,
+                "prompt_tokens": a.prompt_tokens,
+                "new_tokens": a.new_tokens,
+                "seconds": a.seconds,
+                "ttft": a.ttft,
+                "finish_reason": a.finish_reason,
+            }
+            for a in answers.values()
+        ]
+        comparison, ids = self.store.add_comparison(
+            prompt.strip(),
+            session_id,
+            mode=mode,
+            category=category,
+            answers=rows,
+            history=history,
+            chat_id=chat_id,
+            parent_answer_id=parent_answer_id,
+        )
         self._copy_soon()
         return Recorded(comparison, dict(zip(answers, ids)))
 
     # ---- votes --------------------------------------------------------------------------------------------
     # `voter`: who cast the vote ('hf:<user>' or 'ip:<keyed hash>', see voters.py; `voter_of` makes it); None when
     # unknown (the command line, the simulated voter): then the session stands for the voter.
-    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int], *,
-                  voter: str | None = None) -> VoteReceipt:
+    def vote_best(
+        self, session_id: str, comparison_id: int, ranking: list[int], *, voter: str | None = None
+    ) -> VoteReceipt:
         return self._copy_soon(self.store.vote_best(session_id, comparison_id, ranking, voter=voter))
 
     def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
         return self._copy_soon(self.store.vote_all_bad(session_id, comparison_id, voter=voter))
 
-    def vote_pairwise(self, session_id: str, comparison_id: int, a: int, b: int, outcome: str, *,
-                      voter: str | None = None) -> VoteReceipt:
+    def vote_pairwise(
+        self, session_id: str, comparison_id: int, a: int, b: int, outcome: str, *, voter: str | None = None
+    ) -> VoteReceipt:
         return self._copy_soon(self.store.vote_pairwise(session_id, comparison_id, a, b, outcome, voter=voter))
 
     def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
@@ -261,8 +330,9 @@ class Playground:
         conversation continues with."""
         return self._copy_soon(self.store.add_correction(session_id, comparison_id, text, voter=voter))
 
-    def continue_after(self, session_id: str, comparison_id: int | None, chosen_answer_id: int | None = None
-                       ) -> tuple[list[dict], dict | None]:
+    def continue_after(
+        self, session_id: str, comparison_id: int | None, chosen_answer_id: int | None = None
+    ) -> tuple[list[dict], dict | None]:
         """(history, the answer it continues with) for the next turn after `comparison_id` (None: a new chat)."""
         if comparison_id is None:
             return [], None
@@ -312,6 +382,7 @@ class Playground:
     def follow_versions(self, interval: float = 2.0) -> None:
         """Hot swap: poll the store and serve each new (or rolled-back) version as it appears; also restart a
         trainer process that died on its own."""
+
         def loop():
             while not self._stop.wait(interval):
                 try:
@@ -337,11 +408,28 @@ class Playground:
         # With base and sft both given, the preset only names the pair ("custom"): any known name resolves to them.
         preset = self.preset.name if self.preset.name in PRESETS else "auto"
         # persist off: this process copies what the trainer writes (the trainer's records reach the change log).
-        models = replace(self.models, preset=preset, base=self.preset.base, sft=self.preset.sft,
-                         data_dir=str(self.data_dir), persist="off", hub_dataset=None)
+        models = replace(
+            self.models,
+            preset=preset,
+            base=self.preset.base,
+            sft=self.preset.sft,
+            data_dir=str(self.data_dir),
+            persist="off",
+            hub_dataset=None,
+        )
         settings = {"models": asdict(models), "rounds": self.round_settings.as_dict()}
-        return [sys.executable, "-m", "playground", "-q", "train", "--watch", "--parent-pid", str(os.getpid()),
-                "--settings-json", json.dumps(settings)]
+        return [
+            sys.executable,
+            "-m",
+            "playground",
+            "-q",
+            "train",
+            "--watch",
+            "--parent-pid",
+            str(os.getpid()),
+            "--settings-json",
+            json.dumps(settings),
+        ]
 
     def start_trainer(self) -> None:
         self.trainer.start()
@@ -367,8 +455,14 @@ class Playground:
     def export_adapter(self, version: int | None, out: str | Path) -> Path:
         """An adapter version (default: the serving one) as a folder that loads elsewhere, with its model card."""
         version = self.store.serving_version() if version is None else version
-        return publishing.adapter_folder(self.store, version, out, sft_spec=self.preset.sft,
-                                         sft_hub_id=self.sft_hub_id, win_rate=self._win_rate(version))
+        return publishing.adapter_folder(
+            self.store,
+            version,
+            out,
+            sft_spec=self.preset.sft,
+            sft_hub_id=self.sft_hub_id,
+            win_rate=self._win_rate(version),
+        )
 
     def explain(self, comparison_id: int, arm: str, version: int | None = None):
         """DPO's implicit reward of a stored answer, token by token (explain.py), under `version` (default: the
@@ -382,14 +476,31 @@ class Playground:
     def _win_rate(self, version: int) -> dict | None:
         return next((v["vote_win_rate"] for v in self.dashboard.facts()["versions"] if v["version"] == version), None)
 
-    def push(self, token: str | None, dataset_repo: str, model_repo: str | None = None, *, private: bool = True,
-             version: int | None = None, endpoint: str | None = None) -> str:
+    def push(
+        self,
+        token: str | None,
+        dataset_repo: str,
+        model_repo: str | None = None,
+        *,
+        private: bool = True,
+        version: int | None = None,
+        endpoint: str | None = None,
+    ) -> str:
         """With `token` and only with it (the command line passes `publishing.server_token()`, the page the token it
         decided on); an empty one is refused."""
         version = self.store.serving_version() if version is None else version
-        return publishing.push_to_hub(self.store, token, dataset_repo, model_repo, version, sft_spec=self.preset.sft,
-                                      sft_hub_id=self.sft_hub_id, private=private, win_rate=self._win_rate(version),
-                                      endpoint=endpoint)
+        return publishing.push_to_hub(
+            self.store,
+            token,
+            dataset_repo,
+            model_repo,
+            version,
+            sft_spec=self.preset.sft,
+            sft_hub_id=self.sft_hub_id,
+            private=private,
+            win_rate=self._win_rate(version),
+            endpoint=endpoint,
+        )
 
     def close(self) -> None:
         with self._lock:

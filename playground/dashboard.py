@@ -13,10 +13,33 @@ from typing import Any
 from . import leaderboard
 from .store import Store
 
-ROUND_FIELDS = ("id", "status", "version", "parent_version", "pairs_used", "learned_from", "steps_done",
-                "steps_total", "error", "started_at", "finished_at")
-VERSION_FIELDS = ("version", "parent_version", "state", "reason", "pairs_used", "learned_from", "serving",
-                  "served_on_publish", "metrics", "path", "hyperparams", "created_at")
+ROUND_FIELDS = (
+    "id",
+    "status",
+    "version",
+    "parent_version",
+    "pairs_used",
+    "learned_from",
+    "steps_done",
+    "steps_total",
+    "error",
+    "started_at",
+    "finished_at",
+)
+VERSION_FIELDS = (
+    "version",
+    "parent_version",
+    "state",
+    "reason",
+    "pairs_used",
+    "learned_from",
+    "serving",
+    "served_on_publish",
+    "metrics",
+    "path",
+    "hyperparams",
+    "created_at",
+)
 
 
 def compute(store: Store) -> dict[str, Any]:
@@ -34,14 +57,18 @@ def compute(store: Store) -> dict[str, Any]:
 
     def drift_of(version: int, rate: dict | None) -> dict | None:
         measured = drift.get(version)
-        return None if measured is None else measured | {"win_rate": rate["rate"] if rate else None,
-                                                           "games": rate["games"] if rate else 0}
+        return (
+            None
+            if measured is None
+            else measured | {"win_rate": rate["rate"] if rate else None, "games": rate["games"] if rate else 0}
+        )
 
     versions = []
     for v in store.versions():
         rate = win_rate(f"pref v{v['version']}")
-        versions.append({k: v.get(k) for k in VERSION_FIELDS} | {"vote_win_rate": rate,
-                                                                 "drift": drift_of(v["version"], rate)})
+        versions.append(
+            {k: v.get(k) for k in VERSION_FIELDS} | {"vote_win_rate": rate, "drift": drift_of(v["version"], rate)}
+        )
     running = store.running_round()
     return {
         "changes": changes,
@@ -67,8 +94,11 @@ def drift_by_version(evaluations: list[dict]) -> dict[int, dict]:
     if not evaluations:
         return {}
     current = evaluations[-1]["eval_set"]
-    return {e["version"]: e["metrics"] | {"eval_set": current, "measured_at": e["created_at"]}
-            for e in evaluations if e["eval_set"] == current}
+    return {
+        e["version"]: e["metrics"] | {"eval_set": current, "measured_at": e["created_at"]}
+        for e in evaluations
+        if e["eval_set"] == current
+    }
 
 
 def _round(r: dict) -> dict:

@@ -60,7 +60,7 @@ class DataSet:
     sft: str
 
     @classmethod
-    def for_models(cls, data_dir: str | os.PathLike, base_spec: str, sft_spec: str) -> "DataSet":
+    def for_models(cls, data_dir: str | os.PathLike, base_spec: str, sft_spec: str) -> DataSet:
         """The data set of these models in `data_dir`, created on first use (and adopting a pre-data-set store
         that these models wrote)."""
         data_dir = Path(data_dir)
@@ -70,8 +70,17 @@ class DataSet:
         data_set.root.mkdir(parents=True, exist_ok=True)
         about = data_set.root / ABOUT_FILE
         if not about.exists():
-            text = json.dumps({"base": base, "sft": sft, "base_spec": base_spec, "sft_spec": sft_spec,
-                               "sft_hub_id": hub_id(sft_spec), "created_at": time.time()}, indent=2)
+            text = json.dumps(
+                {
+                    "base": base,
+                    "sft": sft,
+                    "base_spec": base_spec,
+                    "sft_spec": sft_spec,
+                    "sft_hub_id": hub_id(sft_spec),
+                    "created_at": time.time(),
+                },
+                indent=2,
+            )
             tmp = about.with_suffix(".tmp")
             tmp.write_text(text)
             os.replace(tmp, about)
@@ -108,8 +117,15 @@ def list_data_sets(data_dir: str | os.PathLike) -> list[dict]:
             about = json.loads((folder / ABOUT_FILE).read_text())
         except (OSError, ValueError):
             continue
-        rows.append({"name": folder.name, "path": str(folder), "base": about.get("base"), "sft": about.get("sft"),
-                     "votes": _count(folder / STORE_FILE, "votes")})
+        rows.append(
+            {
+                "name": folder.name,
+                "path": str(folder),
+                "base": about.get("base"),
+                "sft": about.get("sft"),
+                "votes": _count(folder / STORE_FILE, "votes"),
+            }
+        )
     return rows
 
 
@@ -197,7 +213,9 @@ def _rewrite_for_moving(store: Path, old_adapters: str) -> bool:
             return False
         for version, path in conn.execute("SELECT version, path FROM adapter_versions").fetchall():
             if path.startswith(old_adapters + os.sep):
-                conn.execute("UPDATE adapter_versions SET path = ? WHERE version = ?",
-                             ("adapters" + path[len(old_adapters):], version))
+                conn.execute(
+                    "UPDATE adapter_versions SET path = ? WHERE version = ?",
+                    ("adapters" + path[len(old_adapters) :], version),
+                )
         conn.execute("COMMIT")
         return True

@@ -105,7 +105,7 @@ class RowStreamer(BaseStreamer):
         for row in range(len(self.arms)):
             self.finish(row, "length")
 
-    def rows(self, indexes: list[int]) -> "StreamerRows":
+    def rows(self, indexes: list[int]) -> StreamerRows:
         """This streamer seen through some of its rows (a decoder that runs only those)."""
         return StreamerRows(self, indexes)
 

@@ -51,8 +51,16 @@ class EvalPlan:
     @property
     def key(self) -> str:
         """Names what was measured: evaluations of different prompt sets or lengths are not compared."""
-        spec = json.dumps({"prompts": self.prompts, "max_new_tokens": self.max_new_tokens, "seed": self.seed,
-                           "temperature": 1.0, "method": 1}, sort_keys=True)
+        spec = json.dumps(
+            {
+                "prompts": self.prompts,
+                "max_new_tokens": self.max_new_tokens,
+                "seed": self.seed,
+                "temperature": 1.0,
+                "method": 1,
+            },
+            sort_keys=True,
+        )
         return hashlib.sha1(spec.encode()).hexdigest()[:12]
 
 
@@ -66,8 +74,7 @@ def plan_of(settings: RoundSettings) -> EvalPlan | None:
 
 def distinct_n(texts: list[str], n: int = 2) -> float | None:
     """Distinct word n-grams / all word n-grams, over all texts together (corpus level); None without any."""
-    grams = [tuple(words[i:i + n]) for words in (t.lower().split() for t in texts)
-             for i in range(len(words) - n + 1)]
+    grams = [tuple(words[i : i + n]) for words in (t.lower().split() for t in texts) for i in range(len(words) - n + 1)]
     return len(set(grams)) / len(grams) if grams else None
 
 
@@ -102,9 +109,18 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
         tokenizer.padding_side = side
     sampler = SeededSampler([plan.seed + i for i in range(len(texts))], 1.0, 1.0, record=True)
     with torch.inference_mode():
-        out = model.generate(**batch, do_sample=False, temperature=None, top_p=None, top_k=None,
-                             max_new_tokens=plan.max_new_tokens, pad_token_id=pad, eos_token_id=sorted(eos_ids),
-                             logits_processor=[sampler], use_cache=True)
+        out = model.generate(
+            **batch,
+            do_sample=False,
+            temperature=None,
+            top_p=None,
+            top_k=None,
+            max_new_tokens=plan.max_new_tokens,
+            pad_token_id=pad,
+            eos_token_id=sorted(eos_ids),
+            logits_processor=[sampler],
+            use_cache=True,
+        )
     start = batch["input_ids"].shape[1]
     answers, lengths = out[:, start:].cpu(), []
     for row in answers.tolist():
@@ -116,11 +132,18 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
             reference = _answer_logprobs(model, batch["attention_mask"], out, lengths)
     else:
         reference = policy
-    return [{"text": tokenizer.decode(answers[i, :n], skip_special_tokens=True), "tokens": n,
-             "logprob": float(p.sum()), "logprob_sft": float(r.sum()), "kl": kl_estimate(p, r),
-             "prompt_ids": batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist(),
-             "answer_ids": answers[i, :n].tolist()}
-            for i, (n, p, r) in enumerate(zip(lengths, policy, reference))]
+    return [
+        {
+            "text": tokenizer.decode(answers[i, :n], skip_special_tokens=True),
+            "tokens": n,
+            "logprob": float(p.sum()),
+            "logprob_sft": float(r.sum()),
+            "kl": kl_estimate(p, r),
+            "prompt_ids": batch["input_ids"][i][batch["attention_mask"][i].bool()].tolist(),
+            "answer_ids": answers[i, :n].tolist(),
+        }
+        for i, (n, p, r) in enumerate(zip(lengths, policy, reference))
+    ]
 
 
 def kl_estimate(logprobs: torch.Tensor, logprobs_sft: torch.Tensor) -> float:
@@ -128,11 +151,13 @@ def kl_estimate(logprobs: torch.Tensor, logprobs_sft: torch.Tensor) -> float:
     d = log π_SFT(y_t) − log π(y_t). Each term is an unbiased estimate of the KL of that token's distribution given
     the tokens before it (Schulman's "k3"), so the sum estimates the KL of the sequence; unlike the plain
     log π(y) − log π_SFT(y) (equal in expectation) it is never negative and varies less between samples."""
-    d = (logprobs_sft.double() - logprobs.double())
+    d = logprobs_sft.double() - logprobs.double()
     return float((d.exp() - 1 - d).sum())
 
 
-def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, lengths: list[int]) -> list[torch.Tensor]:
+def _answer_logprobs(
+    model, prompt_mask: torch.Tensor, sequences: torch.Tensor, lengths: list[int]
+) -> list[torch.Tensor]:
     """log π(answer token | everything before it) per row of `generate`'s output (left-padded prompts, then the answers), in
     one pass as generate saw them: padding masked, positions counted from each row's first token, and logits only
     for the answer positions (the prompts' would cost a vocabulary-wide matrix product each); a few rows a pass,
@@ -146,8 +171,16 @@ def _answer_logprobs(model, prompt_mask: torch.Tensor, sequences: torch.Tensor, 
     with torch.inference_mode():
         for first in range(0, len(lengths), per_pass):
             rows = slice(first, first + per_pass)
-            logits = model(input_ids=sequences[rows], attention_mask=mask[rows], position_ids=positions[rows],
-                           logits_to_keep=steps + 1).logits[:, :-1].float()  # position t predicts answer token t
+            logits = (
+                model(
+                    input_ids=sequences[rows],
+                    attention_mask=mask[rows],
+                    position_ids=positions[rows],
+                    logits_to_keep=steps + 1,
+                )
+                .logits[:, :-1]
+                .float()
+            )  # position t predicts answer token t
             logprobs = torch.log_softmax(logits, dim=-1).gather(2, sequences[rows, -steps:, None])[..., 0]
             sums += [logprobs[i, :n].cpu() for i, n in enumerate(lengths[rows])]
     return sums
@@ -162,15 +195,23 @@ def evaluate(model, tokenizer, plan: EvalPlan, adapter: bool) -> dict:
         metrics = summarize(sample_and_score(model, tokenizer, plan, adapter), plan.max_new_tokens)
     finally:
         model.train(was_training)
-    return metrics | {"prompts": len(plan.prompts), "max_new_tokens": plan.max_new_tokens,
-                      "seconds": time.perf_counter() - started}
+    return metrics | {
+        "prompts": len(plan.prompts),
+        "max_new_tokens": plan.max_new_tokens,
+        "seconds": time.perf_counter() - started,
+    }
 
 
 def evaluate_and_store(store: Store, version: int, model, tokenizer, plan: EvalPlan, adapter: bool) -> dict:
     metrics = evaluate(model, tokenizer, plan, adapter)
     store.save_version_eval(version, plan.key, metrics)
-    log.info("Drift of v%d on %d prompts (%.1f s): %s", version, len(plan.prompts), metrics["seconds"],
-             {k: round(metrics[k], 3) for k in METRICS if metrics[k] is not None})
+    log.info(
+        "Drift of v%d on %d prompts (%.1f s): %s",
+        version,
+        len(plan.prompts),
+        metrics["seconds"],
+        {k: round(metrics[k], 3) for k in METRICS if metrics[k] is not None},
+    )
     return metrics
 
 

@@ -26,8 +26,12 @@ TOP_TOKENS = 5
 MOVED = 1e-3  # nats: an answer none of whose tokens moved more than this is shown uncoloured
 # Blue/orange: told apart with any colour vision. Gradio lays them at half opacity over the page: these keep a WCAG
 # contrast of at least 4.5 with the theme's text on white and on the dark theme's page (the browser test checks).
-SHADES = {"pushed up a lot": "#2563eb", "pushed up": "#60a5fa", "pushed down": "#fb923c",
-          "pushed down a lot": "#ea580c"}
+SHADES = {
+    "pushed up a lot": "#2563eb",
+    "pushed up": "#60a5fa",
+    "pushed down": "#fb923c",
+    "pushed down a lot": "#ea580c",
+}
 
 
 @dataclass
@@ -65,7 +69,9 @@ class Explanation:
         for token, change in zip(self.tokens, changes):
             shade = None
             if scale >= MOVED and abs(change) >= 0.1 * scale:
-                shade = ("pushed up" if change > 0 else "pushed down") + (" a lot" if abs(change) >= 0.5 * scale else "")
+                shade = ("pushed up" if change > 0 else "pushed down") + (
+                    " a lot" if abs(change) >= 0.5 * scale else ""
+                )
             out.append((token["text"], shade))
         return out
 
@@ -81,8 +87,7 @@ def answer_tokens(tokenizer, messages: list[dict], answer: str) -> tuple[list[in
     included. Without a chat template: the base framing, then the answer and the end-of-text token."""
     if getattr(tokenizer, "chat_template", None):
         prompt = _ids(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True))
-        full = _ids(tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}],
-                                                  tokenize=True))
+        full = _ids(tokenizer.apply_chat_template([*messages, {"role": "assistant", "content": answer}], tokenize=True))
         split = next((i for i, (a, b) in enumerate(zip(prompt, full)) if a != b), min(len(prompt), len(full)))
         return full[:split], full[split:]
     text = base_prompt(messages[-1]["content"], messages[:-1])
@@ -105,7 +110,7 @@ def token_texts(tokenizer, ids: list[int]) -> list[str]:
         if now.endswith("\ufffd") and end < len(ids):
             texts.append("")
             continue
-        texts.append(now[len(before):])
+        texts.append(now[len(before) :])
         before = now
     return texts
 
@@ -148,41 +153,62 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
     answer_text = answer["text"]
     length = len(answer_tokens(tokenizer, messages[-1:], answer_text)[1])
     messages, dropped = fit_conversation(
-        messages, lambda m: len(answer_tokens(tokenizer, m, "")[0]),
-        context_budget(engine.sft.config, tokenizer), answer_tokens=length, model="the SFT model")
+        messages,
+        lambda m: len(answer_tokens(tokenizer, m, "")[0]),
+        context_budget(engine.sft.config, tokenizer),
+        answer_tokens=length,
+        model="the SFT model",
+    )
     prompt_ids, ids = answer_tokens(tokenizer, messages, answer_text)
     policy, reference = engine.scoring.answer_logprobs(prompt_ids, ids, version, path)
     texts = token_texts(tokenizer, ids)
-    tokens = [{"text": text, "reward": beta * (p - r), "logprob_policy": p, "logprob_sft": r}
-              for text, p, r in zip(texts, policy, reference)]
+    tokens = [
+        {"text": text, "reward": beta * (p - r), "logprob_policy": p, "logprob_sft": r}
+        for text, p, r in zip(texts, policy, reference)
+    ]
     return Explanation(
-        comparison=comparison["id"], answer_id=answer["id"], arm=answer["arm"],
-        answer_version=answer["adapter_version"], version=version, beta=beta,
-        total_reward=beta * (sum(policy) - sum(reference)), logprob_policy=sum(policy), logprob_sft=sum(reference),
-        tokens=tokens, dropped_turns=dropped)
+        comparison=comparison["id"],
+        answer_id=answer["id"],
+        arm=answer["arm"],
+        answer_version=answer["adapter_version"],
+        version=version,
+        beta=beta,
+        total_reward=beta * (sum(policy) - sum(reference)),
+        logprob_policy=sum(policy),
+        logprob_sft=sum(reference),
+        tokens=tokens,
+        dropped_turns=dropped,
+    )
 
 
 def summary(explanation: Explanation) -> str:
     """Markdown: the total, what it means, and the tokens pushed most each way."""
     e = explanation
-    wrote = {"base": "the base model", "sft": "the SFT model", "human": "a person",
-             "pref": f"preference-tuned v{e.answer_version}" if e.answer_version else "the SFT model (v0)"}[e.arm]
+    wrote = {
+        "base": "the base model",
+        "sft": "the SFT model",
+        "human": "a person",
+        "pref": f"preference-tuned v{e.answer_version}" if e.answer_version else "the SFT model (v0)",
+    }[e.arm]
     if e.version == 0:
-        return (f"**Implicit reward 0** for this answer by {wrote}: version 0 has no adapter, so the "
-                "preference-tuned model *is* the SFT model and nothing was learned yet.")
+        return (
+            f"**Implicit reward 0** for this answer by {wrote}: version 0 has no adapter, so the "
+            "preference-tuned model *is* the SFT model and nothing was learned yet."
+        )
 
     def listed(tokens):
         return ", ".join(f"`{_visible(t['text'])}` {t['reward']:+.3f}" for t in tokens) or "none"
 
     lean = "more" if e.total_reward > 0 else "less" if e.total_reward < 0 else "exactly as"
-    return (f"**Implicit reward {e.total_reward:+.3f}** under v{e.version} (β = {e.beta:g}) for this answer by "
-            f"{wrote}: the preference-tuned model finds it {lean} likely {'as' if lean == 'exactly as' else 'than'} the SFT model does "
-            f"(log-probability {e.logprob_policy:.1f} vs {e.logprob_sft:.1f} over {len(e.tokens)} tokens).  \n"
-            f"**Pushed up most:** {listed(e.top_up)}  \n**Pushed down most:** {listed(e.top_down)}"
-            + (f"  \n(The oldest {e.dropped_turns} turn(s) did not fit the model's context.)" if e.dropped_turns
-               else ""))
+    return (
+        f"**Implicit reward {e.total_reward:+.3f}** under v{e.version} (β = {e.beta:g}) for this answer by "
+        f"{wrote}: the preference-tuned model finds it {lean} likely {'as' if lean == 'exactly as' else 'than'} the SFT model does "
+        f"(log-probability {e.logprob_policy:.1f} vs {e.logprob_sft:.1f} over {len(e.tokens)} tokens).  \n"
+        f"**Pushed up most:** {listed(e.top_up)}  \n**Pushed down most:** {listed(e.top_down)}"
+        + (f"  \n(The oldest {e.dropped_turns} turn(s) did not fit the model's context.)" if e.dropped_turns else "")
+    )
 
 
 def _visible(text: str) -> str:
     """A token as it can be read inside a code span (white space made visible, backticks kept out)."""
-    return (text.replace("`", "'").replace("\n", "⏎").replace(" ", "·") or "∅")
+    return text.replace("`", "'").replace("\n", "⏎").replace(" ", "·") or "∅"

@@ -27,15 +27,23 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Iterator
 
 from .decoding import Mirror, RowStreamer
 from .int8 import int8_roles
 from .models import LoadedModel, Preset
-from .prompting import (BASE_STOP_STRINGS, base_prompt, chat_prompt, check_history, check_prompt, context_budget,
-                        encode_prompt, fit_conversation)
+from .prompting import (
+    BASE_STOP_STRINGS,
+    base_prompt,
+    chat_prompt,
+    check_history,
+    check_prompt,
+    context_budget,
+    encode_prompt,
+    fit_conversation,
+)
 from .runtimes import AdapterError, DecodeRow, ModelRuntime, ServingError
 from .runtimes.torch_runtime import TorchRuntime
 from .scoring import Scorer
@@ -84,8 +92,13 @@ class Answer:
 class Engine:
     """Owns the loaded models, their runtimes and the serving adapter; streams answers for any number of callers."""
 
-    def __init__(self, base: LoadedModel | None, sft: LoadedModel, runtimes: dict[str, ModelRuntime] | None = None,
-                 load_sft_weights=None):
+    def __init__(
+        self,
+        base: LoadedModel | None,
+        sft: LoadedModel,
+        runtimes: dict[str, ModelRuntime] | None = None,
+        load_sft_weights=None,
+    ):
         """runtimes: {"base": ..., "sft": ...} (default: torch on the LoadedModels' weights; then the LoadedModels
         may come without torch weights, and `load_sft_weights()` gives the SFT model's to the scorer)."""
         self.base, self.sft = base, sft
@@ -105,20 +118,40 @@ class Engine:
         self.base_stops = BASE_STOP_STRINGS  # benchmarks clear it to time full-length base answers
 
     @classmethod
-    def from_preset(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", precision="auto",
-                    threads: int | None = None, adapter_targets: tuple[str, ...] | None = None,
-                    runtime: str = "torch", chat_workers: int = 2, vllm=None) -> "Engine":
+    def from_preset(
+        cls,
+        preset: Preset,
+        data_dir,
+        *,
+        trust_remote_code=False,
+        device="cpu",
+        precision="auto",
+        threads: int | None = None,
+        adapter_targets: tuple[str, ...] | None = None,
+        runtime: str = "torch",
+        chat_workers: int = 2,
+        vllm=None,
+    ) -> Engine:
         """The models of `preset` on `runtime` (runtimes/opening.py says what each setting does); vllm: a
         runtimes.vllm.server.VllmOptions for `--runtime vllm`."""
         from .runtimes.opening import open_runtimes
 
-        opened = open_runtimes(preset, data_dir, trust_remote_code=trust_remote_code, device=device,
-                               int8=int8_roles(precision, device), threads=threads, adapter_targets=adapter_targets,
-                               runtime=runtime, chat_workers=chat_workers, vllm=vllm)
+        opened = open_runtimes(
+            preset,
+            data_dir,
+            trust_remote_code=trust_remote_code,
+            device=device,
+            int8=int8_roles(precision, device),
+            threads=threads,
+            adapter_targets=adapter_targets,
+            runtime=runtime,
+            chat_workers=chat_workers,
+            vllm=vllm,
+        )
         return cls(opened.base, opened.sft, opened.runtimes, opened.load_sft_weights)
 
     @classmethod
-    def for_scoring(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu") -> "Engine":
+    def for_scoring(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu") -> Engine:
         """The SFT model alone, in torch, for what only scores answers (`explain`, the command line): no base
         model, nothing decodes."""
         from .models import load_model
@@ -166,8 +199,9 @@ class Engine:
                 try:
                     runtime.attach(name, str(path))
                 except Exception as error:
-                    raise AdapterError(f"Adapter v{version} at {path} could not be loaded: {error}."
-                                       f"{runtime.adapter_hint(str(path))}") from error
+                    raise AdapterError(
+                        f"Adapter v{version} at {path} could not be loaded: {error}.{runtime.adapter_hint(str(path))}"
+                    ) from error
             with self._lock:
                 old, self._adapter_name = self._adapter_name, name
                 self.adapter_version, self.adapter_path = (version, str(path)) if name else (0, None)
@@ -206,8 +240,9 @@ class Engine:
             log.warning("Could not unload adapter %s: %s", name, error)
 
     # ---- generation ----------------------------------------------------------------------------------------
-    def stream(self, prompt: str, sampling: Sampling | None = None, arms=ARMS,
-               history: list[dict] | None = None) -> Iterator[dict[str, Answer]]:
+    def stream(
+        self, prompt: str, sampling: Sampling | None = None, arms=ARMS, history: list[dict] | None = None
+    ) -> Iterator[dict[str, Answer]]:
         """Yield {arm: Answer} each time any arm's text grows, until every arm is done.
 
         history: earlier turns, [{"role": "user"|"assistant", "content": ...}, ...] alternating and ending with the
@@ -218,24 +253,29 @@ class Engine:
         history = check_history(history)
         return self._stream(prompt, sampling, [Row(arm, arm, sampling.seed) for arm in ARMS if arm in arms], history)
 
-    def stream_duel(self, prompt: str, sampling: Sampling | None = None,
-                    history: list[dict] | None = None) -> Iterator[dict[str, Answer]]:
+    def stream_duel(
+        self, prompt: str, sampling: Sampling | None = None, history: list[dict] | None = None
+    ) -> Iterator[dict[str, Answer]]:
         """Two samples ("a", "b") of the preference-tuned model with different seeds: on-policy pairs for DPO."""
         sampling = (sampling or Sampling()).checked()
         history = check_history(history)
-        return self._stream(prompt, sampling, [Row("a", "pref", sampling.seed), Row("b", "pref", sampling.seed + 1)],
-                            history)
+        return self._stream(
+            prompt, sampling, [Row("a", "pref", sampling.seed), Row("b", "pref", sampling.seed + 1)], history
+        )
 
-    def generate(self, prompt: str, sampling: Sampling | None = None, arms=ARMS,
-                 history: list[dict] | None = None) -> dict[str, Answer]:
-        return _last(self.stream(prompt, sampling, arms, history))
+    def generate(
+        self, prompt: str, sampling: Sampling | None = None, arms=ARMS, history: list[dict] | None = None
+    ) -> dict[str, Answer]:
+        return final(self.stream(prompt, sampling, arms, history))
 
-    def duel(self, prompt: str, sampling: Sampling | None = None,
-             history: list[dict] | None = None) -> dict[str, Answer]:
-        return _last(self.stream_duel(prompt, sampling, history))
+    def duel(
+        self, prompt: str, sampling: Sampling | None = None, history: list[dict] | None = None
+    ) -> dict[str, Answer]:
+        return final(self.stream_duel(prompt, sampling, history))
 
-    def model_input(self, role: str, prompt: str, history: list[dict] | None = None,
-                    max_new_tokens: int = Sampling.max_new_tokens) -> tuple[str, int]:
+    def model_input(
+        self, role: str, prompt: str, history: list[dict] | None = None, max_new_tokens: int = Sampling.max_new_tokens
+    ) -> tuple[str, int]:
         """The text model `role` ("base" or "sft") gets for this conversation, and how many of the oldest earlier
         turns it leaves out so that prompt + `max_new_tokens` fit its context budget (prompting.context_budget,
         and the runtime's own limit where it is smaller). Raises PromptError when the new prompt alone does not
@@ -255,8 +295,9 @@ class Engine:
         )
         return render(prompt, kept[:-1]), dropped
 
-    def _stream(self, prompt: str, sampling: Sampling, rows: list["Row"],
-                history: list[dict] | None = None) -> Iterator[dict[str, Answer]]:
+    def _stream(
+        self, prompt: str, sampling: Sampling, rows: list[Row], history: list[dict] | None = None
+    ) -> Iterator[dict[str, Answer]]:
         prompt = check_prompt(prompt)
         events: queue.Queue = queue.Queue()
         cancel = threading.Event()
@@ -266,8 +307,11 @@ class Engine:
         base_rows = [row for row in rows if row.arm == "base"]
         chat_rows = [row for row in rows if row.arm != "base"]
         # Each model's input, fitted to its own context budget, before anything runs (a prompt too long: PromptError).
-        inputs = {role: self.model_input(role, prompt, history, sampling.max_new_tokens)
-                  for role, wanted in (("base", base_rows), ("sft", chat_rows)) if wanted}
+        inputs = {
+            role: self.model_input(role, prompt, history, sampling.max_new_tokens)
+            for role, wanted in (("base", base_rows), ("sft", chat_rows))
+            if wanted
+        }
         lease = None
         if base_rows:
             text, dropped = inputs["base"]
@@ -279,8 +323,9 @@ class Engine:
             for row in chat_rows:
                 answers[row.key] = self._new_answer(row, sampling, version if row.arm == "pref" else 0, dropped)
             jobs.append(("sft", text, chat_rows, lease, ()))
-        threads = [threading.Thread(target=self._run, args=(*job, sampling, events, cancel), daemon=True)
-                   for job in jobs]
+        threads = [
+            threading.Thread(target=self._run, args=(*job, sampling, events, cancel), daemon=True) for job in jobs
+        ]
         for thread in threads:
             thread.start()
         pending = set(answers)
@@ -317,7 +362,7 @@ class Engine:
                 thread.join()
             self._release(lease)
 
-    def _new_answer(self, row: "Row", sampling: Sampling, version: int, dropped_turns: int = 0) -> Answer:
+    def _new_answer(self, row: Row, sampling: Sampling, version: int, dropped_turns: int = 0) -> Answer:
         model = self.base if row.arm == "base" else self.sft
         note = V0_NOTE if row.arm == "pref" and version == 0 else None
         settings = sampling.as_dict() | {"seed": row.seed}
@@ -340,10 +385,10 @@ class Engine:
             ids = encode_prompt(loaded.tokenizer, text)
             for row in rows:
                 events.put(("prompt_tokens", row.key, len(ids)))
-            streamer = RowStreamer(sink, [row.key for row in unique.values()], loaded.tokenizer, stops,
-                                   eos_ids(loaded))
-            self.runtimes[role].decode(ids, [DecodeRow(seed, name) for seed, name in unique], sampling, streamer,
-                                       cancel)
+            streamer = RowStreamer(sink, [row.key for row in unique.values()], loaded.tokenizer, stops, eos_ids(loaded))
+            self.runtimes[role].decode(
+                ids, [DecodeRow(seed, name) for seed, name in unique], sampling, streamer, cancel
+            )
             streamer.end()
         except ServingError as error:  # this model's answers fail; the other model's go on
             log.error("The %s runtime failed: %s", role, error)
@@ -370,8 +415,7 @@ class Row:
     seed: int
 
 
-def _last(stream: Iterator[dict[str, Answer]]) -> dict[str, Answer]:
-    answers: dict[str, Answer] = {}
-    for answers in stream:
-        pass
-    return answers
+def final(stream: Iterator[dict[str, Answer]], first: dict[str, Answer] | None = None) -> dict[str, Answer]:
+    """The stream's last update: the finished answers (`first` when the stream has nothing more)."""
+    rest = deque(stream, maxlen=1)
+    return rest[0] if rest else (first or {})

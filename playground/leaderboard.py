@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import html
 import math
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -79,8 +79,16 @@ def games_from_votes(votes: Iterable[Mapping]) -> list[Game]:
     return games
 
 
-def fit(n_players: int, first: np.ndarray, second: np.ndarray, score: np.ndarray, weight: np.ndarray | None = None,
-        prior: float = PRIOR_GAMES, tol: float = 1e-9, max_iter: int = 10_000) -> np.ndarray:
+def fit(
+    n_players: int,
+    first: np.ndarray,
+    second: np.ndarray,
+    score: np.ndarray,
+    weight: np.ndarray | None = None,
+    prior: float = PRIOR_GAMES,
+    tol: float = 1e-9,
+    max_iter: int = 10_000,
+) -> np.ndarray:
     """Bradley-Terry log-strengths, centred on their mean, by Hunter's MM iteration.
 
     Every pair of players also gets `prior` pseudo-games that end in a tie: a weak pull to the middle that makes
@@ -108,14 +116,16 @@ def fit(n_players: int, first: np.ndarray, second: np.ndarray, score: np.ndarray
     return theta
 
 
-def leaderboard(votes: Iterable[Mapping], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0,
-                prior: float = PRIOR_GAMES) -> list[Standing]:
+def leaderboard(
+    votes: Iterable[Mapping], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0, prior: float = PRIOR_GAMES
+) -> list[Standing]:
     """Standings, best first. CIs: 2.5th-97.5th percentiles over `bootstrap` resamples of the votes."""
     return standings(games_from_votes(votes), bootstrap=bootstrap, seed=seed, prior=prior)
 
 
-def standings(games: Sequence[Game], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0,
-              prior: float = PRIOR_GAMES) -> list[Standing]:
+def standings(
+    games: Sequence[Game], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed: int = 0, prior: float = PRIOR_GAMES
+) -> list[Standing]:
     if not games:
         return []
     players = sorted({g.first for g in games} | {g.second for g in games}, key=_player_order)
@@ -127,7 +137,7 @@ def standings(games: Sequence[Game], *, bootstrap: int = BOOTSTRAP_SAMPLES, seed
 
     point = fit(len(players), first, second, score, prior=prior)
     samples = _bootstrap(len(players), first, second, score, vote, bootstrap, seed, prior)
-    low, high = (np.percentile(samples, [2.5, 97.5], axis=0) if len(samples) else (point, point))
+    low, high = np.percentile(samples, [2.5, 97.5], axis=0) if len(samples) else (point, point)
 
     comparisons = np.bincount(first, minlength=len(players)) + np.bincount(second, minlength=len(players))
     wins = np.bincount(first, score, len(players)) + np.bincount(second, 1 - score, len(players))
@@ -183,13 +193,17 @@ def interval_plot(rows: Sequence[Standing]) -> str:
     def x(value: float) -> float:
         return left + plot_width * (value - low) / (high - low)
 
-    parts = [f"<line x1='{x(CENTRE):.1f}' y1='{top - 4}' x2='{x(CENTRE):.1f}' y2='{height - 30}' "
-             "style='stroke: var(--body-text-color-subdued)' stroke-dasharray='4 3'/>"]
+    parts = [
+        f"<line x1='{x(CENTRE):.1f}' y1='{top - 4}' x2='{x(CENTRE):.1f}' y2='{height - 30}' "
+        "style='stroke: var(--body-text-color-subdued)' stroke-dasharray='4 3'/>"
+    ]
     tick = low
     while tick <= high:
-        parts.append(f"<line x1='{x(tick):.1f}' y1='{height - 30}' x2='{x(tick):.1f}' y2='{height - 26}' "
-                     "stroke='currentColor'/>"
-                     f"<text x='{x(tick):.1f}' y='{height - 12}' text-anchor='middle' font-size='11'>{tick:.0f}</text>")
+        parts.append(
+            f"<line x1='{x(tick):.1f}' y1='{height - 30}' x2='{x(tick):.1f}' y2='{height - 26}' "
+            "stroke='currentColor'/>"
+            f"<text x='{x(tick):.1f}' y='{height - 12}' text-anchor='middle' font-size='11'>{tick:.0f}</text>"
+        )
         tick += step
     for i, s in enumerate(rows):
         y = top + row_height * i + row_height / 2
@@ -200,10 +214,14 @@ def interval_plot(rows: Sequence[Standing]) -> str:
             f"<circle cx='{x(s.rating):.1f}' cy='{y:.1f}' r='5' stroke-width='1.5' "
             "style='fill: var(--color-accent); stroke: var(--background-fill-primary)'/>"
             f"<text x='{width - right + 10}' y='{y + 4:.1f}' font-size='12'>{s.rating:.0f} "
-            f"({s.ci_low:.0f}–{s.ci_high:.0f}) · {s.comparisons}</text>")
-    return (f"<div class='pg-ratings' style='color: var(--body-text-color)'>"
-            f"<svg viewBox='0 0 {width} {height}' width='100%' role='img' "
-            f"aria-label='Ratings with 95% intervals' style='font-family: var(--font); fill: currentColor'>"
-            + "".join(parts) + "</svg>"
-            "<div class='pg-meta'>Rating (dot) and 95% interval (line) per player; dashed: the mean, 1000. Right: "
-            "rating (interval) · games.</div></div>")
+            f"({s.ci_low:.0f}–{s.ci_high:.0f}) · {s.comparisons}</text>"
+        )
+    return (
+        f"<div class='pg-ratings' style='color: var(--body-text-color)'>"
+        f"<svg viewBox='0 0 {width} {height}' width='100%' role='img' "
+        f"aria-label='Ratings with 95% intervals' style='font-family: var(--font); fill: currentColor'>"
+        + "".join(parts)
+        + "</svg>"
+        "<div class='pg-meta'>Rating (dot) and 95% interval (line) per player; dashed: the mean, 1000. Right: "
+        "rating (interval) · games.</div></div>"
+    )

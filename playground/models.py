@@ -333,8 +333,9 @@ def load_model(
         # Padding is needed only for batching; the EOS token is the conventional stand-in.
         tokenizer.pad_token = tokenizer.eos_token
     if model is None:
-        return LoadedModel(spec, None, tokenizer, source, time.perf_counter() - start, "float32", (), config,
-                           generation_config)
+        return LoadedModel(
+            spec, None, tokenizer, source, time.perf_counter() - start, "float32", (), config, generation_config
+        )
     model.to(device)
     model.eval()
     from .int8 import INT8_KEEP_FLOAT, quantize_int8
@@ -344,8 +345,17 @@ def load_model(
     if int8:
         quantize_int8(model, float_layers)
     precision = "int8" if int8 else str(next(model.parameters()).dtype).removeprefix("torch.")
-    return LoadedModel(spec, model, tokenizer, source, time.perf_counter() - start, precision, float_layers,
-                       model.config, model.generation_config)
+    return LoadedModel(
+        spec,
+        model,
+        tokenizer,
+        source,
+        time.perf_counter() - start,
+        precision,
+        float_layers,
+        model.config,
+        model.generation_config,
+    )
 
 
 def _dtype_for(device: str):

@@ -80,23 +80,28 @@ def check_history(history) -> list[dict]:
     if history is None:
         return []
     if not isinstance(history, (list, tuple)):
-        raise PromptError(f'The history must be a list of {{"role", "content"}} messages, '
-                          f"not {type(history).__name__}.")
+        raise PromptError(
+            f'The history must be a list of {{"role", "content"}} messages, not {type(history).__name__}.'
+        )
     messages, total = [], 0
     for number, message in enumerate(history, 1):
         if not isinstance(message, dict) or "role" not in message or "content" not in message:
-            raise PromptError(f'History message {number} is not a {{"role": ..., "content": ...}} object: '
-                              f"{message!r:.80}.")
+            raise PromptError(
+                f'History message {number} is not a {{"role": ..., "content": ...}} object: {message!r:.80}.'
+            )
         role, content = message["role"], message["content"]
         if role not in ROLES:
             raise PromptError(f"History message {number} has role {role!r}; the roles are 'user' and 'assistant'.")
         expected = ROLES[(number - 1) % 2]
         if role != expected:
-            raise PromptError(f"History message {number} is from the {role}, but the {expected} comes next: the "
-                              "history alternates user, assistant, ..., starting with the user.")
+            raise PromptError(
+                f"History message {number} is from the {role}, but the {expected} comes next: the "
+                "history alternates user, assistant, ..., starting with the user."
+            )
         if not isinstance(content, str):
-            raise PromptError(f"History message {number} ({role}): the content must be text, "
-                              f"not {type(content).__name__}.")
+            raise PromptError(
+                f"History message {number} ({role}): the content must be text, not {type(content).__name__}."
+            )
         text = content.strip()
         if not text:
             raise PromptError(f"History message {number} ({role}) is empty.")
@@ -108,18 +113,24 @@ def check_history(history) -> list[dict]:
         total += len(text)
         messages.append({"role": role, "content": text})
     if messages and messages[-1]["role"] != "assistant":
-        raise PromptError("The history ends with a user message: it must end with the assistant's answer "
-                          "(the new prompt is passed on its own).")
+        raise PromptError(
+            "The history ends with a user message: it must end with the assistant's answer "
+            "(the new prompt is passed on its own)."
+        )
     if total > MAX_HISTORY_CHARS:
-        raise PromptError(f"The earlier turns have {total:,} characters; the limit is {MAX_HISTORY_CHARS:,} (far more "
-                          "than these models can read at once). Start a new conversation.")
+        raise PromptError(
+            f"The earlier turns have {total:,} characters; the limit is {MAX_HISTORY_CHARS:,} (far more "
+            "than these models can read at once). Start a new conversation."
+        )
     return messages
 
 
 def base_prompt(prompt: str, history: list[dict] | None = None) -> str:
     """The base framing: earlier turns (already checked) as Q/A pairs, then the open "Q: <prompt>\nA:"."""
-    turns = [BASE_TURN_TEMPLATE.format(user=history[i]["content"].strip(), assistant=history[i + 1]["content"].strip())
-             for i in range(0, len(history or ()), 2)]
+    turns = [
+        BASE_TURN_TEMPLATE.format(user=history[i]["content"].strip(), assistant=history[i + 1]["content"].strip())
+        for i in range(0, len(history or ()), 2)
+    ]
     return BASE_TURN_SEPARATOR.join([*turns, BASE_TEMPLATE.format(prompt=prompt.strip())])
 
 
@@ -150,13 +161,17 @@ def context_budget(config, tokenizer) -> int:
     max_position_embeddings, the tokenizer's model_max_length when it is a real number, the smaller of the two),
     capped by CONTEXT_TOKENS_CAP."""
     text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    limits = [CONTEXT_TOKENS_CAP, getattr(text_config, "max_position_embeddings", None),
-              getattr(tokenizer, "model_max_length", None)]
+    limits = [
+        CONTEXT_TOKENS_CAP,
+        getattr(text_config, "max_position_embeddings", None),
+        getattr(tokenizer, "model_max_length", None),
+    ]
     return min(n for n in limits if isinstance(n, int) and 0 < n < 10**7)
 
 
-def fit_conversation(messages: list[dict], count_tokens, budget: int, *, answer_tokens: int = 0,
-                     model: str = "the model") -> tuple[list[dict], int]:
+def fit_conversation(
+    messages: list[dict], count_tokens, budget: int, *, answer_tokens: int = 0, model: str = "the model"
+) -> tuple[list[dict], int]:
     """Drop the oldest earlier turns until `count_tokens(messages) + answer_tokens <= budget`.
 
     messages: earlier turns (user, assistant pairs) followed by the new user message. Whole turns go, oldest

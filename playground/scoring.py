@@ -49,8 +49,9 @@ class Scorer:
         targets = ids[0, 1:].to(logits.device)
         return float(torch.nn.functional.cross_entropy(logits[0, start - 1 : -1].float(), targets[start - 1 :]))
 
-    def answer_logprobs(self, prompt_ids: list[int], answer_ids: list[int], version: int,
-                        path: str | None) -> tuple[list[float], list[float]]:
+    def answer_logprobs(
+        self, prompt_ids: list[int], answer_ids: list[int], version: int, path: str | None
+    ) -> tuple[list[float], list[float]]:
         """log π(token | everything before it) of each answer token, with adapter `version` (from `path`; 0: none)
         and without it (the SFT model). An adapter the torch runtime already serves under `v<N>` is used as it
         is; another version is loaded for the call and dropped after it."""

@@ -88,44 +88,86 @@ def _help(text: str, **extra) -> dict:
 class ModelSettings:
     _argument_group_name = "models and data"
 
-    preset: str = field(default="auto", metadata=_help(
-        "`auto`: `embedded` when its packages are installed, else `smollm2-135m` (see Models and presets)"))
+    preset: str = field(
+        default="auto",
+        metadata=_help(
+            "`auto`: `embedded` when its packages are installed, else `smollm2-135m` (see Models and presets)"
+        ),
+    )
     base: str | None = field(default=None, metadata=_help("base model: Hub id, local folder or .gguf file"))
     sft: str | None = field(default=None, metadata=_help("SFT model: Hub id, local folder or .gguf file"))
-    data_dir: str | None = field(default=None, metadata=_help(
-        "model caches and the data sets (votes, adapters): see Data directory"))
+    data_dir: str | None = field(
+        default=None, metadata=_help("model caches and the data sets (votes, adapters): see Data directory")
+    )
     device: str = field(default="cpu", metadata=_help("`cpu` or `cuda`"))
-    precision: str = field(default="auto", metadata=_help(
-        "`auto`: on a CPU the base model runs with int8 weights, the SFT model in float; `int8`: both; `float`: "
-        "neither (the onnx runtime keeps the SFT model float); on a GPU `auto` is float (docs/performance.md)",
-        choices=PRECISIONS))
-    runtime: str = field(default="auto", metadata=_help(
-        "what decodes answers: `onnx` (ONNX Runtime GenAI in a worker process per model; CPU only), `torch` "
-        "(transformers), `vllm` (a vLLM server: see --vllm-url); `auto`: onnx on a CPU when it is installed and can "
-        "build the models, else torch (docs/performance.md, Serving runtime; README, Scale out)", choices=RUNTIMES))
-    vllm_url: str | None = field(default=None, metadata=_help(
-        "with --runtime vllm: the vLLM server (OpenAI API) that serves the SFT model, e.g. http://gpu-box:8000; "
-        "unset: one is started here from the vLLM environment (--vllm-python) and stopped on exit"))
-    base_vllm_url: str | None = field(default=None, metadata=_help(
-        "with --runtime vllm: a vLLM server for the base model (a server serves one model); unset: the base arm runs "
-        "on the local runtime (onnx on a CPU)"))
-    vllm_python: str | None = field(default=None, metadata=_help(
-        "the python of a virtual environment with vLLM, to start a server; unset: the python beside a `vllm` on "
-        "PATH, else the project's .venv-vllm (setup.sh)"))
-    chat_workers: int = field(default=2, metadata=_help(
-        "with the onnx runtime, processes decoding the SFT model: 2 run the SFT and the preference answer in "
-        "parallel (three columns about 1.4x faster, about 0.7 GB more memory); 1 lets them take turns",
-        choices=(1, 2)))
-    serve_threads: int = field(default_factory=half_the_cores, metadata=_help(
-        "threads for generation: half the CPU cores, so the base and SFT models each get their own (torch threads; "
-        "with the onnx runtime, threads of each decode process)"))
+    precision: str = field(
+        default="auto",
+        metadata=_help(
+            "`auto`: on a CPU the base model runs with int8 weights, the SFT model in float; `int8`: both; `float`: "
+            "neither (the onnx runtime keeps the SFT model float); on a GPU `auto` is float (docs/performance.md)",
+            choices=PRECISIONS,
+        ),
+    )
+    runtime: str = field(
+        default="auto",
+        metadata=_help(
+            "what decodes answers: `onnx` (ONNX Runtime GenAI in a worker process per model; CPU only), `torch` "
+            "(transformers), `vllm` (a vLLM server: see --vllm-url); `auto`: onnx on a CPU when it is installed and can "
+            "build the models, else torch (docs/performance.md, Serving runtime; README, Scale out)",
+            choices=RUNTIMES,
+        ),
+    )
+    vllm_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "with --runtime vllm: the vLLM server (OpenAI API) that serves the SFT model, e.g. http://gpu-box:8000; "
+            "unset: one is started here from the vLLM environment (--vllm-python) and stopped on exit"
+        ),
+    )
+    base_vllm_url: str | None = field(
+        default=None,
+        metadata=_help(
+            "with --runtime vllm: a vLLM server for the base model (a server serves one model); unset: the base arm runs "
+            "on the local runtime (onnx on a CPU)"
+        ),
+    )
+    vllm_python: str | None = field(
+        default=None,
+        metadata=_help(
+            "the python of a virtual environment with vLLM, to start a server; unset: the python beside a `vllm` on "
+            "PATH, else the project's .venv-vllm (setup.sh)"
+        ),
+    )
+    chat_workers: int = field(
+        default=2,
+        metadata=_help(
+            "with the onnx runtime, processes decoding the SFT model: 2 run the SFT and the preference answer in "
+            "parallel (three columns about 1.4x faster, about 0.7 GB more memory); 1 lets them take turns",
+            choices=(1, 2),
+        ),
+    )
+    serve_threads: int = field(
+        default_factory=half_the_cores,
+        metadata=_help(
+            "threads for generation: half the CPU cores, so the base and SFT models each get their own (torch threads; "
+            "with the onnx runtime, threads of each decode process)"
+        ),
+    )
     trust_remote_code: bool = field(default=False, metadata=_help("let model repos run their own code"))
-    persist: str | None = field(default=None, metadata=_help(
-        "folder that receives the durable copy of every record and adapter (a Space's bucket volume) and that an "
-        "empty data set is restored from; `off`: none (see Deploy as a Space)"))
-    hub_dataset: str | None = field(default=None, metadata=_help(
-        "dataset repo (`owner/name`) the durable copy is also pushed to every 5 minutes, for a Space without a "
-        "volume; it is restored from when the local copy is empty"))
+    persist: str | None = field(
+        default=None,
+        metadata=_help(
+            "folder that receives the durable copy of every record and adapter (a Space's bucket volume) and that an "
+            "empty data set is restored from; `off`: none (see Deploy as a Space)"
+        ),
+    )
+    hub_dataset: str | None = field(
+        default=None,
+        metadata=_help(
+            "dataset repo (`owner/name`) the durable copy is also pushed to every 5 minutes, for a Space without a "
+            "volume; it is restored from when the local copy is empty"
+        ),
+    )
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -135,8 +177,10 @@ class ModelSettings:
         if self.runtime == "auto" and self.vllm_url:
             self.runtime = "vllm"  # a vLLM server given is a vLLM server used
         if self.base_vllm_url and self.runtime != "vllm":
-            raise UserError("--base-vllm-url serves the base arm from vLLM alongside the SFT model's server. Fix: "
-                             "add --runtime vllm (and --vllm-url, or let the app start the SFT model's server).")
+            raise UserError(
+                "--base-vllm-url serves the base arm from vLLM alongside the SFT model's server. Fix: "
+                "add --runtime vllm (and --vllm-url, or let the app start the SFT model's server)."
+            )
         if self.serve_threads is not None and self.serve_threads < 1:
             raise UserError(f"serve_threads must be at least 1 (got {self.serve_threads}).")
         if self.chat_workers not in (1, 2):
@@ -168,11 +212,15 @@ class Sampling:
 
     temperature: float = field(default=0.7, metadata=_help("0 = greedy"))
     top_p: float = field(default=0.9, metadata=_help("nucleus sampling"))
-    max_new_tokens: int = field(default=128, metadata=_help(
-        f"answer length in tokens (the page's default; a visitor can pick 8–512; at most {MAX_NEW_TOKENS_LIMIT})"))
+    max_new_tokens: int = field(
+        default=128,
+        metadata=_help(
+            f"answer length in tokens (the page's default; a visitor can pick 8–512; at most {MAX_NEW_TOKENS_LIMIT})"
+        ),
+    )
     seed: int | None = field(default=None, metadata=_help("a fixed seed; unset: a fresh one, recorded"))
 
-    def checked(self) -> "Sampling":
+    def checked(self) -> Sampling:
         """A copy with a concrete seed; raises ValueError with a readable message on nonsense settings."""
         if not 0 <= self.temperature <= 5:
             raise UserError(f"temperature must be between 0 and 5 (got {self.temperature}); 0 means greedy.")
@@ -197,60 +245,115 @@ class Sampling:
 class RoundSettings:
     _argument_group_name = "training rounds"
 
-    min_pairs: int = field(default=8, metadata=_help(
-        "new pieces of feedback that start a round (or Train now): each preference pair, demonstration and rating "
-        "counts one (demonstrations and ratings while their weight is above 0), at most `--pairs-per-voter` of one "
-        "voter's; someone who only rates or only writes answers gets rounds too"))
-    max_new_pairs: int = field(default=64, metadata=_help(
-        "new pieces of feedback (pairs, demonstrations, ratings) per round, oldest first; more wait for the next one"))
-    replay_pairs: int = field(default=32, metadata=_help(
-        "earlier examples of each kind (pairs, demonstrations, ratings) trained again in each round"))
-    sft_weight: float = field(default=1.0, metadata=_help(
-        "weight of the demonstration (SFT) stage: people's better answers made likely; it scales that stage's "
-        "learning rate; 0 = off (see How the model learns)"))
-    rating_weight: float = field(default=1.0, metadata=_help(
-        "weight of single ratings (thumbs, all bad): KTO's unpaired preference loss; it scales that stage's "
-        "learning rate; 0 = off"))
+    min_pairs: int = field(
+        default=8,
+        metadata=_help(
+            "new pieces of feedback that start a round (or Train now): each preference pair, demonstration and rating "
+            "counts one (demonstrations and ratings while their weight is above 0), at most `--pairs-per-voter` of one "
+            "voter's; someone who only rates or only writes answers gets rounds too"
+        ),
+    )
+    max_new_pairs: int = field(
+        default=64,
+        metadata=_help(
+            "new pieces of feedback (pairs, demonstrations, ratings) per round, oldest first; more wait for the next one"
+        ),
+    )
+    replay_pairs: int = field(
+        default=32,
+        metadata=_help("earlier examples of each kind (pairs, demonstrations, ratings) trained again in each round"),
+    )
+    sft_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "weight of the demonstration (SFT) stage: people's better answers made likely; it scales that stage's "
+            "learning rate; 0 = off (see How the model learns)"
+        ),
+    )
+    rating_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "weight of single ratings (thumbs, all bad): KTO's unpaired preference loss; it scales that stage's "
+            "learning rate; 0 = off"
+        ),
+    )
     epochs: int = field(default=2, metadata=_help("passes over a round's examples, in each stage"))
-    batch_size: int = field(default=1, metadata=_help(
-        "examples per forward/backward pass (the rating stage takes at least 2: KTO estimates its KL term from the "
-        "other examples of a batch)"))
-    grad_accumulation: int = field(default=4, metadata=_help(
-        "passes per optimizer step: 4 passes of 1 pair make the updates of one pass of 4, in less memory"))
+    batch_size: int = field(
+        default=1,
+        metadata=_help(
+            "examples per forward/backward pass (the rating stage takes at least 2: KTO estimates its KL term from the "
+            "other examples of a batch)"
+        ),
+    )
+    grad_accumulation: int = field(
+        default=4,
+        metadata=_help(
+            "passes per optimizer step: 4 passes of 1 pair make the updates of one pass of 4, in less memory"
+        ),
+    )
     learning_rate: float = field(default=2e-4, metadata=_help("constant learning rate"))
     beta: float = field(default=0.1, metadata=_help("DPO β: the strength of the pull to the SFT model"))
     max_length: int = field(default=256, metadata=_help("tokens of prompt + answer in training"))
     lora_r: int = field(default=8, metadata=_help("LoRA rank"))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scale numerator"))
     lora_dropout: float = field(default=0.0, metadata=_help("LoRA dropout"))
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"], metadata=_help(
-        "the layers LoRA adapts (they stay float in an int8 SFT model)"))
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "v_proj"],
+        metadata=_help("the layers LoRA adapts (they stay float in an int8 SFT model)"),
+    )
     train_threads: int = field(default_factory=half_the_cores, metadata=_help("torch threads of the trainer"))
     train_seed: int = field(default=0, metadata=_help("seed of the data order, LoRA init and replay choice"))
-    pairs_per_voter: int = field(default_factory=_default_pairs_per_voter, metadata=_help(
-        "most new pieces of feedback (pairs, demonstrations and ratings together) one voter (address or signed-in "
-        "user) puts into one round; the rest wait for later rounds; 0 = no cap"))
-    eval_prompts: str | None = field(default=None, metadata=_help(
-        "the fixed prompt set each version's drift is measured on after its round (JSONL, one "
-        "`{\"prompt\": ...}` a line); unset: assets/drift_prompts.jsonl"))
-    eval_tokens: int = field(default=48, metadata=_help(
-        "most new tokens of each drift sample; 0 = no drift evaluation"))
+    pairs_per_voter: int = field(
+        default_factory=_default_pairs_per_voter,
+        metadata=_help(
+            "most new pieces of feedback (pairs, demonstrations and ratings together) one voter (address or signed-in "
+            "user) puts into one round; the rest wait for later rounds; 0 = no cap"
+        ),
+    )
+    eval_prompts: str | None = field(
+        default=None,
+        metadata=_help(
+            "the fixed prompt set each version's drift is measured on after its round (JSONL, one "
+            '`{"prompt": ...}` a line); unset: assets/drift_prompts.jsonl'
+        ),
+    )
+    eval_tokens: int = field(
+        default=48, metadata=_help("most new tokens of each drift sample; 0 = no drift evaluation")
+    )
 
     def __post_init__(self):
         # `--target-modules q_proj,v_proj` reads as one word; the environment variable is comma-separated too.
-        self.target_modules = [part.strip() for item in ([self.target_modules] if isinstance(self.target_modules, str)
-                                                          else self.target_modules)
-                               for part in str(item).split(",") if part.strip()]
-        problems = [f"{name} must be at least {low} (got {getattr(self, name)})"
-                    for name, low in (("min_pairs", 1), ("max_new_pairs", 1), ("replay_pairs", 0), ("epochs", 1),
-                                      ("batch_size", 1), ("grad_accumulation", 1), ("max_length", 16),
-                                      ("lora_r", 1), ("lora_alpha", 1), ("train_threads", 1),
-                                      ("pairs_per_voter", 0), ("eval_tokens", 0))
-                    if getattr(self, name) < low]
+        self.target_modules = [
+            part.strip()
+            for item in ([self.target_modules] if isinstance(self.target_modules, str) else self.target_modules)
+            for part in str(item).split(",")
+            if part.strip()
+        ]
+        problems = [
+            f"{name} must be at least {low} (got {getattr(self, name)})"
+            for name, low in (
+                ("min_pairs", 1),
+                ("max_new_pairs", 1),
+                ("replay_pairs", 0),
+                ("epochs", 1),
+                ("batch_size", 1),
+                ("grad_accumulation", 1),
+                ("max_length", 16),
+                ("lora_r", 1),
+                ("lora_alpha", 1),
+                ("train_threads", 1),
+                ("pairs_per_voter", 0),
+                ("eval_tokens", 0),
+            )
+            if getattr(self, name) < low
+        ]
         if not self.learning_rate > 0 or not self.beta > 0:
             problems.append("learning_rate and beta must be positive")
-        problems += [f"{name} must be 0 (off) or more (got {getattr(self, name)})"
-                     for name in ("sft_weight", "rating_weight") if not getattr(self, name) >= 0]
+        problems += [
+            f"{name} must be 0 (off) or more (got {getattr(self, name)})"
+            for name in ("sft_weight", "rating_weight")
+            if not getattr(self, name) >= 0
+        ]
         if not 0 <= self.lora_dropout < 1:
             problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if not self.target_modules:
@@ -263,26 +366,41 @@ class RoundSettings:
 
     def feedback_kinds(self) -> tuple[str, ...]:
         """The kinds of feedback rounds train on with these weights (pairs always; see votes.FEEDBACK_KINDS)."""
-        return tuple(kind for kind, weight in (("demonstrations", self.sft_weight), ("pairs", 1.0),
-                                               ("ratings", self.rating_weight)) if weight > 0)
+        return tuple(
+            kind
+            for kind, weight in (("demonstrations", self.sft_weight), ("pairs", 1.0), ("ratings", self.rating_weight))
+            if weight > 0
+        )
 
 
 @dataclass
 class ServerSettings:
     _argument_group_name = "web server"
 
-    host: str = field(default_factory=_default_host, metadata=_help(
-        "interface to listen on: `127.0.0.1`, or `0.0.0.0` on a Space"))
+    host: str = field(
+        default_factory=_default_host, metadata=_help("interface to listen on: `127.0.0.1`, or `0.0.0.0` on a Space")
+    )
     port: int = field(default_factory=_default_port, metadata=_help("port (or `GRADIO_SERVER_PORT`): 7860"))
     votes_per_minute: int = field(default=20, metadata=_help("votes per browser session and minute"))
-    votes_per_minute_per_address: int = field(default=60, metadata=_help(
-        "votes per client address and minute, whatever the sessions (behind a Space's proxy: the forwarded "
-        "address)"))
-    require_login: bool = field(default=False, metadata=_help(
-        "voting needs a signed-in Hugging Face user (on a Space with `hf_oauth: true`); votes record who cast them"))
-    trainer: bool = field(default=True, metadata=_help(
-        "run the trainer process; `--no-trainer`: serve only and train elsewhere on the same data directory "
-        "(`python -m playground train --watch`)"))
+    votes_per_minute_per_address: int = field(
+        default=60,
+        metadata=_help(
+            "votes per client address and minute, whatever the sessions (behind a Space's proxy: the forwarded address)"
+        ),
+    )
+    require_login: bool = field(
+        default=False,
+        metadata=_help(
+            "voting needs a signed-in Hugging Face user (on a Space with `hf_oauth: true`); votes record who cast them"
+        ),
+    )
+    trainer: bool = field(
+        default=True,
+        metadata=_help(
+            "run the trainer process; `--no-trainer`: serve only and train elsewhere on the same data directory "
+            "(`python -m playground train --watch`)"
+        ),
+    )
 
 
 SETTINGS = (ModelSettings, Sampling, RoundSettings, ServerSettings)

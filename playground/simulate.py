@@ -35,7 +35,7 @@ class Oracle:
     word: str | None = None
 
     @classmethod
-    def parse(cls, spec: str) -> "Oracle":
+    def parse(cls, spec: str) -> Oracle:
         kind, _, word = spec.partition(":")
         if kind == "shorter" and not word:
             return cls("shorter")
@@ -94,9 +94,19 @@ def split_prompts(prompts: list[dict], every: int = 4) -> tuple[list[dict], list
     return [p for i, p in enumerate(prompts) if i % every], [p for i, p in enumerate(prompts) if not i % every]
 
 
-def collect_votes(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], mode: str,
-                  sampling: Sampling, rng: random.Random, *, corrections: int = 0, ratings: bool = False,
-                  follow: bool = True) -> dict:
+def collect_votes(
+    playground: Playground,
+    oracle: Oracle,
+    votes: int,
+    prompts: list[dict],
+    mode: str,
+    sampling: Sampling,
+    rng: random.Random,
+    *,
+    corrections: int = 0,
+    ratings: bool = False,
+    follow: bool = True,
+) -> dict:
     """`votes` turns, each voted on; every `corrections`-th turn also gets a better answer, and with `ratings` every
     answer a single rating. `follow`: serve each new version as it appears (off: every answer is the SFT model's)."""
     counts = {"votes": 0, "pairs": 0, "ties": 0, "corrections": 0, "ratings": 0}
@@ -107,14 +117,14 @@ def collect_votes(playground: Playground, oracle: Oracle, votes: int, prompts: l
         if mode == "pairwise":
             *_, (answers, recorded) = playground.duel(row["prompt"], settings, SESSION, row.get("category"))
             outcome = oracle.compare(answers["a"].text, answers["b"].text)
-            receipt = playground.vote_pairwise(SESSION, recorded.comparison_id, recorded.answer_ids["a"],
-                                               recorded.answer_ids["b"], outcome)
+            receipt = playground.vote_pairwise(
+                SESSION, recorded.comparison_id, recorded.answer_ids["a"], recorded.answer_ids["b"], outcome
+            )
             counts["ties"] += outcome == "tie"
         else:
             *_, (answers, recorded) = playground.compare(row["prompt"], settings, SESSION, row.get("category"))
             order = oracle.rank({key: answer.text for key, answer in answers.items()})
-            receipt = playground.vote_best(SESSION, recorded.comparison_id,
-                                           [recorded.answer_ids[key] for key in order])
+            receipt = playground.vote_best(SESSION, recorded.comparison_id, [recorded.answer_ids[key] for key in order])
         counts["votes"] += 1
         counts["pairs"] += receipt.pairs_created
         texts = {key: answer.text for key, answer in answers.items()}
@@ -162,9 +172,20 @@ def evaluate(playground: Playground, oracle: Oracle, heldout: list[dict], sampli
     }
 
 
-def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], heldout: list[dict],
-             mode: str = "pairwise", sampling: Sampling | None = None, seed: int = 0,
-             round_timeout: float = 1800, *, corrections: int = 0, ratings: bool = False) -> dict:
+def simulate(
+    playground: Playground,
+    oracle: Oracle,
+    votes: int,
+    prompts: list[dict],
+    heldout: list[dict],
+    mode: str = "pairwise",
+    sampling: Sampling | None = None,
+    seed: int = 0,
+    round_timeout: float = 1800,
+    *,
+    corrections: int = 0,
+    ratings: bool = False,
+) -> dict:
     sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
     kinds = playground.round_settings.feedback_kinds()
     rng = random.Random(seed)
@@ -172,16 +193,19 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
     before = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
     playground.start_trainer()
     try:
-        counts = collect_votes(playground, oracle, votes, prompts, mode, sampling, rng, corrections=corrections,
-                               ratings=ratings)
+        counts = collect_votes(
+            playground, oracle, votes, prompts, mode, sampling, rng, corrections=corrections, ratings=ratings
+        )
         voting_s = time.perf_counter() - started
         # The votes left over after the last automatic round get one final round, so every vote counts.
         if any(playground.store.pending_counts(kinds).values()):
             playground.train_now()
         settled = wait_for(
-            lambda: not any(playground.store.pending_counts(kinds).values())
-            and playground.store.running_round() is None,
-            timeout=round_timeout, interval=2,
+            lambda: (
+                not any(playground.store.pending_counts(kinds).values()) and playground.store.running_round() is None
+            ),
+            timeout=round_timeout,
+            interval=2,
         )
         if not settled:
             log.warning("The trainer did not finish within %.0f s; evaluating the version serving now.", round_timeout)
@@ -191,8 +215,12 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
     after = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
     rounds = [
         {
-            "round": r["id"], "status": r["status"], "version": r["version"], "pairs_used": r["pairs_used"],
-            "seconds": (r["finished_at"] or time.time()) - r["started_at"], "error": r["error"],
+            "round": r["id"],
+            "status": r["status"],
+            "version": r["version"],
+            "pairs_used": r["pairs_used"],
+            "seconds": (r["finished_at"] or time.time()) - r["started_at"],
+            "error": r["error"],
             "learned_from": r["learned_from"],
             "steps": [
                 {k: s[k] for k in ("step", "stage", "loss", f"loss_{s['stage']}", "reward_margin", "reward_accuracy")}
@@ -214,9 +242,19 @@ def simulate(playground: Playground, oracle: Oracle, votes: int, prompts: list[d
     }
 
 
-def record_and_ablate(playground: Playground, oracle: Oracle, votes: int, prompts: list[dict], heldout: list[dict],
-                      mode: str = "pairwise", sampling: Sampling | None = None, seed: int = 0, *,
-                      corrections: int = 0, ratings: bool = False) -> dict:
+def record_and_ablate(
+    playground: Playground,
+    oracle: Oracle,
+    votes: int,
+    prompts: list[dict],
+    heldout: list[dict],
+    mode: str = "pairwise",
+    sampling: Sampling | None = None,
+    seed: int = 0,
+    *,
+    corrections: int = 0,
+    ratings: bool = False,
+) -> dict:
     """`simulate --ablation`: the voter's feedback on the SFT model's own answers (no trainer runs meanwhile), then
     each objective trained on it from that same start and measured on the held-out prompts (ablation.py)."""
     from . import ablation
@@ -224,16 +262,38 @@ def record_and_ablate(playground: Playground, oracle: Oracle, votes: int, prompt
 
     sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
     started = time.perf_counter()
-    counts = collect_votes(playground, oracle, votes, prompts, mode, sampling, random.Random(seed),
-                           corrections=corrections, ratings=ratings, follow=False)
+    counts = collect_votes(
+        playground,
+        oracle,
+        votes,
+        prompts,
+        mode,
+        sampling,
+        random.Random(seed),
+        corrections=corrections,
+        ratings=ratings,
+        follow=False,
+    )
     voting_s = time.perf_counter() - started
     sft_dir = model_folder(playground.preset.sft, playground.data_dir, playground.models.trust_remote_code)
-    result = ablation.ablate(playground.store, sft_dir, playground.round_settings, oracle,
-                             [p["prompt"] for p in heldout], sampling.max_new_tokens, playground.data_dir / "ablation",
-                             seed=10_000 + seed)
-    return {"oracle": oracle.spec, "mode": mode, "votes": counts,
-            **result, "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},
-            "sampling": sampling.as_dict()}
+    result = ablation.ablate(
+        playground.store,
+        sft_dir,
+        playground.round_settings,
+        oracle,
+        [p["prompt"] for p in heldout],
+        sampling.max_new_tokens,
+        playground.data_dir / "ablation",
+        seed=10_000 + seed,
+    )
+    return {
+        "oracle": oracle.spec,
+        "mode": mode,
+        "votes": counts,
+        **result,
+        "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},
+        "sampling": sampling.as_dict(),
+    }
 
 
 def workspace(data_dir: Path) -> Path:

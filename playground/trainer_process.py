@@ -8,8 +8,8 @@ import logging
 import os
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
@@ -38,8 +38,9 @@ class TrainerProcess:
         self.started = time.time()
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_file, "ab") as handle:  # the child keeps its own copy of the descriptor
-            self.process = subprocess.Popen(self.command(), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO,
-                                            env=os.environ.copy())
+            self.process = subprocess.Popen(
+                self.command(), stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy()
+            )
         log.info("Trainer started (pid %d), log: %s", self.process.pid, self.log_file)
 
     def restart_if_dead(self) -> None:

@@ -20,4 +20,3 @@ def address_voter(salt: bytes, address: str) -> str:
     cap can count it), but without the salt nobody can test which address made a vote (IPv4 has only 2^32)."""
     digest = hmac.new(salt, address.encode(), hashlib.sha256).hexdigest()
     return f"ip:{digest[:HASH_HEX_DIGITS]}"
-

@@ -22,9 +22,10 @@ schema migration 7):
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 VOTE_KINDS = ("best", "all_bad", "pairwise", "thumb", "correction")
 FEEDBACK_KINDS = ("demonstrations", "pairs", "ratings")
@@ -58,10 +59,7 @@ def ranking_problem(ranking: Sequence[int], answer_ids: Sequence[int]) -> str | 
     if len(set(ranking)) != len(ranking):
         return "The ranking names the same answer more than once."
     if len(ranking) > 1 and set(ranking) != set(answer_ids):
-        return (
-            f"Rank either just the best answer or all {len(answer_ids)} answers; "
-            f"this ranking has {len(ranking)}."
-        )
+        return f"Rank either just the best answer or all {len(answer_ids)} answers; this ranking has {len(ranking)}."
     return None
 
 
@@ -98,7 +96,9 @@ def outcomes(kind: str, named: Sequence[Answer], outcome: str | None, answers: S
     return [o for o in found if not same_text(o.first, o.second)]
 
 
-def pairs_of(kind: str, named: Sequence[Answer], outcome: str | None, answers: Sequence[Answer]) -> list[tuple[int, int]]:
+def pairs_of(
+    kind: str, named: Sequence[Answer], outcome: str | None, answers: Sequence[Answer]
+) -> list[tuple[int, int]]:
     """(chosen_id, rejected_id) for every decisive outcome of a vote: its DPO training pairs."""
     return [(o.first["id"], o.second["id"]) for o in outcomes(kind, named, outcome, answers) if o.decisive]
 
@@ -142,5 +142,8 @@ def demonstration_messages(row: Mapping[str, Any]) -> dict[str, list[dict[str, s
 
 def rating_to_trl(row: Mapping[str, Any]) -> dict[str, Any]:
     """A rating in TRL's unpaired preference format (KTOTrainer, `trl kto`): label true for 👍."""
-    return {"prompt": _turn(row), "completion": [{"role": "assistant", "content": row["text"]}],
-            "label": bool(row["label"])}
+    return {
+        "prompt": _turn(row),
+        "completion": [{"role": "assistant", "content": row["text"]}],
+        "label": bool(row["label"]),
+    }

@@ -55,11 +55,25 @@ def start_app(models: dict[str, Path], data_dir: Path, *, args=(), env=None, tim
     """Start app.py with the given tiny models; returns once the page answers HTTP."""
     port = free_port()
     log = data_dir.parent / f"{data_dir.name}-app.log"
-    command = [sys.executable, "app.py", "--base", str(models["base"]), "--sft", str(models["sft"]),
-               "--data-dir", str(data_dir), "--host", "127.0.0.1", "--port", str(port), *args]
+    command = [
+        sys.executable,
+        "app.py",
+        "--base",
+        str(models["base"]),
+        "--sft",
+        str(models["sft"]),
+        "--data-dir",
+        str(data_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **OFFLINE_ENV, **(env or {})})
+        process = subprocess.Popen(
+            command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **OFFLINE_ENV, **(env or {})}
+        )
     app = AppProcess(process, f"http://127.0.0.1:{port}/", data_dir, log)
 
     def answers():
@@ -77,5 +91,3 @@ def start_app(models: dict[str, Path], data_dir: Path, *, args=(), env=None, tim
         app.stop()
         raise
     return app
-
-

@@ -37,8 +37,9 @@ def real_tokenizer_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def make_tiny_model(folder: Path, tokenizer_dir: Path, *, seed: int, chat: bool, layers: int = 2,
-                    hidden: int = 32) -> Path:
+def make_tiny_model(
+    folder: Path, tokenizer_dir: Path, *, seed: int, chat: bool, layers: int = 2, hidden: int = 32
+) -> Path:
     """A randomly initialised Llama with the real tokenizer, saved as a local model folder."""
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

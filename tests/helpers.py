@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+from playground.generation import final
 from playground.store import Store
 
 
 def add_compare(store: Store, prompt: str, texts: dict[str, str], session="s1", version=0) -> tuple[int, dict]:
-    answers = [{"arm": arm, "text": text, "model": f"tiny-{arm}", "adapter_version": version if arm == "pref" else 0,
-                "settings": {"temperature": 0.7}, "seed": 1, "prompt_tokens": 5, "new_tokens": len(text.split()),
-                "seconds": 0.1} for arm, text in texts.items()]
+    answers = [
+        {
+            "arm": arm,
+            "text": text,
+            "model": f"tiny-{arm}",
+            "adapter_version": version if arm == "pref" else 0,
+            "settings": {"temperature": 0.7},
+            "seed": 1,
+            "prompt_tokens": 5,
+            "new_tokens": len(text.split()),
+            "seconds": 0.1,
+        }
+        for arm, text in texts.items()
+    ]
     comparison, ids = store.add_comparison(prompt, session, answers=answers)
     return comparison, dict(zip(texts, ids))
 
@@ -18,10 +30,21 @@ def add_short_vs_long_votes(store: Store, n: int, session="sim") -> int:
     created = 0
     for i in range(n):
         prompt = f"Question number {i}: tell me about topic {i}."
-        comparison, (a, b) = store.add_comparison(prompt, session, mode="duel", answers=[
-            {"arm": "pref", "text": f"Short answer {i}.", "model": "tiny", "seed": i, "new_tokens": 3},
-            {"arm": "pref", "text": f"A much longer answer about topic {i}, " * 3, "model": "tiny", "seed": i + 1,
-             "new_tokens": 30}])
+        comparison, (a, b) = store.add_comparison(
+            prompt,
+            session,
+            mode="duel",
+            answers=[
+                {"arm": "pref", "text": f"Short answer {i}.", "model": "tiny", "seed": i, "new_tokens": 3},
+                {
+                    "arm": "pref",
+                    "text": f"A much longer answer about topic {i}, " * 3,
+                    "model": "tiny",
+                    "seed": i + 1,
+                    "new_tokens": 30,
+                },
+            ],
+        )
         created += store.vote_pairwise(session, comparison, a, b, "a").pairs_created
     return created
 
@@ -44,8 +67,7 @@ class AnswersInFlight:
         with self._lock:
             me = next(self._ids)
             self._streaming[me] = answers["pref"].adapter_version
-        for answers in stream:
-            pass
+        answers = final(stream, answers)
         with self._lock:
             started_with = self._streaming.pop(me)
         return answers, started_with

@@ -16,8 +16,9 @@ TEXTS = {"base": "Base answer.", "sft": "SFT answer.", "pref": "Preference answe
 
 def turn(store: Store, prompt: str, history=(), session="s", chat="chat-1", parent=None, texts=TEXTS):
     answers = [{"arm": arm, "text": text, "model": arm} for arm, text in texts.items()]
-    cid, ids = store.add_comparison(prompt, session, answers=answers, history=list(history), chat_id=chat,
-                                    parent_answer_id=parent)
+    cid, ids = store.add_comparison(
+        prompt, session, answers=answers, history=list(history), chat_id=chat, parent_answer_id=parent
+    )
     return cid, dict(zip(texts, ids))
 
 
@@ -37,8 +38,12 @@ def test_what_a_turn_continues_with(tmp_path):
 
 def test_a_duel_continues_with_its_winner(tmp_path):
     store = Store.open(tmp_path)
-    cid, (a, b) = store.add_comparison("Hi?", "s", mode="duel", answers=[
-        {"arm": "pref", "text": "A.", "model": "m"}, {"arm": "pref", "text": "B.", "model": "m"}])
+    cid, (a, b) = store.add_comparison(
+        "Hi?",
+        "s",
+        mode="duel",
+        answers=[{"arm": "pref", "text": "A.", "model": "m"}, {"arm": "pref", "text": "B.", "model": "m"}],
+    )
     assert store.continuation(cid, "s")["id"] == a
     store.vote_pairwise("s", cid, a, b, "b")
     assert store.continuation(cid, "s")["id"] == b
@@ -49,8 +54,7 @@ def test_three_turns_share_one_history_and_every_pair_of_a_turn_one_prompt(tmp_p
     c1, ids1 = turn(store, "First question?")
     store.vote_best("s", c1, [ids1["sft"], ids1["pref"], ids1["base"]])
     history2 = store.next_history(c1, store.continuation(c1, "s"))
-    assert history2 == [{"role": "user", "content": "First question?"},
-                        {"role": "assistant", "content": "SFT answer."}]
+    assert history2 == [{"role": "user", "content": "First question?"}, {"role": "assistant", "content": "SFT answer."}]
     c2, ids2 = turn(store, "Second question?", history2, parent=ids1["sft"])
     store.vote_best("s", c2, [ids2["base"]])
     c3, _ = turn(store, "Third?", store.next_history(c2, store.continuation(c2, "s")), parent=ids2["base"])
@@ -84,9 +88,16 @@ def test_a_correction_is_a_demonstration_and_the_chosen_side_of_pairs(tmp_path):
 
     # the models' columns stay what a vote is about: a full ranking of three still works on that turn
     store.vote_best("s", c2, [ids2["base"], ids2["sft"], ids2["pref"]])
-    assert list(store.export_demonstrations()) == [{"messages": [
-        {"role": "user", "content": "First?"}, {"role": "assistant", "content": "Preference answer."},
-        {"role": "user", "content": "Second?"}, {"role": "assistant", "content": "The answer I wanted."}]}]
+    assert list(store.export_demonstrations()) == [
+        {
+            "messages": [
+                {"role": "user", "content": "First?"},
+                {"role": "assistant", "content": "Preference answer."},
+                {"role": "user", "content": "Second?"},
+                {"role": "assistant", "content": "The answer I wanted."},
+            ]
+        }
+    ]
     # raw votes: the correction shows with the vote that made it, not with the others of the turn
     votes = {v["kind"]: v for v in store.export_votes()}
     assert [a["arm"] for a in votes["best"]["answers"]] == ["base", "sft", "pref"]
@@ -99,15 +110,24 @@ def test_a_file_from_before_conversations_migrates_with_its_votes(tmp_path, monk
     Store(path)  # a schema-4 file, filled the way that version wrote it
     with sqlite3.connect(path) as conn:
         conn.execute("INSERT INTO prompts (id, text, created_at) VALUES (1, 'Old prompt', 0)")
-        conn.execute("INSERT INTO comparisons (id, prompt_id, session_id, mode, created_at) "
-                     "VALUES (1, 1, 's', 'compare', 0)")
+        conn.execute(
+            "INSERT INTO comparisons (id, prompt_id, session_id, mode, created_at) VALUES (1, 1, 's', 'compare', 0)"
+        )
         for slot, (arm, text) in enumerate(TEXTS.items()):
-            conn.execute("INSERT INTO answers (id, comparison_id, arm, slot, model, text, created_at) "
-                         "VALUES (?, 1, ?, ?, ?, ?, 0)", (slot + 1, arm, slot, arm, text))
-        conn.execute("INSERT INTO votes (id, kind, session_id, comparison_id, created_at) VALUES (1, 'best', 's', 1, 0)")
+            conn.execute(
+                "INSERT INTO answers (id, comparison_id, arm, slot, model, text, created_at) "
+                "VALUES (?, 1, ?, ?, ?, ?, 0)",
+                (slot + 1, arm, slot, arm, text),
+            )
+        conn.execute(
+            "INSERT INTO votes (id, kind, session_id, comparison_id, created_at) VALUES (1, 'best', 's', 1, 0)"
+        )
         conn.execute("INSERT INTO vote_answers VALUES (1, 3, 0)")
-        conn.executemany("INSERT INTO pairs (vote_id, comparison_id, chosen_answer_id, rejected_answer_id, "
-                         "created_at) VALUES (1, 1, 3, ?, 0)", [(1,), (2,)])
+        conn.executemany(
+            "INSERT INTO pairs (vote_id, comparison_id, chosen_answer_id, rejected_answer_id, "
+            "created_at) VALUES (1, 1, 3, ?, 0)",
+            [(1,), (2,)],
+        )
     cid = 1
     monkeypatch.undo()
     new = Store(path)

@@ -12,22 +12,27 @@ from playground.store import Store
 from playground.training import dpo_config, fit_to_length, run_round
 from playground.votes import to_trl
 
-FAST = RoundSettings(min_pairs=1, epochs=1, batch_size=2, grad_accumulation=1, learning_rate=5e-2, max_length=128,
-                     train_threads=1)
+FAST = RoundSettings(
+    min_pairs=1, epochs=1, batch_size=2, grad_accumulation=1, learning_rate=5e-2, max_length=128, train_threads=1
+)
 
 
 def conversation(turns: int) -> list[dict]:
     messages = []
     for i in range(turns):
-        messages += [{"role": "user", "content": f"Question {i} about rivers and hills?"},
-                     {"role": "assistant", "content": f"Answer {i}: rivers run downhill, hills stay put."}]
+        messages += [
+            {"role": "user", "content": f"Question {i} about rivers and hills?"},
+            {"role": "assistant", "content": f"Answer {i}: rivers run downhill, hills stay put."},
+        ]
     return messages
 
 
 def row(turns: int) -> dict:
-    return {"prompt": conversation(turns) + [{"role": "user", "content": "And the last question?"}],
-            "chosen": [{"role": "assistant", "content": "A short, kind answer."}],
-            "rejected": [{"role": "assistant", "content": "A much longer answer that goes on and on " * 3}]}
+    return {
+        "prompt": conversation(turns) + [{"role": "user", "content": "And the last question?"}],
+        "chosen": [{"role": "assistant", "content": "A short, kind answer."}],
+        "rejected": [{"role": "assistant", "content": "A much longer answer that goes on and on " * 3}],
+    }
 
 
 def test_a_long_conversation_loses_its_oldest_turns_whole(tiny_models):
@@ -41,7 +46,7 @@ def test_a_long_conversation_loses_its_oldest_turns_whole(tiny_models):
 
     fitted = fit_to_length(whole, tokenizer, 160)
     assert length(fitted, "rejected") <= 160 < length(whole, "rejected")
-    assert fitted["prompt"] == whole["prompt"][-len(fitted["prompt"]):]  # a suffix: the oldest turns went
+    assert fitted["prompt"] == whole["prompt"][-len(fitted["prompt"]) :]  # a suffix: the oldest turns went
     assert fitted["prompt"][0]["role"] == "user" and len(fitted["prompt"]) % 2 == 1  # whole turns only
     assert fitted["chosen"] == whole["chosen"] and fitted["rejected"] == whole["rejected"]  # answers untouched
 
@@ -58,9 +63,13 @@ def test_trl_tokenizes_the_shared_history_as_the_prompt(tiny_models, tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["sft"])
     model = AutoModelForCausalLM.from_pretrained(tiny_models["sft"])
     rows = [row(2), row(1)]
-    trainer = DPOTrainer(model=model, args=dpo_config(FAST, tmp_path / "trainer"), train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer,
-                         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    trainer = DPOTrainer(
+        model=model,
+        args=dpo_config(FAST, tmp_path / "trainer"),
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
+    )
     for example, original in zip(trainer.train_dataset, rows):
         expected = tokenizer.apply_chat_template(original["prompt"], tokenize=False, add_generation_prompt=True)
         expected_ids = tokenizer(expected, add_special_tokens=False).input_ids
@@ -73,8 +82,9 @@ def test_a_round_on_multi_turn_pairs_and_a_correction_runs(tiny_models, tmp_path
 
     def turn(prompt, history, parent=None):
         answers = [{"arm": arm, "text": text, "model": arm} for arm, text in texts.items()]
-        cid, ids = store.add_comparison(prompt, "s", answers=answers, history=history, chat_id="c",
-                                        parent_answer_id=parent)
+        cid, ids = store.add_comparison(
+            prompt, "s", answers=answers, history=history, chat_id="c", parent_answer_id=parent
+        )
         return cid, dict(zip(texts, ids))
 
     c1, ids1 = turn("What is a river?", [])

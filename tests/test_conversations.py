@@ -14,8 +14,15 @@ from playground import cli, prompting
 from playground.core import ChatTurn, Playground
 from playground.generation import Engine
 from playground.models import load_model
-from playground.prompting import (BASE_TEMPLATE, PromptError, base_prompt, chat_prompt, check_history,
-                                  context_budget, fit_conversation)
+from playground.prompting import (
+    BASE_TEMPLATE,
+    PromptError,
+    base_prompt,
+    chat_prompt,
+    check_history,
+    context_budget,
+    fit_conversation,
+)
 from playground.runtimes import torch_runtime
 from playground.settings import Sampling
 
@@ -65,6 +72,7 @@ def tokens(tokenizer, text) -> int:
 
 # ---- framing ------------------------------------------------------------------------------------------------
 
+
 def test_base_framing_of_a_two_turn_conversation():
     two_turns = "Q: Where is Paris?\nA: Paris is in France.\n\nQ: Which one is bigger?\nA:"
     assert base_prompt(PROMPT, HISTORY[:2]) == two_turns
@@ -104,11 +112,13 @@ def test_without_history_the_input_is_exactly_the_single_turn_one(engine, inputs
     for history in (None, []):
         again = engine.generate(PROMPT, GREEDY, history=history)
         assert inputs == texts
-        assert {k: (a.text, a.prompt_tokens) for k, a in again.items()} == \
-            {k: (a.text, a.prompt_tokens) for k, a in single.items()}
+        assert {k: (a.text, a.prompt_tokens) for k, a in again.items()} == {
+            k: (a.text, a.prompt_tokens) for k, a in single.items()
+        }
     assert texts["base"] == "Q: Which one is bigger?\nA:"
-    assert texts["sft"] == engine.sft.tokenizer.apply_chat_template([user(PROMPT)], tokenize=False,
-                                                                    add_generation_prompt=True)
+    assert texts["sft"] == engine.sft.tokenizer.apply_chat_template(
+        [user(PROMPT)], tokenize=False, add_generation_prompt=True
+    )
 
 
 class Script(LogitsProcessor):
@@ -131,8 +141,9 @@ def test_a_base_answer_in_a_conversation_stops_before_it_invents_the_next_turn(e
     script = tokenizer(" Madrid, by far.\nQ: And Rome?\nA: Rome is smaller.", add_special_tokens=False).input_ids
     processor = Script(script, tokenizer.eos_token_id)
     monkeypatch.setattr(torch_runtime, "LogitsProcessorList", lambda: LogitsProcessorList([processor]))
-    answer = engine.generate(PROMPT, Sampling(temperature=0, max_new_tokens=len(script) + 4, seed=0),
-                             arms=("base",), history=HISTORY)["base"]
+    answer = engine.generate(
+        PROMPT, Sampling(temperature=0, max_new_tokens=len(script) + 4, seed=0), arms=("base",), history=HISTORY
+    )["base"]
     assert inputs["base"] == base_prompt(PROMPT, HISTORY)
     assert processor.prompt_len == answer.prompt_tokens  # the script ran on this conversation's input
     assert answer.text == "Madrid, by far."
@@ -141,20 +152,24 @@ def test_a_base_answer_in_a_conversation_stops_before_it_invents_the_next_turn(e
 
 # ---- validation ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("history, message", [
-    ("not a list", "must be a list"),
-    ([["user", "hi"]], "is not a"),
-    ([{"role": "user"}], "is not a"),
-    ([{"role": "system", "content": "Be brief."}, assistant("ok")], "role 'system'"),
-    ([assistant("Hello!"), user("Hi")], "message 1 is from the assistant, but the user comes next"),
-    ([user("Hi"), user("Hello?"), assistant("Yes")], "message 2 is from the user, but the assistant comes next"),
-    ([user("Hi"), assistant("Hello!"), user("Still there?")], "ends with a user message"),
-    ([user("Hi"), assistant("   ")], r"message 2 \(assistant\) is empty"),
-    ([user(""), assistant("Hello!")], r"message 1 \(user\) is empty"),
-    ([user("Hi"), {"role": "assistant", "content": ["Hello"]}], "must be text"),
-    ([user("x" * 5000), assistant("ok")], r"message 1 \(user\).*limit is"),
-    ([user("Hi"), assistant("y" * 60_000), user("Hi"), assistant("y" * 60_000)], "Start a new conversation"),
-])
+
+@pytest.mark.parametrize(
+    "history, message",
+    [
+        ("not a list", "must be a list"),
+        ([["user", "hi"]], "is not a"),
+        ([{"role": "user"}], "is not a"),
+        ([{"role": "system", "content": "Be brief."}, assistant("ok")], "role 'system'"),
+        ([assistant("Hello!"), user("Hi")], "message 1 is from the assistant, but the user comes next"),
+        ([user("Hi"), user("Hello?"), assistant("Yes")], "message 2 is from the user, but the assistant comes next"),
+        ([user("Hi"), assistant("Hello!"), user("Still there?")], "ends with a user message"),
+        ([user("Hi"), assistant("   ")], r"message 2 \(assistant\) is empty"),
+        ([user(""), assistant("Hello!")], r"message 1 \(user\) is empty"),
+        ([user("Hi"), {"role": "assistant", "content": ["Hello"]}], "must be text"),
+        ([user("x" * 5000), assistant("ok")], r"message 1 \(user\).*limit is"),
+        ([user("Hi"), assistant("y" * 60_000), user("Hi"), assistant("y" * 60_000)], "Start a new conversation"),
+    ],
+)
 def test_malformed_histories_are_refused_clearly(history, message):
     with pytest.raises(PromptError, match=message):
         check_history(history)
@@ -175,13 +190,21 @@ def test_the_engine_refuses_a_malformed_history_before_generating(engine):
 
 # ---- the context budget -------------------------------------------------------------------------------------
 
+
 def words(messages):
     return sum(len(m["content"].split()) for m in messages) + 1  # one token of framing
 
 
 def test_fit_conversation_drops_the_fewest_oldest_whole_turns():
-    messages = [user("a b c"), assistant("d e f g"), user("h"), assistant("i j"), user("k l m n o"),
-                assistant("p"), user("new prompt here")]
+    messages = [
+        user("a b c"),
+        assistant("d e f g"),
+        user("h"),
+        assistant("i j"),
+        user("k l m n o"),
+        assistant("p"),
+        user("new prompt here"),
+    ]
     assert fit_conversation(messages, words, 100) == (messages, 0)
     assert fit_conversation(messages, words, 20) == (messages, 0)  # 19 + 1 exactly
     assert fit_conversation(messages, words, 19) == (messages[2:], 1)
@@ -193,8 +216,8 @@ def test_fit_conversation_drops_the_fewest_oldest_whole_turns():
     assert fit_conversation(messages, words, 20, answer_tokens=8) == (messages[4:], 2)
     for budget in range(4, 25):  # the fewest drops that fit, as a plain search from the oldest would find
         kept, dropped = fit_conversation(messages, words, budget)
-        linear = next(k for k in range(4) if words(messages[2 * k:]) <= budget)
-        assert (dropped, kept) == (linear, messages[2 * linear:])
+        linear = next(k for k in range(4) if words(messages[2 * k :]) <= budget)
+        assert (dropped, kept) == (linear, messages[2 * linear :])
         assert kept[-1] == messages[-1] and kept[0]["role"] == "user"
     with pytest.raises(PromptError, match="prompt takes 4 tokens of the base model's 3-token context"):
         fit_conversation(messages, words, 3, model="the base model")
@@ -213,17 +236,21 @@ def test_the_budget_is_the_smallest_of_the_positions_the_tokenizer_and_the_cap(e
 
 
 LONG_HISTORY = [
-    user("Tell me about apples."), assistant("Apples grow on trees in orchards and come in many colours."),
-    user("And pears?"), assistant("Pears are sweet, grainy fruit related to apples."),
-    user("Which keeps longer?"), assistant("Apples usually keep longer in a cool cellar."),
+    user("Tell me about apples."),
+    assistant("Apples grow on trees in orchards and come in many colours."),
+    user("And pears?"),
+    assistant("Pears are sweet, grainy fruit related to apples."),
+    user("Which keeps longer?"),
+    assistant("Apples usually keep longer in a cool cellar."),
 ]
 
 
 def test_oldest_whole_turns_are_dropped_per_model_to_fit_the_budget(engine, inputs, monkeypatch):
     sampling = Sampling(temperature=0, max_new_tokens=5, seed=0)
-    base_counts = [tokens(engine.base.tokenizer, base_prompt(PROMPT, LONG_HISTORY[2 * k:])) for k in range(4)]
-    sft_counts = [tokens(engine.sft.tokenizer, chat_prompt(engine.sft.tokenizer, PROMPT, LONG_HISTORY[2 * k:]))
-                  for k in range(4)]
+    base_counts = [tokens(engine.base.tokenizer, base_prompt(PROMPT, LONG_HISTORY[2 * k :])) for k in range(4)]
+    sft_counts = [
+        tokens(engine.sft.tokenizer, chat_prompt(engine.sft.tokenizer, PROMPT, LONG_HISTORY[2 * k :])) for k in range(4)
+    ]
     new = sampling.max_new_tokens
     cap = sft_counts[2] + new  # the SFT model fits after dropping two turns, exactly
     # the chat template costs more tokens, so at this cap the base model only has to drop one turn
@@ -237,8 +264,10 @@ def test_oldest_whole_turns_are_dropped_per_model_to_fit_the_budget(engine, inpu
     assert inputs["base"] == base_prompt(PROMPT, LONG_HISTORY[2:])
     assert inputs["sft"] == chat_prompt(engine.sft.tokenizer, PROMPT, LONG_HISTORY[4:])
     assert inputs["sft"].endswith(f"{PROMPT}<|im_end|>\n<|im_start|>assistant\n")
-    assert "<|im_start|>user\nWhich keeps longer?<|im_end|>\n<|im_start|>assistant\n" \
-           "Apples usually keep longer in a cool cellar.<|im_end|>" in inputs["sft"]
+    assert (
+        "<|im_start|>user\nWhich keeps longer?<|im_end|>\n<|im_start|>assistant\n"
+        "Apples usually keep longer in a cool cellar.<|im_end|>" in inputs["sft"]
+    )
     for dropped in LONG_HISTORY[:4]:
         assert dropped["content"] not in inputs["sft"]
     assert "Tell me about apples." not in inputs["base"] and "Apples grow" not in inputs["base"]
@@ -261,6 +290,7 @@ def test_a_prompt_that_alone_does_not_fit_is_refused(engine, monkeypatch):
 
 # ---- Playground and command line ----------------------------------------------------------------------------
 
+
 def test_compare_and_duel_pass_the_turns_history_to_the_engine():
     calls, continued = [], []
 
@@ -276,25 +306,46 @@ def test_compare_and_duel_pass_the_turns_history_to_the_engine():
         continued.append((session, after, chosen))
         return (HISTORY, {"id": 9}) if after else ([], None)
 
-    fake = SimpleNamespace(engine=SimpleNamespace(stream=stream, stream_duel=stream_duel),
-                           continue_after=continue_after,
-                           _recorded=lambda stream, *rest: (yield from ((a, None) for a in stream)))
+    fake = SimpleNamespace(
+        engine=SimpleNamespace(stream=stream, stream_duel=stream_duel),
+        continue_after=continue_after,
+        _recorded=lambda stream, *rest: (yield from ((a, None) for a in stream)),
+    )
     turn = ChatTurn("chat", after=5, continue_from=7)
     list(Playground.compare(fake, PROMPT, GREEDY, "s1", chat=turn))
     list(Playground.duel(fake, PROMPT, GREEDY, "s1", chat=turn))
     list(Playground.duel(fake, PROMPT, GREEDY, "s1", arms=("sft", "pref"), chat=turn))
     list(Playground.compare(fake, PROMPT, GREEDY, "s1"))
-    assert calls == [("stream", None, HISTORY), ("duel", None, HISTORY), ("stream", ("sft", "pref"), HISTORY),
-                     ("stream", None, [])]
+    assert calls == [
+        ("stream", None, HISTORY),
+        ("duel", None, HISTORY),
+        ("stream", ("sft", "pref"), HISTORY),
+        ("stream", None, []),
+    ]
     assert continued == [("s1", 5, 7)] * 3 + [("s1", None, None)]
 
 
 def test_generate_cli_takes_a_history_file_and_reports_dropped_turns(tiny_models, tmp_path, capsys, monkeypatch):
     history = tmp_path / "history.json"
     history.write_text(json.dumps(LONG_HISTORY))
-    common = ["-q", "generate", "--history", str(history), PROMPT, "--json", "--temperature", "0",
-              "--max-new-tokens", "4", "--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]),
-              "--data-dir", str(tmp_path / "data")]
+    common = [
+        "-q",
+        "generate",
+        "--history",
+        str(history),
+        PROMPT,
+        "--json",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "4",
+        "--base",
+        str(tiny_models["base"]),
+        "--sft",
+        str(tiny_models["sft"]),
+        "--data-dir",
+        str(tmp_path / "data"),
+    ]
     assert cli.main(common) == 0
     full = json.loads(capsys.readouterr().out)
     assert full["history_turns"] == 3
@@ -308,18 +359,34 @@ def test_generate_cli_takes_a_history_file_and_reports_dropped_turns(tiny_models
     assert tight["sft"]["dropped_turns"] == tight["pref"]["dropped_turns"]
 
 
-@pytest.mark.parametrize("content, message", [
-    (None, "Cannot read the history file"),
-    ("{not json", "is not JSON"),
-    (json.dumps({"role": "user", "content": "hi"}), "must be a list"),
-    (json.dumps([user("hi"), assistant("hello"), user("again")]), "ends with a user message"),
-])
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "Cannot read the history file"),
+        ("{not json", "is not JSON"),
+        (json.dumps({"role": "user", "content": "hi"}), "must be a list"),
+        (json.dumps([user("hi"), assistant("hello"), user("again")]), "ends with a user message"),
+    ],
+)
 def test_generate_cli_refuses_a_bad_history_file_before_loading_models(content, message, tmp_path, capsys):
     path = tmp_path / "history.json"
     if content is not None:
         path.write_text(content)
     # models that do not exist: a bad history must be reported before any loading
-    code = cli.main(["-q", "generate", "--history", str(path), "Hi", "--base", str(tmp_path / "none"),
-                     "--sft", str(tmp_path / "none"), "--data-dir", str(tmp_path / "data")])
+    code = cli.main(
+        [
+            "-q",
+            "generate",
+            "--history",
+            str(path),
+            "Hi",
+            "--base",
+            str(tmp_path / "none"),
+            "--sft",
+            str(tmp_path / "none"),
+            "--data-dir",
+            str(tmp_path / "data"),
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and message in err and str(path) in err

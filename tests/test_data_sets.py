@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from helpers import add_compare, add_short_vs_long_votes
+
 from playground.core import Playground
 from playground.data_sets import DataSet, legacy_store, list_data_sets, model_identity
 from playground.settings import ModelSettings
@@ -38,7 +39,9 @@ def test_each_pair_of_models_has_its_own_data_set_and_switching_back_finds_it(tm
 def test_a_local_model_is_known_by_its_absolute_path(tmp_path, monkeypatch):
     (tmp_path / "models" / "mine").mkdir(parents=True)
     monkeypatch.chdir(tmp_path / "models")
-    assert model_identity("mine") == model_identity(str(tmp_path / "models" / "mine")) == str(tmp_path / "models" / "mine")
+    assert (
+        model_identity("mine") == model_identity(str(tmp_path / "models" / "mine")) == str(tmp_path / "models" / "mine")
+    )
     assert model_identity("embedded:smollm2-135m-instruct") == "embedded:smollm2-135m-instruct"
 
 
@@ -50,8 +53,9 @@ def test_a_switch_of_models_never_loads_the_other_models_adapter(tiny_models, ti
     first.store.finish_round(run, tiny_adapters[1], {})
     assert first.store.serving_version() == 1
 
-    swapped = Playground(ModelSettings(base=str(tiny_models["sft"]), sft=str(tiny_models["base"]),
-                                       data_dir=str(tmp_path)))
+    swapped = Playground(
+        ModelSettings(base=str(tiny_models["sft"]), sft=str(tiny_models["base"]), data_dir=str(tmp_path))
+    )
     assert swapped.data_set.root != first.data_set.root
     assert swapped.store.serving_version() == 0 and swapped.store.versions() == []
     back = Playground(models)
@@ -111,10 +115,18 @@ def test_a_store_from_before_data_sets_that_is_in_use_stays_until_it_is_free(tmp
 def test_info_names_the_data_set_and_the_others(tiny_models, tmp_path):
     shutil.copytree(tiny_models["sft"], tmp_path / "other-sft")
     common = ["--base", str(tiny_models["base"]), "--data-dir", str(tmp_path)]
-    add_short_vs_long_votes(Playground(ModelSettings(base=str(tiny_models["base"]), sft=str(tmp_path / "other-sft"),
-                                                     data_dir=str(tmp_path))).store, 2)
-    result = subprocess.run([sys.executable, "-m", "playground", "-q", "info", "--json", "--sft",
-                             str(tiny_models["sft"]), *common], cwd=ROOT, capture_output=True, text=True)
+    add_short_vs_long_votes(
+        Playground(
+            ModelSettings(base=str(tiny_models["base"]), sft=str(tmp_path / "other-sft"), data_dir=str(tmp_path))
+        ).store,
+        2,
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "playground", "-q", "info", "--json", "--sft", str(tiny_models["sft"]), *common],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     facts = json.loads(result.stdout)
     assert facts["data_set"]["votes"] == 0 and facts["data_set"]["name"].startswith("sft__base-")

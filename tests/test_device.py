@@ -11,19 +11,34 @@ import math
 import os
 
 from helpers import add_short_vs_long_votes
+
 from playground.core import Playground
 from playground.drift import EvalPlan, evaluate_stored_version
 from playground.settings import ModelSettings, RoundSettings, Sampling
 from playground.training import run_round
 
 DEVICE = os.environ.get("PLAYGROUND_TEST_DEVICE", "cpu")
-ROUND = RoundSettings(min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64,
-                      train_threads=1, eval_tokens=0)
+ROUND = RoundSettings(
+    min_pairs=4,
+    epochs=1,
+    batch_size=4,
+    grad_accumulation=1,
+    learning_rate=5e-2,
+    max_length=64,
+    train_threads=1,
+    eval_tokens=0,
+)
 
 
 def test_chat_a_round_the_hot_swap_explain_and_drift_on_the_device(tiny_models, tmp_path):
-    settings = ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path),
-                             device=DEVICE, runtime="torch", persist="off")
+    settings = ModelSettings(
+        base=str(tiny_models["base"]),
+        sft=str(tiny_models["sft"]),
+        data_dir=str(tmp_path),
+        device=DEVICE,
+        runtime="torch",
+        persist="off",
+    )
     playground = Playground(settings, ROUND)
     try:
         engine = playground.load_models()

@@ -10,18 +10,25 @@ import sys
 
 import pytest
 import torch
-
 from helpers import add_short_vs_long_votes
+
 from playground import drift
 from playground.core import Playground
 from playground.generation import Engine
-from playground.models import load_model
+from playground.models import load_model, load_policy
 from playground.settings import ModelSettings, RoundSettings
-from playground.models import load_policy
 from playground.training import run_round
 
-FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64,
-                     train_threads=1, eval_tokens=12)
+FAST = RoundSettings(
+    min_pairs=4,
+    epochs=1,
+    batch_size=4,
+    grad_accumulation=1,
+    learning_rate=5e-2,
+    max_length=64,
+    train_threads=1,
+    eval_tokens=12,
+)
 PLAN = drift.EvalPlan(("Tell me about cats.", "What is two plus two?", "Write a haiku about rain."), 12, 0)
 
 
@@ -29,8 +36,10 @@ def test_distinct_2_and_the_summary_on_a_hand_made_case():
     # bigrams: (a b) (b a) (a b) | (a b) (b c): 5 in all, 3 distinct
     assert drift.distinct_n(["a b a b", "A b c"]) == pytest.approx(3 / 5)
     assert drift.distinct_n(["one", ""]) is None
-    samples = [{"text": "a b a b", "tokens": 4, "logprob": -2.0, "logprob_sft": -3.0, "kl": 0.5},
-               {"text": "a b c", "tokens": 12, "logprob": -5.0, "logprob_sft": -4.0, "kl": 0.25}]
+    samples = [
+        {"text": "a b a b", "tokens": 4, "logprob": -2.0, "logprob_sft": -3.0, "kl": 0.5},
+        {"text": "a b c", "tokens": 12, "logprob": -5.0, "logprob_sft": -4.0, "kl": 0.25},
+    ]
     got = drift.summarize(samples, max_new_tokens=12)
     assert got["mean_tokens"] == 8
     assert got["hit_limit"] == 0.5
@@ -48,7 +57,7 @@ def test_the_kl_estimate_on_a_hand_made_case():
     assert got > 0
     # Its mean over samples from π is KL(π ‖ π_SFT): exact for a two-outcome distribution, one token.
     p, q = torch.tensor([0.8, 0.2]), torch.tensor([0.5, 0.5])
-    mean = sum(p[i] * drift.kl_estimate(p[i:i + 1].log(), q[i:i + 1].log()) for i in range(2))
+    mean = sum(p[i] * drift.kl_estimate(p[i : i + 1].log(), q[i : i + 1].log()) for i in range(2))
     assert float(mean) == pytest.approx(float((p * (p / q).log()).sum()), rel=1e-6)
 
 
@@ -56,7 +65,7 @@ def independent_logprob(model, prompt_ids, answer_ids) -> float:
     ids = torch.tensor([prompt_ids + answer_ids])
     with torch.no_grad():
         logits = model(input_ids=ids).logits[0].float()
-    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1:-1], dim=-1)
+    logprobs = torch.log_softmax(logits[len(prompt_ids) - 1 : -1], dim=-1)
     return float(logprobs.gather(1, torch.tensor(answer_ids)[:, None]).sum())
 
 
@@ -77,8 +86,7 @@ def test_samples_are_scored_like_one_unpadded_sequence_each(tiny_models, tiny_ad
     assert any(s["answer_ids"] != t["answer_ids"] for s, t in zip(samples, sft_only))  # the adapter's own samples
     for s in samples:
         assert s["logprob"] == pytest.approx(independent_logprob(tuned, s["prompt_ids"], s["answer_ids"]), abs=1e-3)
-        assert s["logprob_sft"] == pytest.approx(independent_logprob(plain, s["prompt_ids"], s["answer_ids"]),
-                                                 abs=1e-3)
+        assert s["logprob_sft"] == pytest.approx(independent_logprob(plain, s["prompt_ids"], s["answer_ids"]), abs=1e-3)
         assert 1 <= s["tokens"] <= 12
     assert all(s["kl"] > 0 for s in samples)
     assert drift.summarize(samples, 12)["kl_to_sft"] == pytest.approx(sum(s["kl"] for s in samples) / len(samples))
@@ -87,8 +95,11 @@ def test_samples_are_scored_like_one_unpadded_sequence_each(tiny_models, tiny_ad
 @pytest.fixture()
 def playground(tiny_models, tmp_path):
     engine = Engine(load_model(str(tiny_models["base"]), tmp_path), load_model(str(tiny_models["sft"]), tmp_path))
-    pg = Playground(ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path)),
-                    FAST, engine=engine)
+    pg = Playground(
+        ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path)),
+        FAST,
+        engine=engine,
+    )
     yield pg
     pg.close()
 
@@ -111,10 +122,24 @@ def test_each_round_measures_its_version_and_the_idle_trainer_fills_in_the_rest(
     assert facts["versions"][0]["drift"]["mean_tokens"] == measured[version]["mean_tokens"]
     assert "win_rate" in facts["versions"][0]["drift"]
 
-    cli = [sys.executable, "-m", "playground", "-q", "--base", str(tiny_models["base"]), "--sft",
-           str(tiny_models["sft"]), "--data-dir", str(tmp_path)]
-    out = subprocess.run([sys.executable, "-m", "playground", "-q", "versions", *cli[4:], "--json"],
-                         capture_output=True, text=True, timeout=300)
+    cli = [
+        sys.executable,
+        "-m",
+        "playground",
+        "-q",
+        "--base",
+        str(tiny_models["base"]),
+        "--sft",
+        str(tiny_models["sft"]),
+        "--data-dir",
+        str(tmp_path),
+    ]
+    out = subprocess.run(
+        [sys.executable, "-m", "playground", "-q", "versions", *cli[4:], "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     listed = json.loads(out.stdout)
     assert listed["sft_drift"]["kl_to_sft"] == 0
@@ -122,8 +147,24 @@ def test_each_round_measures_its_version_and_the_idle_trainer_fills_in_the_rest(
     # A changed prompt set is measured again, for every version, by `evaluate` as by the idle trainer.
     prompts = tmp_path / "mine.jsonl"
     prompts.write_text('{"prompt": "Name a color."}\n{"prompt": "Say hello."}\n')
-    out = subprocess.run([sys.executable, "-m", "playground", "-q", "evaluate", *cli[4:], "--eval-prompts",
-                          str(prompts), "--eval-tokens", "8", "--json"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "playground",
+            "-q",
+            "evaluate",
+            *cli[4:],
+            "--eval-prompts",
+            str(prompts),
+            "--eval-tokens",
+            "8",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     evaluated = json.loads(out.stdout)["evaluated"]
     assert set(evaluated) == {"0", str(version)} and evaluated["0"]["prompts"] == 2

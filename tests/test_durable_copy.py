@@ -12,20 +12,29 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from helpers import add_compare, add_short_vs_long_votes
+
 from playground.store import Store, durable
 
-TABLES = ("prompts", "comparisons", "answers", "votes", "vote_answers", "pairs", "rounds", "round_pairs",
-          "round_steps", "adapter_versions")
+TABLES = (
+    "prompts",
+    "comparisons",
+    "answers",
+    "votes",
+    "vote_answers",
+    "pairs",
+    "rounds",
+    "round_pairs",
+    "round_steps",
+    "adapter_versions",
+)
 
 
 def dump(store: Store) -> dict:
     """Every data row of every table, and the shared meta values (the local-only ones left out)."""
     conn = sqlite3.connect(store.path)
     out = {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}"))) for t in TABLES}
-    out["meta"] = sorted(r for r in conn.execute("SELECT key, value FROM meta")
-                         if r[0] not in durable.LOCAL_META_KEYS)
+    out["meta"] = sorted(r for r in conn.execute("SELECT key, value FROM meta") if r[0] not in durable.LOCAL_META_KEYS)
     conn.close()
     return out
 
@@ -99,8 +108,9 @@ def test_every_record_written_after_binding_is_restored_with_the_same_ids(store,
     for version in again.versions():
         original = store.version(version["version"])["path"]
         assert Path(version["path"]).is_relative_to(again.root)
-        assert (Path(version["path"]) / "adapter_model.safetensors").read_bytes() == \
-            (Path(original) / "adapter_model.safetensors").read_bytes()
+        assert (Path(version["path"]) / "adapter_model.safetensors").read_bytes() == (
+            Path(original) / "adapter_model.safetensors"
+        ).read_bytes()
 
 
 def test_binding_a_store_with_data_copies_what_it_already_holds(store, tmp_path):
@@ -253,8 +263,11 @@ def test_local_only_meta_never_leaves_the_machine(store, tmp_path):
     add_short_vs_long_votes(store, 1)
     copy.copy_pending()
     text = "".join(p.read_text() for p in durable.shards(copy.folder))
-    assert '"trainer"' not in text and '"changes"' not in text and durable.META_KEY not in text.replace(
-        '"format":"alignment-playground-durable-copy"', "")
+    assert (
+        '"trainer"' not in text
+        and '"changes"' not in text
+        and durable.META_KEY not in text.replace('"format":"alignment-playground-durable-copy"', "")
+    )
 
 
 def test_a_shard_from_a_newer_app_stops_the_restore(store, tmp_path):
@@ -353,8 +366,12 @@ def test_an_unreadable_dataset_repo_stops_the_start(tmp_path):
         def snapshot_download(self, **kwargs):
             import httpx
 
-            raise RepositoryNotFoundError("404 Repository Not Found", response=httpx.Response(
-                404, request=httpx.Request("GET", "https://huggingface.co/api/datasets/me/new")))
+            raise RepositoryNotFoundError(
+                "404 Repository Not Found",
+                response=httpx.Response(
+                    404, request=httpx.Request("GET", "https://huggingface.co/api/datasets/me/new")
+                ),
+            )
 
     class Unreachable(FakeHubApi):
         def snapshot_download(self, **kwargs):

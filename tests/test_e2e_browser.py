@@ -10,14 +10,20 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from app_process import start_app, wait_until
 from gradio_client import Client
 from playwright.sync_api import expect, sync_playwright
 
-from app_process import start_app, wait_until
-
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 SLOW = 180_000  # ms: model loading and training rounds on a busy 2-core machine
 ANSWER = 60_000
 XSS = "<img src=x onerror=alert(1)><script>window.__xss=1</script>"
@@ -30,7 +36,9 @@ def app(tiny_models, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("ui-browser") / "data"
     # 48 new tokens: long enough that the answers visibly stream in several steps.
     # A large learning rate: one round of two pairs visibly changes the tiny model (the explain view colours it).
-    app = start_app(tiny_models, data_dir, args=["--min-pairs", "2", "--max-new-tokens", "48", "--learning-rate", "0.05"])
+    app = start_app(
+        tiny_models, data_dir, args=["--min-pairs", "2", "--max-new-tokens", "48", "--learning-rate", "0.05"]
+    )
     yield app
     app.stop()
 
@@ -55,7 +63,8 @@ def page(app, browser):
 
 def record_answer_lengths(page, column: int) -> None:
     """Watch one column's latest answer from inside the page, so intermediate (streamed) states are seen."""
-    page.evaluate("""column => {
+    page.evaluate(
+        """column => {
         window.__lengths = [];
         const last = () => {
             const bots = document.querySelectorAll(`#answer-${column} [data-testid="bot"]`);
@@ -65,7 +74,9 @@ def record_answer_lengths(page, column: int) -> None:
             const n = last() ? last().innerText.trim().length : -1;
             if (window.__lengths[window.__lengths.length - 1] !== n) window.__lengths.push(n);
         }, 10);
-    }""", column)
+    }""",
+        column,
+    )
 
 
 def ask(page, prompt: str) -> None:
@@ -75,8 +86,9 @@ def ask(page, prompt: str) -> None:
     page.locator("#prompt textarea").fill(prompt)
     page.locator("#prompt textarea").press("Enter")
     not_before = f"(?!{before[0]}\\))" if before else ""
-    expect(status).to_contain_text(re.compile(rf"Which answer is best\?.*Comparison #{not_before}\d+\)"),
-                                   timeout=ANSWER)
+    expect(status).to_contain_text(
+        re.compile(rf"Which answer is best\?.*Comparison #{not_before}\d+\)"), timeout=ANSWER
+    )
 
 
 def new_chat(page) -> None:
@@ -187,14 +199,21 @@ def test_a_three_turn_conversation_with_a_vote_and_a_correction(app, page, tmp_p
     db = sqlite3.connect(next(app.data_dir.rglob("playground.sqlite3")))
     stored = lambda prompt, arm: db.execute(  # noqa: E731  the latest turn with this prompt, its answer of this arm
         "SELECT a.text FROM answers a JOIN comparisons c ON c.id = a.comparison_id JOIN prompts p ON p.id = c.prompt_id "
-        "WHERE p.text = ? AND a.arm = ? ORDER BY c.id DESC LIMIT 1", (prompt, arm)).fetchone()[0]
+        "WHERE p.text = ? AND a.arm = ? ORDER BY c.id DESC LIMIT 1",
+        (prompt, arm),
+    ).fetchone()[0]
     first_pref, voted = stored("What is a river?", "pref"), stored("And a lake?", "sft")
     db.close()
     assert turn2[0]["prompt"][1]["content"] == first_pref
     corrected = [p for p in pairs if p["chosen"][0]["content"].startswith("A **lake**")]
     assert len(corrected) == 3
-    assert [m["content"] for m in corrected[0]["prompt"]] == ["What is a river?", first_pref, "And a lake?", voted,
-                                                              "Which one is bigger?"]
+    assert [m["content"] for m in corrected[0]["prompt"]] == [
+        "What is a river?",
+        first_pref,
+        "And a lake?",
+        voted,
+        "Which one is bigger?",
+    ]
 
 
 def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_path):
@@ -211,11 +230,18 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     expect(page.locator("#progress")).to_contain_text("No round running")
     # The Stages view: the two datasets side by side, the stage each trains, the version that learned from them.
     stages = page.locator("#stages")
-    for text in ("Dataset 1: demonstrations", "Dataset 2: preferences", "instruction alignment: SFT",
-                 "preference alignment: DPO", "written", "ranked comparison"):
+    for text in (
+        "Dataset 1: demonstrations",
+        "Dataset 2: preferences",
+        "instruction alignment: SFT",
+        "preference alignment: DPO",
+        "written",
+        "ranked comparison",
+    ):
         expect(stages).to_contain_text(text)
     expect(stages.locator("table tr").filter(has_text="latest version that learned from it")).to_contain_text(
-        f"v{version + 1} (pairs)")
+        f"v{version + 1} (pairs)"
+    )
     expect(page.locator("#stage-loss canvas, #stage-loss svg").first).to_be_visible(timeout=ANSWER)
     expect(page.locator("#versions")).to_contain_text("demonstrations")
     page.screenshot(path=str(tmp_path / "training.png"), full_page=True)
@@ -244,8 +270,11 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     page.get_by_role("tab", name="Training").click()
     expect(page.locator("#drift-kl")).to_be_visible()
     client = Client(app.url, verbose=False)
-    wait_until(lambda: (s := client.predict(api_name="/stats"))["sft_drift"] and s["versions"][-1]["drift"], SLOW / 1000,
-               "the drift of v0 and the new version")
+    wait_until(
+        lambda: (s := client.predict(api_name="/stats"))["sft_drift"] and s["versions"][-1]["drift"],
+        SLOW / 1000,
+        "the drift of v0 and the new version",
+    )
     expect(page.locator("#drift-kl canvas, #drift-kl svg").first).to_be_visible(timeout=ANSWER)
     page.screenshot(path=str(tmp_path / "drift.png"), full_page=True)
 
@@ -288,6 +317,7 @@ def token_shades(page) -> list[dict]:
 
 def contrast(one: str, other: str) -> float:
     """WCAG's contrast ratio of two rgb colours (1 to 21)."""
+
     def luminance(colour):
         channels = [float(v) / 255 for v in re.findall(r"[\d.]+", colour)[:3]]
         linear = [c / 12.92 if c <= 0.03928 else ((c + 0.055) / 1.055) ** 2.4 for c in channels]

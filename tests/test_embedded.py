@@ -33,7 +33,11 @@ def run_cli(*args, data_dir: Path, timeout=600) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
     return subprocess.run(
         [sys.executable, "-m", "playground", *args, "--data-dir", str(data_dir)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
@@ -51,8 +55,18 @@ def test_embedded_models_convert_once_into_a_clean_cache(embedded_data_dir):
 
 
 def test_generate_cli_prints_three_answers_as_json_offline(embedded_data_dir):
-    result = run_cli("generate", "Why is the sky blue?", "--json", "--max-new-tokens", "24", "--seed", "1",
-                     "--preset", "embedded", data_dir=embedded_data_dir)
+    result = run_cli(
+        "generate",
+        "Why is the sky blue?",
+        "--json",
+        "--max-new-tokens",
+        "24",
+        "--seed",
+        "1",
+        "--preset",
+        "embedded",
+        data_dir=embedded_data_dir,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert (report["adapter_version"], report["serving_version"]) == (0, 0)  # a fresh data set: nothing trained
@@ -73,9 +87,20 @@ def test_the_onnx_runtime_answers_as_the_torch_model_does(embedded_data_dir):
     token for token; the base model is int8 in both (each runtime's own int8), so only its label is compared."""
     reports = {}
     for runtime in ("onnx", "torch"):
-        result = run_cli("generate", "Give me three tips for sleeping better.", "--json", "--max-new-tokens", "48",
-                         "--temperature", "0", "--preset", "embedded", "--runtime", runtime,
-                         data_dir=embedded_data_dir)
+        result = run_cli(
+            "generate",
+            "Give me three tips for sleeping better.",
+            "--json",
+            "--max-new-tokens",
+            "48",
+            "--temperature",
+            "0",
+            "--preset",
+            "embedded",
+            "--runtime",
+            runtime,
+            data_dir=embedded_data_dir,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         reports[runtime] = json.loads(result.stdout)
         assert reports[runtime]["runtime"] == runtime

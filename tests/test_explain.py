@@ -9,8 +9,8 @@ import sys
 
 import pytest
 import torch
-
 from helpers import add_compare
+
 from playground.core import Playground
 from playground.explain import Explanation, summary
 from playground.generation import Engine
@@ -24,8 +24,9 @@ ANSWER = "Paris is the capital of France."
 @pytest.fixture()
 def playground(tiny_models, tmp_path):
     engine = Engine(load_model(str(tiny_models["base"]), tmp_path), load_model(str(tiny_models["sft"]), tmp_path))
-    pg = Playground(ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path)),
-                    engine=engine)
+    pg = Playground(
+        ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path)), engine=engine
+    )
     yield pg
     pg.close()
 
@@ -57,8 +58,9 @@ def independent_logprob_sum(sft_dir, adapter, messages, answer) -> float:
 
 
 def test_implicit_reward_is_zero_at_version_0(playground):
-    comparison, _ = add_compare(playground.store, "What is the capital of France?",
-                                {"base": "A city.", "sft": ANSWER, "pref": ANSWER})
+    comparison, _ = add_compare(
+        playground.store, "What is the capital of France?", {"base": "A city.", "sft": ANSWER, "pref": ANSWER}
+    )
     for arm in ("base", "sft", "pref"):
         result = playground.explain(comparison, arm)
         assert result.version == 0
@@ -71,9 +73,15 @@ def test_implicit_reward_is_zero_at_version_0(playground):
 def test_implicit_reward_is_beta_times_the_log_probability_change(playground, tiny_models, tiny_adapters):
     history = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello. How can I help?"}]
     prompt = "What is the capital of France?"
-    comparison, _ = playground.store.add_comparison(prompt, "s1", answers=[
-        {"arm": arm, "text": ANSWER if arm != "base" else "A city.", "model": "tiny"} for arm in ("base", "sft", "pref")
-    ], history=history)
+    comparison, _ = playground.store.add_comparison(
+        prompt,
+        "s1",
+        answers=[
+            {"arm": arm, "text": ANSWER if arm != "base" else "A city.", "model": "tiny"}
+            for arm in ("base", "sft", "pref")
+        ],
+        history=history,
+    )
     version = publish(playground.store, tiny_adapters[1], beta=0.25)
     playground.sync_adapter()
     assert playground.engine.adapter_version == version
@@ -106,19 +114,27 @@ def test_another_version_is_scored_without_touching_what_serves(playground, tiny
 
     under_first = playground.explain(comparison, "pref", version=first)
     messages = [{"role": "user", "content": "Tell me about topic 3."}]
-    expected = 0.25 * (independent_logprob_sum(tiny_models["sft"], tiny_adapters[1], messages, ANSWER)
-                       - independent_logprob_sum(tiny_models["sft"], None, messages, ANSWER))
+    expected = 0.25 * (
+        independent_logprob_sum(tiny_models["sft"], tiny_adapters[1], messages, ANSWER)
+        - independent_logprob_sum(tiny_models["sft"], None, messages, ANSWER)
+    )
     assert under_first.version == first
     assert under_first.total_reward == pytest.approx(expected, rel=1e-4, abs=1e-4)
     assert under_first.total_reward != pytest.approx(playground.explain(comparison, "pref").total_reward)
     after = playground.engine.generate("Tell me about topic 3.", greedy)
     assert {k: a.text for k, a in after.items()} == {k: a.text for k, a in before.items()}
-    assert playground.engine.runtimes["sft"].peft.peft_config.keys() == {f"v{second}"}  # the scoring adapter is gone again
+    assert playground.engine.runtimes["sft"].peft.peft_config.keys() == {
+        f"v{second}"
+    }  # the scoring adapter is gone again
 
 
 def test_bad_requests_get_a_clear_message(playground):
-    comparison, (a, b) = playground.store.add_comparison("Q?", "s1", mode="duel", answers=[
-        {"arm": "pref", "text": "One.", "model": "tiny"}, {"arm": "pref", "text": "Two.", "model": "tiny"}])
+    comparison, (a, b) = playground.store.add_comparison(
+        "Q?",
+        "s1",
+        mode="duel",
+        answers=[{"arm": "pref", "text": "One.", "model": "tiny"}, {"arm": "pref", "text": "Two.", "model": "tiny"}],
+    )
     assert playground.explain(comparison, "b").answer_id == b
     with pytest.raises(StoreError, match="name one, a or b"):
         playground.explain(comparison, "pref")
@@ -134,8 +150,21 @@ def test_explain_cli_json(playground, tiny_models, tiny_adapters, tmp_path):
     comparison, _ = add_compare(playground.store, "What is the capital of France?", {"sft": ANSWER, "pref": ANSWER})
     publish(playground.store, tiny_adapters[1])
     expected = playground.explain(comparison, "sft")
-    cli = [sys.executable, "-m", "playground", "-q", "explain", "--base", str(tiny_models["base"]),
-           "--sft", str(tiny_models["sft"]), "--data-dir", str(tmp_path), "--comparison", str(comparison)]
+    cli = [
+        sys.executable,
+        "-m",
+        "playground",
+        "-q",
+        "explain",
+        "--base",
+        str(tiny_models["base"]),
+        "--sft",
+        str(tiny_models["sft"]),
+        "--data-dir",
+        str(tmp_path),
+        "--comparison",
+        str(comparison),
+    ]
     out = subprocess.run([*cli, "--arm", "sft", "--json"], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     got = json.loads(out.stdout)

@@ -10,21 +10,28 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from helpers import add_compare, add_short_vs_long_votes
+
 from playground import publishing
 from playground.data_sets import DataSet
 
 ROOT = Path(__file__).resolve().parent.parent
-KINDS = {"pairs": ("dpo", ["prompt", "chosen", "rejected"]), "demonstrations": ("sft", ["messages"]),
-         "ratings": ("kto", ["prompt", "completion", "label"])}
+KINDS = {
+    "pairs": ("dpo", ["prompt", "chosen", "rejected"]),
+    "demonstrations": ("sft", ["messages"]),
+    "ratings": ("kto", ["prompt", "completion", "label"]),
+}
 
 
 def feedback(store) -> None:
     add_short_vs_long_votes(store, 4)
     for i in range(4):
-        comparison, ids = add_compare(store, f"Rate me {i}?", {"base": f"No {i}.", "sft": f"Yes {i}, gladly.",
-                                                               "pref": f"A long answer {i} " * 4}, session=f"r{i}")
+        comparison, ids = add_compare(
+            store,
+            f"Rate me {i}?",
+            {"base": f"No {i}.", "sft": f"Yes {i}, gladly.", "pref": f"A long answer {i} " * 4},
+            session=f"r{i}",
+        )
         store.vote_thumb(f"r{i}", ids["sft"], True)
         store.vote_thumb(f"r{i}", ids["pref"], False)
         store.add_correction(f"r{i}", comparison, f"The ideal answer number {i}.")
@@ -40,9 +47,27 @@ def exported(tiny_models, tmp_path_factory) -> dict[str, Path]:
         folders[what] = root / what
         folders[what].mkdir()
         result = subprocess.run(
-            [sys.executable, "-m", "playground", "-q", "export", "--what", what, "--out",
-             str(folders[what] / f"{what}.jsonl"), "--base", str(tiny_models["base"]), "--sft",
-             str(tiny_models["sft"]), "--data-dir", str(root)], cwd=ROOT, capture_output=True, text=True)
+            [
+                sys.executable,
+                "-m",
+                "playground",
+                "-q",
+                "export",
+                "--what",
+                what,
+                "--out",
+                str(folders[what] / f"{what}.jsonl"),
+                "--base",
+                str(tiny_models["base"]),
+                "--sft",
+                str(tiny_models["sft"]),
+                "--data-dir",
+                str(root),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
         assert result.returncode == 0, result.stderr
     return folders
 
@@ -65,11 +90,39 @@ def test_each_export_loads_with_datasets_in_its_trl_format(exported):
 def test_trls_own_cli_trains_on_the_export_unchanged(what, exported, tiny_models, tmp_path):
     command = KINDS[what][0]
     result = subprocess.run(
-        ["trl", command, "--model_name_or_path", str(tiny_models["sft"]), "--dataset_name", str(exported[what]),
-         "--output_dir", str(tmp_path / "out"), "--max_steps", "2", "--per_device_train_batch_size", "2",
-         "--max_length", "64", "--report_to", "none", "--bf16", "False", "--use_cpu", "True",
-         "--gradient_checkpointing", "False", "--save_strategy", "no", "--logging_steps", "1"],
-        capture_output=True, text=True, timeout=600, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        [
+            "trl",
+            command,
+            "--model_name_or_path",
+            str(tiny_models["sft"]),
+            "--dataset_name",
+            str(exported[what]),
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--max_steps",
+            "2",
+            "--per_device_train_batch_size",
+            "2",
+            "--max_length",
+            "64",
+            "--report_to",
+            "none",
+            "--bf16",
+            "False",
+            "--use_cpu",
+            "True",
+            "--gradient_checkpointing",
+            "False",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'train_loss'" in result.stdout + result.stderr, "trl trained and reported its loss"
 
@@ -102,6 +155,9 @@ def test_a_push_puts_every_kind_in_one_dataset_repo_one_config_each(tmp_path):
     assert [json.loads(line)["label"] for line in api.files["ratings.jsonl"].splitlines()].count(True) == 4
     card = DatasetCard(api.files["README.md"].decode())
     configs = {c["config_name"]: c["data_files"] for c in card.data.configs}
-    assert configs == {"pairs": "preference_pairs.jsonl", "demonstrations": "demonstrations.jsonl",
-                       "ratings": "ratings.jsonl"}
+    assert configs == {
+        "pairs": "preference_pairs.jsonl",
+        "demonstrations": "demonstrations.jsonl",
+        "ratings": "ratings.jsonl",
+    }
     assert 'load_dataset("me/feedback", "ratings"' in card.text

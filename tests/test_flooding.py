@@ -9,11 +9,11 @@ import sqlite3
 
 import gradio as gr
 import pytest
+from app_process import start_app, wait_until
 from gradio_client import Client
+from helpers import add_compare
 from starlette.datastructures import Headers
 
-from app_process import start_app, wait_until
-from helpers import add_compare
 from playground import training
 from playground.settings import RoundSettings
 from playground.store import Store
@@ -118,19 +118,31 @@ def login_page(tmp_path):
     from playground.settings import ModelSettings
     from playground.ui import Page
 
-    return Page(Playground(ModelSettings(preset="embedded", data_dir=str(tmp_path), persist="off")),
-                require_login=True)
+    return Page(Playground(ModelSettings(preset="embedded", data_dir=str(tmp_path), persist="off")), require_login=True)
 
 
 def profile(username: str) -> gr.OAuthProfile:
-    return gr.OAuthProfile({"name": username.title(), "preferred_username": username,
-                            "profile": f"https://huggingface.co/{username}", "picture": ""})
+    return gr.OAuthProfile(
+        {
+            "name": username.title(),
+            "preferred_username": username,
+            "profile": f"https://huggingface.co/{username}",
+            "picture": "",
+        }
+    )
 
 
 def compare_state(page, prompt="Why?") -> dict:
     cid, ids = add_compare(page.playground.store, prompt, {"base": "b", "sft": "s", "pref": "p"})
-    return {"mode": "compare", "comparison": cid, "answers": ids, "order": ["base", "sft", "pref"], "blind": False,
-            "revealed": True, "streaming": False}
+    return {
+        "mode": "compare",
+        "comparison": cid,
+        "answers": ids,
+        "order": ["base", "sft", "pref"],
+        "blind": False,
+        "revealed": True,
+        "streaming": False,
+    }
 
 
 def test_with_require_login_a_signed_out_vote_is_refused_and_a_signed_in_one_records_the_user(login_page):
@@ -187,8 +199,18 @@ def test_a_page_that_requires_login_builds_and_starts_offline(login_page, monkey
 @pytest.fixture(scope="module")
 def flooded_app(tiny_models, tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("flooding") / "data"
-    args = ["--min-pairs", "8", "--pairs-per-voter", str(CAP), "--votes-per-minute", "100",
-            "--votes-per-minute-per-address", str(PER_ADDRESS), "--persist", "off"]
+    args = [
+        "--min-pairs",
+        "8",
+        "--pairs-per-voter",
+        str(CAP),
+        "--votes-per-minute",
+        "100",
+        "--votes-per-minute-per-address",
+        str(PER_ADDRESS),
+        "--persist",
+        "off",
+    ]
     app = start_app(tiny_models, data_dir, args=args, env={"SPACE_ID": "someone/alignment-playground"})
     try:
         client = Client(app.url, verbose=False)
@@ -218,14 +240,18 @@ def test_fifty_sessions_from_one_address(flooded_app):
     # 50 sessions of one script, each claiming another address in the header it writes itself.
     sessions = [behind_the_proxy(app, f"10.{i}.0.1", FLOODER) for i in range(50)]
     for i, client in enumerate(sessions):  # answers first, so that all 50 votes fall within one minute
-        assert "Which answer is best?" in client.predict(f"Flood question {i}?", *SAMPLING, None, False,
-                                                         api_name="/compare")[9]
+        assert (
+            "Which answer is best?"
+            in client.predict(f"Flood question {i}?", *SAMPLING, None, False, api_name="/compare")[9]
+        )
     replies = [client.predict("1", api_name="/vote_best")[0] for client in sessions]
 
     assert all(reply.startswith("✓ Thanks!") for reply in replies[:PER_ADDRESS])
     refused = replies[PER_ADDRESS:]
-    assert all(f"Too many votes from your network address: at most {PER_ADDRESS} a minute per address" in reply
-               for reply in refused), refused[0]
+    assert all(
+        f"Too many votes from your network address: at most {PER_ADDRESS} a minute per address" in reply
+        for reply in refused
+    ), refused[0]
     assert re.search(r"Try again in \d+ s\.", refused[0])
     other = behind_the_proxy(app, "10.0.0.1", OTHER)  # the same spoofed entry, another real address: unaffected
 
@@ -248,8 +274,16 @@ def test_fifty_sessions_from_one_address(flooded_app):
     watcher = Client(app.url, verbose=False)
     pending = flood_pairs + 2
     assert stats(watcher)["counts"]["pairs_pending"] == pending
-    waiting = wait_until(lambda: (s := stats(watcher))["trainer"] and s["trainer"].get("pending") == CAP + 2
-                         and s["trainer"]["state"] == "waiting" and s, 60, "the trainer to count the eligible pairs")
+    waiting = wait_until(
+        lambda: (
+            (s := stats(watcher))["trainer"]
+            and s["trainer"].get("pending") == CAP + 2
+            and s["trainer"]["state"] == "waiting"
+            and s
+        ),
+        60,
+        "the trainer to count the eligible pairs",
+    )
     assert waiting["trainer"]["state"] == "waiting" and waiting["rounds"] == [] and waiting["pairs_eligible"] == 6
     training_panel = watcher.predict(api_name="/panel")[1]
     assert "6 of the 8 that start one" in training_panel
@@ -261,9 +295,13 @@ def test_fifty_sessions_from_one_address(flooded_app):
     assert done[0]["pairs_used"] == 2 * CAP
 
     db = sqlite3.connect(next(app.data_dir.rglob("playground.sqlite3")))
-    per_voter = dict(db.execute(
-        "SELECT v.voter, count(*) FROM round_pairs rp JOIN pairs p ON p.id = rp.pair_id "
-        "JOIN votes v ON v.id = p.vote_id WHERE rp.round_id = ? GROUP BY v.voter", (done[0]["id"],)))
+    per_voter = dict(
+        db.execute(
+            "SELECT v.voter, count(*) FROM round_pairs rp JOIN pairs p ON p.id = rp.pair_id "
+            "JOIN votes v ON v.id = p.vote_id WHERE rp.round_id = ? GROUP BY v.voter",
+            (done[0]["id"],),
+        )
+    )
     voters = [voter for (voter,) in db.execute("SELECT DISTINCT voter FROM votes")]
     assert len(voters) == 2 and all(VOTER.fullmatch(voter) for voter in voters), voters
     assert sorted(per_voter.values()) == [CAP, CAP] and set(per_voter) == set(voters)

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 import torch
-
 from helpers import AnswersInFlight
+
 from playground.decoding import AnswerBoundary, RowStreamer
 from playground.generation import Engine, Sampling
 from playground.models import load_model
@@ -134,8 +134,9 @@ def test_concurrent_requests_and_hot_swaps_never_mix_adapter_state(tiny_engine, 
                 if n >= 4 and swapped.is_set():
                     break
                 answers, started_with = in_flight.answer(tiny_engine, prompt, long)
-                results.append((answers["pref"].adapter_version, answers["sft"].text, answers["pref"].text,
-                                started_with))
+                results.append(
+                    (answers["pref"].adapter_version, answers["sft"].text, answers["pref"].text, started_with)
+                )
         except Exception as error:  # surfaced below
             errors.append(error)
 
@@ -181,11 +182,16 @@ def test_swapping_frees_the_old_adapter(tiny_engine, tiny_adapters):
     for version in (1, 2, 1, 2):
         tiny_engine.use_adapter(version, str(tiny_adapters[version]))
     assert list(tiny_engine.runtimes["sft"].peft.peft_config) == ["v2"]
-    lora_names = {n.split("lora_A.")[1].split(".")[0] for n, _ in tiny_engine.runtimes["sft"].peft.named_parameters() if "lora_A." in n}
+    lora_names = {
+        n.split("lora_A.")[1].split(".")[0]
+        for n, _ in tiny_engine.runtimes["sft"].peft.named_parameters()
+        if "lora_A." in n
+    }
     assert lora_names == {"v2"}
 
 
 # ---- base framing and stopping ------------------------------------------------------------------------------
+
 
 def test_base_prompt_is_a_plain_completion_frame():
     assert base_prompt("  Why is the sky blue? ") == "Q: Why is the sky blue?\nA:"
@@ -261,14 +267,20 @@ def test_a_failing_runtime_fails_only_its_answers_and_the_turn_is_not_stored(tin
     from playground.settings import ModelSettings
 
     sft = load_model(str(tiny_models["sft"]), tmp_path)
-    engine = Engine(load_model(str(tiny_models["base"]), tmp_path), sft, {"base": _Unreachable(), "sft": TorchRuntime(sft)})
+    engine = Engine(
+        load_model(str(tiny_models["base"]), tmp_path), sft, {"base": _Unreachable(), "sft": TorchRuntime(sft)}
+    )
     answers = engine.generate("Explain gravity.", GREEDY)
     assert answers["base"].finish_reason == "error" and "cannot be reached" in answers["base"].error
     assert answers["sft"].done and not answers["sft"].error and answers["sft"].new_tokens > 0
     assert answers["pref"].text == answers["sft"].text and not answers["pref"].error
     assert engine.problem and "gpu-box:8001" in engine.problem  # what the status line shows
-    playground = Playground(ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]),
-                                          data_dir=str(tmp_path), persist="off"), engine=engine)
+    playground = Playground(
+        ModelSettings(
+            base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path), persist="off"
+        ),
+        engine=engine,
+    )
     try:
         items = list(playground.compare("Explain gravity.", GREEDY, "s1"))
         assert items[-1][1] is None and items[-1][0]["base"].error  # shown, not recorded
@@ -299,7 +311,7 @@ def test_sft_nll_scores_the_input_generation_feeds_the_sft_model(tiny_models, tm
     ids = encode_prompt(sft.tokenizer, text + answer)
     with torch.inference_mode():
         logits = sft.model(input_ids=torch.tensor([ids])).logits[0]
-    want = float(torch.nn.functional.cross_entropy(logits[len(context) - 1 : -1], torch.tensor(ids[len(context):])))
+    want = float(torch.nn.functional.cross_entropy(logits[len(context) - 1 : -1], torch.tensor(ids[len(context) :])))
     got = engine.scoring.sft_nll("And the capital of Spain?", answer, history)
     assert got == pytest.approx(want, rel=1e-5)
     alone = engine.scoring.sft_nll("And the capital of Spain?", answer)

@@ -3,19 +3,23 @@ import math
 
 import numpy as np
 import pytest
-
 from helpers import add_compare
+
 from playground import leaderboard as lb
 from playground.store import Store
-
 
 _ids = itertools.count(1)
 
 
 def answer(arm, version=0, position=None, answer_id=None):
     # distinct ids and texts: identical texts are no game (see test_votes)
-    return {"answer_id": answer_id or next(_ids), "arm": arm, "adapter_version": version, "position": position,
-            "text": f"{arm} v{version} said {position}"}
+    return {
+        "answer_id": answer_id or next(_ids),
+        "arm": arm,
+        "adapter_version": version,
+        "position": position,
+        "text": f"{arm} v{version} said {position}",
+    }
 
 
 def vote(kind, answers, outcome=None):
@@ -43,8 +47,7 @@ def test_best_winner_only_beats_each_other_answer():
 
 def test_full_ranking_gives_every_implied_pair():
     v = vote("best", [answer("sft", 0, 0), answer("pref", 1, 1), answer("base", 0, 2)])
-    assert pairs(lb.games_from_votes([v])) == [
-        ("sft", "pref v1", 1.0), ("sft", "base", 1.0), ("pref v1", "base", 1.0)]
+    assert pairs(lb.games_from_votes([v])) == [("sft", "pref v1", 1.0), ("sft", "base", 1.0), ("pref v1", "base", 1.0)]
 
 
 def test_pairwise_outcomes_and_ties():
@@ -54,11 +57,14 @@ def test_pairwise_outcomes_and_ties():
     assert pairs(lb.games_from_votes([vote("pairwise", [a, b], "tie")])) == [("pref v1", "pref v2", 0.5)]
 
 
-@pytest.mark.parametrize("v", [
-    vote("pairwise", [answer("base", 0, 0), answer("sft", 0, 1)], "both_bad"),
-    vote("all_bad", [answer("base"), answer("sft"), answer("pref", 1)]),
-    vote("thumb", [answer("base", 0, 0), answer("sft"), answer("pref", 1)], "up"),
-])
+@pytest.mark.parametrize(
+    "v",
+    [
+        vote("pairwise", [answer("base", 0, 0), answer("sft", 0, 1)], "both_bad"),
+        vote("all_bad", [answer("base"), answer("sft"), answer("pref", 1)]),
+        vote("thumb", [answer("base", 0, 0), answer("sft"), answer("pref", 1)], "up"),
+    ],
+)
 def test_votes_that_name_no_winner_are_left_out(v):
     assert lb.games_from_votes([v]) == []
 
@@ -79,7 +85,7 @@ def synthetic(strengths, games_per_pair, seed=0):
     names = list(strengths)
     outcomes, index = [], 0
     for i, a in enumerate(names):
-        for b in names[i + 1:]:
+        for b in names[i + 1 :]:
             p = strengths[a] / (strengths[a] + strengths[b])
             for _ in range(games_per_pair):
                 outcomes.append(lb.Game(index, a, b, float(rng.random() < p)))

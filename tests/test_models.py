@@ -91,6 +91,7 @@ def _fake_gguf_loader(tiny_dir: Path, fail_on_save: bool):
     def load(gguf, trust_remote_code):
         model, tokenizer = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
         if fail_on_save:
+
             def half_written(folder, *args, **kwargs):
                 (Path(folder) / "model.safetensors").write_bytes(b"half")
                 raise OSError("No space left on device")
@@ -139,8 +140,11 @@ def test_int8_loading_quantizes_all_but_the_adapter_layers_and_still_generates(t
     RowwiseLinear, RowwiseInt8Linear = int8_layer_types()
     plain = load_model(str(tiny_models["sft"]), tmp_path, "sft")
     int8 = load_model(str(tiny_models["sft"]), tmp_path, "sft", int8=True, keep_float=("q_proj", "v_proj"))
-    kinds = {name.rsplit(".", 1)[-1]: type(m) for name, m in int8.model.named_modules()
-             if isinstance(m, (torch.nn.Linear, RowwiseInt8Linear))}
+    kinds = {
+        name.rsplit(".", 1)[-1]: type(m)
+        for name, m in int8.model.named_modules()
+        if isinstance(m, (torch.nn.Linear, RowwiseInt8Linear))
+    }
     assert kinds["q_proj"] is RowwiseLinear and kinds["v_proj"] is RowwiseLinear, "LoRA's layers stay float"
     assert kinds["down_proj"] is RowwiseLinear, "its outlier activations stay float (int8.INT8_KEEP_FLOAT)"
     assert kinds["k_proj"] is RowwiseInt8Linear and kinds["up_proj"] is RowwiseInt8Linear
@@ -197,4 +201,3 @@ def test_int8_model_takes_lora_adapters_and_refuses_ones_on_its_int8_layers(tiny
         served.use_adapter(2, str(other))
     assert served.adapter_version == 1
     assert served.generate("Explain gravity.", greedy, arms=("pref",))["pref"].text == after["pref"].text
-

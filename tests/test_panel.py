@@ -5,8 +5,8 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
-
 from helpers import add_compare
+
 from playground.core import Playground
 from playground.settings import ModelSettings
 from playground.ui import Page, build_app

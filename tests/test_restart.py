@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from app_process import OFFLINE_ENV, REPO, start_app, wait_until
 from gradio_client import Client
 
-from app_process import OFFLINE_ENV, REPO, start_app, wait_until
 from playground.processes import pid_alive
 
 SAMPLING = (0.7, 0.9, 16, None, False)  # temperature, top_p, max_new_tokens, seed, blind
@@ -39,10 +39,22 @@ def children(pid: int) -> list[int]:
 
 
 def cli(models, data_dir: Path, *args) -> str:
-    command = [sys.executable, "-m", "playground", "-q", *args, "--base", str(models["base"]), "--sft",
-               str(models["sft"]), "--data-dir", str(data_dir)]
-    done = subprocess.run(command, cwd=REPO, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True,
-                          timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "playground",
+        "-q",
+        *args,
+        "--base",
+        str(models["base"]),
+        "--sft",
+        str(models["sft"]),
+        "--data-dir",
+        str(data_dir),
+    ]
+    done = subprocess.run(
+        command, cwd=REPO, env={**os.environ, **OFFLINE_ENV}, capture_output=True, text=True, timeout=300
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 

@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from conftest import make_lora_adapter, make_tiny_model
 
 from playground import runtimes as runtime
@@ -28,8 +27,10 @@ GREEDY = Sampling(temperature=0, max_new_tokens=24, seed=1)
 def tiny_models(tmp_path_factory, real_tokenizer_dir) -> dict[str, Path]:
     """The shared tiny models, with heads of 16 (ONNX Runtime's attention kernel needs a multiple of 16)."""
     root = tmp_path_factory.mktemp("runtime-models")
-    return {"base": make_tiny_model(root / "base", real_tokenizer_dir, seed=1, chat=False, hidden=64),
-            "sft": make_tiny_model(root / "sft", real_tokenizer_dir, seed=2, chat=True, hidden=64)}
+    return {
+        "base": make_tiny_model(root / "base", real_tokenizer_dir, seed=1, chat=False, hidden=64),
+        "sft": make_tiny_model(root / "sft", real_tokenizer_dir, seed=2, chat=True, hidden=64),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +83,12 @@ def test_adapters_swap_in_and_match_peft(engines, adapters):
         for version in (1, 2):
             for engine in engines:
                 engine.use_adapter(version, str(adapters[version]))
-            assert (adapters[version] / adapters_module.ADAPTER_FILE).is_file()  # converted on demand, beside PEFT's files
-            assert onnx.runtimes["sft"].workers[0].adapters == {f"v{version}": str(adapters[version] / adapters_module.ADAPTER_FILE)}
+            assert (
+                adapters[version] / adapters_module.ADAPTER_FILE
+            ).is_file()  # converted on demand, beside PEFT's files
+            assert onnx.runtimes["sft"].workers[0].adapters == {
+                f"v{version}": str(adapters[version] / adapters_module.ADAPTER_FILE)
+            }
             for prompt in PROMPTS[:2]:
                 got, want = _texts(onnx, prompt), _texts(torch_engine, prompt)
                 assert got == want, (version, prompt)
@@ -98,7 +103,10 @@ def test_adapters_swap_in_and_match_peft(engines, adapters):
 
 def test_sampling_is_reproducible_per_seed(engines):
     onnx, _ = engines
-    sampled = lambda seed: _texts(onnx, PROMPTS[1], Sampling(temperature=1.0, top_p=0.95, max_new_tokens=24, seed=seed))
+
+    def sampled(seed):
+        return _texts(onnx, PROMPTS[1], Sampling(temperature=1.0, top_p=0.95, max_new_tokens=24, seed=seed))
+
     first, again, other = sampled(5), sampled(5), sampled(6)
     assert first == again
     assert first != other
@@ -151,8 +159,10 @@ def _adapter_on(sft_dir: Path, out: Path, targets: list[str]) -> None:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(sft_dir),
-                           LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False))
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(sft_dir),
+        LoraConfig(r=4, lora_alpha=8, target_modules=targets, init_lora_weights=False),
+    )
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "lora_B" in name:
@@ -218,7 +228,9 @@ def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
     (folder / adapters_module.ADAPTER_FILE).unlink(missing_ok=True)
     _prepare_for_serving(folder)
     assert (folder / adapters_module.ADAPTER_FILE).stat().st_size > 0
-    assert adapters_module.converted_adapter(folder) == folder / adapters_module.ADAPTER_FILE  # fresh: not converted again
+    assert (
+        adapters_module.converted_adapter(folder) == folder / adapters_module.ADAPTER_FILE
+    )  # fresh: not converted again
 
 
 def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, tiny_models, tmp_path_factory):
@@ -226,8 +238,9 @@ def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, ti
     two preference rows are reproducible per seed either way."""
     onnx, torch_engine = engines
     preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
-    lean = Engine.from_preset(preset, tmp_path_factory.mktemp("lean"), precision="float", runtime="onnx",
-                              threads=1, chat_workers=1)
+    lean = Engine.from_preset(
+        preset, tmp_path_factory.mktemp("lean"), precision="float", runtime="onnx", threads=1, chat_workers=1
+    )
     try:
         assert len(lean.runtimes["sft"].workers) == 1 and len(onnx.runtimes["sft"].workers) == 2
         for engine in (lean, onnx, torch_engine):
@@ -246,8 +259,9 @@ def test_the_sft_weights_load_on_demand_for_scoring(engines):
     """The simulated voter's fluency yardstick needs torch weights; the onnx engine loads them only then."""
     onnx, torch_engine = engines
     answer = "Paris is the capital of France."
-    assert onnx.scoring.sft_nll(PROMPTS[0], answer) == pytest.approx(torch_engine.scoring.sft_nll(PROMPTS[0], answer),
-                                                                rel=1e-5)
+    assert onnx.scoring.sft_nll(PROMPTS[0], answer) == pytest.approx(
+        torch_engine.scoring.sft_nll(PROMPTS[0], answer), rel=1e-5
+    )
     assert onnx.sft.model is not None and onnx.base.model is None
 
 
@@ -259,11 +273,16 @@ def test_the_implicit_reward_is_the_same_on_both_runtimes(engines, adapters, tmp
 
     onnx, torch_engine = engines
     store = Store.open(tmp_path)
-    comparison, _ = store.add_comparison(PROMPTS[0], "s", answers=[
-        {"arm": "sft", "text": "Paris is the capital of France.", "model": "tiny"}])
+    comparison, _ = store.add_comparison(
+        PROMPTS[0], "s", answers=[{"arm": "sft", "text": "Paris is the capital of France.", "model": "tiny"}]
+    )
     for v in (1, 2):
-        assert store.finish_round(store.start_round(store.serving_version(), [], {"beta": 0.1}, None),
-                                  str(adapters[v]), {}) == v
+        assert (
+            store.finish_round(
+                store.start_round(store.serving_version(), [], {"beta": 0.1}, None), str(adapters[v]), {}
+            )
+            == v
+        )
     for engine in engines:
         engine.use_adapter(1, str(adapters[1]))
     serving_before = _texts(onnx, PROMPTS[1])

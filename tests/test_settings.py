@@ -78,14 +78,24 @@ def test_the_trainer_process_gets_every_setting(tiny_models, tmp_path):
     from playground.core import Playground
 
     rounds = s.RoundSettings(min_pairs=3, lora_r=4, target_modules=["q_proj", "k_proj"], train_seed=9, beta=0.3)
-    models = s.ModelSettings(base=str(tiny_models["base"]), sft=str(tiny_models["sft"]), data_dir=str(tmp_path),
-                             precision="float", trust_remote_code=True)
+    models = s.ModelSettings(
+        base=str(tiny_models["base"]),
+        sft=str(tiny_models["sft"]),
+        data_dir=str(tmp_path),
+        precision="float",
+        trust_remote_code=True,
+    )
     command = Playground(models, rounds).trainer_command()
     given = json.loads(command[command.index("--settings-json") + 1])
     assert s.from_dict(s.RoundSettings, given["rounds"]) == rounds
     sent = s.from_dict(s.ModelSettings, given["models"])
     assert (sent.base, sent.sft, sent.data_dir, sent.precision, sent.trust_remote_code) == (
-        str(tiny_models["base"]), str(tiny_models["sft"]), str(tmp_path), "float", True)
+        str(tiny_models["base"]),
+        str(tiny_models["sft"]),
+        str(tmp_path),
+        "float",
+        True,
+    )
 
 
 def test_a_vllm_url_means_the_vllm_runtime_and_a_base_server_needs_it(clean_env):
@@ -97,7 +107,11 @@ def test_a_vllm_url_means_the_vllm_runtime_and_a_base_server_needs_it(clean_env)
     clean_env.setenv("PLAYGROUND_VLLM_PYTHON", "/opt/vllm/bin/python")
     models = parse("--base-vllm-url", "http://gpu-box:8001")[s.ModelSettings]
     assert (models.runtime, models.vllm_url, models.base_vllm_url, models.vllm_python) == (
-        "vllm", "http://gpu-box:8000", "http://gpu-box:8001", "/opt/vllm/bin/python")
+        "vllm",
+        "http://gpu-box:8000",
+        "http://gpu-box:8001",
+        "/opt/vllm/bin/python",
+    )
 
 
 def test_the_cli_shows_a_message_for_a_mistake_and_a_traceback_for_a_bug(monkeypatch, capsys, tmp_path):

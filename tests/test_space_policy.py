@@ -15,12 +15,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import httpx
 import pytest
-from gradio_client import Client
-
 from app_process import start_app, wait_until
-from playground.processes import free_port
+from gradio_client import Client
 from helpers import add_short_vs_long_votes
+
 from playground.data_sets import DataSet
+from playground.processes import free_port
 
 ADMIN = "s3cret-token"
 SERVER_TOKEN = "hf_fake_server_token"
@@ -81,8 +81,11 @@ def space_app(tiny_models, tiny_adapters, folder, hub, admin_token=None):
     app = start_app(tiny_models, data_dir, args=["--no-trainer", "--persist", "off"], env=env)
     client = Client(app.url, verbose=False)
     try:
-        wait_until(lambda: (s := client.predict(api_name="/stats"))["ready"] and s["engine_version"] == 1, 180,
-                   "the models to load with version 1 serving")
+        wait_until(
+            lambda: (s := client.predict(api_name="/stats"))["ready"] and s["engine_version"] == 1,
+            180,
+            "the models to load with version 1 serving",
+        )
     except BaseException:
         app.stop()
         raise
@@ -167,8 +170,9 @@ def test_without_an_admin_token_the_raw_votes_are_disabled_and_the_pairs_stay_op
 def test_the_admin_boxes_show_and_the_page_says_what_happens_to_votes(closed):
     shown = components(closed)
     admin_boxes = [c for c in shown if str(c["props"].get("label", "")).startswith("Admin token")]
-    assert len(admin_boxes) == 3 and all(c["props"]["visible"] is True for c in admin_boxes), \
+    assert len(admin_boxes) == 3 and all(c["props"]["visible"] is True for c in admin_boxes), (
         "rollback, push and raw export each have a visible admin token box"
+    )
     notice = next(c for c in shown if c["props"].get("elem_id") == "data-notice")["props"]["value"]
     assert "stored" in notice and "used to train the preference-tuned model" in notice
 

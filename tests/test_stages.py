@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from helpers import add_compare, add_short_vs_long_votes
+
 from playground.settings import RoundSettings
 from playground.store import Store, VoteError
 from playground.training import eligible_counts, kto_class_weights, run_round, select_feedback
@@ -21,8 +21,16 @@ from playground.training.stages import kto_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 # A large learning rate so that one tiny round visibly moves a tiny model; no drift evaluation (tested elsewhere).
-FAST = RoundSettings(min_pairs=4, epochs=2, batch_size=2, grad_accumulation=1, learning_rate=5e-2, max_length=64,
-                     train_threads=1, eval_tokens=0)
+FAST = RoundSettings(
+    min_pairs=4,
+    epochs=2,
+    batch_size=2,
+    grad_accumulation=1,
+    learning_rate=5e-2,
+    max_length=64,
+    train_threads=1,
+    eval_tokens=0,
+)
 
 
 def rated_turn(store: Store, i: int, session: str) -> tuple[int, dict]:
@@ -47,7 +55,7 @@ def logprob_sum(sft_dir, adapter, messages: list[dict], answer: str) -> float:
     ids = torch.tensor([tokenizer(full, add_special_tokens=False).input_ids])
     with torch.no_grad():
         logprobs = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), dim=-1)
-    return float(logprobs[start - 1:].gather(1, ids[0, start:, None]).sum())
+    return float(logprobs[start - 1 :].gather(1, ids[0, start:, None]).sum())
 
 
 def user(text: str) -> list[dict]:
@@ -74,7 +82,13 @@ def test_votes_make_demonstrations_and_ratings_and_a_round_takes_them(tmp_path):
 
     ratings = store.ratings()
     assert [(r["text"].strip(), r["label"]) for r in ratings] == [
-        ("Same text.", 0), ("same text.", 0), ("Other.", 0), ("Twice.", 0), ("Once.", 0), ("Yes, short 1.", 1)]
+        ("Same text.", 0),
+        ("same text.", 0),
+        ("Other.", 0),
+        ("Twice.", 0),
+        ("Once.", 0),
+        ("Yes, short 1.", 1),
+    ]
     assert [d["text"] for d in store.demonstrations()] == ["The ideal answer."]
     totals = store.feedback_totals()
     assert {k: v["total"] for k, v in totals.items()} == {"demonstrations": 1, "pairs": 3, "ratings": 6}
@@ -88,9 +102,14 @@ def test_votes_make_demonstrations_and_ratings_and_a_round_takes_them(tmp_path):
     assert {k: len(v) for k, v in capped.new.items()} == {"demonstrations": 1, "pairs": 2, "ratings": 4 + 1}
 
     chosen = select_feedback(store, settings)
-    run = store.start_round(0, [p["id"] for p in chosen.new["pairs"]], {}, pid=None,
-                            demonstration_ids=[d["id"] for d in chosen.new["demonstrations"]],
-                            rating_keys=[(r["vote_id"], r["answer_id"]) for r in chosen.new["ratings"]])
+    run = store.start_round(
+        0,
+        [p["id"] for p in chosen.new["pairs"]],
+        {},
+        pid=None,
+        demonstration_ids=[d["id"] for d in chosen.new["demonstrations"]],
+        rating_keys=[(r["vote_id"], r["answer_id"]) for r in chosen.new["ratings"]],
+    )
     assert store.pending_counts() == {"demonstrations": 1, "pairs": 3, "ratings": 6}, "pending until it is done"
     version = store.finish_round(run, tmp_path / "adapter", {})
     assert store.pending_counts() == {"demonstrations": 0, "pairs": 0, "ratings": 0}
@@ -145,8 +164,9 @@ def test_a_round_on_ratings_only_moves_thumbs_up_up_and_thumbs_down_down(tiny_mo
     assert steps and all(s["stage"] == "kto" and s["loss_kto"] is not None for s in steps)
     for rating in store.ratings():
         messages = user(rating["prompt_text"])
-        reward = (logprob_sum(tiny_models["sft"], row["path"], messages, rating["text"])
-                  - logprob_sum(tiny_models["sft"], None, messages, rating["text"]))  # implicit reward / β
+        reward = logprob_sum(tiny_models["sft"], row["path"], messages, rating["text"]) - logprob_sum(
+            tiny_models["sft"], None, messages, rating["text"]
+        )  # implicit reward / β
         assert (reward > 0) == bool(rating["label"]), (rating["text"], rating["label"], reward)
 
 
@@ -179,9 +199,26 @@ def test_a_mixed_round_runs_the_stages_in_order_and_records_each_loss(tiny_model
     assert len(meta["demonstrations"]) == 2 and len(meta["ratings"]) == 4 and len(meta["pairs"]) == 10
 
     # `versions --json` says what each version learned from.
-    result = subprocess.run([sys.executable, "-m", "playground", "-q", "versions", "--json", "--sft",
-                             str(tiny_models["sft"]), "--base", str(tiny_models["sft"]), "--data-dir", str(tmp_path)],
-                            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "playground",
+            "-q",
+            "versions",
+            "--json",
+            "--sft",
+            str(tiny_models["sft"]),
+            "--base",
+            str(tiny_models["sft"]),
+            "--data-dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert result.returncode == 0, result.stderr
     (listed,) = json.loads(result.stdout)["versions"]
     assert listed["learned_from"] == {"demonstrations": 2, "pairs": 10, "ratings": 4}
@@ -216,9 +253,13 @@ def test_with_both_weights_0_a_round_is_exactly_a_plain_trl_dpo_round(tiny_model
     model, tokenizer = load_policy(str(tiny_models["sft"]))
     set_seed(off.train_seed)
     rows = [fit_to_length(to_trl(p), tokenizer, off.max_length) for p in pairs]
-    trainer = DPOTrainer(model=model, args=dpo_config(off, tmp_path / "plain"), processing_class=tokenizer,
-                         train_dataset=Dataset.from_list(rows).shuffle(seed=off.train_seed),
-                         peft_config=lora_config(off))
+    trainer = DPOTrainer(
+        model=model,
+        args=dpo_config(off, tmp_path / "plain"),
+        processing_class=tokenizer,
+        train_dataset=Dataset.from_list(rows).shuffle(seed=off.train_seed),
+        peft_config=lora_config(off),
+    )
     trainer.train()
     plain = get_peft_model_state_dict(trainer.model)
     assert ours.keys() == plain.keys()
@@ -249,20 +290,34 @@ def test_the_stages_view_says_what_each_dataset_trains_and_what_the_latest_ablat
     store.vote_best("s", comparison, [ids["sft"]])
     store.vote_thumb("s", ids["pref"], False)
     store.add_correction("s", comparison, "Better.")
-    run = store.start_round(0, [p["id"] for p in store.pending_pairs()], {}, pid=None,
-                            demonstration_ids=[d["id"] for d in store.demonstrations()])
+    run = store.start_round(
+        0,
+        [p["id"] for p in store.pending_pairs()],
+        {},
+        pid=None,
+        demonstration_ids=[d["id"] for d in store.demonstrations()],
+    )
     store.finish_round(run, tmp_path / "adapter", {})
     view = stages_markdown(compute(store), RoundSettings(rating_weight=0))
-    for text in ("| people gave | 1 better answer written | 1 ranked comparison (best, ranking, duel) → 5 pairs",
-                 "1 single rating |", "| waiting for a round | 0 | 0 pairs, 1 ratings |",
-                 "| latest version that learned from it | v1 | v1 (pairs), none yet (ratings) |",
-                 "| weight | 1 (`--sft-weight`) | pairs 1; ratings off (`--rating-weight 0`) |",
-                 "has not been measured for these models yet"):
+    for text in (
+        "| people gave | 1 better answer written | 1 ranked comparison (best, ranking, duel) → 5 pairs",
+        "1 single rating |",
+        "| waiting for a round | 0 | 0 pairs, 1 ratings |",
+        "| latest version that learned from it | v1 | v1 (pairs), none yet (ratings) |",
+        "| weight | 1 (`--sft-weight`) | pairs 1; ratings off (`--rating-weight 0`) |",
+        "has not been measured for these models yet",
+    ):
         assert text in view, (text, view)
 
     figures = {"win_rate": 0.75, "ppl_sft": 9.5, "kl": 0.3, "mean_length": 40.0, "seconds": 61.0}
-    store.save_ablation({"oracle": "shorter", "votes": {"votes": 32, "corrections": 8, "ratings": 20},
-                         "heldout_prompts": 15, "ablation": {"dpo": figures, "sft": figures | {"win_rate": 0.5}}})
+    store.save_ablation(
+        {
+            "oracle": "shorter",
+            "votes": {"votes": 32, "corrections": 8, "ratings": 20},
+            "heldout_prompts": 15,
+            "ablation": {"dpo": figures, "sft": figures | {"win_rate": 0.5}},
+        }
+    )
     view = stages_markdown(compute(store), RoundSettings())
     assert "latest ablation: oracle `shorter`, 32 votes, 8 better answers, 20 ratings" in view
     assert "| dpo | preference only | 0.75 | 9.50 | 0.30 | 40.0 | 61 |" in view
@@ -282,10 +337,16 @@ def test_feedback_given_before_the_upgrade_trains_too(tmp_path):
     other, _ = rated_turn(store, 2, "s")
     store.vote_all_bad("s", other)
     conn = sqlite3.connect(store.path)  # back to schema 6, as a store from before this migration was
-    for statement in ("DROP VIEW demonstrations", "DROP VIEW ratings", "DROP TABLE round_demonstrations",
-                      "DROP TABLE round_ratings", "ALTER TABLE rounds DROP COLUMN demonstrations_used",
-                      "ALTER TABLE rounds DROP COLUMN ratings_used", "ALTER TABLE round_steps DROP COLUMN stage",
-                      "PRAGMA user_version = 6"):
+    for statement in (
+        "DROP VIEW demonstrations",
+        "DROP VIEW ratings",
+        "DROP TABLE round_demonstrations",
+        "DROP TABLE round_ratings",
+        "ALTER TABLE rounds DROP COLUMN demonstrations_used",
+        "ALTER TABLE rounds DROP COLUMN ratings_used",
+        "ALTER TABLE round_steps DROP COLUMN stage",
+        "PRAGMA user_version = 6",
+    ):
         conn.execute(statement)
     conn.commit()
     conn.close()

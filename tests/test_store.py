@@ -16,8 +16,19 @@ from playground.store import records as records_module
 from playground.store import schema as store_module
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = ("prompts", "comparisons", "answers", "votes", "vote_answers", "pairs",
-          "rounds", "round_pairs", "round_steps", "adapter_versions", "meta")
+TABLES = (
+    "prompts",
+    "comparisons",
+    "answers",
+    "votes",
+    "vote_answers",
+    "pairs",
+    "rounds",
+    "round_pairs",
+    "round_steps",
+    "adapter_versions",
+    "meta",
+)
 
 
 @pytest.fixture
@@ -25,12 +36,25 @@ def store(tmp_path):
     return Store(tmp_path / "db.sqlite3")
 
 
-def make_comparison(store, texts=("Paris.", "Lyon.", "I don't know."), prompt="Capital of France?",
-                    session="s1", mode="compare"):
-    answers = [{"arm": arm, "text": text, "model": "tiny", "adapter_version": 2 if arm == "pref" else 0,
-                "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64}, "seed": slot,
-                "prompt_tokens": 5, "new_tokens": 3, "seconds": 0.1, "ttft": 0.01, "finish_reason": "stop"}
-               for slot, (arm, text) in enumerate(zip(("base", "sft", "pref"), texts))]
+def make_comparison(
+    store, texts=("Paris.", "Lyon.", "I don't know."), prompt="Capital of France?", session="s1", mode="compare"
+):
+    answers = [
+        {
+            "arm": arm,
+            "text": text,
+            "model": "tiny",
+            "adapter_version": 2 if arm == "pref" else 0,
+            "settings": {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64},
+            "seed": slot,
+            "prompt_tokens": 5,
+            "new_tokens": 3,
+            "seconds": 0.1,
+            "ttft": 0.01,
+            "finish_reason": "stop",
+        }
+        for slot, (arm, text) in enumerate(zip(("base", "sft", "pref"), texts))
+    ]
     return store.add_comparison(prompt, session, mode=mode, category="facts", answers=answers)
 
 
@@ -146,7 +170,9 @@ REFUSALS = {
     "unknown comparison": lambda s, cid, ids, other: s.vote_best("s1", 999, [ids[0]]),
     "unknown answer": lambda s, cid, ids, other: s.vote_best("s1", cid, [999]),
     "answer from another comparison": lambda s, cid, ids, other: s.vote_best("s1", cid, [other[0]]),
-    "pairwise answer from another comparison": lambda s, cid, ids, other: s.vote_pairwise("s1", cid, ids[0], other[1], "a"),
+    "pairwise answer from another comparison": lambda s, cid, ids, other: s.vote_pairwise(
+        "s1", cid, ids[0], other[1], "a"
+    ),
     "duplicate in ranking": lambda s, cid, ids, other: s.vote_best("s1", cid, [ids[0], ids[0], ids[1]]),
     "partial ranking": lambda s, cid, ids, other: s.vote_best("s1", cid, [ids[0], ids[1]]),
     "empty ranking": lambda s, cid, ids, other: s.vote_best("s1", cid, []),
@@ -197,9 +223,16 @@ def start_writers(db, cid, n, names):
     """Writer processes, released together once all are ready."""
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     go = Path(db).with_name("go")
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(db), name, str(cid), str(n), str(go)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-             for name in names]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(db), name, str(cid), str(n), str(go)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for name in names
+    ]
     for proc in procs:
         assert proc.stdout.readline() == "ready\n", proc.stderr.read()
     go.touch()
@@ -270,9 +303,20 @@ def voted_pairs(store, n_comparisons=2):
 def test_round_finishes_into_version_one(store):
     pair_ids = voted_pairs(store)
     rid = store.start_round(0, pair_ids, {"beta": 0.1, "lr": 5e-6}, pid=os.getpid())
-    store.log_step(rid, 1, {"loss": 0.69, "rewards/margins": 0.0, "rewards/accuracies": 0.5,
-                            "rewards/chosen": 0.01, "rewards/rejected": -0.01, "learning_rate": 5e-6,
-                            "grad_norm": 1.5, "epoch": 0.5})
+    store.log_step(
+        rid,
+        1,
+        {
+            "loss": 0.69,
+            "rewards/margins": 0.0,
+            "rewards/accuracies": 0.5,
+            "rewards/chosen": 0.01,
+            "rewards/rejected": -0.01,
+            "learning_rate": 5e-6,
+            "grad_norm": 1.5,
+            "epoch": 0.5,
+        },
+    )
     store.log_step(rid, 2, {"loss": float("nan")})
     store.log_step(rid, 2, {"eval_loss": 0.6})  # a second log at the same step merges
     v = store.finish_round(rid, "/adapters/v1", {"train_loss": 0.5})
@@ -288,7 +332,13 @@ def test_round_finishes_into_version_one(store):
     assert s1["extra"] == {"grad_norm": 1.5, "epoch": 0.5}
     assert s2["extra"] == {"eval_loss": 0.6}
     (ver,) = store.versions()
-    assert (ver["version"], ver["round_id"], ver["path"], ver["state"], ver["serving"]) == (1, rid, "/adapters/v1", "ready", True)
+    assert (ver["version"], ver["round_id"], ver["path"], ver["state"], ver["serving"]) == (
+        1,
+        rid,
+        "/adapters/v1",
+        "ready",
+        True,
+    )
     assert ver["metrics"] == {"train_loss": 0.5} and ver["pairs_used"] == 4
 
     # the next round builds on version 1 and only consumes new pairs
@@ -383,8 +433,9 @@ def test_older_schema_is_migrated_keeping_data(tmp_path, monkeypatch):
     old = Store(path)
     cid, ids = make_comparison(old)
     old.vote_best("s1", cid, [ids[0]])
-    newer = store_module.MIGRATIONS + ["ALTER TABLE prompts ADD COLUMN language TEXT;\n"
-                                       "UPDATE prompts SET language = 'en';"]
+    newer = store_module.MIGRATIONS + [
+        "ALTER TABLE prompts ADD COLUMN language TEXT;\nUPDATE prompts SET language = 'en';"
+    ]
     monkeypatch.setattr(store_module, "MIGRATIONS", newer)
     s = Store(path)
     assert s.pragmas()["user_version"] == len(newer)
@@ -397,8 +448,11 @@ def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
     path = tmp_path / "db.sqlite3"
     Store(path)
     version = len(store_module.MIGRATIONS)
-    monkeypatch.setattr(store_module, "MIGRATIONS", store_module.MIGRATIONS + [
-        "CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);"])
+    monkeypatch.setattr(
+        store_module,
+        "MIGRATIONS",
+        store_module.MIGRATIONS + ["CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);"],
+    )
     with pytest.raises(sqlite3.OperationalError):
         Store(path)
     with sqlite3.connect(path) as conn:
@@ -421,6 +475,7 @@ def test_newer_schema_is_refused(tmp_path):
 def test_export_pairs_loads_with_datasets(store, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     import datasets  # a requirement (trl needs it): missing, this fails rather than skips
+
     cid, (a, b, c) = make_comparison(store, texts=("Paris.", "Lyon, naïvement.", "Nope."))
     store.vote_best("s1", cid, [a, b, c])
     path = tmp_path / "pairs.jsonl"
@@ -449,10 +504,21 @@ def test_export_votes(store):
     store.vote_pairwise("s1", cid, b, a, "b")
     store.vote_thumb("s3", a, False)
     best, all_bad, duel, thumb = store.export_votes()
-    assert (best["kind"], best["session_id"], best["outcome"], best["prompt"]) == ("best", "s1", None, "Capital of France?")
+    assert (best["kind"], best["session_id"], best["outcome"], best["prompt"]) == (
+        "best",
+        "s1",
+        None,
+        "Capital of France?",
+    )
     assert [(x["answer_id"], x["position"]) for x in best["answers"]] == [(c, 0), (a, None), (b, None)]
     first = best["answers"][0]
-    assert (first["arm"], first["model"], first["adapter_version"], first["seed"], first["text"]) == ("pref", "tiny", 2, 2, "I don't know.")
+    assert (first["arm"], first["model"], first["adapter_version"], first["seed"], first["text"]) == (
+        "pref",
+        "tiny",
+        2,
+        2,
+        "I don't know.",
+    )
     assert first["settings"]["temperature"] == 0.7 and isinstance(best["created_at"], float)
     assert all(x["position"] is None for x in all_bad["answers"])
     assert [(x["answer_id"], x["position"]) for x in duel["answers"][:2]] == [(b, 0), (a, 1)]

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-
 from helpers import AnswersInFlight, add_compare, add_short_vs_long_votes
+
 from playground.core import Playground
 from playground.data_sets import DataSet
 from playground.generation import Engine
@@ -28,8 +28,9 @@ from playground.training import run_round
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(temperature=0, max_new_tokens=8, seed=0)
 # A large learning rate so that one tiny round visibly changes a tiny model's outputs.
-FAST = RoundSettings(min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64,
-                     train_threads=1)
+FAST = RoundSettings(
+    min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64, train_threads=1
+)
 
 
 def digest(folder: Path) -> str:
@@ -85,8 +86,13 @@ def test_round_writes_a_peft_adapter_that_changes_outputs_and_never_the_sft_weig
 
 def test_an_adapter_trained_on_a_hub_model_names_its_hub_id(playground):
     add_short_vs_long_votes(playground.store, 4)
-    run_round(playground.store, playground.data_set.adapters_dir, str(playground.preset.sft), FAST,
-              sft_hub_id="HuggingFaceTB/SmolLM2-135M-Instruct")
+    run_round(
+        playground.store,
+        playground.data_set.adapters_dir,
+        str(playground.preset.sft),
+        FAST,
+        sft_hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+    )
     config = json.loads((Path(playground.store.version(1)["path"]) / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
@@ -123,22 +129,45 @@ def test_rollback_and_corrupt_or_missing_adapters_fall_back_to_the_last_good(pla
     shutil.rmtree(playground.store.version(2)["path"])
     playground.store.set_serving_version(3)
     assert playground.sync_adapter() == 1
-    assert playground.store.version(3)["state"] == "bad" and "could not be loaded" in playground.store.version(3)["reason"]
+    assert (
+        playground.store.version(3)["state"] == "bad" and "could not be loaded" in playground.store.version(3)["reason"]
+    )
     assert playground.store.version(2)["state"] == "bad" and "missing" in playground.store.version(2)["reason"]
     assert playground.engine.generate("Hello there", GREEDY)["pref"].text == answers[1]
 
     # A restarted server serves the latest good version.
-    fresh = Playground(playground.models, FAST, engine=Engine(playground.engine.base,
-                                                              load_model(str(tiny_models["sft"]), playground.data_dir)))
+    fresh = Playground(
+        playground.models,
+        FAST,
+        engine=Engine(playground.engine.base, load_model(str(tiny_models["sft"]), playground.data_dir)),
+    )
     assert fresh.engine.adapter_version == 1
 
 
 def _trainer(data_dir: Path, sft: Path, *extra: str) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "playground", "-q", "train", "--data-dir", str(data_dir), "--sft", str(sft),
-         "--base", str(sft), "--train-threads", "1", *extra],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "playground",
+            "-q",
+            "train",
+            "--data-dir",
+            str(data_dir),
+            "--sft",
+            str(sft),
+            "--base",
+            str(sft),
+            "--train-threads",
+            "1",
+            *extra,
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 
@@ -146,11 +175,13 @@ def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp
     store = DataSet.for_models(tmp_path, str(tiny_models["sft"]), str(tiny_models["sft"])).open_store()
     add_short_vs_long_votes(store, 12)
     votes_before = store.counts()["votes"]
-    trainer = _trainer(tmp_path, tiny_models["sft"], "--watch", "--min-pairs", "4", "--epochs", "400",
-                       "--learning-rate", "1e-3")
+    trainer = _trainer(
+        tmp_path, tiny_models["sft"], "--watch", "--min-pairs", "4", "--epochs", "400", "--learning-rate", "1e-3"
+    )
     try:
-        assert wait_for(lambda: (store.running_round() or {}).get("steps_done", 0) >= 2, timeout=240), \
+        assert wait_for(lambda: (store.running_round() or {}).get("steps_done", 0) >= 2, timeout=240), (
             "the round never got going"
+        )
     finally:
         trainer.send_signal(signal.SIGKILL)
         trainer.wait()
@@ -208,7 +239,7 @@ def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
         assert not errors, errors
         assert swapped.is_set(), "the new version was never swapped in"
         assert engine.adapter_version == 1
-        (version, in_flight), = swaps
+        ((version, in_flight),) = swaps
         assert version == 1 and in_flight and set(in_flight.values()) == {0}, "swapped while v0 answers streamed"
         assert {version for version, _, _ in seen} == {0, 1}, "answers were served before and after the swap"
         assert all(version == started for version, _, started in seen), "no answer changed version mid-way"
@@ -225,8 +256,13 @@ def test_train_now_runs_a_round_below_min_pairs(playground):
     try:
         # The trainer says what it saw: 2 pending pairs, fewer than min_pairs, so it waits (once it has measured
         # version 0's drift, what an idle trainer does first).
-        assert wait_for(lambda: (playground.store.trainer_state() or {}).get("pending") == 2
-                        and playground.store.trainer_state()["state"] == "waiting", timeout=120)
+        assert wait_for(
+            lambda: (
+                (playground.store.trainer_state() or {}).get("pending") == 2
+                and playground.store.trainer_state()["state"] == "waiting"
+            ),
+            timeout=120,
+        )
         state = playground.store.trainer_state()
         assert (state["state"], state["min_pairs"]) == ("waiting", FAST.min_pairs)
         assert playground.store.versions() == [] and playground.store.rounds() == []
@@ -241,17 +277,35 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     defaults = RoundSettings()
     prompts = tmp_path / "drift.jsonl"
     prompts.write_text('{"prompt": "Name a color."}\n{"prompt": "Count to three."}\n{"prompt": "Say hi."}\n')
-    custom = RoundSettings(min_pairs=3, max_new_pairs=5, replay_pairs=1, epochs=1, batch_size=2, grad_accumulation=2,
-                           learning_rate=3e-3, beta=0.25, max_length=96, lora_r=4, lora_alpha=8, lora_dropout=0.05,
-                           target_modules=["q_proj", "k_proj", "v_proj"], train_threads=defaults.train_threads + 1,
-                           train_seed=7, pairs_per_voter=defaults.pairs_per_voter + 4, eval_prompts=str(prompts),
-                           eval_tokens=6, sft_weight=0.5, rating_weight=2.0)
+    custom = RoundSettings(
+        min_pairs=3,
+        max_new_pairs=5,
+        replay_pairs=1,
+        epochs=1,
+        batch_size=2,
+        grad_accumulation=2,
+        learning_rate=3e-3,
+        beta=0.25,
+        max_length=96,
+        lora_r=4,
+        lora_alpha=8,
+        lora_dropout=0.05,
+        target_modules=["q_proj", "k_proj", "v_proj"],
+        train_threads=defaults.train_threads + 1,
+        train_seed=7,
+        pairs_per_voter=defaults.pairs_per_voter + 4,
+        eval_prompts=str(prompts),
+        eval_tokens=6,
+        sft_weight=0.5,
+        rating_weight=2.0,
+    )
     assert all(getattr(custom, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoundSettings))
     playground.round_settings = custom
     # First a rater: 2 ratings, then a better answer (1 demonstration, 3 pairs); one voter's share is 4, oldest first.
     store = playground.store
-    comparison, ids = add_compare(store, "Rate these?", {"base": "No.", "sft": "Yes, gladly.", "pref": "Maybe so."},
-                                  session="rater")
+    comparison, ids = add_compare(
+        store, "Rate these?", {"base": "No.", "sft": "Yes, gladly.", "pref": "Maybe so."}, session="rater"
+    )
     store.vote_thumb("rater", ids["sft"], True)
     store.vote_thumb("rater", ids["pref"], False)
     store.add_correction("rater", comparison, "Yes: here is how.")
@@ -268,9 +322,15 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     recorded = rnd["hyperparams"]
     assert {k: recorded[k] for k in custom.as_dict()} == custom.as_dict()
     assert {k: recorded[f"new_{k}"] for k in ("ratings", "demonstrations", "pairs")} == {
-        "ratings": 2, "demonstrations": 1, "pairs": 1 + 1}
+        "ratings": 2,
+        "demonstrations": 1,
+        "pairs": 1 + 1,
+    }
     assert recorded["stages"] == ["sft", "dpo", "kto"] and rnd["learned_from"] == {
-        "demonstrations": 1, "pairs": 2, "ratings": 2}
+        "demonstrations": 1,
+        "pairs": 2,
+        "ratings": 2,
+    }
     # Each weight scales its stage's learning rate.
     rates = {s["stage"]: s["learning_rate"] for s in store.round_steps(rnd["id"])}
     assert rates == pytest.approx({"sft": 3e-3 * 0.5, "dpo": 3e-3, "kto": 3e-3 * 2.0})
@@ -311,19 +371,57 @@ def test_generate_cli_answers_with_the_serving_version_and_follows_rollback(play
 
     def generate(*extra):
         result = subprocess.run(
-            [sys.executable, "-m", "playground", "-q", "generate", "Tell me about topic 3.", "--json",
-             "--temperature", "0", "--max-new-tokens", "12", "--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]),
-             "--data-dir", str(playground.data_dir), *extra],
-            cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "playground",
+                "-q",
+                "generate",
+                "Tell me about topic 3.",
+                "--json",
+                "--temperature",
+                "0",
+                "--max-new-tokens",
+                "12",
+                "--base",
+                str(tiny_models["base"]),
+                "--sft",
+                str(tiny_models["sft"]),
+                "--data-dir",
+                str(playground.data_dir),
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            timeout=300,
+        )
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout)
 
     served = generate()
     assert (served["serving_version"], served["adapter_version"], served["pref"]["adapter_version"]) == (1, 1, 1)
     assert served["data_set"] == playground.data_set.name
-    rolled = subprocess.run([sys.executable, "-m", "playground", "-q", "rollback", "0", "--base", str(tiny_models["base"]),
-                             "--sft", str(tiny_models["sft"]), "--data-dir", str(playground.data_dir)],
-                            cwd=ROOT, capture_output=True, text=True)
+    rolled = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "playground",
+            "-q",
+            "rollback",
+            "0",
+            "--base",
+            str(tiny_models["base"]),
+            "--sft",
+            str(tiny_models["sft"]),
+            "--data-dir",
+            str(playground.data_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert rolled.returncode == 0, rolled.stderr
     after = generate()
     assert (after["serving_version"], after["pref"]["adapter_version"]) == (0, 0)
@@ -332,9 +430,28 @@ def test_generate_cli_answers_with_the_serving_version_and_follows_rollback(play
     chosen = generate("--version", "1")
     assert (chosen["serving_version"], chosen["pref"]["adapter_version"]) == (0, 1)
     assert chosen["pref"]["text"] == served["pref"]["text"]
-    missing = subprocess.run([sys.executable, "-m", "playground", "-q", "generate", "Hi", "--version", "9", "--base",
-                              str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir",
-                              str(playground.data_dir)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    missing = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "playground",
+            "-q",
+            "generate",
+            "Hi",
+            "--version",
+            "9",
+            "--base",
+            str(tiny_models["base"]),
+            "--sft",
+            str(tiny_models["sft"]),
+            "--data-dir",
+            str(playground.data_dir),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert missing.returncode == 2 and "Adapter version 9 does not exist" in missing.stderr
 
 
@@ -346,15 +463,29 @@ def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, ti
     from trl import DPOConfig, DPOTrainer
 
     add_short_vs_long_votes(playground.store, 4)
-    models = ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir",
-              str(playground.data_dir)]
+    models = [
+        "--base",
+        str(tiny_models["base"]),
+        "--sft",
+        str(tiny_models["sft"]),
+        "--data-dir",
+        str(playground.data_dir),
+    ]
     out = tmp_path / "pairs.jsonl"
-    result = subprocess.run([sys.executable, "-m", "playground", "export", "--out", str(out), *models], cwd=ROOT,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "playground", "export", "--out", str(out), *models],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0 and "Wrote 4 preference pairs" in result.stdout, result.stderr
     raw = tmp_path / "votes.jsonl"
-    subprocess.run([sys.executable, "-m", "playground", "export", "--what", "votes", "--out", str(raw), *models],
-                   cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [sys.executable, "-m", "playground", "export", "--what", "votes", "--out", str(raw), *models],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     assert len(raw.read_text().splitlines()) == 4
 
     dataset = load_dataset("json", data_files=str(out), split="train")
@@ -364,8 +495,16 @@ def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, ti
     torch.manual_seed(0)
     trainer = DPOTrainer(
         model=AutoModelForCausalLM.from_pretrained(tiny_models["sft"]),
-        args=DPOConfig(output_dir=str(tmp_path / "trl"), max_steps=1, per_device_train_batch_size=2, bf16=False,
-                       report_to="none", use_cpu=True, save_strategy="no", max_length=64),
+        args=DPOConfig(
+            output_dir=str(tmp_path / "trl"),
+            max_steps=1,
+            per_device_train_batch_size=2,
+            bf16=False,
+            report_to="none",
+            use_cpu=True,
+            save_strategy="no",
+            max_length=64,
+        ),
         train_dataset=dataset,
         processing_class=AutoTokenizer.from_pretrained(tiny_models["sft"]),
         peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"),
@@ -404,14 +543,21 @@ def test_a_crashed_trainer_is_restarted_and_its_log_is_not_left_open(playground)
 def test_the_trainer_exits_when_the_app_is_killed(tiny_models, tmp_path):
     # A stand-in for the app: starts the trainer with its own pid as parent, prints the trainer's pid, waits.
     parent = subprocess.Popen(
-        [sys.executable, "-c", (
-            "import subprocess, sys, time\n"
-            f"t = subprocess.Popen([sys.executable, '-m', 'playground', '-q', 'train', '--watch', '--data-dir', "
-            f"{str(tmp_path)!r}, '--sft', {str(tiny_models['sft'])!r}, '--base', {str(tiny_models['sft'])!r}, "
-            "'--parent-pid', str(__import__('os').getpid())])\n"
-            "print(t.pid, flush=True)\n"
-            "time.sleep(600)\n")],
-        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            (
+                "import subprocess, sys, time\n"
+                f"t = subprocess.Popen([sys.executable, '-m', 'playground', '-q', 'train', '--watch', '--data-dir', "
+                f"{str(tmp_path)!r}, '--sft', {str(tiny_models['sft'])!r}, '--base', {str(tiny_models['sft'])!r}, "
+                "'--parent-pid', str(__import__('os').getpid())])\n"
+                "print(t.pid, flush=True)\n"
+                "time.sleep(600)\n"
+            ),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     trainer_pid = int(parent.stdout.readline())
     store = DataSet.for_models(tmp_path, str(tiny_models["sft"]), str(tiny_models["sft"])).open_store()
@@ -430,8 +576,9 @@ def test_the_trainer_exits_when_the_app_is_killed(tiny_models, tmp_path):
     assert wait_for(gone, timeout=30), "an orphaned trainer must stop by itself"
 
 
-def test_a_serving_version_whose_record_is_gone_falls_back_and_drift_stores_nothing(playground, tiny_models,
-                                                                                      tiny_adapters):
+def test_a_serving_version_whose_record_is_gone_falls_back_and_drift_stores_nothing(
+    playground, tiny_models, tiny_adapters
+):
     import sqlite3
 
     from playground.drift import EvalPlan, evaluate_stored_version
@@ -444,8 +591,11 @@ def test_a_serving_version_whose_record_is_gone_falls_back_and_drift_stores_noth
         conn.execute("PRAGMA foreign_keys = OFF")
         conn.execute("DELETE FROM adapter_versions WHERE version = 2")
     assert store.serving_version() == 2 and store.version(2) is None
-    fresh = Playground(playground.models, FAST, engine=Engine(playground.engine.base,
-                                                              load_model(str(tiny_models["sft"]), playground.data_dir)))
+    fresh = Playground(
+        playground.models,
+        FAST,
+        engine=Engine(playground.engine.base, load_model(str(tiny_models["sft"]), playground.data_dir)),
+    )
     assert fresh.ready and fresh.engine.adapter_version == 1 and store.serving_version() == 1
     metrics = evaluate_stored_version(store, 2, str(tiny_models["sft"]), EvalPlan(("Say hi.",), 4, 0))
     assert "does not exist" in metrics["error"]

@@ -5,10 +5,10 @@ import json
 import re
 
 import pytest
+from app_process import start_app, wait_until
 from gradio_client import Client
 from gradio_client.exceptions import AppError
 
-from app_process import start_app, wait_until
 from playground.processes import pid_alive
 from playground.ui.panel import OUTPUTS
 
@@ -47,8 +47,13 @@ def stats(client) -> dict:
 def compare(client, prompt=PROMPT, blind=False, seed=None) -> dict:
     out = client.predict(prompt, *SAMPLING, seed, blind, api_name="/compare")
     titles, chats, details = out[0:9:3], out[1:9:3], out[2:9:3]
-    return {"titles": titles, "texts": [last_text(chat) for chat in chats], "chats": chats, "details": details,
-            "message": out[9]}
+    return {
+        "titles": titles,
+        "texts": [last_text(chat) for chat in chats],
+        "chats": chats,
+        "details": details,
+        "message": out[9],
+    }
 
 
 def text_of(message: dict) -> str:
@@ -100,8 +105,11 @@ def a_version_serves(app) -> int:
         return quiet["serving_version"]
     compare(client, "What makes a good cup of tea?")
     assert "2 training pairs" in vote_best(client, "1")[0]  # 2 pairs = --min-pairs: a round starts
-    return wait_until(lambda: (s := settled(client)) and s["serving_version"] >= 1 and s["serving_version"], 180,
-                      "a round to train the pairs and its version to serve")
+    return wait_until(
+        lambda: (s := settled(client)) and s["serving_version"] >= 1 and s["serving_version"],
+        180,
+        "a round to train the pairs and its version to serve",
+    )
 
 
 def test_compare_streams_three_answers(client):
@@ -177,10 +185,12 @@ def test_blind_mode_hides_names_until_the_vote(client):
 
 def test_all_bad_and_thumbs(client):
     compare(client, "Tell me a joke about databases.")
-    assert client.predict(1, True, api_name="/vote_thumb").startswith("✓ Thanks for the thumbs up! A single rating "
-                                                                      "trains the preference-tuned model too")
-    assert client.predict(3, False, api_name="/vote_thumb").startswith("✓ Thanks for the thumbs down! A single "
-                                                                       "rating trains the preference-tuned model")
+    assert client.predict(1, True, api_name="/vote_thumb").startswith(
+        "✓ Thanks for the thumbs up! A single rating trains the preference-tuned model too"
+    )
+    assert client.predict(3, False, api_name="/vote_thumb").startswith(
+        "✓ Thanks for the thumbs down! A single rating trains the preference-tuned model"
+    )
     assert "already rated this answer" in client.predict(1, False, api_name="/vote_thumb")
     assert "Name a column from 1 to 3" in client.predict(4, True, api_name="/vote_thumb")
     message = client.predict(api_name="/vote_all_bad")[0]
@@ -208,8 +218,9 @@ def test_duel_and_its_votes(client):
 
 
 def test_duel_between_two_random_arms_is_blind_until_the_vote(client):
-    a, a_details, b, b_details, message = client.predict("Describe a river.", *SAMPLING, None, "random",
-                                                          api_name="/duel")
+    a, a_details, b, b_details, message = client.predict(
+        "Describe a river.", *SAMPLING, None, "random", api_name="/duel"
+    )
     assert last_text(a).strip() and last_text(b).strip() and "Which is better" in message
     assert "preference-tuned" not in a_details + b_details, "names stay hidden until the vote"
     reply = client.predict("b", api_name="/vote_duel")
@@ -250,16 +261,20 @@ def test_votes_start_a_round_and_the_new_version_serves(client):
     # min-pairs is 2: a best-of-three vote for the base answer makes two pairs (it beats SFT and preference).
     compare(client, "How do I boil an egg?")
     assert "2 training pairs" in vote_best(client, "1")[0]
-    served = wait_until(lambda: (s := settled(client)) and s["serving_version"] >= 1 and s, 180,
-                        "a round to train the pairs and its version to serve")
+    served = wait_until(
+        lambda: (s := settled(client)) and s["serving_version"] >= 1 and s,
+        180,
+        "a round to train the pairs and its version to serve",
+    )
     version = served["serving_version"]
     done = [r for r in served["rounds"] if r["status"] == "done"]
     assert done and done[-1]["steps_done"] == done[-1]["steps_total"] > 0
     assert version_of(compare(client, "Is the new version serving?")["titles"][2]) == version
 
     panel = client.predict(api_name="/panel")
-    status, training, progress, loss = (panel[OUTPUTS.index(name)] for name in ("status", "training", "progress",
-                                                                                "loss"))
+    status, training, progress, loss = (
+        panel[OUTPUTS.index(name)] for name in ("status", "training", "progress", "loss")
+    )
     assert f"adapter v{version}" in status and f"adapter **v{version}**" in training
     assert "pg-progress" in progress
     assert loss["columns"] == ["step", "stage", "loss"] and loss["data"]
@@ -268,11 +283,17 @@ def test_votes_start_a_round_and_the_new_version_serves(client):
     assert "Dataset 1: demonstrations" in stages and f"| v{version} (pairs)," in stages
     board = client.predict(api_name="/leaderboard")
     assert board["headers"][:3] == ["rank", "player", "rating"] and {row[1] for row in board["data"]} >= {"base", "sft"}
-    assert "<svg" in panel[OUTPUTS.index("leaderboard_plot")] and ">base</text>" in panel[OUTPUTS.index("leaderboard_plot")]
+    assert (
+        "<svg" in panel[OUTPUTS.index("leaderboard_plot")]
+        and ">base</text>" in panel[OUTPUTS.index("leaderboard_plot")]
+    )
 
     # The trainer measured the new version's drift after publishing it, and version 0 (the SFT model) when idle.
-    measured = wait_until(lambda: (s := stats(client)) and s["sft_drift"] and s["versions"][-1]["drift"] and s, 180,
-                          "the drift of v0 and of the new version")
+    measured = wait_until(
+        lambda: (s := stats(client)) and s["sft_drift"] and s["versions"][-1]["drift"] and s,
+        180,
+        "the drift of v0 and of the new version",
+    )
     assert measured["sft_drift"]["kl_to_sft"] == 0 and measured["versions"][-1]["drift"]["kl_to_sft"] > 0
     kl = client.predict(api_name="/panel")[OUTPUTS.index("drift_kl")]
     assert kl["columns"] == ["version", "kl_to_sft"] and [row[0] for row in kl["data"]][:2] == ["v0", "v1"]
@@ -348,8 +369,9 @@ def test_push_to_hub_fails_clearly_without_network(tmp_path, monkeypatch):
     from playground.store import Store
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-    message = push_to_hub(Store(tmp_path / "db.sqlite3"), "hf_fake", "someone/votes",
-                          endpoint=f"http://127.0.0.1:{free_port()}")
+    message = push_to_hub(
+        Store(tmp_path / "db.sqlite3"), "hf_fake", "someone/votes", endpoint=f"http://127.0.0.1:{free_port()}"
+    )
     assert message.startswith("⚠ Push failed while creating the dataset repo")
     assert "Check the token, the repo id and the network" in message
 
@@ -375,8 +397,19 @@ def test_readme_front_matter_configures_a_gradio_space():
     readme = Path(__file__).resolve().parents[1] / "README.md"
     meta = metadata_load(readme)
     assert meta == RepoCard.load(readme).data.to_dict()
-    assert {"title", "emoji", "colorFrom", "colorTo", "sdk", "sdk_version", "app_file", "python_version",
-            "suggested_hardware", "short_description", "license"} <= meta.keys()
+    assert {
+        "title",
+        "emoji",
+        "colorFrom",
+        "colorTo",
+        "sdk",
+        "sdk_version",
+        "app_file",
+        "python_version",
+        "suggested_hardware",
+        "short_description",
+        "license",
+    } <= meta.keys()
     assert (meta["sdk"], meta["app_file"], meta["python_version"]) == ("gradio", "app.py", "3.11")
     assert meta["sdk_version"] == gradio.__version__  # the Space runs the Gradio the tests ran
     assert meta["suggested_hardware"] == "cpu-basic" and meta["license"] == "apache-2.0"
@@ -413,6 +446,7 @@ def test_app_options_come_from_the_flags_then_the_environment_then_the_defaults(
     import importlib.util
 
     from app_process import REPO
+
     from playground.settings import ModelSettings, RoundSettings, Sampling, ServerSettings
 
     spec = importlib.util.spec_from_file_location("app", REPO / "app.py")
@@ -429,11 +463,20 @@ def test_app_options_come_from_the_flags_then_the_environment_then_the_defaults(
     settings = app.parse_args([])
     rounds, server = settings[RoundSettings], settings[ServerSettings]
     assert (rounds.min_pairs, server.port, settings[ModelSettings].preset, server.host) == (
-        3, 9999, "smollm2-135m", "0.0.0.0")
+        3,
+        9999,
+        "smollm2-135m",
+        "0.0.0.0",
+    )
     assert rounds.target_modules == ["q_proj", "k_proj"] and server.trainer is False
-    flags = app.parse_args(["--min-pairs", "5", "--host", "127.0.0.1", "--lora-r", "4", "--max-new-tokens", "64",
-                            "--trainer"])
-    assert (flags[RoundSettings].min_pairs, flags[RoundSettings].lora_r, flags[ServerSettings].host) == (5, 4, "127.0.0.1")
+    flags = app.parse_args(
+        ["--min-pairs", "5", "--host", "127.0.0.1", "--lora-r", "4", "--max-new-tokens", "64", "--trainer"]
+    )
+    assert (flags[RoundSettings].min_pairs, flags[RoundSettings].lora_r, flags[ServerSettings].host) == (
+        5,
+        4,
+        "127.0.0.1",
+    )
     assert flags[Sampling].max_new_tokens == 64 and flags[ServerSettings].trainer is True
     monkeypatch.delenv("SPACE_ID")
     assert app.parse_args([])[ServerSettings].host == "127.0.0.1"
@@ -443,6 +486,7 @@ def test_app_options_come_from_the_flags_then_the_environment_then_the_defaults(
 
 
 # ---- conversations ---------------------------------------------------------------------------------------------
+
 
 def chat(client, message: str, max_new_tokens: int = 16) -> dict:
     out = client.predict(message, 0.7, 0.9, max_new_tokens, None, api_name="/chat")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-
 from conftest import make_lora_adapter, make_tiny_model
-from playground.generation import Engine
+
+from playground.generation import Engine, final
 from playground.models import Preset
 from playground.runtimes.vllm.server import VllmOptions, VllmServer, find_python
 from playground.settings import Sampling
@@ -33,8 +33,10 @@ GREEDY = Sampling(temperature=0, max_new_tokens=16, seed=1)
 def models(tmp_path_factory, real_tokenizer_dir) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("vllm-models")
     # Heads of 32 (vLLM's CPU attention takes them); float32, as the server runs them on a CPU.
-    models = {"base": make_tiny_model(root / "base", real_tokenizer_dir, seed=1, chat=False, hidden=128),
-              "sft": make_tiny_model(root / "sft", real_tokenizer_dir, seed=2, chat=True, hidden=128)}
+    models = {
+        "base": make_tiny_model(root / "base", real_tokenizer_dir, seed=1, chat=False, hidden=128),
+        "sft": make_tiny_model(root / "sft", real_tokenizer_dir, seed=2, chat=True, hidden=128),
+    }
     models |= {f"v{v}": make_lora_adapter(models["sft"], root / f"v{v}", seed=30 + v) for v in (1, 2)}
     return models
 
@@ -92,11 +94,15 @@ def test_greedy_answers_equal_the_torch_runtime(servers):
 
 def test_sampling_is_reproducible_per_seed(servers):
     engine = servers["engine"]
-    sampled = lambda seed: _texts(engine, PROMPTS[1], Sampling(temperature=1.0, top_p=0.95, max_new_tokens=16,  # noqa: E731
-                                                                 seed=seed))
+
+    def sampled(seed):
+        return _texts(engine, PROMPTS[1], Sampling(temperature=1.0, top_p=0.95, max_new_tokens=16, seed=seed))
+
     first, again, other = sampled(5), sampled(5), sampled(6)
     assert first == again and first != other
-    duel = {key: a.text for key, a in engine.duel(PROMPTS[0], Sampling(temperature=1.0, max_new_tokens=16, seed=4)).items()}
+    duel = {
+        key: a.text for key, a in engine.duel(PROMPTS[0], Sampling(temperature=1.0, max_new_tokens=16, seed=4)).items()
+    }
     assert duel["a"] != duel["b"]  # two seeds, two samples
 
 
@@ -130,8 +136,7 @@ def test_a_swap_mid_answer_keeps_the_version_the_answer_started_with(servers, mo
         answers = next(stream)  # being written with v1
         engine.use_adapter(2, str(models["v2"]))  # does not wait for it
         assert "v1" in _served(engine.runtimes["sft"].url), "v1 stays loaded while an answer uses it"
-        for answers in stream:
-            pass
+        answers = final(stream, answers)
         assert answers["pref"].adapter_version == 1 and answers["pref"].done and not answers["pref"].error
         assert "v1" not in _served(engine.runtimes["sft"].url), "unloaded once its last answer ended"
     finally:
@@ -147,8 +152,14 @@ def test_an_app_started_again_against_a_server_that_kept_its_adapters(servers, m
     engine.use_adapter(1, str(models["v1"]))
     try:
         want = _texts(engine, PROMPTS[1])
-        again = Engine(engine.base, engine.sft, {"base": engine.runtimes["base"],
-                                                 "sft": VllmRuntime(url, plain_adapter=engine.runtimes["sft"].adapters["v0"])})
+        again = Engine(
+            engine.base,
+            engine.sft,
+            {
+                "base": engine.runtimes["base"],
+                "sft": VllmRuntime(url, plain_adapter=engine.runtimes["sft"].adapters["v0"]),
+            },
+        )
         assert again.runtimes["sft"].plain == "v0", "the zero adapter the server already held was loaded again"
         again.use_adapter(1, str(models["v1"]))  # already loaded in the server: not an error
         assert again.adapter_version == 1 and _texts(again, PROMPTS[1]) == want
@@ -158,10 +169,30 @@ def test_an_app_started_again_against_a_server_that_kept_its_adapters(servers, m
 
 def test_the_cli_generates_through_vllm_servers(servers, models):
     env = os.environ | {"PLAYGROUND_RUNTIME": "vllm"}
-    command = [sys.executable, "-m", "playground", "generate", PROMPTS[0], "--json", "--temperature", "0",
-               "--max-new-tokens", "8", "--base", str(models["base"]), "--sft", str(models["sft"]),
-               "--data-dir", str(servers["data"] / "cli"), "--persist", "off",
-               "--vllm-url", servers["engine"].runtimes["sft"].url, "--base-vllm-url", servers["base_server"].url]
+    command = [
+        sys.executable,
+        "-m",
+        "playground",
+        "generate",
+        PROMPTS[0],
+        "--json",
+        "--temperature",
+        "0",
+        "--max-new-tokens",
+        "8",
+        "--base",
+        str(models["base"]),
+        "--sft",
+        str(models["sft"]),
+        "--data-dir",
+        str(servers["data"] / "cli"),
+        "--persist",
+        "off",
+        "--vllm-url",
+        servers["engine"].runtimes["sft"].url,
+        "--base-vllm-url",
+        servers["base_server"].url,
+    ]
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)

@@ -3,11 +3,12 @@
 from collections import Counter
 
 import pytest
-
 from helpers import add_compare
+
 from playground import dashboard, leaderboard
 from playground.store import Store
-from playground.votes import outcomes, pairs_of as pairs_from_vote, ranking_problem, to_trl
+from playground.votes import outcomes, ranking_problem, to_trl
+from playground.votes import pairs_of as pairs_from_vote
 
 A = {"id": 1, "text": "Paris."}
 B = {"id": 2, "text": "Lyon."}
@@ -48,13 +49,7 @@ def test_single_answer_comparison_gives_no_pair():
 
 @pytest.mark.parametrize(
     "ranking, problem",
-    [
-        ([1], None),
-        ([3, 1, 2], None),
-        ([], "at least"),
-        ([1, 1, 2], "more than once"),
-        ([1, 2], "all 3 answers"),
-    ],
+    [([1], None), ([3, 1, 2], None), ([], "at least"), ([1, 1, 2], "more than once"), ([1, 2], "all 3 answers")],
 )
 def test_ranking_problem(ranking, problem):
     found = ranking_problem(ranking, [1, 2, 3])
@@ -106,26 +101,37 @@ def test_pairs_leaderboard_and_win_rates_agree_on_every_vote_kind(tmp_path):
     for outcome in ("a", "b", "tie", "both_bad"):
         cid, ids = add_compare(store, f"duel {outcome}", texts, version=2)
         store.vote_pairwise("s", cid, ids["base"], ids["pref"], outcome)
-    duel = store.add_comparison("two samples of v2", "s", mode="duel", answers=[
-        {"arm": "pref", "text": "One.", "model": "m", "adapter_version": 2},
-        {"arm": "pref", "text": "Two.", "model": "m", "adapter_version": 2}])
+    duel = store.add_comparison(
+        "two samples of v2",
+        "s",
+        mode="duel",
+        answers=[
+            {"arm": "pref", "text": "One.", "model": "m", "adapter_version": 2},
+            {"arm": "pref", "text": "Two.", "model": "m", "adapter_version": 2},
+        ],
+    )
     store.vote_pairwise("s", duel[0], *duel[1], "a")
     assert store.counts()["votes_by_kind"] == {"best": 4, "all_bad": 1, "pairwise": 5, "thumb": 2, "correction": 1}
 
     # Pairs: every decisive outcome, including a model against itself (an on-policy duel teaches DPO the most).
-    player = {a["id"]: a["arm"] if a["arm"] == "human" else leaderboard.player(a["arm"], a["adapter_version"])
-              for v in store.export_votes() for a in ({**x, "id": x["answer_id"]} for x in v["answers"])}
+    player = {
+        a["id"]: a["arm"] if a["arm"] == "human" else leaderboard.player(a["arm"], a["adapter_version"])
+        for v in store.export_votes()
+        for a in ({**x, "id": x["answer_id"]} for x in v["answers"])
+    }
     stored = store.pairs()
     # winner-only, ranking, v0 ranking, identical, correction, a, b, duel
     assert len(stored) == 3 + 3 + 3 + 1 + 3 + 1 + 1 + 1
-    decisive = Counter((player[p["chosen_answer_id"]], player[p["rejected_answer_id"]]) for p in stored
-                       if p["chosen_arm"] != "human")
+    decisive = Counter(
+        (player[p["chosen_answer_id"]], player[p["rejected_answer_id"]]) for p in stored if p["chosen_arm"] != "human"
+    )
     assert sum(p["chosen_arm"] == "human" for p in stored) == 3
 
     # Leaderboard games: the same decisive outcomes between two players, plus ties at half.
     games = leaderboard.games_from_votes(store.export_votes())
     assert Counter((g.first, g.second) for g in games if g.score == 1) == Counter(
-        {k: n for k, n in decisive.items() if k[0] != k[1]})
+        {k: n for k, n in decisive.items() if k[0] != k[1]}
+    )
     assert [(g.first, g.second, g.score) for g in games if g.score != 1] == [("base", "pref v2", 0.5)]
     assert ("sft", "sft") in decisive and ("pref v2", "pref v2") in decisive  # pairs, but never games
 

@@ -27,11 +27,11 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 def main(argv=None) -> None:
     from playwright.sync_api import expect, sync_playwright
+    from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS
 
     from bench.common import free_port, stop_app
     from playground.models import models_dir
     from playground.settings import ModelSettings
-    from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None)
@@ -41,10 +41,28 @@ def main(argv=None) -> None:
         (Path(work) / "models").symlink_to(cache)
         port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-        server = subprocess.Popen([sys.executable, "app.py", "--preset", "embedded", "--port", str(port),
-                                   "--data-dir", work, "--max-new-tokens", "64", "--temperature", "0.3",
-                                   "--seed", "3"], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                                  stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "app.py",
+                "--preset",
+                "embedded",
+                "--port",
+                str(port),
+                "--data-dir",
+                work,
+                "--max-new-tokens",
+                "64",
+                "--temperature",
+                "0.3",
+                "--seed",
+                "3",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
@@ -63,8 +81,9 @@ def main(argv=None) -> None:
                 for number, message in enumerate(("What is a river?", "Which one is longer, a river or a lake?")):
                     page.locator("#prompt textarea").fill(message)
                     page.locator("#prompt textarea").press("Enter")
-                    expect(status).to_contain_text(re.compile(rf"Turn {number + 1} · Which answer is best"),
-                                                   timeout=300_000)
+                    expect(status).to_contain_text(
+                        re.compile(rf"Turn {number + 1} · Which answer is best"), timeout=300_000
+                    )
                     if number == 0:
                         page.locator("#best-2").click()
                         expect(page.locator("#vote-status")).to_contain_text("Thanks!", timeout=60_000)
@@ -83,23 +102,33 @@ def main(argv=None) -> None:
 
 def feedback_for_two_rounds(url: str) -> None:
     """Enough of every kind of feedback for two rounds (8 pieces start one): duels, a better answer, ratings."""
+    from app_process import wait_until
     from gradio_client import Client
 
-    from app_process import wait_until
-
     client = Client(url, verbose=False)
-    questions = ["Name a fruit.", "Why is the sea salty?", "What is a verb?", "How do birds fly?",
-                 "What is rain?", "Name a planet.", "Why do leaves fall?", "What is a noun?"]
+    questions = [
+        "Name a fruit.",
+        "Why is the sea salty?",
+        "What is a verb?",
+        "How do birds fly?",
+        "What is rain?",
+        "Name a planet.",
+        "Why do leaves fall?",
+        "What is a noun?",
+    ]
     for round_number in (1, 2):
         before = client.predict(api_name="/stats")["serving_version"]
-        for question in questions[4 * (round_number - 1):4 * round_number]:
+        for question in questions[4 * (round_number - 1) : 4 * round_number]:
             client.predict(api_name="/new_chat")
             client.predict(question, api_name="/chat")
             client.predict("2", api_name="/vote_best")  # the SFT answer: 2 pairs
             client.predict(3, False, api_name="/vote_thumb")  # one rating
         client.predict("A short, clear answer.", api_name="/correct")  # a demonstration and 3 pairs
-        wait_until(lambda: client.predict(api_name="/stats")["serving_version"] > before, 900,
-                   f"round {round_number}")
+        wait_until(
+            lambda before=before: client.predict(api_name="/stats")["serving_version"] > before,
+            900,
+            f"round {round_number}",
+        )
 
 
 if __name__ == "__main__":

@@ -81,8 +81,9 @@ def resolve(runtime: str, device: str) -> str:
     if runtime == "onnx" and device != "cpu":
         raise UserError(f"The onnx runtime serves on the CPU only, not on '{device}'. Fix: --runtime torch or auto.")
     if runtime == "onnx" and not onnx_installed():
-        raise RuntimeUnavailable("The onnx runtime needs onnxruntime-genai. Fix: pip install -r requirements.txt, "
-                                 "or --runtime torch.")
+        raise RuntimeUnavailable(
+            "The onnx runtime needs onnxruntime-genai. Fix: pip install -r requirements.txt, or --runtime torch."
+        )
     if runtime == "auto":
         return "onnx" if device == "cpu" and onnx_installed() else "torch"
     return runtime

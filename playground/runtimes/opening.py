@@ -28,9 +28,19 @@ class Opened:
     load_sft_weights: object = None  # () -> the SFT model's torch weights, when no torch runtime holds them
 
 
-def open_runtimes(preset: Preset, data_dir, *, trust_remote_code=False, device="cpu", int8: set[str] = frozenset(),
-                  threads: int | None = None, adapter_targets: tuple[str, ...] | None = None, runtime="torch",
-                  chat_workers: int = 2, vllm=None) -> Opened:
+def open_runtimes(
+    preset: Preset,
+    data_dir,
+    *,
+    trust_remote_code=False,
+    device="cpu",
+    int8: set[str] = frozenset(),
+    threads: int | None = None,
+    adapter_targets: tuple[str, ...] | None = None,
+    runtime="torch",
+    chat_workers: int = 2,
+    vllm=None,
+) -> Opened:
     """threads: torch threads on a CPU (process-wide: torch has no per-model setting), or each onnx decode
     process's; by default half the cores, because the base model and the SFT rows decode at the same time, each
     bound by per-token overhead rather than arithmetic (docs/performance.md, "Thread allocation").
@@ -42,8 +52,15 @@ def open_runtimes(preset: Preset, data_dir, *, trust_remote_code=False, device="
 
         torch.set_num_threads(threads)
     targets = tuple(adapter_targets or RoundSettings().target_modules)
-    local = dict(data_dir=data_dir, trust_remote_code=trust_remote_code, device=device, int8=int8, threads=threads,
-                 targets=targets, chat_workers=chat_workers)
+    local = dict(
+        data_dir=data_dir,
+        trust_remote_code=trust_remote_code,
+        device=device,
+        int8=int8,
+        threads=threads,
+        targets=targets,
+        chat_workers=chat_workers,
+    )
     if "sft" in int8 and runtime in ("onnx", "vllm"):
         # The builder's int8 would quantize the LoRA slots too, and int8 SFT weights followed the float model on
         # fewer next tokens (docs/performance.md): the SFT model stays float on this runtime.
@@ -69,8 +86,10 @@ def open_runtimes(preset: Preset, data_dir, *, trust_remote_code=False, device="
     runtimes = {role: pair[1] for role, pair in opened.items()}
     load_sft_weights = None
     if runtimes["sft"].name != "torch":
+
         def load_sft_weights():
             return load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device).model
+
     return Opened(opened["base"][0], opened["sft"][0], runtimes, load_sft_weights)
 
 
@@ -82,14 +101,16 @@ def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, th
 
         loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
         precision = "int8" if role == "base" and role in int8 else "fp32"
-        served = OnnxRuntime.open(loaded.source, models_dir(data_dir), precision, slots, threads,
-                                  chat_workers if role == "sft" else 1, role)
+        served = OnnxRuntime.open(
+            loaded.source, models_dir(data_dir), precision, slots, threads, chat_workers if role == "sft" else 1, role
+        )
         loaded.precision = "int8" if precision == "int8" else "float32"
         return loaded, served
     from .torch_runtime import TorchRuntime
 
-    loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, device=device, int8=role in int8,
-                        keep_float=slots)
+    loaded = load_model(
+        spec, data_dir, role, trust_remote_code=trust_remote_code, device=device, int8=role in int8, keep_float=slots
+    )
     return loaded, TorchRuntime(loaded)
 
 
@@ -104,14 +125,26 @@ def _vllm(role, spec, url, options, *, data_dir, trust_remote_code, device, targ
     plain = None
     if role == "sft":
         name = Path(loaded.source).name if Path(loaded.source).is_dir() else loaded.source.replace("/", "--")
-        plain = str(zero_adapter(loaded.source, targets, models_dir(data_dir) / f"{name}-zero-lora-{'-'.join(targets)}",
-                                 trust_remote_code=trust_remote_code))
+        plain = str(
+            zero_adapter(
+                loaded.source,
+                targets,
+                models_dir(data_dir) / f"{name}-zero-lora-{'-'.join(targets)}",
+                trust_remote_code=trust_remote_code,
+            )
+        )
     if url:
         return loaded, VllmRuntime(url, label=label, plain_adapter=plain, wait=options.connect_wait)
     log_dir = Path(options.log_dir or data_dir)
-    server = VllmServer(find_python(options.python), loaded.source, device=device,
-                        max_lora_rank=options.max_lora_rank, max_model_len=options.max_model_len,
-                        log_path=log_dir / f"vllm-{role}.log", startup_timeout=options.startup_timeout).start()
+    server = VllmServer(
+        find_python(options.python),
+        loaded.source,
+        device=device,
+        max_lora_rank=options.max_lora_rank,
+        max_model_len=options.max_model_len,
+        log_path=log_dir / f"vllm-{role}.log",
+        startup_timeout=options.startup_timeout,
+    ).start()
     try:
         return loaded, VllmRuntime(server.url, server, label=label, plain_adapter=plain)
     except BaseException:

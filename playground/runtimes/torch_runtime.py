@@ -112,5 +112,7 @@ class TorchRuntime(ModelRuntime):
         on_int8 = sorted(set([targets] if isinstance(targets, str) else targets) - set(self.loaded.float_layers))
         if not on_int8:
             return ""
-        return (f" It targets {', '.join(on_int8)}, which this server holds in int8 (adapters can attach only to "
-                f"{', '.join(sorted(self.loaded.float_layers))}); to serve it, start with --precision float.")
+        return (
+            f" It targets {', '.join(on_int8)}, which this server holds in int8 (adapters can attach only to "
+            f"{', '.join(sorted(self.loaded.float_layers))}); to serve it, start with --precision float."
+        )

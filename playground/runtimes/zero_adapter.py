@@ -23,7 +23,9 @@ def zero_adapter(model_source: str, targets, out: Path, *, rank: int = 1, trust_
     peft = get_peft_model(model, LoraConfig(r=rank, lora_alpha=rank, target_modules=list(targets)))
     scratch = out.with_name(out.name + ".partial")
     scratch.mkdir(parents=True, exist_ok=True)
-    zeros = {key: torch.zeros(value.shape, dtype=torch.float32) for key, value in get_peft_model_state_dict(peft).items()}
+    zeros = {
+        key: torch.zeros(value.shape, dtype=torch.float32) for key, value in get_peft_model_state_dict(peft).items()
+    }
     save_file(zeros, str(scratch / "adapter_model.safetensors"))
     peft.peft_config["default"].save_pretrained(str(scratch))
     if out.exists():

@@ -27,6 +27,6 @@ DB_FILENAME = "playground.sqlite3"
 
 class Store(Records, Feedback, Rounds, Database):
     @classmethod
-    def open(cls, folder: str | os.PathLike) -> "Store":
+    def open(cls, folder: str | os.PathLike) -> Store:
         """The store of the data set in `folder`."""
         return cls(Path(folder) / DB_FILENAME)

@@ -69,7 +69,9 @@ def read_copy_file(folder: Path) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as error:
-        raise DurableCopyError(f"{folder / COPY_FILE} is unreadable ({error}); it names this copy's history.")
+        raise DurableCopyError(
+            f"{folder / COPY_FILE} is unreadable ({error}); it names this copy's history."
+        ) from error
 
 
 def _write_once(path: Path, text: str) -> None:
@@ -83,8 +85,9 @@ def _write_once(path: Path, text: str) -> None:
 def is_empty(store) -> bool:
     """No data rows at all (meta aside): a store that a restore may fill."""
     with store._read() as conn:
-        return all(conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() is None
-                   for t in store.tables(conn) if t != "meta")
+        return all(
+            conn.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() is None for t in store.tables(conn) if t != "meta"
+        )
 
 
 def _adapter_path(row: dict) -> str:
@@ -148,7 +151,8 @@ class DurableCopy:
                 raise DurableCopyError(
                     f"The durable copy in {source} holds another history of data set {self.data_set} than the "
                     f"local store {self.store.path}, which is not empty: mixing them would mix up their ids. "
-                    f"Move one of them aside (an empty local store is restored from the copy).")
+                    f"Move one of them aside (an empty local store is restored from the copy)."
+                )
             if shards(source):
                 summary = restore(self.store, source, bind=True)
                 self.history = summary["history"]
@@ -165,8 +169,14 @@ class DurableCopy:
             return "started"
 
     def _write_copy_file(self, history: str) -> str:
-        about = {"format": FORMAT, "format_version": FORMAT_VERSION, "history": history, "data_set": self.data_set,
-                 "created_at": time.time(), **self.about}
+        about = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "history": history,
+            "data_set": self.data_set,
+            "created_at": time.time(),
+            **self.about,
+        }
         _write_once(self.folder / COPY_FILE, json.dumps(about, indent=2) + "\n")
         return history
 
@@ -178,7 +188,7 @@ class DurableCopy:
         with self.store._read() as conn:
             seq = _last_seq(conn)
             records = []
-            for table, spec in self.store.tables(conn).items():
+            for table in self.store.tables(conn):
                 for row in conn.execute(f"SELECT * FROM {table}"):
                     row = dict(row)
                     if table == "meta" and row["key"] in LOCAL_META_KEYS:
@@ -197,8 +207,9 @@ class DurableCopy:
                 with self.store._read() as conn:
                     if self.store._meta(conn, META_KEY) != self.history:
                         raise DurableCopyError("The local store was bound to another durable copy meanwhile.")
-                    entries = conn.execute("SELECT seq, tbl, key FROM changelog ORDER BY seq LIMIT ?",
-                                           (BATCH,)).fetchall()
+                    entries = conn.execute(
+                        "SELECT seq, tbl, key FROM changelog ORDER BY seq LIMIT ?", (BATCH,)
+                    ).fetchall()
                     if not entries:
                         break
                     records = self._current_rows(conn, entries)
@@ -249,8 +260,7 @@ class DurableCopy:
         relative = _adapter_path(row)
         source = Path(row["path"]) if Path(row["path"]).is_absolute() else self.store.root / row["path"]
         if not _copy_folder(source, self.folder / relative):
-            log.warning("Adapter v%s: folder %s is missing; its record is copied without it.", row["version"],
-                        source)
+            log.warning("Adapter v%s: folder %s is missing; its record is copied without it.", row["version"], source)
 
     def _open_shard(self):
         if self._shard is None:
@@ -259,9 +269,16 @@ class DurableCopy:
             path = self.folder / RECORDS / name
             path.parent.mkdir(parents=True, exist_ok=True)
             self._shard = open(path, "a", encoding="utf-8")
-            header = {"format": FORMAT, "format_version": FORMAT_VERSION, "store_schema": len(MIGRATIONS),
-                      "history": self.history, "data_set": self.data_set, "created_at": time.time(),
-                      "host": socket.gethostname(), "pid": os.getpid()}
+            header = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "store_schema": len(MIGRATIONS),
+                "history": self.history,
+                "data_set": self.data_set,
+                "created_at": time.time(),
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+            }
             self._shard.write(json.dumps({"header": header}) + "\n")
             self._shard.flush()
         return self._shard
@@ -285,6 +302,7 @@ class DurableCopy:
     # ---- the background copier -----------------------------------------------------------------------
     def start(self, interval: float = 0.5) -> threading.Thread:
         """Copy in the background: every `interval` seconds (or when woken), backing off while the target fails."""
+
         def loop():
             failures = 0
             while not self._stop.is_set():
@@ -295,7 +313,7 @@ class DurableCopy:
                     failures += 1
                     self.last_error = f"{type(error).__name__}: {error}"
                     log.error("Durable copy to %s failed (attempt %d): %s", self.target, failures, self.last_error)
-                self._wake.wait(interval if not failures else min(30.0, interval * 2 ** failures))
+                self._wake.wait(interval if not failures else min(30.0, interval * 2**failures))
                 self._wake.clear()
 
         if self._thread is None:
@@ -324,10 +342,15 @@ class DurableCopy:
             self._pending_since = None
         elif self._pending_since is None:
             self._pending_since = now
-        return {"target": str(self.target), "history": self.history, "pending": pending,
-                "lagging_seconds": round(now - self._pending_since, 1) if self._pending_since else 0.0,
-                "last_error": self.last_error, "last_copy_at": self.last_copy_at,
-                "records_copied": self.records_copied}
+        return {
+            "target": str(self.target),
+            "history": self.history,
+            "pending": pending,
+            "lagging_seconds": round(now - self._pending_since, 1) if self._pending_since else 0.0,
+            "last_error": self.last_error,
+            "last_copy_at": self.last_copy_at,
+            "records_copied": self.records_copied,
+        }
 
 
 def _last_seq(conn: sqlite3.Connection) -> int:
@@ -365,8 +388,10 @@ def _check_header(shard: Path, header: dict) -> None:
     if header.get("format") != FORMAT:
         raise DurableCopyError(f"{shard} is not a durable-copy shard (format {header.get('format')!r}).")
     if header.get("format_version", 0) > FORMAT_VERSION or header.get("store_schema", 0) > len(MIGRATIONS):
-        raise DurableCopyError(f"{shard} was written by a newer version of the app (format "
-                               f"{header.get('format_version')}, schema {header.get('store_schema')}); upgrade first.")
+        raise DurableCopyError(
+            f"{shard} was written by a newer version of the app (format "
+            f"{header.get('format_version')}, schema {header.get('store_schema')}); upgrade first."
+        )
 
 
 def restore(store, folder: str | os.PathLike, *, bind: bool = False) -> dict:
@@ -379,8 +404,9 @@ def restore(store, folder: str | os.PathLike, *, bind: bool = False) -> dict:
     if not records:
         raise DurableCopyError(f"{folder} holds no records to restore.")
     if not is_empty(store):
-        raise DurableCopyError(f"The store {store.path} is not empty; a restore only fills an empty one "
-                               f"(move it aside first).")
+        raise DurableCopyError(
+            f"The store {store.path} is not empty; a restore only fills an empty one (move it aside first)."
+        )
     latest: dict[tuple, dict] = {}
     with store._read() as conn:
         tables = store.tables(conn)
@@ -391,8 +417,11 @@ def restore(store, folder: str | os.PathLike, *, bind: bool = False) -> dict:
             continue
         key = record["deleted"] if "deleted" in record else [record["row"].get(c) for c in spec["key"]]
         latest[(record["table"], json.dumps(key))] = record
-    rows = [r for r in latest.values() if "row" in r
-            and not (r["table"] == "meta" and r["row"].get("key") in LOCAL_META_KEYS)]
+    rows = [
+        r
+        for r in latest.values()
+        if "row" in r and not (r["table"] == "meta" and r["row"].get("key") in LOCAL_META_KEYS)
+    ]
 
     missing = []
     for record in rows:  # adapters first: a version row without its folder would be marked bad when served
@@ -409,16 +438,18 @@ def restore(store, folder: str | os.PathLike, *, bind: bool = False) -> dict:
     with store._write_unchecked_references(strict=False) as conn:
         for record in rows:
             columns = [c for c in record["row"] if c in tables[record["table"]]["columns"]]
-            conn.execute(f"INSERT OR REPLACE INTO {record['table']} ({', '.join(columns)}) "
-                         f"VALUES ({', '.join('?' * len(columns))})", [record["row"][c] for c in columns])
+            conn.execute(
+                f"INSERT OR REPLACE INTO {record['table']} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                [record["row"][c] for c in columns],
+            )
         # A line lost to a crash may leave rows pointing at it: restore the rest and say so, rather than nothing.
         broken = conn.execute("PRAGMA foreign_key_check").fetchall()
         if broken:
             warnings_.append(f"{len(broken)} rows refer to rows missing from the copy")
         last = max(r["seq"] for r in records)
         # The change log continues after the copy's last seq, so later records sort after the restored ones.
-        if conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'changelog'",
-                        (last,)).rowcount == 0:
+        if conn.execute("UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = 'changelog'", (last,)).rowcount == 0:
             conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('changelog', ?)", (last,))
         conn.execute("DELETE FROM changelog")  # what was just restored is in the copy already
         history = (copy_file or {}).get("history")
@@ -429,8 +460,13 @@ def restore(store, folder: str | os.PathLike, *, bind: bool = False) -> dict:
     for record in rows:
         counts[record["table"]] = counts.get(record["table"], 0) + 1
     log.info("Restored %d rows from %s (%s).", len(rows), folder, ", ".join(f"{n} {t}" for t, n in counts.items()))
-    return {"history": (copy_file or {}).get("history"), "rows": counts, "records_read": len(records),
-            "adapters_missing": missing, "warnings": warnings_}
+    return {
+        "history": (copy_file or {}).get("history"),
+        "rows": counts,
+        "records_read": len(records),
+        "adapters_missing": missing,
+        "warnings": warnings_,
+    }
 
 
 # ---- a dataset repo on the Hub as the target's second home (a Space without a bucket volume) ---------------
@@ -456,7 +492,8 @@ def download_hub_copy(repo_id: str, data_set: str, dest: str | os.PathLike, api=
         raise DurableCopyError(
             f"Could not read the dataset repo {repo_id} to restore from ({type(error).__name__}: {error}). "
             f"Not starting with an empty store: its new ids would collide with the repo's. Fix the token "
-            f"(HF_TOKEN needs read access) or the network, or unset PLAYGROUND_HUB_DATASET.") from error
+            f"(HF_TOKEN needs read access) or the network, or unset PLAYGROUND_HUB_DATASET."
+        ) from error
     folder = data_set_folder(dest, data_set)
     return folder if shards(folder) else None
 
@@ -466,5 +503,12 @@ def start_hub_scheduler(repo_id: str, folder: str | os.PathLike, every_minutes: 
     (it reads each file only up to its size when listed, which is why everything in the folder is append-only)."""
     from huggingface_hub import CommitScheduler
 
-    return CommitScheduler(repo_id=repo_id, repo_type="dataset", folder_path=folder, every=every_minutes,
-                           private=True, ignore_patterns=HUB_IGNORE, hf_api=api)
+    return CommitScheduler(
+        repo_id=repo_id,
+        repo_type="dataset",
+        folder_path=folder,
+        every=every_minutes,
+        private=True,
+        ignore_patterns=HUB_IGNORE,
+        hf_api=api,
+    )

@@ -15,17 +15,21 @@ id, a rating by (vote id, answer id), a pair by its id.
 from __future__ import annotations
 
 import json
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from .. import votes as rules
 from .schema import _row
 
 KINDS = rules.FEEDBACK_KINDS
 
-_TRAINED_DEMONSTRATION = ("EXISTS (SELECT 1 FROM round_demonstrations rd JOIN rounds r ON r.id = rd.round_id "
-                          "WHERE r.status = 'done' AND rd.answer_id = d.id)")
-_TRAINED_RATING = ("EXISTS (SELECT 1 FROM round_ratings rr JOIN rounds r ON r.id = rr.round_id "
-                   "WHERE r.status = 'done' AND rr.vote_id = g.vote_id AND rr.answer_id = g.answer_id)")
+_TRAINED_DEMONSTRATION = (
+    "EXISTS (SELECT 1 FROM round_demonstrations rd JOIN rounds r ON r.id = rd.round_id "
+    "WHERE r.status = 'done' AND rd.answer_id = d.id)"
+)
+_TRAINED_RATING = (
+    "EXISTS (SELECT 1 FROM round_ratings rr JOIN rounds r ON r.id = rr.round_id "
+    "WHERE r.status = 'done' AND rr.vote_id = g.vote_id AND rr.answer_id = g.answer_id)"
+)
 
 # Every pending piece of feedback: (kind, item, answer, vote_id, who). `who` is the voter, or the session of a vote
 # without one (from before voters were recorded, or the command line).
@@ -92,13 +96,15 @@ class Feedback:
 
     # -- what waits for a round ----------------------------------------------------------------------
 
-    def pending_feedback(self, kinds: Iterable[str] = KINDS, limit: int | None = None,
-                         per_voter: int = 0) -> dict[str, list[dict]]:
+    def pending_feedback(
+        self, kinds: Iterable[str] = KINDS, limit: int | None = None, per_voter: int = 0
+    ) -> dict[str, list[dict]]:
         """{kind: rows} of the pending feedback a round may take now (see `_ELIGIBLE`), each kind oldest first."""
         kinds = _checked(kinds)
         with self._read() as conn:
-            keys = conn.execute(_ELIGIBLE, (json.dumps(kinds), per_voter, per_voter,
-                                            -1 if limit is None else limit)).fetchall()
+            keys = conn.execute(
+                _ELIGIBLE, (json.dumps(kinds), per_voter, per_voter, -1 if limit is None else limit)
+            ).fetchall()
         wanted = {kind: [(item, answer) for k, item, answer in keys if k == kind] for kind in kinds}
         return {kind: self._rows_of(kind, wanted[kind]) for kind in kinds}
 
@@ -106,8 +112,12 @@ class Feedback:
         """{kind: how many a round could take now}: what decides whether enough wait to start one."""
         kinds = _checked(kinds)
         with self._read() as conn:
-            found = dict(conn.execute(f"SELECT kind, count(*) FROM ({_ELIGIBLE}) GROUP BY kind",
-                                      (json.dumps(kinds), per_voter, per_voter, -1)).fetchall())
+            found = dict(
+                conn.execute(
+                    f"SELECT kind, count(*) FROM ({_ELIGIBLE}) GROUP BY kind",
+                    (json.dumps(kinds), per_voter, per_voter, -1),
+                ).fetchall()
+            )
         return {kind: found.get(kind, 0) for kind in kinds}
 
     def pending_pairs(self, limit: int | None = None, per_voter: int = 0) -> list[dict]:
@@ -118,9 +128,11 @@ class Feedback:
     def trained_feedback(self, kind: str) -> list[dict]:
         """The rows of `kind` that a finished round trained on (what a round replays), oldest first."""
         (kind,) = _checked([kind])
-        where = {"pairs": " WHERE p.round_id IS NOT NULL ORDER BY p.id",
-                 "demonstrations": f" WHERE {_TRAINED_DEMONSTRATION} ORDER BY d.id",
-                 "ratings": f" WHERE {_TRAINED_RATING} ORDER BY g.vote_id, g.answer_id"}[kind]
+        where = {
+            "pairs": " WHERE p.round_id IS NOT NULL ORDER BY p.id",
+            "demonstrations": f" WHERE {_TRAINED_DEMONSTRATION} ORDER BY d.id",
+            "ratings": f" WHERE {_TRAINED_RATING} ORDER BY g.vote_id, g.answer_id",
+        }[kind]
         with self._read() as conn:
             return [_row(r) for r in conn.execute(_select(kind) + where)]
 
@@ -140,16 +152,20 @@ class Feedback:
     def demonstrations(self, ids: Iterable[int] | None = None) -> list[dict]:
         """Demonstrations (all, or those with these answer ids): the turn's history, prompt and the person's answer,
         and whether a finished round trained on it."""
-        return self._select_rows("demonstrations", " WHERE d.id IN (SELECT value FROM json_each(?))", ids,
-                                 " ORDER BY d.id")
+        return self._select_rows(
+            "demonstrations", " WHERE d.id IN (SELECT value FROM json_each(?))", ids, " ORDER BY d.id"
+        )
 
     def ratings(self, keys: Iterable[tuple[int, int]] | None = None) -> list[dict]:
         """Ratings (all, or those with these (vote id, answer id) keys): the rated answer with its turn, `label`
         1 for 👍 and 0 for 👎, and whether a finished round trained on it."""
-        where = (" WHERE EXISTS (SELECT 1 FROM json_each(?) k WHERE json_extract(k.value, '$[0]') = g.vote_id "
-                 "AND json_extract(k.value, '$[1]') = g.answer_id)")
-        return self._select_rows("ratings", where, None if keys is None else [list(k) for k in keys],
-                                 " ORDER BY g.vote_id, g.answer_id")
+        where = (
+            " WHERE EXISTS (SELECT 1 FROM json_each(?) k WHERE json_extract(k.value, '$[0]') = g.vote_id "
+            "AND json_extract(k.value, '$[1]') = g.answer_id)"
+        )
+        return self._select_rows(
+            "ratings", where, None if keys is None else [list(k) for k in keys], " ORDER BY g.vote_id, g.answer_id"
+        )
 
     def _select_rows(self, kind: str, where: str, keys, order: str) -> list[dict]:
         with self._read() as conn:
@@ -163,9 +179,11 @@ class Feedback:
         """{kind: {"total", "pending"}} over every vote (pending: no finished round trained on it, whatever caps)."""
         with self._read() as conn:
             pending = dict(conn.execute(f"SELECT kind, count(*) FROM ({_PENDING}) GROUP BY kind").fetchall())
-            total = {"pairs": conn.execute("SELECT count(*) FROM pairs").fetchone()[0],
-                     "demonstrations": conn.execute("SELECT count(*) FROM demonstrations").fetchone()[0],
-                     "ratings": conn.execute("SELECT count(*) FROM ratings").fetchone()[0]}
+            total = {
+                "pairs": conn.execute("SELECT count(*) FROM pairs").fetchone()[0],
+                "demonstrations": conn.execute("SELECT count(*) FROM demonstrations").fetchone()[0],
+                "ratings": conn.execute("SELECT count(*) FROM ratings").fetchone()[0],
+            }
         return {kind: {"total": total[kind], "pending": pending.get(kind, 0)} for kind in KINDS}
 
     # -- exports in trl's formats --------------------------------------------------------------------
@@ -183,8 +201,10 @@ class Feedback:
 
     def export_ratings(self) -> Iterator[dict]:
         """Every rating in TRL's unpaired preference format: {"prompt", "completion", "label"} (label true: 👍)."""
-        for row in self._batches("SELECT * FROM (SELECT row_number() OVER (ORDER BY vote_id, answer_id) AS id, * "
-                                 f"FROM ({_RATING_SELECT})) WHERE id > ? ORDER BY id LIMIT ?"):
+        for row in self._batches(
+            "SELECT * FROM (SELECT row_number() OVER (ORDER BY vote_id, answer_id) AS id, * "
+            f"FROM ({_RATING_SELECT})) WHERE id > ? ORDER BY id LIMIT ?"
+        ):
             yield rules.rating_to_trl(row)
 
 

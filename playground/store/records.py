@@ -11,8 +11,8 @@ import json
 import secrets
 import sqlite3
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from .. import votes as rules
 from .schema import StoreError, _json, _row
@@ -24,8 +24,18 @@ _EXPORT_BATCH = 500
 HUMAN = "human"  # the arm of an answer a person wrote (a correction)
 MAX_CORRECTION_CHARS = 4000
 
-ANSWER_FIELDS = ("text", "model", "adapter_version", "settings", "seed", "prompt_tokens", "new_tokens", "seconds",
-                 "ttft", "finish_reason")
+ANSWER_FIELDS = (
+    "text",
+    "model",
+    "adapter_version",
+    "settings",
+    "seed",
+    "prompt_tokens",
+    "new_tokens",
+    "seconds",
+    "ttft",
+    "finish_reason",
+)
 
 
 class VoteError(StoreError):
@@ -49,9 +59,18 @@ class Records:
 
     # -- prompts, comparisons, answers ---------------------------------------------------------------
 
-    def add_comparison(self, prompt: str, session_id: str, mode: str = "compare", category: str | None = None,
-                       answers: Iterable[dict] = (), *, history: list[dict] | None = None,
-                       chat_id: str | None = None, parent_answer_id: int | None = None) -> tuple[int, list[int]]:
+    def add_comparison(
+        self,
+        prompt: str,
+        session_id: str,
+        mode: str = "compare",
+        category: str | None = None,
+        answers: Iterable[dict] = (),
+        *,
+        history: list[dict] | None = None,
+        chat_id: str | None = None,
+        parent_answer_id: int | None = None,
+    ) -> tuple[int, list[int]]:
         """A comparison (one turn of a chat) with its answers, in one transaction: (comparison id, answer ids in
         order). Each answer is a dict with `arm` and ANSWER_FIELDS; its slot is its position. `history`: the messages
         before `prompt` that every arm answered; `parent_answer_id`: the previous turn's answer it continues from;
@@ -65,8 +84,10 @@ class Records:
         history = list(history or [])
         now = time.time()
         with self._write() as conn:
-            if parent_answer_id is not None and conn.execute(
-                    "SELECT 1 FROM answers WHERE id = ?", (parent_answer_id,)).fetchone() is None:
+            if (
+                parent_answer_id is not None
+                and conn.execute("SELECT 1 FROM answers WHERE id = ?", (parent_answer_id,)).fetchone() is None
+            ):
                 raise StoreError(f"Answer {parent_answer_id} (the turn this one continues) does not exist.")
             turn = 1 + len(history) // 2
             prompt_id = conn.execute(
@@ -90,20 +111,35 @@ class Records:
             "INSERT INTO answers (comparison_id, arm, slot, model, adapter_version, settings, seed, text, "
             "prompt_tokens, new_tokens, seconds, ttft, finish_reason, created_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (comparison_id, answer["arm"], slot, values["model"], values["adapter_version"] or 0,
-             _json(values["settings"] or {}), values["seed"], values["text"], values["prompt_tokens"],
-             values["new_tokens"], values["seconds"], values["ttft"], values["finish_reason"], time.time()),
+            (
+                comparison_id,
+                answer["arm"],
+                slot,
+                values["model"],
+                values["adapter_version"] or 0,
+                _json(values["settings"] or {}),
+                values["seed"],
+                values["text"],
+                values["prompt_tokens"],
+                values["new_tokens"],
+                values["seconds"],
+                values["ttft"],
+                values["finish_reason"],
+                time.time(),
+            ),
         ).lastrowid
 
     def comparison(self, comparison_id: int) -> dict | None:
         """The comparison with its prompt text, category and answers (by slot)."""
         with self._read() as conn:
-            c = _row(conn.execute(
-                "SELECT cm.id, cm.prompt_id, p.text AS prompt, p.category, cm.session_id, cm.mode, cm.created_at, "
-                "cm.chat_id, cm.turn, cm.history, cm.parent_answer_id "
-                "FROM comparisons cm JOIN prompts p ON p.id = cm.prompt_id WHERE cm.id = ?",
-                (comparison_id,),
-            ).fetchone())
+            c = _row(
+                conn.execute(
+                    "SELECT cm.id, cm.prompt_id, p.text AS prompt, p.category, cm.session_id, cm.mode, cm.created_at, "
+                    "cm.chat_id, cm.turn, cm.history, cm.parent_answer_id "
+                    "FROM comparisons cm JOIN prompts p ON p.id = cm.prompt_id WHERE cm.id = ?",
+                    (comparison_id,),
+                ).fetchone()
+            )
             if c is not None:
                 c["answers"] = self._answers_of(conn, comparison_id)
             return c
@@ -132,7 +168,8 @@ class Records:
                 "JOIN vote_answers va ON va.vote_id = v.id WHERE v.comparison_id = ? AND v.session_id = ? "
                 "AND v.kind IN ('correction', 'best', 'pairwise') "
                 "ORDER BY CASE v.kind WHEN 'correction' THEN 0 ELSE 1 END, v.id DESC, va.position",
-                (comparison_id, session_id)).fetchall()
+                (comparison_id, session_id),
+            ).fetchall()
         by_id = {a["id"]: a for a in answers}
         for kind, outcome, answer_id, position in voted:
             if kind in ("correction", "best") and position == 0:
@@ -149,14 +186,17 @@ class Records:
     def next_history(self, comparison_id: int, continued: dict) -> list[dict]:
         """The messages every arm answers next: this turn's history, its prompt and the answer it continues with."""
         c = self.comparison(comparison_id)
-        return list(c["history"]) + [{"role": "user", "content": c["prompt"]},
-                                     {"role": "assistant", "content": continued["text"]}]
+        return list(c["history"]) + [
+            {"role": "user", "content": c["prompt"]},
+            {"role": "assistant", "content": continued["text"]},
+        ]
 
     def chat(self, chat_id: str) -> list[dict]:
         """The turns of a conversation, oldest first (comparison rows with prompt, history and parent answer)."""
         with self._read() as conn:
-            ids = [r[0] for r in conn.execute("SELECT id FROM comparisons WHERE chat_id = ? ORDER BY turn, id",
-                                               (chat_id,))]
+            ids = [
+                r[0] for r in conn.execute("SELECT id FROM comparisons WHERE chat_id = ? ORDER BY turn, id", (chat_id,))
+            ]
         return [self.comparison(i) for i in ids]
 
     def conversation(self, comparison_id: int) -> list[dict]:
@@ -174,13 +214,19 @@ class Records:
     def has_voted(self, session_id: str, comparison_id: int) -> bool:
         """Whether this session gave any verdict or rating on the comparison (blind names may show after it)."""
         with self._read() as conn:
-            return conn.execute("SELECT 1 FROM votes WHERE session_id = ? AND comparison_id = ? LIMIT 1",
-                                (session_id, comparison_id)).fetchone() is not None
+            return (
+                conn.execute(
+                    "SELECT 1 FROM votes WHERE session_id = ? AND comparison_id = ? LIMIT 1",
+                    (session_id, comparison_id),
+                ).fetchone()
+                is not None
+            )
 
     # -- corrections -----------------------------------------------------------------------------------
 
-    def add_correction(self, session_id: str, comparison_id: int, text: str, *,
-                       voter: str | None = None) -> VoteReceipt:
+    def add_correction(
+        self, session_id: str, comparison_id: int, text: str, *, voter: str | None = None
+    ) -> VoteReceipt:
         """A person's better answer to a turn: stored as an answer (arm 'human'), the chosen side of a pair against
         each model answer of the turn (a vote of kind 'correction'), and what the conversation continues with."""
         text = (text or "").strip()
@@ -191,17 +237,18 @@ class Records:
         with self._write() as conn:
             answers = self._vote_target(conn, session_id, comparison_id)
             self._check_not_voted(conn, "correction", session_id, comparison_id)
-            slot = conn.execute("SELECT coalesce(max(slot), -1) + 1 FROM answers WHERE comparison_id = ?",
-                                (comparison_id,)).fetchone()[0]
+            slot = conn.execute(
+                "SELECT coalesce(max(slot), -1) + 1 FROM answers WHERE comparison_id = ?", (comparison_id,)
+            ).fetchone()[0]
             answer_id = self._insert_answer(conn, comparison_id, slot, {"arm": HUMAN, "text": text, "model": HUMAN})
             human = _row(conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone())
-            return self._record(conn, "correction", session_id, comparison_id, None, [human], answers + [human],
-                                voter)
+            return self._record(conn, "correction", session_id, comparison_id, None, [human], answers + [human], voter)
 
     # -- votes ---------------------------------------------------------------------------------------
 
-    def vote_best(self, session_id: str, comparison_id: int, ranking: list[int], *,
-                  voter: str | None = None) -> VoteReceipt:
+    def vote_best(
+        self, session_id: str, comparison_id: int, ranking: list[int], *, voter: str | None = None
+    ) -> VoteReceipt:
         """`ranking`: answer ids best first, either just the winner or every answer of the comparison.
         `voter` (every vote method): who cast it, 'hf:<user>' or 'ip:<keyed hash>' (`voters.py`); None when unknown
         (the command line), and then its session stands for the voter."""
@@ -214,8 +261,9 @@ class Records:
                 raise VoteError(problem)
             self._check_not_voted(conn, "best", session_id, comparison_id)
             by_id = {a["id"]: a for a in answers}
-            return self._record(conn, "best", session_id, comparison_id, None, [by_id[i] for i in ranking], answers,
-                                voter)
+            return self._record(
+                conn, "best", session_id, comparison_id, None, [by_id[i] for i in ranking], answers, voter
+            )
 
     def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
         with self._write() as conn:
@@ -223,8 +271,16 @@ class Records:
             self._check_not_voted(conn, "all_bad", session_id, comparison_id)
             return self._record(conn, "all_bad", session_id, comparison_id, None, [], answers, voter)
 
-    def vote_pairwise(self, session_id: str, comparison_id: int, answer_a: int, answer_b: int,
-                      outcome: str, *, voter: str | None = None) -> VoteReceipt:
+    def vote_pairwise(
+        self,
+        session_id: str,
+        comparison_id: int,
+        answer_a: int,
+        answer_b: int,
+        outcome: str,
+        *,
+        voter: str | None = None,
+    ) -> VoteReceipt:
         """outcome: 'a' or 'b' (the winner), 'tie' or 'both_bad'."""
         if outcome not in rules.PAIRWISE_OUTCOMES:
             raise VoteError(f"Unknown outcome {outcome!r}; expected one of {', '.join(rules.PAIRWISE_OUTCOMES)}.")
@@ -255,8 +311,9 @@ class Records:
             answer = next((a for a in answers if a["id"] == answer_id), None)
             if answer is None:
                 raise VoteError("That answer is one a person wrote (a better answer); rate the models' answers.")
-            return self._record(conn, "thumb", session_id, comparison_id, "up" if up else "down", [answer], answers,
-                                voter)
+            return self._record(
+                conn, "thumb", session_id, comparison_id, "up" if up else "down", [answer], answers, voter
+            )
 
     @staticmethod
     def _vote_target(conn: sqlite3.Connection, session_id: str, comparison_id: int) -> list[dict]:
@@ -288,13 +345,25 @@ class Records:
             (session_id, comparison_id, *kinds),
         ).fetchone()
         if row is not None:
-            what = {"best": "picked the best answer", "all_bad": "marked every answer bad",
-                    "pairwise": "voted on this duel", "correction": "wrote a better answer"}[row[0]]
+            what = {
+                "best": "picked the best answer",
+                "all_bad": "marked every answer bad",
+                "pairwise": "voted on this duel",
+                "correction": "wrote a better answer",
+            }[row[0]]
             raise VoteError(f"You already {what} for this prompt; each session votes once per comparison.")
 
     @staticmethod
-    def _record(conn: sqlite3.Connection, kind: str, session_id: str, comparison_id: int, outcome: str | None,
-                named: list[dict], answers: list[dict], voter: str | None) -> VoteReceipt:
+    def _record(
+        conn: sqlite3.Connection,
+        kind: str,
+        session_id: str,
+        comparison_id: int,
+        outcome: str | None,
+        named: list[dict],
+        answers: list[dict],
+        voter: str | None,
+    ) -> VoteReceipt:
         now = time.time()
         vote_id = conn.execute(
             "INSERT INTO votes (kind, session_id, voter, comparison_id, outcome, created_at) VALUES (?, ?, ?, ?, ?, ?)",
@@ -322,8 +391,10 @@ class Records:
         if salt is None:
             with self._write() as conn:
                 # DO NOTHING: another process may have created it first; theirs is the one to use.
-                conn.execute("INSERT INTO meta (key, value) VALUES ('voter_salt', ?) ON CONFLICT (key) DO NOTHING",
-                             (secrets.token_hex(32),))
+                conn.execute(
+                    "INSERT INTO meta (key, value) VALUES ('voter_salt', ?) ON CONFLICT (key) DO NOTHING",
+                    (secrets.token_hex(32),),
+                )
                 salt = self._voter_salt = bytes.fromhex(self._meta(conn, "voter_salt"))
         return salt
 
@@ -345,20 +416,29 @@ class Records:
         last = 0
         while True:
             with self._read() as conn:
-                votes = [_row(r) for r in conn.execute(
-                    "SELECT v.id AS vote_id, v.kind, v.session_id, v.voter, v.outcome, v.created_at, v.comparison_id, "
-                    "cm.mode, cm.chat_id, cm.turn, cm.history, p.text AS prompt, p.category FROM votes v "
-                    "JOIN comparisons cm ON cm.id = v.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
-                    "WHERE v.id > ? ORDER BY v.id LIMIT ?", (last, _EXPORT_BATCH))]
+                votes = [
+                    _row(r)
+                    for r in conn.execute(
+                        "SELECT v.id AS vote_id, v.kind, v.session_id, v.voter, v.outcome, v.created_at, v.comparison_id, "
+                        "cm.mode, cm.chat_id, cm.turn, cm.history, p.text AS prompt, p.category FROM votes v "
+                        "JOIN comparisons cm ON cm.id = v.comparison_id JOIN prompts p ON p.id = cm.prompt_id "
+                        "WHERE v.id > ? ORDER BY v.id LIMIT ?",
+                        (last, _EXPORT_BATCH),
+                    )
+                ]
                 for vote in votes:
-                    vote["answers"] = [_row(r) for r in conn.execute(
-                        "SELECT a.id AS answer_id, va.position, a.slot, a.arm, a.model, a.adapter_version, "
-                        "a.settings, a.seed, a.text FROM answers a "
-                        "LEFT JOIN vote_answers va ON va.answer_id = a.id AND va.vote_id = ? "
-                        # a person's correction belongs to the vote that made it, not to the others on the turn
-                        "WHERE a.comparison_id = ? AND (a.arm <> 'human' OR va.vote_id IS NOT NULL) "
-                        "ORDER BY va.position IS NULL, va.position, a.slot",
-                        (vote["vote_id"], vote["comparison_id"]))]
+                    vote["answers"] = [
+                        _row(r)
+                        for r in conn.execute(
+                            "SELECT a.id AS answer_id, va.position, a.slot, a.arm, a.model, a.adapter_version, "
+                            "a.settings, a.seed, a.text FROM answers a "
+                            "LEFT JOIN vote_answers va ON va.answer_id = a.id AND va.vote_id = ? "
+                            # a person's correction belongs to the vote that made it, not to the others on the turn
+                            "WHERE a.comparison_id = ? AND (a.arm <> 'human' OR va.vote_id IS NOT NULL) "
+                            "ORDER BY va.position IS NULL, va.position, a.slot",
+                            (vote["vote_id"], vote["comparison_id"]),
+                        )
+                    ]
             if not votes:
                 return
             yield from votes
@@ -367,15 +447,21 @@ class Records:
 
 def _thanks(kind: str, outcome: str | None, n_pairs: int) -> str:
     if kind == "correction":
-        return (f"Thanks! Your answer is kept as a demonstration (SFT data), made "
-                f"{_plural(n_pairs, 'training pair')} against the models' answers, and the conversation continues "
-                f"from it.")
+        return (
+            f"Thanks! Your answer is kept as a demonstration (SFT data), made "
+            f"{_plural(n_pairs, 'training pair')} against the models' answers, and the conversation continues "
+            f"from it."
+        )
     if kind == "thumb":
-        return (f"Thanks for the thumbs {outcome}! A single rating trains the preference-tuned model too (KTO), "
-                f"unless ratings are turned off.")
+        return (
+            f"Thanks for the thumbs {outcome}! A single rating trains the preference-tuned model too (KTO), "
+            f"unless ratings are turned off."
+        )
     if kind == "all_bad":
-        return ("Thanks! Noted that every answer was bad: it makes no training pair, and each answer counts as a "
-                "thumbs-down rating.")
+        return (
+            "Thanks! Noted that every answer was bad: it makes no training pair, and each answer counts as a "
+            "thumbs-down rating."
+        )
     if outcome == "tie":
         return "Thanks! Tie recorded; a tie makes no training pair."
     if outcome == "both_bad":

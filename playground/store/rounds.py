@@ -12,8 +12,9 @@ import json
 import os
 import sqlite3
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from .. import votes as rules
 from ..processes import pid_alive
@@ -37,8 +38,11 @@ _VERSION_SELECT = (
 
 def learned_from(round_row: dict) -> dict[str, int]:
     """What a round (or the version it made) trained on, new and replayed: {"demonstrations", "pairs", "ratings"}."""
-    return {"demonstrations": round_row.get("demonstrations_used") or 0, "pairs": round_row.get("pairs_used") or 0,
-            "ratings": round_row.get("ratings_used") or 0}
+    return {
+        "demonstrations": round_row.get("demonstrations_used") or 0,
+        "pairs": round_row.get("pairs_used") or 0,
+        "ratings": round_row.get("ratings_used") or 0,
+    }
 
 
 class Rounds:
@@ -46,47 +50,72 @@ class Rounds:
 
     # -- rounds --------------------------------------------------------------------------------------
 
-    def start_round(self, parent_version: int | None, pair_ids: Iterable[int], hyperparams: dict,
-                    pid: int | None, *, demonstration_ids: Iterable[int] = (),
-                    rating_keys: Iterable[tuple[int, int]] = ()) -> int:
+    def start_round(
+        self,
+        parent_version: int | None,
+        pair_ids: Iterable[int],
+        hyperparams: dict,
+        pid: int | None,
+        *,
+        demonstration_ids: Iterable[int] = (),
+        rating_keys: Iterable[tuple[int, int]] = (),
+    ) -> int:
         """Record a running round and what it trains on: pairs, demonstrations (their answer ids) and ratings
         ((vote id, answer id) keys). parent_version 0/None = trained from no adapter."""
         pair_ids = sorted(set(pair_ids))
         demonstration_ids = sorted(set(demonstration_ids))
         rating_keys = sorted({(int(v), int(a)) for v, a in rating_keys})
         with self._write() as conn:
-            if parent_version and conn.execute(
-                "SELECT 1 FROM adapter_versions WHERE version = ?", (parent_version,)
-            ).fetchone() is None:
+            if (
+                parent_version
+                and conn.execute("SELECT 1 FROM adapter_versions WHERE version = ?", (parent_version,)).fetchone()
+                is None
+            ):
                 raise StoreError(f"Parent version {parent_version} does not exist.")
             known = conn.execute(
                 "SELECT count(*) FROM pairs WHERE id IN (SELECT value FROM json_each(?))", (json.dumps(pair_ids),)
             ).fetchone()[0]
             if known != len(pair_ids):
                 raise StoreError(f"{len(pair_ids) - known} of the {len(pair_ids)} pairs do not exist.")
-            known = conn.execute("SELECT count(*) FROM demonstrations WHERE id IN (SELECT value FROM json_each(?))",
-                                 (json.dumps(demonstration_ids),)).fetchone()[0]
+            known = conn.execute(
+                "SELECT count(*) FROM demonstrations WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(demonstration_ids),),
+            ).fetchone()[0]
             if known != len(demonstration_ids):
-                raise StoreError(f"{len(demonstration_ids) - known} of the {len(demonstration_ids)} demonstrations "
-                                 f"do not exist.")
+                raise StoreError(
+                    f"{len(demonstration_ids) - known} of the {len(demonstration_ids)} demonstrations do not exist."
+                )
             known = conn.execute(
                 "SELECT count(*) FROM ratings WHERE EXISTS (SELECT 1 FROM json_each(?) k WHERE "
                 "json_extract(k.value, '$[0]') = vote_id AND json_extract(k.value, '$[1]') = answer_id)",
-                (json.dumps(rating_keys),)).fetchone()[0]
+                (json.dumps(rating_keys),),
+            ).fetchone()[0]
             if known != len(rating_keys):
                 raise StoreError(f"{len(rating_keys) - known} of the {len(rating_keys)} ratings do not exist.")
             round_id = conn.execute(
                 "INSERT INTO rounds (status, parent_version, pairs_used, demonstrations_used, ratings_used, "
                 "hyperparams, pid, started_at) VALUES ('running', ?, ?, ?, ?, ?, ?, ?)",
-                (parent_version or None, len(pair_ids), len(demonstration_ids), len(rating_keys), _json(hyperparams),
-                 pid, time.time()),
+                (
+                    parent_version or None,
+                    len(pair_ids),
+                    len(demonstration_ids),
+                    len(rating_keys),
+                    _json(hyperparams),
+                    pid,
+                    time.time(),
+                ),
             ).lastrowid
-            conn.executemany("INSERT INTO round_pairs (round_id, pair_id) VALUES (?, ?)",
-                             [(round_id, p) for p in pair_ids])
-            conn.executemany("INSERT INTO round_demonstrations (round_id, answer_id) VALUES (?, ?)",
-                             [(round_id, d) for d in demonstration_ids])
-            conn.executemany("INSERT INTO round_ratings (round_id, vote_id, answer_id) VALUES (?, ?, ?)",
-                             [(round_id, v, a) for v, a in rating_keys])
+            conn.executemany(
+                "INSERT INTO round_pairs (round_id, pair_id) VALUES (?, ?)", [(round_id, p) for p in pair_ids]
+            )
+            conn.executemany(
+                "INSERT INTO round_demonstrations (round_id, answer_id) VALUES (?, ?)",
+                [(round_id, d) for d in demonstration_ids],
+            )
+            conn.executemany(
+                "INSERT INTO round_ratings (round_id, vote_id, answer_id) VALUES (?, ?, ?)",
+                [(round_id, v, a) for v, a in rating_keys],
+            )
             return round_id
 
     def log_step(self, round_id: int, step: int, metrics: dict, stage: str = "dpo") -> None:
@@ -121,11 +150,19 @@ class Rounds:
             conn.execute(
                 "INSERT INTO adapter_versions (version, round_id, parent_version, path, state, metrics, created_at, "
                 "served_on_publish) VALUES (?, ?, ?, ?, 'ready', ?, ?, ?)",
-                (version, round_id, rnd["parent_version"], self._relative(adapter_path), _json(metrics), now,
-                 int(serves)),
+                (
+                    version,
+                    round_id,
+                    rnd["parent_version"],
+                    self._relative(adapter_path),
+                    _json(metrics),
+                    now,
+                    int(serves),
+                ),
             )
-            conn.execute("UPDATE rounds SET status = 'done', version = ?, finished_at = ? WHERE id = ?",
-                         (version, now, round_id))
+            conn.execute(
+                "UPDATE rounds SET status = 'done', version = ?, finished_at = ? WHERE id = ?", (version, now, round_id)
+            )
             conn.execute(
                 "UPDATE pairs SET round_id = ? WHERE round_id IS NULL "
                 "AND id IN (SELECT pair_id FROM round_pairs WHERE round_id = ?)",
@@ -150,8 +187,9 @@ class Rounds:
 
     def set_round_progress(self, round_id: int, steps_done: int, steps_total: int | None) -> None:
         with self._write() as conn:
-            conn.execute("UPDATE rounds SET steps_done = ?, steps_total = ? WHERE id = ?",
-                         (steps_done, steps_total, round_id))
+            conn.execute(
+                "UPDATE rounds SET steps_done = ?, steps_total = ? WHERE id = ?", (steps_done, steps_total, round_id)
+            )
 
     def running_round(self) -> dict | None:
         with self._read() as conn:
@@ -176,15 +214,20 @@ class Rounds:
             if rnd is not None and rnd["status"] == "failed":
                 return
             self._running_round(conn, round_id)
-            conn.execute("UPDATE rounds SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
-                         (str(error), time.time(), round_id))
+            conn.execute(
+                "UPDATE rounds SET status = 'failed', error = ?, finished_at = ? WHERE id = ?",
+                (str(error), time.time(), round_id),
+            )
 
     def recover_interrupted_rounds(self, is_alive: Callable[[int | None], bool] = pid_alive) -> list[dict]:
         """Mark 'running' rounds whose process is gone as failed ('interrupted'); return them.
         Call at trainer start-up, after a crash or restart."""
         with self._write() as conn:
-            dead = [r["id"] for r in conn.execute("SELECT id, pid FROM rounds WHERE status = 'running'")
-                    if not is_alive(r["pid"])]
+            dead = [
+                r["id"]
+                for r in conn.execute("SELECT id, pid FROM rounds WHERE status = 'running'")
+                if not is_alive(r["pid"])
+            ]
             conn.executemany(
                 "UPDATE rounds SET status = 'failed', error = 'interrupted', finished_at = ? WHERE id = ?",
                 [(time.time(), i) for i in dead],
@@ -209,10 +252,13 @@ class Rounds:
     def round_steps(self, round_id: int | None = None) -> list[dict]:
         """Every logged step (of one round), in order; `loss_<stage>` repeats the loss under its stage's name."""
         with self._read() as conn:
-            rows = [_row(r) for r in conn.execute(
-                "SELECT * FROM round_steps WHERE ? IS NULL OR round_id = ? ORDER BY round_id, step",
-                (round_id, round_id),
-            )]
+            rows = [
+                _row(r)
+                for r in conn.execute(
+                    "SELECT * FROM round_steps WHERE ? IS NULL OR round_id = ? ORDER BY round_id, step",
+                    (round_id, round_id),
+                )
+            ]
         for row in rows:
             row[f"loss_{row['stage']}"] = row["loss"]
         return rows
@@ -260,21 +306,28 @@ class Rounds:
         """Serve another version (rollback/roll forward); 0 serves no adapter."""
         with self._write() as conn:
             if version != 0:
-                row = conn.execute("SELECT state, reason FROM adapter_versions WHERE version = ?",
-                                   (version,)).fetchone()
+                row = conn.execute(
+                    "SELECT state, reason FROM adapter_versions WHERE version = ?", (version,)
+                ).fetchone()
                 if row is None:
                     raise StoreError(f"Adapter version {version} does not exist.")
                 if row["state"] == "bad":
-                    raise StoreError(f"Adapter version {version} is marked bad ({row['reason'] or 'no reason given'}) "
-                                     f"and cannot be served.")
+                    raise StoreError(
+                        f"Adapter version {version} is marked bad ({row['reason'] or 'no reason given'}) "
+                        f"and cannot be served."
+                    )
             self._set_serving(conn, version)
 
     def mark_version_bad(self, version: int, reason: str) -> int:
         """Take a version out of service for good. If it was serving, fall back to the newest ready
         version below it (or 0). Returns the serving version afterwards."""
         with self._write() as conn:
-            if conn.execute("UPDATE adapter_versions SET state = 'bad', reason = ? WHERE version = ?",
-                            (reason, version)).rowcount == 0:
+            if (
+                conn.execute(
+                    "UPDATE adapter_versions SET state = 'bad', reason = ? WHERE version = ?", (reason, version)
+                ).rowcount
+                == 0
+            ):
                 raise StoreError(f"Adapter version {version} does not exist.")
             serving = self._serving(conn)
             if serving == version:
@@ -294,12 +347,15 @@ class Rounds:
 
     def latest_good_version(self) -> int:
         with self._read() as conn:
-            return conn.execute("SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready'").fetchone()[0]
+            return conn.execute(
+                "SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready'"
+            ).fetchone()[0]
 
     @staticmethod
     def _newest_ready_below(conn: sqlite3.Connection, version: int) -> int:
-        return conn.execute("SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready' AND version < ?",
-                            (version,)).fetchone()[0]
+        return conn.execute(
+            "SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready' AND version < ?", (version,)
+        ).fetchone()[0]
 
     def _serving(self, conn: sqlite3.Connection) -> int:
         value = self._meta(conn, "serving_version")
@@ -329,9 +385,14 @@ class Rounds:
     def versions_missing_eval(self, eval_set: str) -> list[int]:
         """Version 0 and the ready versions that have no evaluation of `eval_set`."""
         with self._read() as conn:
-            return [r[0] for r in conn.execute(
-                "SELECT v FROM (SELECT 0 AS v UNION ALL SELECT version FROM adapter_versions WHERE state = 'ready') "
-                "WHERE v NOT IN (SELECT version FROM version_evals WHERE eval_set = ?) ORDER BY v", (eval_set,))]
+            return [
+                r[0]
+                for r in conn.execute(
+                    "SELECT v FROM (SELECT 0 AS v UNION ALL SELECT version FROM adapter_versions WHERE state = 'ready') "
+                    "WHERE v NOT IN (SELECT version FROM version_evals WHERE eval_set = ?) ORDER BY v",
+                    (eval_set,),
+                )
+            ]
 
     # -- what each stage contributes (ablation.py) -----------------------------------------------------
 
@@ -350,6 +411,7 @@ class Rounds:
 
     def counts(self) -> dict[str, Any]:
         with self._read() as conn:
+
             def one(sql: str) -> int:
                 return conn.execute(sql).fetchone()[0]
 

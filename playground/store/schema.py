@@ -19,8 +19,9 @@ import os
 import sqlite3
 import threading
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 BUSY_TIMEOUT_S = 30.0
 
@@ -301,8 +302,13 @@ def changelog_triggers(tables: dict[str, dict]) -> list[tuple[str, str]]:
             name = f"changelog_{table}_{op.lower()}"
             when = bound + (f" AND {row}.key NOT IN ({local})" if table == "meta" else "")
             key = ", ".join(f"{row}.{c}" for c in spec["key"])
-            out.append((name, f"CREATE TRIGGER {name} AFTER {op} ON {table} WHEN {when} "
-                              f"BEGIN INSERT INTO changelog (tbl, key) VALUES ('{table}', json_array({key})); END"))
+            out.append(
+                (
+                    name,
+                    f"CREATE TRIGGER {name} AFTER {op} ON {table} WHEN {when} "
+                    f"BEGIN INSERT INTO changelog (tbl, key) VALUES ('{table}', json_array({key})); END",
+                )
+            )
     return out
 
 
@@ -359,7 +365,9 @@ class Database:
             if mode != "wal":
                 mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if mode != "wal":
-                warnings.warn(f"{self.path}: SQLite refused WAL mode (got {mode!r}); concurrent use will be slow")
+                warnings.warn(
+                    f"{self.path}: SQLite refused WAL mode (got {mode!r}); concurrent use will be slow", stacklevel=2
+                )
             applied = conn.execute("PRAGMA user_version").fetchone()[0]
         if applied != len(MIGRATIONS):
             self._migrate()
@@ -439,8 +447,10 @@ class Database:
                 if conn.in_transaction:
                     broken = conn.execute("PRAGMA foreign_key_check").fetchall() if strict else []
                     if broken:
-                        raise StoreError(f"{len(broken)} rows of {self.path} would refer to rows that do not exist; "
-                                         f"nothing was changed.")
+                        raise StoreError(
+                            f"{len(broken)} rows of {self.path} would refer to rows that do not exist; "
+                            f"nothing was changed."
+                        )
                     conn.execute("COMMIT")
             except BaseException:
                 if conn.in_transaction:
@@ -452,8 +462,12 @@ class Database:
     def tables(self, conn: sqlite3.Connection) -> dict[str, dict]:
         """Every data table: {name: {"columns": [...], "key": [primary key columns]}} (what the durable copy copies;
         read from the schema, so tables and columns added later are copied too)."""
-        names = [r[0] for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
         out = {}
         for name in names:
             if name in UNCOPIED_TABLES:
@@ -468,8 +482,12 @@ class Database:
         copy is bound to this file (meta 'durable_copy' set); generated from the schema, so they follow it."""
         with contextlib.closing(self._connect()) as conn:
             wanted = changelog_triggers(self.tables(conn))
-            have = {r[0]: r[1] for r in conn.execute("SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
-                                                      "AND name LIKE 'changelog_%'")}
+            have = {
+                r[0]: r[1]
+                for r in conn.execute(
+                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'changelog_%'"
+                )
+            }
         if {name: sql for name, sql in wanted} == have:
             return
         with self._write() as conn:  # under the write lock, so two processes opening the file do this once
@@ -505,5 +523,7 @@ class Database:
 
     @staticmethod
     def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-        conn.execute("INSERT INTO meta (key, value) VALUES (?, ?) "
-                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value))
+        conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )

@@ -10,13 +10,37 @@ arrives.
 - watch.py: the trainer process's loop.
 """
 
-from .examples import (OBJECTIVE_TITLES, OBJECTIVES, STAGE_TITLES, STAGES, Selection, eligible_counts, fit_to_length,
-                       select_feedback, stages_of)
-from .runner import TrainingError, run_round
 from ..models import load_policy
+from .examples import (
+    OBJECTIVE_TITLES,
+    OBJECTIVES,
+    STAGE_TITLES,
+    STAGES,
+    Selection,
+    eligible_counts,
+    fit_to_length,
+    select_feedback,
+    stages_of,
+)
+from .runner import TrainingError, run_round
 from .stages import dpo_config, kto_class_weights
 from .watch import exit_with_parent, watch
 
-__all__ = ["OBJECTIVE_TITLES", "OBJECTIVES", "STAGE_TITLES", "STAGES", "Selection", "TrainingError", "dpo_config",
-           "eligible_counts", "exit_with_parent", "fit_to_length", "kto_class_weights", "load_policy", "run_round",
-           "select_feedback", "stages_of", "watch"]
+__all__ = [
+    "OBJECTIVE_TITLES",
+    "OBJECTIVES",
+    "STAGE_TITLES",
+    "STAGES",
+    "Selection",
+    "TrainingError",
+    "dpo_config",
+    "eligible_counts",
+    "exit_with_parent",
+    "fit_to_length",
+    "kto_class_weights",
+    "load_policy",
+    "run_round",
+    "select_feedback",
+    "stages_of",
+    "watch",
+]

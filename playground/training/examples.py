@@ -20,8 +20,12 @@ STAGE_TITLES = {"sft": "SFT on demonstrations", "dpo": "DPO on pairs", "kto": "K
 TO_TRL = {"demonstrations": demonstration_to_trl, "pairs": to_trl, "ratings": rating_to_trl}
 # Objectives of an ablation (simulate --ablation): the stages each trains, and what that is in words.
 OBJECTIVES = {"dpo": ("dpo",), "sft": ("sft",), "sft+dpo": ("sft", "dpo"), "sft+dpo+kto": ("sft", "dpo", "kto")}
-OBJECTIVE_TITLES = {"dpo": "preference only", "sft": "instruction only", "sft+dpo": "both",
-                    "sft+dpo+kto": "both, and ratings"}
+OBJECTIVE_TITLES = {
+    "dpo": "preference only",
+    "sft": "instruction only",
+    "sft+dpo": "both",
+    "sft+dpo+kto": "both, and ratings",
+}
 
 
 def stages_of(settings: RoundSettings) -> tuple[str, ...]:
@@ -51,8 +55,11 @@ class Selection:
 
     def counts(self) -> dict[str, int]:
         """new_<kind> and replayed_<kind> for every kind (what the round records in its hyperparams)."""
-        return {f"{prefix}_{kind}": len(part.get(kind, [])) for kind in KIND_OF.values()
-                for prefix, part in (("new", self.new), ("replayed", self.replay))}
+        return {
+            f"{prefix}_{kind}": len(part.get(kind, []))
+            for kind in KIND_OF.values()
+            for prefix, part in (("new", self.new), ("replayed", self.replay))
+        }
 
 
 def select_feedback(store: Store, settings: RoundSettings, stages: tuple[str, ...] | None = None) -> Selection:

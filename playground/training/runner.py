@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from ..models import load_policy
 from ..settings import RoundSettings
 from ..store import Store
 from .examples import KIND_OF, Selection, key_of, select_feedback, stages_of, trl_rows
-from ..models import load_policy
 from .stages import Stage, lora_config, stage_steps
 
 log = logging.getLogger(__name__)
@@ -62,8 +62,14 @@ def run_round(
     sizes = {name: len(selection.rows(KIND_OF[name])) for name in stages if selection.rows(KIND_OF[name])}
     hyperparams = settings.as_dict() | selection.counts() | {"stages": list(sizes), "reference": "sft"}
     keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KIND_OF.values()}
-    round_id = store.start_round(parent, keys["pairs"], hyperparams, os.getpid(),
-                                 demonstration_ids=keys["demonstrations"], rating_keys=keys["ratings"])
+    round_id = store.start_round(
+        parent,
+        keys["pairs"],
+        hyperparams,
+        os.getpid(),
+        demonstration_ids=keys["demonstrations"],
+        rating_keys=keys["ratings"],
+    )
     steps_total = sum(stage_steps(name, n, settings) for name, n in sizes.items())
     store.set_round_progress(round_id, 0, steps_total)
     log.info("Round %d: %s, parent v%d, %d steps.", round_id, _described(selection), parent, steps_total)
@@ -81,8 +87,9 @@ def run_round(
         fit_start, done, figures = time.perf_counter(), 0, {}
         for name in sizes:
             stage = Stage(name, trl_rows(KIND_OF[name], selection.rows(KIND_OF[name]), tokenizer, settings.max_length))
-            figures[name] = stage.train(peft_model, tokenizer, settings, work / name,
-                                        [_progress(store, round_id, name, done, steps_total)])
+            figures[name] = stage.train(
+                peft_model, tokenizer, settings, work / name, [_progress(store, round_id, name, done, steps_total)]
+            )
             done += figures[name]["steps"]
         fit_seconds = time.perf_counter() - fit_start  # tokenizing, reference log-probs and training, every stage
         peft_model.eval()
@@ -96,17 +103,33 @@ def run_round(
             config = json.loads(config_file.read_text())
             config["base_model_name_or_path"] = sft_hub_id
             config_file.write_text(json.dumps(config, indent=2))
-        (staging / "playground.json").write_text(json.dumps(
-            {"round_id": round_id, "parent_version": parent, **keys, "hyperparams": hyperparams, "metrics": metrics,
-             "sft_model": sft_dir, "sft_hub_id": sft_hub_id}, indent=2))
+        (staging / "playground.json").write_text(
+            json.dumps(
+                {
+                    "round_id": round_id,
+                    "parent_version": parent,
+                    **keys,
+                    "hyperparams": hyperparams,
+                    "metrics": metrics,
+                    "sft_model": sft_dir,
+                    "sft_hub_id": sft_hub_id,
+                },
+                indent=2,
+            )
+        )
         _prepare_for_serving(staging)
         os.replace(staging, final)  # atomic: the server never sees a half-written adapter folder
         version = store.finish_round(round_id, str(final), metrics)
         if store.serving_version() == version:
             log.info("Round %d done: version %d serving (%s).", round_id, version, metrics)
         else:
-            log.info("Round %d done: version %d published; it does not serve because the serving version changed "
-                     "during the round (%s).", round_id, version, metrics)
+            log.info(
+                "Round %d done: version %d published; it does not serve because the serving version changed "
+                "during the round (%s).",
+                round_id,
+                version,
+                metrics,
+            )
     except BaseException as error:
         store.fail_round(round_id, f"{type(error).__name__}: {error}")
         raise
@@ -118,8 +141,11 @@ def run_round(
 
 
 def _described(selection: Selection) -> str:
-    return ", ".join(f"{len(selection.new.get(kind, []))} new + {len(selection.replay.get(kind, []))} replayed {kind}"
-                     for kind in KIND_OF.values() if selection.rows(kind))
+    return ", ".join(
+        f"{len(selection.new.get(kind, []))} new + {len(selection.replay.get(kind, []))} replayed {kind}"
+        for kind in KIND_OF.values()
+        if selection.rows(kind)
+    )
 
 
 def _progress(store: Store, round_id: int, stage: str, offset: int, total: int):
@@ -139,8 +165,11 @@ def _progress(store: Store, round_id: int, stage: str, offset: int, total: int):
 
 def _metrics(steps: list[dict], figures: dict[str, dict], fit_seconds: float) -> dict:
     """A version's figures: each stage's last logged loss, DPO's last reward margin and accuracy, the time."""
-    last = {stage: [s for s in steps if s["stage"] == stage][-1] for stage in figures
-            if any(s["stage"] == stage for s in steps)}
+    last = {
+        stage: [s for s in steps if s["stage"] == stage][-1]
+        for stage in figures
+        if any(s["stage"] == stage for s in steps)
+    }
     dpo = last.get("dpo", {})
     final = dpo or (steps[-1] if steps else {})
     main = figures.get("dpo") or list(figures.values())[-1]  # the stage the version's headline figures come from

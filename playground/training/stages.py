@@ -36,37 +36,62 @@ KTO_MIN_BATCH = 2
 def lora_config(settings: RoundSettings):
     from peft import LoraConfig
 
-    return LoraConfig(r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
-                      target_modules=list(settings.target_modules), task_type="CAUSAL_LM")
+    return LoraConfig(
+        r=settings.lora_r,
+        lora_alpha=settings.lora_alpha,
+        lora_dropout=settings.lora_dropout,
+        target_modules=list(settings.target_modules),
+        task_type="CAUSAL_LM",
+    )
 
 
 def _common(settings: RoundSettings, output_dir: Path) -> dict:
     """What every stage's trl config shares: trl's GPU-minded defaults turned into what a CPU runs well."""
     import torch
 
-    return dict(output_dir=str(output_dir), num_train_epochs=settings.epochs, lr_scheduler_type="constant",
-                max_length=settings.max_length, bf16=False, fp16=False, gradient_checkpointing=False,
-                report_to="none", logging_steps=1, save_strategy="no", disable_tqdm=True,
-                use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0, seed=settings.train_seed)
+    return dict(
+        output_dir=str(output_dir),
+        num_train_epochs=settings.epochs,
+        lr_scheduler_type="constant",
+        max_length=settings.max_length,
+        bf16=False,
+        fp16=False,
+        gradient_checkpointing=False,
+        report_to="none",
+        logging_steps=1,
+        save_strategy="no",
+        disable_tqdm=True,
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_num_workers=0,
+        seed=settings.train_seed,
+    )
 
 
 def dpo_config(settings: RoundSettings, output_dir: Path):
     """trl's DPOConfig for a round's DPO stage, the reference log-probs computed once up front."""
     from trl import DPOConfig
 
-    return DPOConfig(per_device_train_batch_size=settings.batch_size,
-                     gradient_accumulation_steps=settings.grad_accumulation, learning_rate=settings.learning_rate,
-                     beta=settings.beta, precompute_ref_log_probs=True, **_common(settings, output_dir))
+    return DPOConfig(
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accumulation,
+        learning_rate=settings.learning_rate,
+        beta=settings.beta,
+        precompute_ref_log_probs=True,
+        **_common(settings, output_dir),
+    )
 
 
 def sft_config(settings: RoundSettings, output_dir: Path):
     """trl's SFTConfig for the demonstration stage: the loss on the answer's tokens only."""
     from trl import SFTConfig
 
-    return SFTConfig(per_device_train_batch_size=settings.batch_size,
-                     gradient_accumulation_steps=settings.grad_accumulation,
-                     learning_rate=settings.learning_rate * settings.sft_weight, completion_only_loss=True,
-                     **_common(settings, output_dir))
+    return SFTConfig(
+        per_device_train_batch_size=settings.batch_size,
+        gradient_accumulation_steps=settings.grad_accumulation,
+        learning_rate=settings.learning_rate * settings.sft_weight,
+        completion_only_loss=True,
+        **_common(settings, output_dir),
+    )
 
 
 def kto_batches(settings: RoundSettings) -> tuple[int, int]:
@@ -90,10 +115,16 @@ def kto_config(settings: RoundSettings, output_dir: Path, labels: list[bool]):
 
     batch, accumulation = kto_batches(settings)
     desirable, undesirable = kto_class_weights(labels)
-    return KTOConfig(per_device_train_batch_size=batch, gradient_accumulation_steps=accumulation,
-                     learning_rate=settings.learning_rate * settings.rating_weight, beta=settings.beta,
-                     precompute_ref_log_probs=True, desirable_weight=desirable, undesirable_weight=undesirable,
-                     **_common(settings, output_dir))
+    return KTOConfig(
+        per_device_train_batch_size=batch,
+        gradient_accumulation_steps=accumulation,
+        learning_rate=settings.learning_rate * settings.rating_weight,
+        beta=settings.beta,
+        precompute_ref_log_probs=True,
+        desirable_weight=desirable,
+        undesirable_weight=undesirable,
+        **_common(settings, output_dir),
+    )
 
 
 @contextlib.contextmanager
@@ -103,8 +134,11 @@ def sft_as_reference(peft_model):
     SFT model's. Then the weights go back and the copy is deleted (it would be saved with the adapter)."""
     import torch
 
-    saved = {name: param.detach().clone() for name, param in peft_model.named_parameters()
-             if re.search(r"\.lora_(embedding_)?B\.default\b", name)}
+    saved = {
+        name: param.detach().clone()
+        for name, param in peft_model.named_parameters()
+        if re.search(r"\.lora_(embedding_)?B\.default\b", name)
+    }
     params = dict(peft_model.named_parameters())
     with torch.no_grad():
         for name in saved:
@@ -159,5 +193,8 @@ class Stage:
         tokenizes and computes the reference log-probs)."""
         started = time.perf_counter()
         output = self.trainer(peft_model, tokenizer, settings, output_dir, callbacks).train()
-        return {"steps": output.global_step, "train_loss": output.training_loss,
-                "seconds": time.perf_counter() - started}
+        return {
+            "steps": output.global_step,
+            "train_loss": output.training_loss,
+            "seconds": time.perf_counter() - started,
+        }

@@ -36,14 +36,22 @@ def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:
     threading.Thread(target=check, name="parent-watch", daemon=True).start()
 
 
-def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSettings, *, poll_seconds: float = 2.0,
-          sft_hub_id: str | None = None) -> None:
+def watch(
+    store: Store,
+    adapters_dir: Path,
+    sft_dir: str,
+    settings: RoundSettings,
+    *,
+    poll_seconds: float = 2.0,
+    sft_hub_id: str | None = None,
+) -> None:
     """The trainer process's loop: run a round whenever enough feedback waits or one is requested.
 
     A failed round is logged and recorded (its feedback stays pending); the loop goes on. SIGTERM ends the loop; a
     round in progress is marked failed on the way out (its feedback stays pending), so the next start trains it.
     What the trainer is doing goes to the store (`Store.trainer_state`) whenever it changes.
     """
+
     def stop(signum, frame):
         raise SystemExit(0)
 
@@ -65,9 +73,15 @@ def watch(store: Store, adapters_dir: Path, sft_dir: str, settings: RoundSetting
 
     def say(state: str, **facts) -> None:
         nonlocal said
-        now = {"state": state, "pid": os.getpid(), "min_pairs": settings.min_pairs,
-               "pairs_per_voter": settings.pairs_per_voter, "sft_weight": settings.sft_weight,
-               "rating_weight": settings.rating_weight, **facts}
+        now = {
+            "state": state,
+            "pid": os.getpid(),
+            "min_pairs": settings.min_pairs,
+            "pairs_per_voter": settings.pairs_per_voter,
+            "sft_weight": settings.sft_weight,
+            "rating_weight": settings.rating_weight,
+            **facts,
+        }
         if now != said:
             store.set_trainer_state(now)
             said = now

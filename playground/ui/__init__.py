@@ -44,10 +44,12 @@ def build_app(page: Page) -> gr.Blocks:
     refreshed = {}
 
     with gr.Blocks(title="Alignment Playground") as demo:
-        gr.Markdown("# Alignment Playground\nOne conversation, three models: **base** (pretrained only), **SFT** "
-                    "(instruction-tuned) and **preference-tuned** (SFT + a LoRA adapter trained on the feedback "
-                    "given here: better answers by SFT, votes by DPO, single ratings by KTO). New adapter versions "
-                    "swap in live.")
+        gr.Markdown(
+            "# Alignment Playground\nOne conversation, three models: **base** (pretrained only), **SFT** "
+            "(instruction-tuned) and **preference-tuned** (SFT + a LoRA adapter trained on the feedback "
+            "given here: better answers by SFT, votes by DPO, single ratings by KTO). New adapter versions "
+            "swap in live."
+        )
         gr.Markdown(page.data_notice(), elem_id="data-notice", elem_classes=["pg-meta"], label="how votes are used")
         if page.require_login:
             allow_sign_in_without_hub_login()
@@ -95,18 +97,28 @@ def allow_sign_in_without_hub_login() -> None:
         except Exception as error:  # no token, offline, not a user account
             log.warning("Local sign-in uses the placeholder user %r: %s", LOCAL_USER, error)
             now = int(time.time())
-            return {"access_token": "local-placeholder", "token_type": "bearer", "expires_in": 8 * 3600,
-                    "scope": "openid profile", "expires_at": now + 8 * 3600,
-                    "userinfo": {"sub": "0", "name": "Local user", "preferred_username": LOCAL_USER,
-                                 "profile": "", "picture": ""}}
+            return {
+                "access_token": "local-placeholder",
+                "token_type": "bearer",
+                "expires_in": 8 * 3600,
+                "scope": "openid profile",
+                "expires_at": now + 8 * 3600,
+                "userinfo": {
+                    "sub": "0",
+                    "name": "Local user",
+                    "preferred_username": LOCAL_USER,
+                    "profile": "",
+                    "picture": "",
+                },
+            }
 
     mocked_or_placeholder.falls_back = True
     oauth._get_mocked_oauth_info = mocked_or_placeholder
 
 
-
 def launch(demo: gr.Blocks, host: str, port: int, **kwargs) -> None:
     """Queue and start the server without blocking (the caller decides how to wait and how to stop)."""
     demo.queue(default_concurrency_limit=4, max_size=QUEUE_SIZE)
-    demo.launch(server_name=host, server_port=port, prevent_thread_lock=True, theme=THEME, css=CSS,
-                show_error=True, **kwargs)
+    demo.launch(
+        server_name=host, server_port=port, prevent_thread_lock=True, theme=THEME, css=CSS, show_error=True, **kwargs
+    )

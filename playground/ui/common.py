@@ -10,9 +10,9 @@ from __future__ import annotations
 import collections
 import hmac
 import html
-import re
 import logging
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -80,8 +80,10 @@ class RateLimiter:
             return 0.0
 
 
-ENABLE_ADMIN = ("To enable it, set PLAYGROUND_ADMIN_TOKEN as a Space secret (Settings → Variables and secrets), "
-                "restart the Space, and type the token in the admin token box.")
+ENABLE_ADMIN = (
+    "To enable it, set PLAYGROUND_ADMIN_TOKEN as a Space secret (Settings → Variables and secrets), "
+    "restart the Space, and type the token in the admin token box."
+)
 
 
 @dataclass
@@ -139,11 +141,16 @@ class Page:
 
     def data_notice(self) -> str:
         """What happens to what visitors type and vote (shown at the top of the page)."""
-        published = (f" They are also published to the dataset repo {code(self.hub_dataset)} on the Hugging Face Hub."
-                     if self.hub_dataset else "")
-        return ("Prompts, answers and votes are stored on this server and used to train the preference-tuned model."
-                f"{published} A vote records your Hugging Face user name when you are signed in, else a keyed hash of "
-                "your network address (never the address itself).")
+        published = (
+            f" They are also published to the dataset repo {code(self.hub_dataset)} on the Hugging Face Hub."
+            if self.hub_dataset
+            else ""
+        )
+        return (
+            "Prompts, answers and votes are stored on this server and used to train the preference-tuned model."
+            f"{published} A vote records your Hugging Face user name when you are signed in, else a keyed hash of "
+            "your network address (never the address itself)."
+        )
 
     def voter(self, request: gr.Request | None, profile: gr.OAuthProfile | None) -> str | None:
         """Who casts a vote: 'hf:<user>' when signed in, else 'ip:<keyed hash of the client's address>'."""
@@ -154,13 +161,17 @@ class Page:
         count, refused ones too."""
         wait = self.limiter.wait_time(session(request))
         if wait:
-            return (f"⚠ Too many votes: at most {self.limiter.limit} a minute per session. "
-                    f"Try again in {math.ceil(wait)} s.")
+            return (
+                f"⚠ Too many votes: at most {self.limiter.limit} a minute per session. "
+                f"Try again in {math.ceil(wait)} s."
+            )
         address = client_address(request, self.on_space)
         wait = self.address_limiter.wait_time(address) if address else 0.0
         if wait:
-            return (f"⚠ Too many votes from your network address: at most {self.address_limiter.limit} a minute per "
-                    f"address, whatever the sessions. Try again in {math.ceil(wait)} s.")
+            return (
+                f"⚠ Too many votes from your network address: at most {self.address_limiter.limit} a minute per "
+                f"address, whatever the sessions. Try again in {math.ceil(wait)} s."
+            )
         return None
 
     def status_line(self) -> str:
@@ -171,19 +182,27 @@ class Page:
         if not pg.ready:
             return f"**{self.loading_message}** The page works meanwhile; answers need the models. · {data_set}"
         engine = pg.engine
-        trainer = "trainer running" if pg.trainer_alive() else ("trainer stopped" if pg.trainer.wanted else "no trainer")
+        trainer = (
+            "trainer running" if pg.trainer_alive() else ("trainer stopped" if pg.trainer.wanted else "no trainer")
+        )
         base, sft = (code(short_model(m.name)) for m in (engine.base, engine.sft))
         runtimes = engine.describe()
-        runtime = f"runtime {code(engine.runtime)}" + (" (onnx unavailable, see the log)" if engine.runtime_note else "")
+        runtime = f"runtime {code(engine.runtime)}" + (
+            " (onnx unavailable, see the log)" if engine.runtime_note else ""
+        )
         if runtimes.get("base") != engine.runtime:
             runtime += f" (base arm: {code(runtimes.get('base'))})"
         problem = engine.problem
         if problem:
-            return (f"⚠ **Serving problem:** {problem} · base {base} · SFT {sft} · {runtime} · adapter "
-                    f"v{engine.adapter_version} · {trainer} · {data_set}")
-        return (f"✓ Ready · base {base} · SFT {sft} · {runtime} · "
-                f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}"
-                + durable_copy_note(pg.durable_status()))
+            return (
+                f"⚠ **Serving problem:** {problem} · base {base} · SFT {sft} · {runtime} · adapter "
+                f"v{engine.adapter_version} · {trainer} · {data_set}"
+            )
+        return (
+            f"✓ Ready · base {base} · SFT {sft} · {runtime} · "
+            f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}"
+            + durable_copy_note(pg.durable_status())
+        )
 
 
 # How long the durable copy may trail before the status line says so (it normally catches up within a second).
@@ -197,15 +216,18 @@ def durable_copy_note(status: dict | None) -> str:
     problem = status.get("last_error") or status.get("hub_error")
     if problem or status["lagging_seconds"] > COPY_LAG_SECONDS:
         behind = f"{status['pending']} changes not copied yet" if status["pending"] else "copy retrying"
-        return (f" · ⚠ **durable copy lags**: {behind} (votes are safe in the local store meanwhile)"
-                + (f": {code(problem)}" if problem else ""))
+        return f" · ⚠ **durable copy lags**: {behind} (votes are safe in the local store meanwhile)" + (
+            f": {code(problem)}" if problem else ""
+        )
     return f" · durable copy {code(status['target'])}"
 
 
 def loading_message(playground: Playground) -> str:
     specs = (playground.preset.base, playground.preset.sft)
-    converts = any((s.startswith("embedded:") or s.endswith(".gguf")) and cached_copy(s, playground.data_dir) is None
-                   for s in specs)
+    converts = any(
+        (s.startswith("embedded:") or s.endswith(".gguf")) and cached_copy(s, playground.data_dir) is None
+        for s in specs
+    )
     if converts:
         return "Loading models… converting the embedded GGUF once, about a minute."
     return "Loading models…"
@@ -291,9 +313,18 @@ def kept_label(answer: dict | None) -> str:
 
 
 def answer_dict(answer) -> dict:
-    return {"arm": answer.arm, "model": answer.model, "adapter_version": answer.adapter_version, "text": answer.text,
-            "new_tokens": answer.new_tokens, "seconds": answer.seconds, "finish_reason": answer.finish_reason,
-            "done": answer.done, "dropped_turns": answer.dropped_turns, "error": answer.error}
+    return {
+        "arm": answer.arm,
+        "model": answer.model,
+        "adapter_version": answer.adapter_version,
+        "text": answer.text,
+        "new_tokens": answer.new_tokens,
+        "seconds": answer.seconds,
+        "finish_reason": answer.finish_reason,
+        "done": answer.done,
+        "dropped_turns": answer.dropped_turns,
+        "error": answer.error,
+    }
 
 
 def sampling(temperature, top_p, max_new_tokens, seed) -> Sampling:
@@ -336,6 +367,7 @@ def _last_forwarded_for(headers) -> str | None:
 def fixed(method, *fixed_args):
     """`method` with its first arguments fixed (a button per column), keeping gr.Request and gr.OAuthProfile
     injection working: Gradio finds those parameters by their annotations, which functools.partial would hide."""
+
     def handler(state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         return method(*fixed_args, state, request, profile)
 
@@ -410,5 +442,11 @@ def sampling_controls(defaults: Sampling):
 
 
 def prompt_box(elem_id: str) -> gr.Textbox:
-    return gr.Textbox(label="Prompt", placeholder="Ask something…", lines=2, max_lines=8, elem_id=elem_id,
-                      info=f"Up to {MAX_PROMPT_CHARS:,} characters.")
+    return gr.Textbox(
+        label="Prompt",
+        placeholder="Ask something…",
+        lines=2,
+        max_lines=8,
+        elem_id=elem_id,
+        info=f"Up to {MAX_PROMPT_CHARS:,} characters.",
+    )

@@ -13,8 +13,22 @@ import gradio as gr
 from ..core import ChatTurn
 from ..generation import ARMS
 from ..store import StoreError, VoteError
-from .common import (GENERATION, VOTES, Page, answer_dict, chat_column, fixed, kept_label, meta, sampling_controls,
-                     session, stream_answers, title, transcript, vote_problem)
+from .common import (
+    GENERATION,
+    VOTES,
+    Page,
+    answer_dict,
+    chat_column,
+    fixed,
+    kept_label,
+    meta,
+    sampling_controls,
+    session,
+    stream_answers,
+    title,
+    transcript,
+    vote_problem,
+)
 from .explain import ExplainView
 
 KEYS = ("a", "b")
@@ -43,8 +57,16 @@ class DuelTab:
             kept.append(f"answer {keys[parent['id']].upper()}" if parent["id"] in keys else kept_label(parent))
         earlier = transcript(history, kept)
         text = str(prompt or "")
-        state = {"mode": "duel", "chat": chat_id, "comparison": None, "answers": {}, "streaming": True,
-                 "blind": arms is not None, "kept": kept, "continue_from": None}
+        state = {
+            "mode": "duel",
+            "chat": chat_id,
+            "comparison": None,
+            "answers": {},
+            "streaming": True,
+            "blind": arms is not None,
+            "kept": kept,
+            "continue_from": None,
+        }
 
         def render(answers, recorded):
             out = []
@@ -56,14 +78,24 @@ class DuelTab:
                     state.setdefault("titles", {})[key] = title(row["arm"], row["model"], row["adapter_version"])
             if recorded is None:
                 return out, "Writing two answers…"
-            return out, (f"Turn {len(history) // 2 + 1} · Which is better, A or B? (Or a tie, or both bad.) Your "
-                         f"next message continues from the winner. (Comparison #{recorded.comparison_id})")
+            return out, (
+                f"Turn {len(history) // 2 + 1} · Which is better, A or B? (Or a tie, or both bad.) Your "
+                f"next message continues from the winner. (Comparison #{recorded.comparison_id})"
+            )
 
         turn = ChatTurn(chat_id, after, base.get("continue_from"))
-        yield from stream_answers(self.page, text, (temperature, top_p, max_new_tokens, seed), current, state, 4,
-                                  render, lambda sampling: pg.duel(text, sampling, session(request),
-                                                                   self.page.categories.get(text.strip()), arms=arms,
-                                                                   chat=turn))
+        yield from stream_answers(
+            self.page,
+            text,
+            (temperature, top_p, max_new_tokens, seed),
+            current,
+            state,
+            4,
+            render,
+            lambda sampling: pg.duel(
+                text, sampling, session(request), self.page.categories.get(text.strip()), arms=arms, chat=turn
+            ),
+        )
 
     def continue_from(self, key, state):
         """key 'a' or 'b': the next message continues from that answer (a decisive vote's winner comes first)."""
@@ -71,8 +103,10 @@ class DuelTab:
             return "⚠ Nothing to continue from yet: ask something first.", state
         if state.get("streaming"):
             return "⚠ The answers are still being written.", state
-        return f"✓ Your next message continues from answer {key.upper()}.", {**state,
-                                                                              "continue_from": state["answers"][key]}
+        return f"✓ Your next message continues from answer {key.upper()}.", {
+            **state,
+            "continue_from": state["answers"][key],
+        }
 
     def new_chat(self):
         return [], "", [], "", "New duel conversation: type a message.", None
@@ -83,9 +117,14 @@ class DuelTab:
         if problem:
             return problem
         try:
-            receipt = self.page.playground.vote_pairwise(session(request), state["comparison"], state["answers"]["a"],
-                                                         state["answers"]["b"], str(outcome),
-                                                         voter=self.page.voter(request, profile))
+            receipt = self.page.playground.vote_pairwise(
+                session(request),
+                state["comparison"],
+                state["answers"]["a"],
+                state["answers"]["b"],
+                str(outcome),
+                voter=self.page.voter(request, profile),
+            )
         except VoteError as error:
             return f"⚠ {error}"
         if state.get("blind") and state.get("titles"):
@@ -94,34 +133,63 @@ class DuelTab:
 
     def build(self) -> None:
         state = gr.State(None)
-        gr.Markdown("Two answers from the **preference-tuned** model (same adapter, different random seeds). "
-                    "Picking the better one makes an *on-policy* training pair: DPO learns most from choices "
-                    "between answers the model itself would give. The conversation goes on from the winner.")
-        source = gr.Radio([("Preference-tuned model, two samples (on-policy)", "pref"),
-                           ("Two arms drawn at random (blind until you vote)", "random")],
-                          value="pref", label="Answers from", elem_id="duel-source")
+        gr.Markdown(
+            "Two answers from the **preference-tuned** model (same adapter, different random seeds). "
+            "Picking the better one makes an *on-policy* training pair: DPO learns most from choices "
+            "between answers the model itself would give. The conversation goes on from the winner."
+        )
+        source = gr.Radio(
+            [
+                ("Preference-tuned model, two samples (on-policy)", "pref"),
+                ("Two arms drawn at random (blind until you vote)", "random"),
+            ],
+            value="pref",
+            label="Answers from",
+            elem_id="duel-source",
+        )
         message = gr.Markdown(elem_id="duel-status", label="message")
         columns, continues = [], {}
         with gr.Row(equal_height=True):
             for key in KEYS:
                 with gr.Column():
                     gr.Markdown(f"#### Answer {key.upper()}")
-                    columns.append((
-                        gr.Chatbot(label=f"answer {key}", show_label=False, height=380, elem_id=f"duel-answer-{key}",
-                                   elem_classes=["pg-answer"], sanitize_html=True, render_markdown=True,
-                                   allow_tags=False, feedback_options=None, buttons=["copy"]),
-                        gr.Markdown(elem_classes=["pg-meta"], label=f"details {key}")))
+                    columns.append(
+                        (
+                            gr.Chatbot(
+                                label=f"answer {key}",
+                                show_label=False,
+                                height=380,
+                                elem_id=f"duel-answer-{key}",
+                                elem_classes=["pg-answer"],
+                                sanitize_html=True,
+                                render_markdown=True,
+                                allow_tags=False,
+                                feedback_options=None,
+                                buttons=["copy"],
+                            ),
+                            gr.Markdown(elem_classes=["pg-meta"], label=f"details {key}"),
+                        )
+                    )
                     continues[key] = gr.Button("↪ Continue from this", elem_id=f"duel-continue-{key}", size="sm")
         with gr.Row():
-            prompt = gr.Textbox(label="Message", placeholder="Ask something… (Enter sends)", lines=1, max_lines=8,
-                                elem_id="duel-prompt", scale=6)
+            prompt = gr.Textbox(
+                label="Message",
+                placeholder="Ask something… (Enter sends)",
+                lines=1,
+                max_lines=8,
+                elem_id="duel-prompt",
+                scale=6,
+            )
             go = gr.Button("Duel", variant="primary", elem_id="duel-btn", scale=1)
             new_chat = gr.Button("New chat", elem_id="duel-new-chat", scale=1)
         sampling = sampling_controls(self.page.defaults)
         with gr.Row():
-            buttons = {"a": gr.Button("A is better", elem_id="duel-a"), "b": gr.Button("B is better", elem_id="duel-b"),
-                       "tie": gr.Button("Tie", elem_id="duel-tie"),
-                       "both_bad": gr.Button("Both bad", elem_id="duel-both-bad")}
+            buttons = {
+                "a": gr.Button("A is better", elem_id="duel-a"),
+                "b": gr.Button("B is better", elem_id="duel-b"),
+                "tie": gr.Button("Tie", elem_id="duel-tie"),
+                "both_bad": gr.Button("Both bad", elem_id="duel-both-bad"),
+            }
         vote_message = gr.Markdown(elem_id="duel-vote-status", label="vote message")
         ExplainView(self.page, [("Answer A", "a"), ("Answer B", "b")], "duel", default="a").build(state)
         outcome = gr.Textbox(visible=False, label="outcome")
@@ -136,5 +204,10 @@ class DuelTab:
         for name, button in buttons.items():
             button.click(fixed(self.vote, name), [state], [vote_message], api_visibility="private", **VOTES)
         for key, button in continues.items():
-            button.click(lambda s, key=key: self.continue_from(key, s), [state], [vote_message, state],
-                         api_visibility="private", **VOTES)
+            button.click(
+                lambda s, key=key: self.continue_from(key, s),
+                [state],
+                [vote_message, state],
+                api_visibility="private",
+                **VOTES,
+            )

@@ -13,11 +13,13 @@ from ..store import StoreError
 from .common import Page, session
 
 EXPLAIN = {"concurrency_id": "explain", "concurrency_limit": 1}  # a forward pass or two on the SFT weights
-HOW_TO_READ = ("Each token is coloured by how much more (blue) or less (orange) likely the preference-tuned model "
-               "makes it than the SFT model, relative to the answer's most changed token: β·(log π_θ − log π_SFT), "
-               "DPO's implicit reward, summed over the answer. "
-               "Votes for an answer raise this reward on its tokens; votes against it lower them. For a base or SFT "
-               "answer it shows how the preference-tuned model would score it.")
+HOW_TO_READ = (
+    "Each token is coloured by how much more (blue) or less (orange) likely the preference-tuned model "
+    "makes it than the SFT model, relative to the answer's most changed token: β·(log π_θ − log π_SFT), "
+    "DPO's implicit reward, summed over the answer. "
+    "Votes for an answer raise this reward on its tokens; votes against it lower them. For a base or SFT "
+    "answer it shows how the preference-tuned model would score it."
+)
 
 
 class ExplainView:
@@ -42,8 +44,12 @@ class ExplainView:
             return None, f"⚠ This conversation has {len(turns)} turn(s): pick 1 to {len(turns)} (0 = the latest)."
         number = number or len(turns)
         target = turns[number - 1]
-        if (target["id"] == state["comparison"] and state.get("blind") and not state.get("revealed")
-                and not store.has_voted(session(request), target["id"])):
+        if (
+            target["id"] == state["comparison"]
+            and state.get("blind")
+            and not state.get("revealed")
+            and not store.has_voted(session(request), target["id"])
+        ):
             return None, "⚠ Blind mode: vote on this turn first; its explanation would tell which model wrote what."
         try:
             result = self.page.playground.explain(target["id"], arm)
@@ -57,12 +63,19 @@ class ExplainView:
             gr.Markdown(HOW_TO_READ, elem_classes=["pg-meta"])
             with gr.Row():
                 arm = gr.Radio(self.choices, value=self.default, label="Answer", elem_id=f"{p}-explain-arm")
-                turn = gr.Number(value=0, precision=0, minimum=0, label="Turn (0 = the latest)",
-                                 elem_id=f"{p}-explain-turn")
+                turn = gr.Number(
+                    value=0, precision=0, minimum=0, label="Turn (0 = the latest)", elem_id=f"{p}-explain-turn"
+                )
                 go = gr.Button("Explain", elem_id=f"{p}-explain-btn")
-            tokens = gr.HighlightedText(label="Implicit reward per token", color_map=SHADES, show_legend=True,
-                                        show_inline_category=False, combine_adjacent=False,
-                                        elem_id=f"{p}-explain-tokens", elem_classes=["pg-explain"])
+            tokens = gr.HighlightedText(
+                label="Implicit reward per token",
+                color_map=SHADES,
+                show_legend=True,
+                show_inline_category=False,
+                combine_adjacent=False,
+                elem_id=f"{p}-explain-tokens",
+                elem_classes=["pg-explain"],
+            )
             told = gr.Markdown(elem_id=f"{p}-explain-summary", label="explanation")
         go.click(self.explain_turn, [arm, turn, state], [tokens, told], api_visibility="private", **EXPLAIN)
 
@@ -70,15 +83,18 @@ class ExplainView:
 def explain_endpoint(page: Page) -> None:
     """The public `explain` endpoint (hidden inputs: comparison id, arm, version): the JSON `python -m playground
     explain --json` prints, for any stored comparison."""
+
     def explain(comparison, arm, version=None) -> dict:
         try:
             version = None if version in (None, "") else int(version)
             return page.playground.explain(int(comparison), str(arm or ""), version).to_dict()
-        except (TypeError, ValueError):
-            raise gr.Error("Give a comparison id (a number), an arm (base, sft, pref, human; a duel's a or b) and "
-                           "optionally a version number.")
+        except (TypeError, ValueError) as error:
+            raise gr.Error(
+                "Give a comparison id (a number), an arm (base, sft, pref, human; a duel's a or b) and "
+                "optionally a version number."
+            ) from error
         except (StoreError, PromptError, AdapterError) as error:
-            raise gr.Error(str(error))
+            raise gr.Error(str(error)) from error
 
     comparison = gr.Number(visible=False, precision=0, label="comparison")
     arm = gr.Textbox(visible=False, label="arm")

@@ -20,12 +20,23 @@ from ..training import eligible_counts
 from .common import Page
 from .data import counts_table
 from .stages import stages_markdown
-from .training import (DRIFT_PLOTS, drift_frame, plot_frame, progress_html, steps_frame, training_status,
-                       versions_table)
+from .training import DRIFT_PLOTS, drift_frame, plot_frame, progress_html, steps_frame, training_status, versions_table
 
-OUTPUTS = ("status", "training", "stages", "progress", "loss", "margin", "accuracy", "versions",
-           *(p[0] for p in DRIFT_PLOTS),
-           "leaderboard", "leaderboard_plot", "counts", "stats")
+OUTPUTS = (
+    "status",
+    "training",
+    "stages",
+    "progress",
+    "loss",
+    "margin",
+    "accuracy",
+    "versions",
+    *(p[0] for p in DRIFT_PLOTS),
+    "leaderboard",
+    "leaderboard_plot",
+    "counts",
+    "stats",
+)
 
 
 class Panel:
@@ -37,8 +48,14 @@ class Panel:
 
     def _live(self) -> tuple:
         pg = self.page.playground
-        return (pg.ready, pg.error, pg.engine.adapter_version if pg.engine else None, pg.trainer_alive(),
-                pg.trainer.pid, pg.trainer.wanted)
+        return (
+            pg.ready,
+            pg.error,
+            pg.engine.adapter_version if pg.engine else None,
+            pg.trainer_alive(),
+            pg.trainer.pid,
+            pg.trainer.wanted,
+        )
 
     def values(self) -> tuple[dict, dict]:
         """(values, digests) of every output, as of now."""
@@ -82,10 +99,25 @@ class Panel:
             "running_round": facts["running_round"],
             "sft_drift": facts["sft_drift"],
             "rounds": facts["rounds"],
-            "versions": [{k: v[k] for k in ("version", "parent_version", "state", "reason", "pairs_used",
-                                            "learned_from", "serving", "served_on_publish", "metrics",
-                                            "vote_win_rate", "drift")}
-                         for v in facts["versions"]],
+            "versions": [
+                {
+                    k: v[k]
+                    for k in (
+                        "version",
+                        "parent_version",
+                        "state",
+                        "reason",
+                        "pairs_used",
+                        "learned_from",
+                        "serving",
+                        "served_on_publish",
+                        "metrics",
+                        "vote_win_rate",
+                        "drift",
+                    )
+                }
+                for v in facts["versions"]
+            ],
         }
 
     def _render(self, facts: dict) -> dict:
@@ -95,8 +127,9 @@ class Panel:
         drift = drift_frame(facts)
         return {
             "status": stats["status"],
-            "training": training_status(facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"],
-                                        stats["eligible"]),
+            "training": training_status(
+                facts, stats["engine_version"], stats["trainer_alive"], stats["min_pairs"], stats["eligible"]
+            ),
             "stages": stages_markdown(facts, pg.round_settings),
             "progress": progress_html(facts["running_round"]),
             "loss": plot_frame(steps, "step", "stage", "loss"),

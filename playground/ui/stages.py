@@ -8,12 +8,14 @@ from __future__ import annotations
 from ..settings import RoundSettings
 from ..training import OBJECTIVE_TITLES
 
-INTRO = ("**Two stages, two datasets.** *Instruction alignment* (SFT) learns from **demonstrations**: a prompt and "
-         "the one answer a person wrote for it; it makes that answer likely. *Preference alignment* (DPO) learns from "
-         "**rankings**: which of several model answers a person preferred; it makes the preferred answer more likely "
-         "than the others, relative to the SFT model. Every round runs them in that order on one adapter: first "
-         "the written answers, then the preferences, building on them. Single ratings (**Good** / **Bad** under an "
-         "answer, and **All three are bad**) train a third, unpaired preference loss (KTO).")
+INTRO = (
+    "**Two stages, two datasets.** *Instruction alignment* (SFT) learns from **demonstrations**: a prompt and "
+    "the one answer a person wrote for it; it makes that answer likely. *Preference alignment* (DPO) learns from "
+    "**rankings**: which of several model answers a person preferred; it makes the preferred answer more likely "
+    "than the others, relative to the SFT model. Every round runs them in that order on one adapter: first "
+    "the written answers, then the preferences, building on them. Single ratings (**Good** / **Bad** under an "
+    "answer, and **All three are bad**) train a third, unpaired preference loss (KTO)."
+)
 
 
 def _latest_learner(versions: list[dict], kind: str) -> str:
@@ -53,19 +55,27 @@ def stages_markdown(facts: dict, settings: RoundSettings) -> str:
 def ablation_markdown(ablation: dict | None) -> str:
     """What each stage contributed in the latest ablation of these models, or how to measure it."""
     if not ablation:
-        return ("**What each stage contributes** has not been measured for these models yet: `python -m playground "
-                "simulate --oracle shorter --votes 32 --corrections 4 --ratings --ablation` trains the same simulated "
-                "feedback under each objective and compares them here.")
+        return (
+            "**What each stage contributes** has not been measured for these models yet: `python -m playground "
+            "simulate --oracle shorter --votes 32 --corrections 4 --ratings --ablation` trains the same simulated "
+            "feedback under each objective and compares them here."
+        )
     v = ablation["votes"]
-    lines = [f"**What each stage contributes** (latest ablation: oracle `{ablation['oracle']}`, {v['votes']} votes, "
-             f"{v['corrections']} better answers, {v['ratings']} ratings; each objective trained from the SFT model "
-             f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts):",
-             "",
-             "| objective | stages | win rate vs SFT | perplexity under SFT | KL to SFT | mean length | round s |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"**What each stage contributes** (latest ablation: oracle `{ablation['oracle']}`, {v['votes']} votes, "
+        f"{v['corrections']} better answers, {v['ratings']} ratings; each objective trained from the SFT model "
+        f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts):",
+        "",
+        "| objective | stages | win rate vs SFT | perplexity under SFT | KL to SFT | mean length | round s |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for name, f in ablation["ablation"].items():
-        lines.append(f"| {name} | {OBJECTIVE_TITLES.get(name, name)} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | "
-                     f"{f['kl']:.2f} | {f['mean_length']:.1f} | {f['seconds']:.0f} |")
-    lines.append("\nWin rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt "
-                 "and seed (0.5 = no change). KL: how far the version moved from the SFT model (nats per answer).")
+        lines.append(
+            f"| {name} | {OBJECTIVE_TITLES.get(name, name)} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | "
+            f"{f['kl']:.2f} | {f['mean_length']:.1f} | {f['seconds']:.0f} |"
+        )
+    lines.append(
+        "\nWin rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt "
+        "and seed (0.5 = no change). KL: how far the version moved from the SFT model (nats per answer)."
+    )
     return "\n".join(lines)

@@ -46,15 +46,16 @@ def convert_adapter(peft_dir: str | os.PathLike, slots: dict | None = None) -> P
         if config.get(unsupported):
             raise AdapterConversionError(f"{unsupported} adapters cannot be served by the onnx runtime")
     rank = config["r"]
-    scale = config["lora_alpha"] / (rank ** 0.5 if config.get("use_rslora") else rank)
+    scale = config["lora_alpha"] / (rank**0.5 if config.get("use_rslora") else rank)
     params = {}
     for key, weight in load_file(str(folder / "adapter_model.safetensors")).items():
         name = _slot_name(key)
         if name is None:
             raise AdapterConversionError(f"no LoRA slot for the adapter weight {key}")
         if slots is not None and name not in slots:
-            raise AdapterConversionError(f"the served model has no LoRA slot for {key} (slots are built for the "
-                                         f"trainer's target modules)")
+            raise AdapterConversionError(
+                f"the served model has no LoRA slot for {key} (slots are built for the trainer's target modules)"
+            )
         weight = weight.astype(np.float32)
         value = weight.T if ".lora_A." in name else (scale * weight).T  # the graph computes x @ A @ B
         params[name] = ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value, dtype=np.float32))

@@ -47,14 +47,20 @@ def built_dir(models_dir: Path, folder: str, precision: str, lora_targets: tuple
     precision, LoRA slots, builder version), so a changed input builds again instead of serving a stale copy."""
     folder = Path(folder)
     stamps = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in folder.iterdir() if f.is_file())
-    key = json.dumps([str(folder.resolve()), stamps, precision, sorted(lora_targets),
-                      importlib.metadata.version("onnxruntime-genai")])
+    key = json.dumps(
+        [
+            str(folder.resolve()),
+            stamps,
+            precision,
+            sorted(lora_targets),
+            importlib.metadata.version("onnxruntime-genai"),
+        ]
+    )
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.name)[:60]
     return Path(models_dir) / f"{name}-onnx-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def prepare_model(source: str, models_dir: Path, precision: str = "fp32",
-                  lora_targets: tuple[str, ...] = ()) -> Path:
+def prepare_model(source: str, models_dir: Path, precision: str = "fp32", lora_targets: tuple[str, ...] = ()) -> Path:
     """The ONNX folder for a transformers model, built on first use (seconds to a minute; later starts load it).
     precision: `fp32`, or `int8` (int8 weights in blocks of 32, int8 activations)."""
     folder = local_folder(source)  # a Hub id asks the Hub (or its cache) once
@@ -63,15 +69,27 @@ def prepare_model(source: str, models_dir: Path, precision: str = "fp32",
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    command = [sys.executable, "-m", "playground.runtimes.onnx.worker", "build", folder, str(scratch / "model"),
-               "--precision", precision, "--lora-targets", ",".join(lora_targets)]
+    command = [
+        sys.executable,
+        "-m",
+        "playground.runtimes.onnx.worker",
+        "build",
+        folder,
+        str(scratch / "model"),
+        "--precision",
+        precision,
+        "--lora-targets",
+        ",".join(lora_targets),
+    ]
     log.info("Building the ONNX copy of %s once into %s ...", source, target)
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=child_env())
         if done.returncode != 0:
             last = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-1:]
-            raise RuntimeUnavailable(f"onnxruntime-genai could not build {source} ({last[0] if last else 'no output'})."
-                                     " Fix: --runtime torch serves it with transformers.")
+            raise RuntimeUnavailable(
+                f"onnxruntime-genai could not build {source} ({last[0] if last else 'no output'})."
+                " Fix: --runtime torch serves it with transformers."
+            )
         if not target.exists():
             os.replace(scratch / "model", target)
     finally:

@@ -47,10 +47,20 @@ class DecodeWorker:
         # it imports only onnxruntime-genai and exits when the parent's end of the pipe closes.
         from_parent, to_child = os.pipe()
         from_child, to_parent = os.pipe()
-        command = [sys.executable, "-m", "playground.runtimes.onnx.worker", "serve", str(self.model_dir),
-                   "--threads", str(self.threads), "--fds", f"{from_parent},{to_parent}"]
-        self.process = subprocess.Popen(command, pass_fds=(from_parent, to_parent), env=child_env(),
-                                        stdout=subprocess.DEVNULL)
+        command = [
+            sys.executable,
+            "-m",
+            "playground.runtimes.onnx.worker",
+            "serve",
+            str(self.model_dir),
+            "--threads",
+            str(self.threads),
+            "--fds",
+            f"{from_parent},{to_parent}",
+        ]
+        self.process = subprocess.Popen(
+            command, pass_fds=(from_parent, to_parent), env=child_env(), stdout=subprocess.DEVNULL
+        )
         os.close(from_parent)
         os.close(to_parent)
         self._conn = Duplex(to_child, from_child)
@@ -58,7 +68,9 @@ class DecodeWorker:
 
     def _died(self) -> WorkerError:
         code = self.process.wait()
-        return WorkerError(f"the {self.label} decode worker exited (code {code}); it starts again with the next request")
+        return WorkerError(
+            f"the {self.label} decode worker exited (code {code}); it starts again with the next request"
+        )
 
     def _reply(self):
         try:
@@ -107,8 +119,17 @@ class DecodeWorker:
         stop (a list of indexes) or True to cancel, with `.send()`. rows: (seed, adapter name or None)."""
         with self._lock:
             self._alive()
-            self._send(("generate", list(prompt_ids), rows, sampling.temperature, sampling.top_p,
-                             sampling.greedy, max_new_tokens))
+            self._send(
+                (
+                    "generate",
+                    list(prompt_ids),
+                    rows,
+                    sampling.temperature,
+                    sampling.top_p,
+                    sampling.greedy,
+                    max_new_tokens,
+                )
+            )
             try:
                 while True:
                     step = self._reply()
@@ -155,8 +176,16 @@ class OnnxRuntime(ModelRuntime):
         self.lock = threading.Lock()
 
     @classmethod
-    def open(cls, source: str, models_dir: Path, precision: str, slots: tuple[str, ...], threads: int,
-             processes: int, label: str) -> "OnnxRuntime":
+    def open(
+        cls,
+        source: str,
+        models_dir: Path,
+        precision: str,
+        slots: tuple[str, ...],
+        threads: int,
+        processes: int,
+        label: str,
+    ) -> OnnxRuntime:
         """The model's ONNX copy (built on first use) in `processes` worker processes."""
         from .build import prepare_model
 

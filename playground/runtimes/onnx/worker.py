@@ -41,8 +41,15 @@ def _serve(conn, model_dir: str, threads: int) -> None:
         import onnxruntime_genai as og
 
         config = og.Config(model_dir)
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": {
-            "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+        config.overlay(
+            json.dumps(
+                {
+                    "model": {
+                        "decoder": {"session_options": {"intra_op_num_threads": threads, "inter_op_num_threads": 1}}
+                    }
+                }
+            )
+        )
         model = og.Model(config)
         adapters = og.Adapters(model)
         genai = json.loads((Path(model_dir) / "genai_config.json").read_text())["model"]
@@ -98,8 +105,9 @@ def _next_tokens(model, adapters, context_length, ids, start, adapter, *, np, og
     return predicted
 
 
-def _generate(conn, model, adapters, context_length, prompt_ids, rows, temperature, top_p, greedy, max_new_tokens,
-              *, np, og) -> None:
+def _generate(
+    conn, model, adapters, context_length, prompt_ids, rows, temperature, top_p, greedy, max_new_tokens, *, np, og
+) -> None:
     # A sliding-window model (Gemma 3) needs a KV buffer at least as long as its window, whatever the request.
     length = min(context_length, max(len(prompt_ids) + max_new_tokens, 1024))
     generators = []
@@ -109,8 +117,7 @@ def _generate(conn, model, adapters, context_length, prompt_ids, rows, temperatu
         if greedy:
             options["do_sample"] = False
         else:
-            options |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0,
-                        "random_seed": seed}
+            options |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "random_seed": seed}
         params.set_search_options(**options)
         generator = og.Generator(model, params)
         if adapter:

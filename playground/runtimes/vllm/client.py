@@ -34,8 +34,7 @@ class VllmRuntime(ModelRuntime):
     name = "vllm"
     concurrent = True
 
-    def __init__(self, url: str, server=None, label: str = "SFT", plain_adapter: str | None = None,
-                 wait: float = 0.0):
+    def __init__(self, url: str, server=None, label: str = "SFT", plain_adapter: str | None = None, wait: float = 0.0):
         """url: the server (with or without /v1); server: the server.VllmServer this runtime started (it is
         restarted if it dies, and stopped on close); plain_adapter: the folder of a zero adapter the rows without
         an adapter run with (zero_adapter.py; None: they ask for the model itself); wait: seconds to wait for a
@@ -56,9 +55,13 @@ class VllmRuntime(ModelRuntime):
                 self.attach(PLAIN, plain_adapter)
                 self.plain = PLAIN
             except (RuntimeError, ServingError) as error:  # e.g. a server elsewhere that cannot read our folder
-                log.warning("The vLLM server at %s did not take the zero adapter (%s): the SFT arm asks for the "
-                            "model itself, which vLLM's CPU build answers wrongly in a batch with an adapter "
-                            "request; GPU builds are not affected.", self.url, error)
+                log.warning(
+                    "The vLLM server at %s did not take the zero adapter (%s): the SFT arm asks for the "
+                    "model itself, which vLLM's CPU build answers wrongly in a batch with an adapter "
+                    "request; GPU builds are not affected.",
+                    self.url,
+                    error,
+                )
 
     # ---- the server ------------------------------------------------------------------------------------------
     def _endpoint(self, path: str) -> str:
@@ -84,8 +87,10 @@ class VllmRuntime(ModelRuntime):
             what = "it is not answering"
         else:
             what = "check that it runs (--vllm-url)"
-        message = (f"The vLLM server of the {self.label} model at {self.url} cannot be reached "
-                   f"({type(error).__name__}: {error}); {what}. The other arms keep answering.")
+        message = (
+            f"The vLLM server of the {self.label} model at {self.url} cannot be reached "
+            f"({type(error).__name__}: {error}); {what}. The other arms keep answering."
+        )
         self.problem = message
         return ServingError(message)
 
@@ -105,8 +110,9 @@ class VllmRuntime(ModelRuntime):
                     raise
                 time.sleep(1.0)
         if response.status_code != 200:
-            raise ServingError(f"The vLLM server at {self.url} answered {response.status_code} to /v1/models: "
-                               f"{response.text[:200]}")
+            raise ServingError(
+                f"The vLLM server at {self.url} answered {response.status_code} to /v1/models: {response.text[:200]}"
+            )
         models = response.json()["data"]
         base = next((m for m in models if not m.get("parent")), models[0])
         return base["id"], base.get("max_model_len")
@@ -149,8 +155,10 @@ class VllmRuntime(ModelRuntime):
             raise RuntimeError(f"the vLLM server did not unload {name} ({response.status_code}: {response.text[:200]})")
 
     def adapter_hint(self, path: str) -> str:
-        return (" The vLLM server must be able to read that folder (the same path on its machine), and run with "
-                "--enable-lora and a --max-lora-rank of at least the adapter's rank.")
+        return (
+            " The vLLM server must be able to read that folder (the same path on its machine), and run with "
+            "--enable-lora and a --max-lora-rank of at least the adapter's rank."
+        )
 
     # ---- decoding --------------------------------------------------------------------------------------------
     def decode(self, ids, rows: list[DecodeRow], sampling, streamer, cancel) -> None:
@@ -175,8 +183,15 @@ class VllmRuntime(ModelRuntime):
         self.problem = None
 
     def _body(self, ids, row: DecodeRow, sampling, stops) -> dict:
-        body = {"model": row.adapter or self.plain or self.model_id, "prompt": list(ids), "max_tokens": sampling.max_new_tokens,
-                "stream": True, "return_token_ids": True, "seed": row.seed, "skip_special_tokens": True}
+        body = {
+            "model": row.adapter or self.plain or self.model_id,
+            "prompt": list(ids),
+            "max_tokens": sampling.max_new_tokens,
+            "stream": True,
+            "return_token_ids": True,
+            "seed": row.seed,
+            "skip_special_tokens": True,
+        }
         if sampling.greedy:
             body["temperature"] = 0.0
         else:
@@ -215,8 +230,10 @@ class VllmRuntime(ModelRuntime):
                     chunk = json.loads(line[6:])
                     if "choices" not in chunk:  # the server failed mid-answer: it streams its error instead
                         self._suspect = True
-                        self.problem = (f"The vLLM server of the {self.label} model failed while answering: "
-                                        f"{str(chunk.get('error', chunk))[:300]}")
+                        self.problem = (
+                            f"The vLLM server of the {self.label} model failed while answering: "
+                            f"{str(chunk.get('error', chunk))[:300]}"
+                        )
                         raise ServingError(self.problem)
                     choice = chunk["choices"][0]
                     for token in choice.get("token_ids") or ():

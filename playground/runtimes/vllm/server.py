@@ -49,8 +49,10 @@ def find_python(explicit: str | None = None) -> str:
     choice = explicit or os.environ.get(PYTHON_ENV)
     if choice:
         if not (shutil.which(choice) or Path(choice).is_file()):
-            raise RuntimeUnavailable(f"{PYTHON_ENV}={choice} is not an interpreter. Fix: point it at the python of "
-                                     f"the virtual environment where vLLM is installed.")
+            raise RuntimeUnavailable(
+                f"{PYTHON_ENV}={choice} is not an interpreter. Fix: point it at the python of "
+                f"the virtual environment where vLLM is installed."
+            )
         return choice
     command = shutil.which("vllm")
     if command and (Path(command).parent / "python").is_file():
@@ -60,7 +62,8 @@ def find_python(explicit: str | None = None) -> str:
     raise RuntimeUnavailable(
         f"--runtime vllm needs a vLLM server: none given (--vllm-url) and no vLLM environment found to start one. "
         f"Fix: ./setup.sh makes {PROJECT_VENV.name}/ with vLLM's CPU build, or set {PYTHON_ENV} to the python of an "
-        f"environment with vLLM, or pass --vllm-url URL of a running server.")
+        f"environment with vLLM, or pass --vllm-url URL of a running server."
+    )
 
 
 def lora_rank_limit(rank: int) -> int:
@@ -71,8 +74,17 @@ def lora_rank_limit(rank: int) -> int:
 class VllmServer:
     """One `vllm` OpenAI-compatible server process for one model folder, on 127.0.0.1."""
 
-    def __init__(self, python: str, model_dir: str, *, device: str = "cpu", max_lora_rank: int = 8,
-                 max_model_len: int = 2048, log_path: Path | None = None, startup_timeout: float = 900.0):
+    def __init__(
+        self,
+        python: str,
+        model_dir: str,
+        *,
+        device: str = "cpu",
+        max_lora_rank: int = 8,
+        max_model_len: int = 2048,
+        log_path: Path | None = None,
+        startup_timeout: float = 900.0,
+    ):
         self.python, self.model_dir, self.device = python, str(model_dir), device
         self.max_lora_rank, self.max_model_len = lora_rank_limit(max_lora_rank), max_model_len
         self.log_path = Path(log_path) if log_path else None
@@ -91,10 +103,27 @@ class VllmServer:
     def command(self) -> list[str]:
         # float32 on a CPU: the torch runtime's numbers (bf16 is emulated on CPUs without AVX-512-BF16).
         dtype = "float32" if self.device == "cpu" else "auto"
-        command = [self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
-                   "--host", "127.0.0.1", "--port", str(self.port), "--enable-lora",
-                   "--max-lora-rank", str(self.max_lora_rank), "--max-loras", "3",  # v0 (zeros), serving, the next
-                   "--max-model-len", str(self.max_model_len), "--dtype", dtype, "--disable-uvicorn-access-log"]
+        command = [
+            self.python,
+            "-m",
+            "vllm.entrypoints.openai.api_server",
+            "--model",
+            self.model_dir,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--enable-lora",
+            "--max-lora-rank",
+            str(self.max_lora_rank),
+            "--max-loras",
+            "3",  # v0 (zeros), serving, the next
+            "--max-model-len",
+            str(self.max_model_len),
+            "--dtype",
+            dtype,
+            "--disable-uvicorn-access-log",
+        ]
         if self.device == "cpu":
             # vLLM 0.32 on a CPU dies when a seeded request's prefill is split over steps (its CPU generator
             # "does not use offset"), which chunked prefill does under load: every prefill in one step instead.
@@ -109,7 +138,7 @@ class VllmServer:
             env.setdefault("VLLM_TARGET_DEVICE", "cpu")
         return env
 
-    def start(self) -> "VllmServer":
+    def start(self) -> VllmServer:
         """Start the server and wait until it answers (RuntimeUnavailable with its last log lines if it cannot)."""
         started = time.monotonic()
         self.launch()
@@ -117,15 +146,16 @@ class VllmServer:
         log.info("The vLLM server is up after %.0f s.", time.monotonic() - started)
         return self
 
-    def launch(self) -> "VllmServer":
+    def launch(self) -> VllmServer:
         """Start the server process on a free port, without waiting for it (`url` is known at once)."""
         self.port = free_port()
         self.starts += 1
         output = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         log.info("Starting a vLLM server for %s on port %d (log: %s) ...", self.model_dir, self.port, self.log_path)
         try:
-            self.process = subprocess.Popen(self.command(), env=self.environment(), stdout=output,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
+            self.process = subprocess.Popen(
+                self.command(), env=self.environment(), stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+            )
         except OSError as error:
             raise RuntimeUnavailable(f"Could not start vLLM with {self.python}: {error}") from error
         finally:
@@ -139,8 +169,9 @@ class VllmServer:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeUnavailable(f"The vLLM server exited while starting (code {self.process.returncode}): "
-                                         f"{self.last_log_lines()}")
+                raise RuntimeUnavailable(
+                    f"The vLLM server exited while starting (code {self.process.returncode}): {self.last_log_lines()}"
+                )
             try:
                 if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
                     return
@@ -148,8 +179,9 @@ class VllmServer:
                 pass
             time.sleep(0.5)
         self.stop()
-        raise RuntimeUnavailable(f"The vLLM server did not answer within {self.startup_timeout:.0f} s: "
-                                 f"{self.last_log_lines()}")
+        raise RuntimeUnavailable(
+            f"The vLLM server did not answer within {self.startup_timeout:.0f} s: {self.last_log_lines()}"
+        )
 
     def last_log_lines(self, n: int = 3) -> str:
         if not self.log_path or not self.log_path.is_file():
@@ -166,8 +198,10 @@ class VllmServer:
             if self.alive() or self.restarting:
                 return
             self._restarting = threading.Thread(target=self._restart, name="vllm-restart", daemon=True)
-            log.warning("The vLLM server exited (code %s); starting it again.",
-                        self.process.returncode if self.process else None)
+            log.warning(
+                "The vLLM server exited (code %s); starting it again.",
+                self.process.returncode if self.process else None,
+            )
             self._restarting.start()
 
     def _restart(self) -> None:
