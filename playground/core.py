@@ -20,17 +20,14 @@ from pathlib import Path
 from . import publishing, voters
 from .dashboard import Dashboard
 from .data_sets import DataSet
-from .generation import AdapterError, Answer, Engine
+from .generation import Answer, Engine
 from .models import PRESETS, ModelLoadError, Preset, hub_id, resolve_preset
+from .serving import Serving
 from .settings import ModelSettings, RoundSettings, Sampling
 from .store import Store, StoreError, VoteReceipt, durable
 from .trainer_process import TrainerProcess
 
 log = logging.getLogger(__name__)
-
-
-class MissingVersion(AdapterError):
-    """A version with no record in the store (never made, or lost by a restore)."""
 
 
 @dataclass(frozen=True)
@@ -66,13 +63,8 @@ class Playground:
         self.durable_binding: str | None = None  # 'restored', 'continued' or 'started'
         self._bind_durable_copy()
         self.dashboard = Dashboard(self.store)
-        self.engine: Engine | None = None
-        self._loaded_engine: Engine | None = None
-        self._ready = False
-        self.error: str | None = None  # why the models could not be loaded
+        self.serving = Serving(self.store)
         self.trainer = TrainerProcess(self.trainer_command, self.data_set.trainer_log)
-        self._stop = threading.Event()
-        self._follower: threading.Thread | None = None
         self._lock = threading.Lock()
         if engine is not None:
             self.attach(engine)
@@ -117,8 +109,21 @@ class Playground:
 
     # ---- models -------------------------------------------------------------------------------------------
     @property
+    def engine(self) -> Engine | None:
+        return self.serving.engine
+
+    @property
     def ready(self) -> bool:
-        return self._ready
+        return self.serving.ready
+
+    @property
+    def error(self) -> str | None:
+        """Why the models could not be loaded (None while loading or once loaded)."""
+        return self.serving.error
+
+    @error.setter
+    def error(self, message: str | None) -> None:
+        self.serving.error = message
 
     @property
     def sft_hub_id(self) -> str | None:
@@ -126,52 +131,11 @@ class Playground:
 
     def load_models(self) -> Engine:
         """Load both models (minutes on a first start that converts GGUF weights) and serve the serving version."""
-        from . import runtimes as serving_runtime
-        from .runtimes.vllm.server import VllmOptions
-
-        settings = self.models
-        runtime = serving_runtime.resolve(settings.runtime, settings.device)
-        vllm = VllmOptions(
-            url=settings.vllm_url,
-            base_url=settings.base_vllm_url,
-            python=settings.vllm_python,
-            max_lora_rank=self.round_settings.lora_r,
-            log_dir=self.data_set.root,
-        )
-
-        def load(runtime: str) -> Engine:
-            return Engine.from_preset(
-                self.preset,
-                self.data_dir,
-                trust_remote_code=settings.trust_remote_code,
-                device=settings.device,
-                precision=settings.precision,
-                threads=settings.serve_threads,
-                adapter_targets=tuple(self.round_settings.target_modules),
-                runtime=runtime,
-                chat_workers=settings.chat_workers,
-                vllm=vllm,
-            )
-
-        try:
-            engine = load(runtime)
-        except (serving_runtime.RuntimeUnavailable, serving_runtime.ServingError) as error:
-            if settings.runtime != "auto":
-                raise ModelLoadError(str(error)) from error
-            # auto: a model the onnx builder cannot take still serves, slower, with transformers.
-            log.warning("The onnx runtime cannot serve these models (%s); serving with torch.", error)
-            engine = load("torch")
-            engine.runtime_note = f"onnx runtime unavailable: {error}"
-        self._loaded_engine = engine  # closed with the playground (its decode workers); an attached one is not ours
-        self.attach(engine)
-        return engine
+        return self.serving.load(self.models, self.round_settings, self.preset, self.data_dir, self.data_set.root)
 
     def attach(self, engine: Engine) -> None:
-        """Serve with `engine`; ready once it serves the store's serving version (a restored or rolled-back adapter
-        is loaded before the first answer, never swapped in after it)."""
-        self.engine = engine
-        self.sync_adapter()
-        self._ready = True
+        """Serve with `engine` (not closed with the playground); ready once it serves the store's serving version."""
+        self.serving.attach(engine)
 
     def start(self, trainer: bool = True, follow_interval: float = 2.0) -> threading.Thread:
         """Start copying to the durable copy; load the models in the background (callers can use the store
@@ -184,11 +148,13 @@ class Playground:
             try:
                 self.load_models()
             except Exception as error:  # the page must say why instead of spinning forever
-                self.error = str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
-                log.error("Model loading failed: %s", self.error)
+                self.serving.error = (
+                    str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
+                )
+                log.error("Model loading failed: %s", self.serving.error)
                 return
             with self._lock:
-                if self._stop.is_set():  # closed while loading: start nothing
+                if self.serving.stopped:  # closed while loading: start nothing
                     return
                 self.follow_versions(follow_interval)
                 if trainer:
@@ -346,60 +312,19 @@ class Playground:
         return voters.address_voter(self.store.voter_salt(), address) if address else None
 
     # ---- the serving adapter ------------------------------------------------------------------------------
+    # serving.py keeps the engine on the store's serving version; these are the front door's names for it.
     def sync_adapter(self) -> int:
-        """Serve the store's serving version. A missing or corrupt adapter is marked bad (with the reason) and
-        the newest good version below it serves instead. Returns the version now serving."""
-        while True:
-            wanted = self.store.serving_version()
-            try:
-                return self.serve(wanted)
-            except MissingVersion as error:  # its record is gone (a restore that lost it): nothing to mark bad
-                log.error("%s; the newest good version below it serves.", error)
-                self.store.fall_back_below(wanted)
-            except AdapterError as error:
-                log.error("%s; skipping it, the last good version serves.", error)
-                self.store.mark_version_bad(wanted, str(error))
+        return self.serving.sync()
 
     def serve(self, version: int) -> int:
-        """Load `version` into the engine (0: no adapter), whatever the store serves: what `generate --version`
-        uses. Raises AdapterError (nothing changes) when its folder is missing or does not load."""
-        if version == self.engine.adapter_version:
-            return version
-        if version == 0:
-            self.engine.use_adapter(0, None)
-            log.info("Serving no adapter (version 0).")
-            return 0
-        row = self.store.version(version)
-        if row is None:
-            raise MissingVersion(f"Adapter version {version} does not exist.")
-        path = row["path"]
-        if not (Path(path) / "adapter_config.json").is_file():
-            raise AdapterError(f"Adapter v{version}: folder {path} is missing or incomplete")
-        self.engine.use_adapter(version, path)
-        log.info("Now serving adapter v%d from %s.", version, path)
-        return version
-
-    def follow_versions(self, interval: float = 2.0) -> None:
-        """Hot swap: poll the store and serve each new (or rolled-back) version as it appears; also restart a
-        trainer process that died on its own."""
-
-        def loop():
-            while not self._stop.wait(interval):
-                try:
-                    self.sync_adapter()
-                except Exception:  # never let a bad adapter kill the follower; the next poll retries
-                    log.exception("Adapter sync failed")
-                self.trainer.restart_if_dead()
-
-        if self._follower is None:
-            self._follower = threading.Thread(target=loop, name="adapter-follower", daemon=True)
-            self._follower.start()
+        return self.serving.serve(version)
 
     def rollback(self, version: int) -> int:
-        """Serve another version (0 = none); with the models loaded, the swap happens before this returns.
-        Returns the version serving afterwards (an older one if the asked one's folder turned out broken)."""
-        self.store.set_serving_version(version)
-        return self.sync_adapter() if self.ready else self.store.serving_version()
+        return self.serving.rollback(version)
+
+    def follow_versions(self, interval: float = 2.0) -> None:
+        """Hot swap each new (or rolled-back) version as it appears; restart a trainer that died on its own."""
+        self.serving.follow(interval, also=self.trainer.restart_if_dead)
 
     # ---- rounds -------------------------------------------------------------------------------------------
     def trainer_command(self) -> list[str]:
@@ -504,9 +429,8 @@ class Playground:
 
     def close(self) -> None:
         with self._lock:
-            self._stop.set()
+            self.serving.stop()  # a load still running starts nothing
         self.trainer.stop()
         if self.durable is not None:
             self.durable.stop(flush=True)  # what the trainer wrote last is copied too
-        if self._loaded_engine is not None:
-            self._loaded_engine.close()
+        self.serving.close()
