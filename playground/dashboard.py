@@ -126,3 +126,69 @@ class Dashboard:
                 self._facts = facts
                 self.computed += 1
             return facts
+
+
+# The versions table as both faces show it (the Training tab, `python -m playground versions`): one row per version,
+# v0 (the SFT model, no adapter) first; every cell a string, "–" where nothing was measured yet.
+VERSION_COLUMNS = {
+    "version": "version",
+    "serving": "serving",
+    "parent": "parent",
+    "state": "state",
+    "demonstrations": "demonstrations",
+    "pairs": "pairs",
+    "ratings": "ratings",
+    "final_loss": "final loss",
+    "reward_margin": "reward margin",
+    "reward_accuracy": "reward acc",
+    "vote_win_rate": "vote win rate",
+    "mean_tokens": "length",
+    "distinct_2": "dist-2",
+    "kl_to_sft": "KL to SFT",
+    "sft_perplexity": "ppl",
+    "path": "path",
+}
+NOT_MEASURED = "–"
+
+
+def version_table(facts: dict[str, Any]) -> list[dict[str, str]]:
+    """Rows keyed by VERSION_COLUMNS, from `compute`'s figures."""
+
+    def number(value, fmt: str) -> str:
+        return format(value, fmt) if isinstance(value, (int, float)) and not isinstance(value, bool) else NOT_MEASURED
+
+    def rate(win_rate: dict | None) -> str:
+        return f"{win_rate['rate']:.0%} of {win_rate['games']}" if win_rate else NOT_MEASURED
+
+    def drift(measured: dict | None) -> dict[str, str]:
+        measured = measured or {}
+        formats = {"mean_tokens": ".1f", "distinct_2": ".2f", "kl_to_sft": ".2f", "sft_perplexity": ".2f"}
+        return {key: number(measured.get(key), fmt) for key, fmt in formats.items()}
+
+    empty = dict.fromkeys(("parent", "demonstrations", "pairs", "ratings"), "")
+    empty |= dict.fromkeys(("final_loss", "reward_margin", "reward_accuracy"), "")
+    rows = [
+        {"version": "v0 (SFT, no adapter)", "serving": "✓" if facts["serving_version"] == 0 else "", **empty}
+        | {"state": "ready", "vote_win_rate": rate(facts["sft_win_rate"]), **drift(facts["sft_drift"]), "path": ""}
+    ]
+    for v in facts["versions"]:
+        m, learned = v["metrics"] or {}, v["learned_from"]
+        state = v["state"] + (f" ({v['reason']})" if v["reason"] else "")
+        if not v["served_on_publish"] and v["state"] == "ready":
+            state += " (published, not served)"
+        rows.append(
+            {
+                "version": f"v{v['version']}",
+                "serving": "✓" if v["serving"] else "",
+                "parent": f"v{v['parent_version'] or 0}",
+                "state": state,
+                **{kind: number(learned[kind], "d") for kind in ("demonstrations", "pairs", "ratings")},
+                "final_loss": number(m.get("final_loss"), ".3f"),
+                "reward_margin": number(m.get("final_reward_margin"), ".3f"),
+                "reward_accuracy": number(m.get("final_reward_accuracy"), ".2f"),
+                "vote_win_rate": rate(v["vote_win_rate"]),
+                **drift(v["drift"]),
+                "path": str(v["path"] or ""),
+            }
+        )
+    return rows

@@ -116,6 +116,7 @@ def test_a_vllm_url_means_the_vllm_runtime_and_a_base_server_needs_it(clean_env)
 
 def test_the_cli_shows_a_message_for_a_mistake_and_a_traceback_for_a_bug(monkeypatch, capsys, tmp_path):
     from playground import cli
+    from playground.cli import parser
 
     assert cli.main(["evaluate", "--epochs", "0", "--data-dir", str(tmp_path)]) == 2  # a mistake: one line, exit 2
     assert "epochs must be at least 1" in capsys.readouterr().err
@@ -123,6 +124,6 @@ def test_the_cli_shows_a_message_for_a_mistake_and_a_traceback_for_a_bug(monkeyp
     def broken(args):
         raise ValueError("an internal invariant broke")
 
-    monkeypatch.setattr(cli, "cmd_options", broken)
+    monkeypatch.setattr(parser, "cmd_options", broken)
     with pytest.raises(ValueError, match="internal invariant"):  # a bug keeps its traceback
         cli.main(["options"])
