@@ -20,7 +20,6 @@ came from other models is left where it is and `info` names it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -31,6 +30,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .locks import locked
 from .models import describe_source, hub_id
 
 log = logging.getLogger(__name__)
@@ -166,21 +166,11 @@ def _names_of(spec: str) -> set[str]:
     return names
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 def _adopt_legacy_store(data_dir: Path, data_set: DataSet, base_spec: str, sft_spec: str) -> None:
     legacy = data_dir / STORE_FILE
     if not legacy.exists():
         return
-    with _locked(data_dir / ".datasets.lock"):
+    with locked(data_dir / ".datasets.lock"):
         if not legacy.exists() or data_set.store_path.exists():
             return  # adopted meanwhile, or this data set has its own store already: never merge two
         models = _answer_models(legacy)

@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 
 from playground.store import Store, StoreError, VoteError
-from playground.store import schema as schema_module
+from playground.store import migrations as schema_module
 from playground.votes import to_trl
 
 TEXTS = {"base": "Base answer.", "sft": "SFT answer.", "pref": "Preference answer."}

@@ -12,8 +12,8 @@ import pytest
 
 from playground.processes import pid_alive
 from playground.store import Store, StoreError, VoteError
+from playground.store import migrations as store_module
 from playground.store import records as records_module
-from playground.store import schema as store_module
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = (
@@ -417,6 +417,45 @@ def test_mark_bad_falls_back(store):
         store.mark_version_bad(9, "no such version")
 
 
+# -- hooks on commit -------------------------------------------------------------------------------------
+
+
+def test_a_commit_hook_runs_after_a_vote_is_committed(store):
+    cid, ids = make_comparison(store)
+    seen = []
+    store.on_commit(lambda: seen.append(store.counts()["votes"]))  # runs after COMMIT: the vote is visible
+    store.vote_best("s1", cid, [ids[0]])
+    assert seen == [1]
+
+
+def test_a_commit_hook_does_not_run_when_the_write_rolls_back(store):
+    cid, ids = make_comparison(store)
+    seen = []
+    store.on_commit(lambda: seen.append(True))
+    with pytest.raises(VoteError):
+        store.vote_best("s1", cid, [ids[0], ids[0]])  # refused inside the transaction
+    with pytest.raises(RuntimeError), store.write() as conn:
+        conn.execute("INSERT INTO meta (key, value) VALUES ('x', 'y')")
+        raise RuntimeError("the block fails")
+    with store.read() as conn:
+        assert store.meta(conn, "x") is None
+    assert seen == []
+
+
+def test_a_failing_commit_hook_loses_no_vote(store, caplog):
+    cid, ids = make_comparison(store)
+    seen = []
+
+    def broken():
+        raise OSError("the hook's target is gone")
+
+    store.on_commit(broken)
+    store.on_commit(lambda: seen.append(True))  # later hooks still run
+    receipt = store.vote_best("s1", cid, [ids[0]])
+    assert receipt.pairs_created == 2 and store.counts()["votes"] == 1 and seen == [True]
+    assert "commit hook" in caplog.text and "the hook's target is gone" in caplog.text
+
+
 # -- migrations -----------------------------------------------------------------------------------------
 
 
@@ -434,7 +473,9 @@ def test_older_schema_is_migrated_keeping_data(tmp_path, monkeypatch):
     cid, ids = make_comparison(old)
     old.vote_best("s1", cid, [ids[0]])
     newer = store_module.MIGRATIONS + [
-        "ALTER TABLE prompts ADD COLUMN language TEXT;\nUPDATE prompts SET language = 'en';"
+        store_module.Migration(
+            "prompt_language", "ALTER TABLE prompts ADD COLUMN language TEXT;\nUPDATE prompts SET language = 'en';"
+        )
     ]
     monkeypatch.setattr(store_module, "MIGRATIONS", newer)
     s = Store(path)
@@ -451,7 +492,12 @@ def test_failed_migration_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(
         store_module,
         "MIGRATIONS",
-        store_module.MIGRATIONS + ["CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);"],
+        store_module.MIGRATIONS
+        + [
+            store_module.Migration(
+                "half_done", "CREATE TABLE half_done (x INTEGER);\nINSERT INTO no_such_table VALUES (1);"
+            )
+        ],
     )
     with pytest.raises(sqlite3.OperationalError):
         Store(path)

@@ -1,10 +1,14 @@
 """The SQLite store: the system's record of prompts, answers, votes, preference pairs, training rounds and adapter
 versions, one file per data set (see data_sets.py).
 
-- schema.py: the file itself (migrations, connections, one transaction per write, the change counter);
-- records.py: what people gave (comparisons, answers, votes and the pairs they make);
+- database.py: access to the file (connections, one transaction per write, the change counter, hooks on commit);
+- migrations.py: its schema, as named migrations; changelog.py: the triggers that note changes for the durable copy;
+- comparisons.py: what people asked and what the arms answered (prompts, comparisons, answers, conversations);
+- records.py: what people gave (votes, corrections and the pairs they make);
 - feedback.py: what a round may train on (pairs, demonstrations, ratings: pending, trained, exported);
-- rounds.py: what training made of it (rounds, steps, versions, the serving version, the trainer's state).
+- rounds.py: what training made of it (rounds, steps, the trainer's state); versions.py: the versions it made,
+  which one serves, and what was measured of them;
+- durable/: the durable copy (copier, restore, Hub scheduler) and its binding to a running playground.
 
 Timestamps are float unix seconds. JSON columns (settings, hyperparams, metrics, extra) come back parsed.
 Lookups of a single row return None when it does not exist.
@@ -14,19 +18,46 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
+from .. import votes as rules
+from .comparisons import ARMS, MODES, Comparisons
+from .database import Database
+from .errors import StoreError
 from .feedback import Feedback
-from .records import ARMS, MODES, Records, VoteError, VoteReceipt
+from .migrations import MIGRATIONS
+from .records import Records, VoteError, VoteReceipt
 from .rounds import Rounds
-from .schema import MIGRATIONS, Database, StoreError
+from .versions import Versions
 
-__all__ = ["ARMS", "MODES", "MIGRATIONS", "Store", "StoreError", "VoteError", "VoteReceipt", "pid_alive"]
+__all__ = ["ARMS", "MODES", "MIGRATIONS", "Store", "StoreError", "VoteError", "VoteReceipt"]
 
 DB_FILENAME = "playground.sqlite3"
 
 
-class Store(Records, Feedback, Rounds, Database):
+class Store(Comparisons, Records, Feedback, Rounds, Versions, Database):
     @classmethod
     def open(cls, folder: str | os.PathLike) -> Store:
         """The store of the data set in `folder`."""
         return cls(Path(folder) / DB_FILENAME)
+
+    def counts(self) -> dict[str, Any]:
+        """How many rows of each kind the store holds."""
+        with self.read() as conn:
+
+            def one(sql: str) -> int:
+                return conn.execute(sql).fetchone()[0]
+
+            by_kind = dict.fromkeys(rules.VOTE_KINDS, 0)
+            by_kind.update(conn.execute("SELECT kind, count(*) FROM votes GROUP BY kind").fetchall())
+            return {
+                "prompts": one("SELECT count(*) FROM prompts"),
+                "comparisons": one("SELECT count(*) FROM comparisons"),
+                "answers": one("SELECT count(*) FROM answers"),
+                "votes": sum(by_kind.values()),
+                "votes_by_kind": by_kind,
+                "pairs": one("SELECT count(*) FROM pairs"),
+                "pairs_pending": one("SELECT count(*) FROM pairs WHERE round_id IS NULL"),
+                "rounds": one("SELECT count(*) FROM rounds"),
+                "versions": one("SELECT count(*) FROM adapter_versions"),
+            }

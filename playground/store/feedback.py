@@ -18,7 +18,7 @@ import json
 from collections.abc import Iterable, Iterator
 
 from .. import votes as rules
-from .schema import _row
+from .database import from_row
 
 KINDS = rules.FEEDBACK_KINDS
 
@@ -101,7 +101,7 @@ class Feedback:
     ) -> dict[str, list[dict]]:
         """{kind: rows} of the pending feedback a round may take now (see `_ELIGIBLE`), each kind oldest first."""
         kinds = _checked(kinds)
-        with self._read() as conn:
+        with self.read() as conn:
             keys = conn.execute(
                 _ELIGIBLE, (json.dumps(kinds), per_voter, per_voter, -1 if limit is None else limit)
             ).fetchall()
@@ -111,7 +111,7 @@ class Feedback:
     def pending_counts(self, kinds: Iterable[str] = KINDS, per_voter: int = 0) -> dict[str, int]:
         """{kind: how many a round could take now}: what decides whether enough wait to start one."""
         kinds = _checked(kinds)
-        with self._read() as conn:
+        with self.read() as conn:
             found = dict(
                 conn.execute(
                     f"SELECT kind, count(*) FROM ({_ELIGIBLE}) GROUP BY kind",
@@ -133,8 +133,8 @@ class Feedback:
             "demonstrations": f" WHERE {_TRAINED_DEMONSTRATION} ORDER BY d.id",
             "ratings": f" WHERE {_TRAINED_RATING} ORDER BY g.vote_id, g.answer_id",
         }[kind]
-        with self._read() as conn:
-            return [_row(r) for r in conn.execute(_select(kind) + where)]
+        with self.read() as conn:
+            return [from_row(r) for r in conn.execute(_select(kind) + where)]
 
     def _rows_of(self, kind: str, keys: list[tuple[int, int]]) -> list[dict]:
         if kind == "pairs":
@@ -168,16 +168,16 @@ class Feedback:
         )
 
     def _select_rows(self, kind: str, where: str, keys, order: str) -> list[dict]:
-        with self._read() as conn:
+        with self.read() as conn:
             if keys is None:
                 rows = conn.execute(_select(kind) + order)
             else:
                 rows = conn.execute(_select(kind) + where + order, (json.dumps(list(keys)),))
-            return [_row(r) for r in rows]
+            return [from_row(r) for r in rows]
 
     def feedback_totals(self) -> dict[str, dict[str, int]]:
         """{kind: {"total", "pending"}} over every vote (pending: no finished round trained on it, whatever caps)."""
-        with self._read() as conn:
+        with self.read() as conn:
             pending = dict(conn.execute(f"SELECT kind, count(*) FROM ({_PENDING}) GROUP BY kind").fetchall())
             total = {
                 "pairs": conn.execute("SELECT count(*) FROM pairs").fetchone()[0],

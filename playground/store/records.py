@@ -1,5 +1,5 @@
-"""What people gave: prompts, comparisons and their answers, votes, and the preference pairs the votes make (the
-other kinds of feedback, demonstrations and ratings, are read from the votes: feedback.py).
+"""What people gave: votes, corrections and the preference pairs they make (the other kinds of feedback,
+demonstrations and ratings, are read from the votes: feedback.py). What they voted on is comparisons.py.
 
 A vote is checked, written with its pairs (`votes.pairs_of`) in one transaction, or refused with a message and
 nothing written.
@@ -7,7 +7,6 @@ nothing written.
 
 from __future__ import annotations
 
-import json
 import secrets
 import sqlite3
 import time
@@ -15,27 +14,12 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 from .. import votes as rules
-from .schema import StoreError, _json, _row
+from .comparisons import HUMAN, answers_of, insert_answer
+from .database import from_row
+from .errors import StoreError
 
-ARMS = ("base", "sft", "pref")
-MODES = ("compare", "duel")
 _EXPORT_BATCH = 500
-
-HUMAN = "human"  # the arm of an answer a person wrote (a correction)
 MAX_CORRECTION_CHARS = 4000
-
-ANSWER_FIELDS = (
-    "text",
-    "model",
-    "adapter_version",
-    "settings",
-    "seed",
-    "prompt_tokens",
-    "new_tokens",
-    "seconds",
-    "ttft",
-    "finish_reason",
-)
 
 
 class VoteError(StoreError):
@@ -55,165 +39,11 @@ def _plural(n: int, word: str) -> str:
 
 
 class Records:
-    """Prompts, comparisons, answers, votes and pairs (a part of `Store`)."""
-
-    # -- prompts, comparisons, answers ---------------------------------------------------------------
-
-    def add_comparison(
-        self,
-        prompt: str,
-        session_id: str,
-        mode: str = "compare",
-        category: str | None = None,
-        answers: Iterable[dict] = (),
-        *,
-        history: list[dict] | None = None,
-        chat_id: str | None = None,
-        parent_answer_id: int | None = None,
-    ) -> tuple[int, list[int]]:
-        """A comparison (one turn of a chat) with its answers, in one transaction: (comparison id, answer ids in
-        order). Each answer is a dict with `arm` and ANSWER_FIELDS; its slot is its position. `history`: the messages
-        before `prompt` that every arm answered; `parent_answer_id`: the previous turn's answer it continues from;
-        `chat_id` groups the turns of one conversation (its turn number is counted here)."""
-        if mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, not {mode!r}")
-        answers = list(answers)
-        for answer in answers:
-            if answer["arm"] not in ARMS:
-                raise ValueError(f"arm must be one of {ARMS}, not {answer['arm']!r}")
-        history = list(history or [])
-        now = time.time()
-        with self._write() as conn:
-            if (
-                parent_answer_id is not None
-                and conn.execute("SELECT 1 FROM answers WHERE id = ?", (parent_answer_id,)).fetchone() is None
-            ):
-                raise StoreError(f"Answer {parent_answer_id} (the turn this one continues) does not exist.")
-            turn = 1 + len(history) // 2
-            prompt_id = conn.execute(
-                "INSERT INTO prompts (text, category, created_at) VALUES (?, ?, ?) "
-                "ON CONFLICT (text) DO UPDATE SET category = coalesce(prompts.category, excluded.category) "
-                "RETURNING id",
-                (prompt, category, now),
-            ).fetchone()[0]
-            comparison_id = conn.execute(
-                "INSERT INTO comparisons (prompt_id, session_id, mode, created_at, chat_id, turn, history, "
-                "parent_answer_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (prompt_id, session_id, mode, now, chat_id, turn, json.dumps(history), parent_answer_id),
-            ).lastrowid
-            ids = [self._insert_answer(conn, comparison_id, slot, answer) for slot, answer in enumerate(answers)]
-            return comparison_id, ids
-
-    @staticmethod
-    def _insert_answer(conn: sqlite3.Connection, comparison_id: int, slot: int, answer: dict) -> int:
-        values = {key: answer.get(key) for key in ANSWER_FIELDS}
-        return conn.execute(
-            "INSERT INTO answers (comparison_id, arm, slot, model, adapter_version, settings, seed, text, "
-            "prompt_tokens, new_tokens, seconds, ttft, finish_reason, created_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                comparison_id,
-                answer["arm"],
-                slot,
-                values["model"],
-                values["adapter_version"] or 0,
-                _json(values["settings"] or {}),
-                values["seed"],
-                values["text"],
-                values["prompt_tokens"],
-                values["new_tokens"],
-                values["seconds"],
-                values["ttft"],
-                values["finish_reason"],
-                time.time(),
-            ),
-        ).lastrowid
-
-    def comparison(self, comparison_id: int) -> dict | None:
-        """The comparison with its prompt text, category and answers (by slot)."""
-        with self._read() as conn:
-            c = _row(
-                conn.execute(
-                    "SELECT cm.id, cm.prompt_id, p.text AS prompt, p.category, cm.session_id, cm.mode, cm.created_at, "
-                    "cm.chat_id, cm.turn, cm.history, cm.parent_answer_id "
-                    "FROM comparisons cm JOIN prompts p ON p.id = cm.prompt_id WHERE cm.id = ?",
-                    (comparison_id,),
-                ).fetchone()
-            )
-            if c is not None:
-                c["answers"] = self._answers_of(conn, comparison_id)
-            return c
-
-    def answer(self, answer_id: int) -> dict | None:
-        with self._read() as conn:
-            return _row(conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone())
-
-    @staticmethod
-    def _answers_of(conn: sqlite3.Connection, comparison_id: int) -> list[dict]:
-        rows = conn.execute("SELECT * FROM answers WHERE comparison_id = ? ORDER BY slot", (comparison_id,))
-        return [_row(r) for r in rows]
-
-    # -- conversations -------------------------------------------------------------------------------
-
-    def continuation(self, comparison_id: int, session_id: str, chosen_answer_id: int | None = None) -> dict:
-        """The answer of this turn the conversation goes on with, the same for every arm: the person's correction,
-        else the answer their vote put first (best, or a duel's winner), else the one they chose to continue from,
-        else the preference-tuned (or the duel's first) answer. Raises StoreError for a foreign `chosen_answer_id`."""
-        with self._read() as conn:
-            answers = self._answers_of(conn, comparison_id)
-            if not answers:
-                raise StoreError(f"Comparison {comparison_id} does not exist or has no answers.")
-            voted = conn.execute(
-                "SELECT v.kind, v.outcome, va.answer_id, va.position FROM votes v "
-                "JOIN vote_answers va ON va.vote_id = v.id WHERE v.comparison_id = ? AND v.session_id = ? "
-                "AND v.kind IN ('correction', 'best', 'pairwise') "
-                "ORDER BY CASE v.kind WHEN 'correction' THEN 0 ELSE 1 END, v.id DESC, va.position",
-                (comparison_id, session_id),
-            ).fetchall()
-        by_id = {a["id"]: a for a in answers}
-        for kind, outcome, answer_id, position in voted:
-            if kind in ("correction", "best") and position == 0:
-                return by_id[answer_id]
-            if kind == "pairwise" and outcome in ("a", "b") and position == ("a", "b").index(outcome):
-                return by_id[answer_id]
-        if chosen_answer_id is not None:
-            if chosen_answer_id not in by_id:
-                raise StoreError(f"Answer {chosen_answer_id} is not an answer of comparison {comparison_id}.")
-            return by_id[chosen_answer_id]
-        models = [a for a in answers if a["arm"] != HUMAN]
-        return next((a for a in models if a["arm"] == "pref"), models[0])
-
-    def next_history(self, comparison_id: int, continued: dict) -> list[dict]:
-        """The messages every arm answers next: this turn's history, its prompt and the answer it continues with."""
-        c = self.comparison(comparison_id)
-        return list(c["history"]) + [
-            {"role": "user", "content": c["prompt"]},
-            {"role": "assistant", "content": continued["text"]},
-        ]
-
-    def chat(self, chat_id: str) -> list[dict]:
-        """The turns of a conversation, oldest first (comparison rows with prompt, history and parent answer)."""
-        with self._read() as conn:
-            ids = [
-                r[0] for r in conn.execute("SELECT id FROM comparisons WHERE chat_id = ? ORDER BY turn, id", (chat_id,))
-            ]
-        return [self.comparison(i) for i in ids]
-
-    def conversation(self, comparison_id: int) -> list[dict]:
-        """The turns this comparison continues, oldest first, ending with it: each turn's parent answer leads to the
-        turn before (a regenerated turn is not on the path; the turn continued from is)."""
-        turns, seen = [], set()
-        current = self.comparison(comparison_id)
-        while current is not None and current["id"] not in seen:
-            seen.add(current["id"])
-            turns.append(current)
-            parent = self.answer(current["parent_answer_id"]) if current["parent_answer_id"] else None
-            current = self.comparison(parent["comparison_id"]) if parent else None
-        return turns[::-1]
+    """Votes, corrections and pairs (a part of `Store`)."""
 
     def has_voted(self, session_id: str, comparison_id: int) -> bool:
         """Whether this session gave any verdict or rating on the comparison (blind names may show after it)."""
-        with self._read() as conn:
+        with self.read() as conn:
             return (
                 conn.execute(
                     "SELECT 1 FROM votes WHERE session_id = ? AND comparison_id = ? LIMIT 1",
@@ -234,14 +64,14 @@ class Records:
             raise VoteError("The better answer is empty: write the answer you would have wanted.")
         if len(text) > MAX_CORRECTION_CHARS:
             raise VoteError(f"The better answer has {len(text):,} characters; the limit is {MAX_CORRECTION_CHARS:,}.")
-        with self._write() as conn:
+        with self.write() as conn:
             answers = self._vote_target(conn, session_id, comparison_id)
             self._check_not_voted(conn, "correction", session_id, comparison_id)
             slot = conn.execute(
                 "SELECT coalesce(max(slot), -1) + 1 FROM answers WHERE comparison_id = ?", (comparison_id,)
             ).fetchone()[0]
-            answer_id = self._insert_answer(conn, comparison_id, slot, {"arm": HUMAN, "text": text, "model": HUMAN})
-            human = _row(conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone())
+            answer_id = insert_answer(conn, comparison_id, slot, {"arm": HUMAN, "text": text, "model": HUMAN})
+            human = from_row(conn.execute("SELECT * FROM answers WHERE id = ?", (answer_id,)).fetchone())
             return self._record(conn, "correction", session_id, comparison_id, None, [human], answers + [human], voter)
 
     # -- votes ---------------------------------------------------------------------------------------
@@ -253,7 +83,7 @@ class Records:
         `voter` (every vote method): who cast it, 'hf:<user>' or 'ip:<keyed hash>' (`voters.py`); None when unknown
         (the command line), and then its session stands for the voter."""
         ranking = list(ranking)
-        with self._write() as conn:
+        with self.write() as conn:
             answers = self._vote_target(conn, session_id, comparison_id)
             self._check_members(conn, comparison_id, answers, ranking)
             problem = rules.ranking_problem(ranking, [a["id"] for a in answers])
@@ -266,7 +96,7 @@ class Records:
             )
 
     def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
-        with self._write() as conn:
+        with self.write() as conn:
             answers = self._vote_target(conn, session_id, comparison_id)
             self._check_not_voted(conn, "all_bad", session_id, comparison_id)
             return self._record(conn, "all_bad", session_id, comparison_id, None, [], answers, voter)
@@ -286,7 +116,7 @@ class Records:
             raise VoteError(f"Unknown outcome {outcome!r}; expected one of {', '.join(rules.PAIRWISE_OUTCOMES)}.")
         if answer_a == answer_b:
             raise VoteError("Answer A and answer B must be two different answers.")
-        with self._write() as conn:
+        with self.write() as conn:
             answers = self._vote_target(conn, session_id, comparison_id)
             self._check_members(conn, comparison_id, answers, [answer_a, answer_b])
             self._check_not_voted(conn, "pairwise", session_id, comparison_id)
@@ -295,7 +125,7 @@ class Records:
             return self._record(conn, "pairwise", session_id, comparison_id, outcome, pair, answers, voter)
 
     def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
-        with self._write() as conn:
+        with self.write() as conn:
             row = conn.execute("SELECT comparison_id FROM answers WHERE id = ?", (answer_id,)).fetchone()
             if row is None:
                 raise VoteError(f"Answer {answer_id} does not exist.")
@@ -322,7 +152,7 @@ class Records:
             raise VoteError("A vote needs a session id.")
         if conn.execute("SELECT 1 FROM comparisons WHERE id = ?", (comparison_id,)).fetchone() is None:
             raise VoteError(f"Comparison {comparison_id} does not exist.")
-        return [a for a in Records._answers_of(conn, comparison_id) if a["arm"] != HUMAN]
+        return [a for a in answers_of(conn, comparison_id) if a["arm"] != HUMAN]
 
     @staticmethod
     def _check_members(conn: sqlite3.Connection, comparison_id: int, answers: list[dict], ids: Iterable[int]) -> None:
@@ -389,13 +219,13 @@ class Records:
         without it."""
         salt = getattr(self, "_voter_salt", None)
         if salt is None:
-            with self._write() as conn:
+            with self.write() as conn:
                 # DO NOTHING: another process may have created it first; theirs is the one to use.
                 conn.execute(
                     "INSERT INTO meta (key, value) VALUES ('voter_salt', ?) ON CONFLICT (key) DO NOTHING",
                     (secrets.token_hex(32),),
                 )
-                salt = self._voter_salt = bytes.fromhex(self._meta(conn, "voter_salt"))
+                salt = self._voter_salt = bytes.fromhex(self.meta(conn, "voter_salt"))
         return salt
 
     def _batches(self, sql: str) -> Iterator[dict]:
@@ -403,8 +233,8 @@ class Records:
         batches of one short transaction each, so a long export never pins the WAL."""
         last = 0
         while True:
-            with self._read() as conn:
-                batch = [_row(r) for r in conn.execute(sql, (last, _EXPORT_BATCH))]
+            with self.read() as conn:
+                batch = [from_row(r) for r in conn.execute(sql, (last, _EXPORT_BATCH))]
             if not batch:
                 return
             yield from batch
@@ -415,9 +245,9 @@ class Records:
         the `position` the vote gave it (None when the vote did not name it, e.g. all_bad)."""
         last = 0
         while True:
-            with self._read() as conn:
+            with self.read() as conn:
                 votes = [
-                    _row(r)
+                    from_row(r)
                     for r in conn.execute(
                         "SELECT v.id AS vote_id, v.kind, v.session_id, v.voter, v.outcome, v.created_at, v.comparison_id, "
                         "cm.mode, cm.chat_id, cm.turn, cm.history, p.text AS prompt, p.category FROM votes v "
@@ -428,7 +258,7 @@ class Records:
                 ]
                 for vote in votes:
                     vote["answers"] = [
-                        _row(r)
+                        from_row(r)
                         for r in conn.execute(
                             "SELECT a.id AS answer_id, va.position, a.slot, a.arm, a.model, a.adapter_version, "
                             "a.settings, a.seed, a.text FROM answers a "

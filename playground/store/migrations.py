@@ -1,34 +1,31 @@
-"""The SQLite file under the store: its schema and migrations, connections and transactions.
+"""The schema of the store's file, as named migrations applied in order.
 
-One file shared by the web app, the trainer process and any script. To make that safe:
-- WAL mode, so readers never block the writer and the writer never blocks readers;
-- a fresh connection per operation, so any thread or process can call any method;
-- every write is one `BEGIN IMMEDIATE` transaction: it takes the write lock up front, so two writers
-  queue on the busy timeout instead of deadlocking when both try to upgrade a read lock;
-- `synchronous=FULL`: a vote is on disk before the person who cast it is thanked;
-- every transaction that changed a row also counts up `meta.changes`, so a reader learns with one query whether
-  anything changed since it last looked (the page's panels are computed once per change, not once per viewer).
+`PRAGMA user_version` counts how many of them a file has: the count, not the names, is what a file records, so
+every file written before the migrations had names opens as it did. A name says what a migration is for (and shows
+in errors); a shipped migration is never edited or reordered, only new ones appended.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import math
-import os
 import sqlite3
-import threading
-import warnings
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
 
-BUSY_TIMEOUT_S = 30.0
+from .errors import StoreError
 
-# Ordered migrations; PRAGMA user_version counts how many are applied. Append, never edit a shipped one.
-MIGRATIONS: list[str] = [
+
+@dataclass(frozen=True)
+class Migration:
+    name: str
+    sql: str
+
+
+# Append, never edit a shipped one.
+MIGRATIONS: list[Migration] = [
     # 1: initial schema.
-    """
+    Migration(
+        "initial",
+        """
     -- One row per distinct prompt text; comparisons of the same prompt share it.
     CREATE TABLE prompts (
         id          INTEGER PRIMARY KEY,
@@ -159,20 +156,29 @@ MIGRATIONS: list[str] = [
         value  TEXT
     );
     """,
+    ),
     # 2: live progress of a round (the training panel's progress bar).
-    """
+    Migration(
+        "round_progress",
+        """
     ALTER TABLE rounds ADD COLUMN steps_done INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE rounds ADD COLUMN steps_total INTEGER;
     """,
+    ),
     # 3: a change counter for readers; whether a finished round's version started serving (it does not when the
     # serving version changed during the round, e.g. a rollback: that choice stands).
-    """
+    Migration(
+        "change_counter",
+        """
     INSERT INTO meta (key, value) VALUES ('changes', '0') ON CONFLICT (key) DO NOTHING;
     ALTER TABLE adapter_versions ADD COLUMN served_on_publish INTEGER NOT NULL DEFAULT 1;
     """,
+    ),
     # 4: the durable copy's change log (filled by triggers, see `changelog_triggers`; emptied as the copy catches up)
     # and who cast a vote ('ip:<keyed hash>' or 'hf:<user name>'; NULL for votes from before).
-    """
+    Migration(
+        "changelog_and_voter",
+        """
     CREATE TABLE changelog (
         seq  INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: orders every copied record across restarts
         tbl  TEXT NOT NULL,
@@ -181,12 +187,15 @@ MIGRATIONS: list[str] = [
     ALTER TABLE votes ADD COLUMN voter TEXT;
     CREATE INDEX votes_voter ON votes (voter);
     """,
+    ),
     # 5: conversations and corrections. A comparison is one turn of a chat: `history` holds the messages before its
     # prompt (the shared conversation every arm answered), `parent_answer_id` the answer of the previous turn that
     # history continued from. A person's better answer is an answer with arm 'human' and a vote of kind
     # 'correction'. SQLite cannot change a CHECK constraint in place, so `answers` and `votes` are rebuilt (the
     # migration runs with foreign keys off and checks them before it commits).
-    """
+    Migration(
+        "conversations_and_corrections",
+        """
     ALTER TABLE comparisons ADD COLUMN chat_id TEXT;
     ALTER TABLE comparisons ADD COLUMN turn INTEGER NOT NULL DEFAULT 1;
     ALTER TABLE comparisons ADD COLUMN history TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(history));
@@ -232,9 +241,12 @@ MIGRATIONS: list[str] = [
     ) WHERE kind <> 'thumb';
     CREATE INDEX votes_voter ON votes (voter);
     """,
+    ),
     # 6: drift per version (drift.py): what the trainer measured on a fixed prompt set. version 0 = the SFT model
     # itself (not an adapter_versions row, so no reference); eval_set names the prompt set and length measured.
-    """
+    Migration(
+        "version_evals",
+        """
     CREATE TABLE version_evals (
         version     INTEGER NOT NULL CHECK (version >= 0),
         eval_set    TEXT NOT NULL,
@@ -243,13 +255,16 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (version, eval_set)
     );
     """,
+    ),
     # 7: every kind of feedback trains (training.py). A demonstration is a person's better answer (Dataset 1, the SFT
     # stage); a rating is one model answer judged on its own, 👍 or 👎 (the KTO stage): a thumb rates its answer, an
     # "all bad" vote is a 👎 for each model answer of the turn (identical texts once). Both are read from the votes
     # themselves (views), so every vote counts, those from before this migration too, and a restored durable copy
     # needs nothing beyond the votes. A round records which ones it trained on; one is pending until a round that
     # trained on it is done. Steps are numbered across a round's stages and say which stage logged them.
-    """
+    Migration(
+        "feedback_kinds",
+        """
     CREATE VIEW demonstrations AS
         SELECT a.id AS id, v.id AS vote_id, v.comparison_id, v.session_id, v.voter, v.created_at
         FROM votes v JOIN vote_answers va ON va.vote_id = v.id JOIN answers a ON a.id = va.answer_id
@@ -282,65 +297,17 @@ MIGRATIONS: list[str] = [
     ALTER TABLE rounds ADD COLUMN ratings_used INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE round_steps ADD COLUMN stage TEXT NOT NULL DEFAULT 'dpo';
     """,
+    ),
 ]
 
-# Meta keys that describe this process or this copy of the file, not the data: never copied, never restored.
-LOCAL_META_KEYS = ("changes", "trainer", "voter_salt", "durable_copy")
-# Tables that are the copy's own bookkeeping.
-UNCOPIED_TABLES = ("changelog",)
 
-_JSON_COLUMNS = {"settings", "hyperparams", "metrics", "extra", "history"}
+def schema_version() -> int:
+    """The user_version of a file this code has migrated fully."""
+    return len(MIGRATIONS)
 
 
-def changelog_triggers(tables: dict[str, dict]) -> list[tuple[str, str]]:
-    """(name, CREATE TRIGGER statement) for every data table and operation."""
-    bound = "(SELECT 1 FROM meta WHERE key = 'durable_copy') IS NOT NULL"
-    local = ", ".join(f"'{k}'" for k in LOCAL_META_KEYS)
-    out = []
-    for table, spec in tables.items():
-        for op, row in (("INSERT", "NEW"), ("UPDATE", "NEW"), ("DELETE", "OLD")):
-            name = f"changelog_{table}_{op.lower()}"
-            when = bound + (f" AND {row}.key NOT IN ({local})" if table == "meta" else "")
-            key = ", ".join(f"{row}.{c}" for c in spec["key"])
-            out.append(
-                (
-                    name,
-                    f"CREATE TRIGGER {name} AFTER {op} ON {table} WHEN {when} "
-                    f"BEGIN INSERT INTO changelog (tbl, key) VALUES ('{table}', json_array({key})); END",
-                )
-            )
-    return out
-
-
-class StoreError(Exception):
-    """A request the store refuses; the message is meant for people."""
-
-
-def _json(value: Any) -> str:
-    # SQLite's JSON functions reject NaN/Infinity, and a diverging loss is exactly what must be logged.
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return str(v)
-        if isinstance(v, dict):
-            return {str(k): clean(x) for k, x in v.items()}
-        if isinstance(v, (list, tuple)):
-            return [clean(x) for x in v]
-        return v
-
-    return json.dumps(clean(value if value is not None else {}), default=str)
-
-
-def _row(row: sqlite3.Row | None) -> dict | None:
-    if row is None:
-        return None
-    d = dict(row)
-    for key in _JSON_COLUMNS & d.keys():
-        if isinstance(d[key], str):
-            d[key] = json.loads(d[key])
-    return d
-
-
-def _statements(script: str) -> Iterator[str]:
+def statements(script: str) -> Iterator[str]:
+    """The statements of a migration, one by one."""
     # executescript() would COMMIT first, breaking one-transaction-per-migration; split it instead.
     buf = ""
     for line in script.splitlines(keepends=True):
@@ -352,178 +319,19 @@ def _statements(script: str) -> Iterator[str]:
         yield buf  # trailing comments are harmless; an unfinished statement makes SQLite raise
 
 
-class Database:
-    """Connections, transactions and migrations of one SQLite file."""
-
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._local = threading.local()  # each thread's connection for changes()
-        with contextlib.closing(self._connect()) as conn:
-            # journal_mode is persistent in the file; only switch when needed (it takes an exclusive lock).
-            mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
-            if mode != "wal":
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if mode != "wal":
-                warnings.warn(
-                    f"{self.path}: SQLite refused WAL mode (got {mode!r}); concurrent use will be slow", stacklevel=2
-                )
+def migrate(db) -> None:
+    """Apply what `db` (a Database) lacks, one transaction per migration. Re-reading user_version under the write
+    lock lets several processes open a fresh file at once without applying anything twice."""
+    while True:
+        with db.write_unchecked_references() as conn:
             applied = conn.execute("PRAGMA user_version").fetchone()[0]
-        if applied != len(MIGRATIONS):
-            self._migrate()
-        self._install_changelog_triggers()
-
-    @property
-    def root(self) -> Path:
-        """The folder of the data set this store belongs to; adapter paths are stored relative to it."""
-        return self.path.parent
-
-    def _connect(self) -> sqlite3.Connection:
-        # isolation_level=None: we issue BEGIN ourselves, so the transaction boundaries are the ones we wrote.
-        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA foreign_keys = ON")
-        conn.execute("PRAGMA synchronous = FULL")
-        return conn
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: commits when the block ends, rolls back if it raises."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            before = conn.total_changes
-            try:
-                yield conn
-                if conn.total_changes != before:
-                    conn.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'changes'")
-            except BaseException:
-                if conn.in_transaction:  # SQLite may already have rolled back (e.g. disk full)
-                    conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            conn.close()
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        """A read transaction, so several queries see one consistent snapshot."""
-        conn = self._connect()
-        try:
-            conn.execute("BEGIN")
-            yield conn
-        finally:
-            conn.close()  # ends the read transaction
-
-    def _migrate(self) -> None:
-        # One transaction per migration; re-reading user_version under the write lock lets several
-        # processes open a fresh file at once without applying anything twice.
-        while True:
-            with self._write_unchecked_references() as conn:
-                applied = conn.execute("PRAGMA user_version").fetchone()[0]
-                if applied > len(MIGRATIONS):
-                    raise StoreError(
-                        f"{self.path} has schema version {applied}, newer than this code knows "
-                        f"({len(MIGRATIONS)}); upgrade the app instead of risking the data."
-                    )
-                if applied == len(MIGRATIONS):
-                    return
-                for statement in _statements(MIGRATIONS[applied]):
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {applied + 1}")
-
-    @contextlib.contextmanager
-    def _write_unchecked_references(self, strict: bool = True) -> Iterator[sqlite3.Connection]:
-        """A write transaction with foreign keys checked once at its end instead of per statement: for rebuilding a
-        table others refer to (a migration) or writing rows in an order that is not their key order (a restore).
-        The pragma only takes effect outside a transaction. `strict`: a broken reference at the end rolls everything
-        back (else the caller checks and decides)."""
-        conn = self._connect()
-        try:
-            conn.execute("PRAGMA foreign_keys = OFF")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-                if conn.in_transaction:
-                    broken = conn.execute("PRAGMA foreign_key_check").fetchall() if strict else []
-                    if broken:
-                        raise StoreError(
-                            f"{len(broken)} rows of {self.path} would refer to rows that do not exist; "
-                            f"nothing was changed."
-                        )
-                    conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-        finally:
-            conn.close()
-
-    def tables(self, conn: sqlite3.Connection) -> dict[str, dict]:
-        """Every data table: {name: {"columns": [...], "key": [primary key columns]}} (what the durable copy copies;
-        read from the schema, so tables and columns added later are copied too)."""
-        names = [
-            r[0]
-            for r in conn.execute(
-                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
-            )
-        ]
-        out = {}
-        for name in names:
-            if name in UNCOPIED_TABLES:
-                continue
-            info = conn.execute(f"PRAGMA table_info({name})").fetchall()
-            key = [r["name"] for r in sorted((r for r in info if r["pk"]), key=lambda r: r["pk"])]
-            out[name] = {"columns": [r["name"] for r in info], "key": key or ["rowid"]}
-        return out
-
-    def _install_changelog_triggers(self) -> None:
-        """Triggers that log the key of every inserted, updated or deleted row into `changelog` while a durable
-        copy is bound to this file (meta 'durable_copy' set); generated from the schema, so they follow it."""
-        with contextlib.closing(self._connect()) as conn:
-            wanted = changelog_triggers(self.tables(conn))
-            have = {
-                r[0]: r[1]
-                for r in conn.execute(
-                    "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND name LIKE 'changelog_%'"
+            if applied > len(MIGRATIONS):
+                raise StoreError(
+                    f"{db.path} has schema version {applied}, newer than this code knows "
+                    f"({len(MIGRATIONS)}); upgrade the app instead of risking the data."
                 )
-            }
-        if {name: sql for name, sql in wanted} == have:
-            return
-        with self._write() as conn:  # under the write lock, so two processes opening the file do this once
-            for name in have:
-                conn.execute(f"DROP TRIGGER IF EXISTS {name}")
-            for _, sql in wanted:
-                conn.execute(sql)
-
-    def pragmas(self) -> dict[str, Any]:
-        """The settings a connection actually runs with, for health checks."""
-        with contextlib.closing(self._connect()) as conn:
-            return {
-                name: conn.execute(f"PRAGMA {name}").fetchone()[0]
-                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout", "user_version")
-            }
-
-    def changes(self) -> int:
-        """How many write transactions changed something so far: equal numbers mean equal contents.
-
-        Every open page asks this every few seconds, so each thread keeps one connection for it (opening one costs
-        more than the query); outside a transaction, each query reads the latest commit."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = self._local.conn = self._connect()
-        row = conn.execute("SELECT value FROM meta WHERE key = 'changes'").fetchone()
-        return int(row[0]) if row else 0
-
-    # -- small shared values -------------------------------------------------------------------------
-
-    def _meta(self, conn: sqlite3.Connection, key: str) -> str | None:
-        row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return row[0] if row else None
-
-    @staticmethod
-    def _set_meta(conn: sqlite3.Connection, key: str, value: str) -> None:
-        conn.execute(
-            "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            (key, value),
-        )
+            if applied == len(MIGRATIONS):
+                return
+            for statement in statements(MIGRATIONS[applied].sql):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {applied + 1}")
