@@ -414,7 +414,7 @@ def test_restore_and_stats_from_the_command_line(tiny_models, tmp_path, capsys):
 def test_a_broken_target_shows_on_the_status_line_and_the_copy_recovers(store, tmp_path):
     import time
 
-    from playground.ui.common import durable_copy_note
+    from playground.ui.status import durable_copy_note
 
     target = tmp_path / "target"
     copy = copy_of(store, target)

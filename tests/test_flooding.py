@@ -48,7 +48,7 @@ def a_request(peer: str, *forwarded: str) -> gr.Request:
 
 
 def test_the_address_is_the_peer_or_behind_a_space_proxy_the_last_forwarded_entry():
-    from playground.ui.common import client_address
+    from playground.ui.page import client_address
 
     spoofed = a_request("10.0.0.2", f"1.2.3.4, {FLOODER}")
     assert client_address(spoofed, behind_proxy=False) == "10.0.0.2", "off a Space the header is not believed"

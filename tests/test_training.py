@@ -359,10 +359,12 @@ def test_a_rollback_during_a_round_survives_it(playground):
     v2 = playground.store.version(2)
     assert (v2["parent_version"], v2["serving"], v2["served_on_publish"]) == (1, False, 0)
 
-    from playground.ui.training import training_status
+    from playground.training import eligible_counts
+    from playground.ui.training_panels import training_status
 
     facts = playground.dashboard.facts()
-    assert "v2 was published but does not serve" in training_status(facts, 0, False, 4)
+    eligible = eligible_counts(playground.store, playground.round_settings)
+    assert "v2 was published but does not serve" in training_status(facts, 0, False, 4, eligible)
 
 
 def test_generate_cli_answers_with_the_serving_version_and_follows_rollback(playground, tiny_models, tmp_path):

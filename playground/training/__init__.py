@@ -19,6 +19,8 @@ from .examples import (
     Selection,
     eligible_counts,
     fit_to_length,
+    min_pairs_in_force,
+    round_due,
     select_feedback,
     stages_of,
 )
@@ -39,6 +41,8 @@ __all__ = [
     "fit_to_length",
     "kto_class_weights",
     "load_policy",
+    "min_pairs_in_force",
+    "round_due",
     "run_round",
     "select_feedback",
     "stages_of",

@@ -1,6 +1,6 @@
 """Choosing a round's examples: the pending feedback a round may take (each kind its weight turns on, oldest first,
-at most `pairs_per_voter` pieces of one voter's), a replay of earlier examples of each kind, and each example cut to
-the training length and put in the trl format of its stage.
+at most `pairs_per_voter` pieces of one voter's) and when enough of it waits to start one, a replay of earlier examples
+of each kind, and each example cut to the training length and put in the trl format of its stage.
 """
 
 from __future__ import annotations
@@ -83,6 +83,18 @@ def eligible_counts(store: Store, settings: RoundSettings) -> dict[str, int]:
     """{kind: pending pieces a round could take now} for the kinds the weights turn on, under the per-voter cap: their
     sum is what `min_pairs` is compared with."""
     return store.pending_counts(settings.feedback_kinds(), per_voter=settings.pairs_per_voter)
+
+
+def round_due(eligible: int, min_pairs: int, requested: bool = False) -> bool:
+    """Whether a round starts on `eligible` pieces of feedback (the sum of `eligible_counts`, or what a selection
+    took): something waits, and at least `min_pairs` of it unless a round was asked for ("train now")."""
+    return eligible > 0 and (requested or eligible >= min_pairs)
+
+
+def min_pairs_in_force(trainer_state: dict | None, default: int) -> int:
+    """The `min_pairs` rounds wait for: the trainer's own, as its state reports it (a trainer started elsewhere may
+    have its own), else `default`."""
+    return (trainer_state or {}).get("min_pairs") or default
 
 
 def fit_to_length(row: dict, tokenizer, max_length: int) -> dict:

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..models import load_policy
 from ..settings import RoundSettings
 from ..store import Store
-from .examples import KIND_OF, Selection, key_of, select_feedback, stages_of, trl_rows
+from .examples import KIND_OF, Selection, key_of, round_due, select_feedback, stages_of, trl_rows
 from .stages import Stage, lora_config, stage_steps
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ def run_round(
     settings = settings or RoundSettings()
     stages = stages_of(settings) if stages is None else tuple(stages)
     selection = select_feedback(store, settings, stages)
-    if not selection.new_count or (selection.new_count < settings.min_pairs and not force):
+    if not round_due(selection.new_count, settings.min_pairs, force):
         return None
 
     import torch

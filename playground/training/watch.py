@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..settings import RoundSettings
 from ..store import Store
-from .examples import eligible_counts
+from .examples import eligible_counts, round_due
 from .runner import run_round
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def watch(
             # Counted under the per-voter cap, like select_feedback takes them: one voter alone cannot start a round.
             waiting = eligible_counts(store, settings)
             pending = sum(waiting.values())
-            if pending and (forced or pending >= settings.min_pairs):
+            if round_due(pending, settings.min_pairs, forced):
                 say("training", pending=pending, waiting=waiting)
                 try:
                     run_round(store, adapters_dir, sft_dir, settings, force=True, sft_hub_id=sft_hub_id)

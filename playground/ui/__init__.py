@@ -1,14 +1,22 @@
 """The web page: Gradio wiring only, one module per tab. Everything it does goes through the `Playground` (models,
 votes, versions, exports); the shared panels are rendered once per change (panel.py).
 
-    common.py    the Page (playground + server policies), queue groups, formatting, streaming into the page
-    compare.py   Compare: three answers, best / ranking / all bad / good-bad
-    duel.py      Duel: two answers, A / B / tie / both bad
-    explain.py   Why this answer: the implicit reward per token, under each chat tab and as the `explain` endpoint
-    training.py  Training: status, progress, plots, versions, Train now, rollback
-    stages.py    the Stages view: the two datasets, the stage each trains, the latest ablation
-    data.py      Leaderboard and Data: ratings, counts, exports, Hub pushes
-    panel.py     the refresh every page runs, computed once per change for all of them
+    page.py             the Page: the playground and the server's policies (vote limits, admin token, who votes)
+    status.py           the status line at the top of the page
+    text.py             text the page shows: code spans, answer titles and details, chat columns
+    wiring.py           queue groups, the refresh period, handlers for one button of many
+    theme.py            the theme and the style rules
+    chat.py             what Compare and Duel share: streaming answers into the page, checking a vote, sampling
+    compare.py          Compare: a conversation with three answers a turn (the turns' handlers)
+    compare_votes.py    Compare's verdicts: best / ranking / all bad / good-bad, a better answer, continue from
+    compare_layout.py   Compare's components and their events
+    duel.py             Duel: two answers, A / B / tie / both bad
+    explain.py          Why this answer: the implicit reward per token, under each chat tab and as the `explain` endpoint
+    training.py         Training: Train now, rollback, the tab's components
+    training_panels.py  what the Training tab's panels show: status, progress, plots, versions table, drift
+    stages.py           the Stages view: the two datasets, the stage each trains, the latest ablation
+    data.py             Leaderboard and Data: ratings, counts, exports, Hub pushes
+    panel.py            the refresh every page runs, computed once per change for all of them
 """
 
 from __future__ import annotations
@@ -20,13 +28,15 @@ import time
 import gradio as gr
 
 from ..prompting import load_prompts
-from .common import CSS, PANEL, QUEUE_SIZE, REFRESH_SECONDS, THEME, Page
 from .compare import CompareTab
 from .data import DataTab
 from .duel import DuelTab
 from .explain import explain_endpoint
+from .page import Page
 from .panel import OUTPUTS, Panel
+from .theme import CSS, THEME
 from .training import TrainingTab
+from .wiring import PANEL, QUEUE_SIZE, REFRESH_SECONDS
 
 __all__ = ["Page", "build_app", "launch"]
 
@@ -34,8 +44,8 @@ log = logging.getLogger(__name__)
 
 
 def build_app(page: Page) -> gr.Blocks:
-    # Gradio summarises all its recent events (up to 10,000, in a pandas DataFrame) after every event, for a
-    # monitoring page this app does not use; every open page's refresh is an event. Every 100th is plenty.
+    # Gradio summarises its recent events after every event, for a monitoring page this app does not use, and every
+    # open page's refresh is an event: summarising rarely is enough (docs/performance.md, the panels of idle pages).
     os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "100")
     prompts = load_prompts()
     page.categories = {p["prompt"]: p["category"] for p in prompts}

@@ -15,32 +15,18 @@ load, one per API client), so it cannot be forged through a State value.
 from __future__ import annotations
 
 import random
-import re
 import uuid
 
 import gradio as gr
 
 from ..core import ChatTurn
 from ..generation import ARM_TITLES, ARMS
-from ..store import StoreError, VoteError
-from .common import (
-    GENERATION,
-    VOTES,
-    Page,
-    answer_dict,
-    blind_title,
-    chat_column,
-    fixed,
-    kept_label,
-    meta,
-    sampling_controls,
-    session,
-    stream_answers,
-    title,
-    transcript,
-    vote_problem,
-)
-from .explain import ExplainView
+from ..store import StoreError
+from .chat import stream_answers
+from .compare_layout import build as build_layout
+from .compare_votes import CompareVotes
+from .page import Page, session
+from .text import answer_dict, blind_title, chat_column, kept_label, meta, title, transcript
 
 NEW_CHAT_HINT = "New conversation: type a message below. Every turn, all three models answer the same conversation."
 
@@ -62,7 +48,9 @@ def new_state(blind: bool = False) -> dict:
     }
 
 
-class CompareTab:
+class CompareTab(CompareVotes):
+    hint = NEW_CHAT_HINT  # what the tab says before the first message
+
     def __init__(self, page: Page):
         self.page = page
 
@@ -206,17 +194,6 @@ class CompareTab:
             out += [header, chat, meta(row, state["revealed"])]
         return out
 
-    def revealed(self, state: dict) -> list:
-        """Headers and meta lines of the current turn, names shown (after a verdict)."""
-        comparison = self.page.playground.store.comparison(state["comparison"])
-        by_id = {a["id"]: a for a in comparison["answers"]}
-        state["revealed"] = True
-        out = []
-        for key in state["order"]:
-            row = by_id[state["answers"][key]]
-            out += [title(row["arm"], row["model"], row["adapter_version"]), meta(row, True)]
-        return out
-
     def new_chat(self, blind=False):
         """Forget the conversation (nothing stored is deleted): the next message starts a new one."""
         fresh = [(f"#### {ARM_TITLES[arm]}", [], "") for arm in ARMS]
@@ -231,257 +208,6 @@ class CompareTab:
             {**state, "streaming": False, "comparison": None, "answers": {}},
         )
 
-    # -- the latest turn: what the conversation goes on with -----------------------------------------------
-    def continue_from(self, column, state, request: gr.Request = None):
-        """column 1-3 as shown: the next message continues from that answer (a vote's winner still comes first)."""
-        problem = self._latest_turn_problem(state)
-        if problem:
-            return problem, state
-        try:
-            column = int(column)
-        except (TypeError, ValueError):
-            column = 0
-        if not 1 <= column <= len(state["order"]):
-            return f"⚠ Name a column from 1 to {len(state['order'])}.", state
-        key = state["order"][column - 1]
-        state = {**state, "continue_from": state["answers"][key]}
-        who = ARM_TITLES[key] if state.get("revealed") else f"answer {column}"
-        return f"✓ Your next message continues from {who}'s answer.", state
-
-    def correct(self, text, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
-        """A better answer to the latest turn: kept as a demonstration, the chosen side of a pair against each model
-        answer, and what the next message continues from."""
-        problem = vote_problem(self.page, state, request, "compare", profile)
-        if problem:
-            return problem, state
-        try:
-            receipt = self.page.playground.correct(
-                session(request), state["comparison"], str(text or ""), voter=self.page.voter(request, profile)
-            )
-        except VoteError as error:
-            return f"⚠ {error}", state
-        return f"✓ {receipt.message}", state
-
-    @staticmethod
-    def _latest_turn_problem(state) -> str | None:
-        if not state or state.get("mode") != "compare" or state.get("comparison") is None:
-            return "⚠ Nothing to continue from yet: send a message first."
-        if state.get("streaming"):
-            return "⚠ The answers are still being written."
-        return None
-
-    # -- votes ---------------------------------------------------------------------------------------------
-    # Every vote handler takes `profile`, the signed-in Hugging Face user (Gradio injects it; None when signed out).
-    def vote_best(self, ranking, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
-        """ranking: column numbers best first, "2" (just the best) or "2,1,3" (all three)."""
-        problem = vote_problem(self.page, state, request, "compare", profile)
-        if problem:
-            return problem, *[gr.skip()] * 6, state
-        columns = [int(n) for n in re.findall(r"\d+", str(ranking or ""))]
-        if not columns or any(not 1 <= c <= len(state["order"]) for c in columns):
-            return (
-                "⚠ Rank by column number: `2` for just the best, or `2,1,3` for all three (best first).",
-                *[gr.skip()] * 6,
-                state,
-            )
-        ids = [state["answers"][state["order"][c - 1]] for c in columns]
-        pg = self.page.playground
-        return self._verdict(
-            state, lambda sid, voter: pg.vote_best(sid, state["comparison"], ids, voter=voter), request, profile
-        )
-
-    def vote_all_bad(self, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
-        problem = vote_problem(self.page, state, request, "compare", profile)
-        if problem:
-            return problem, *[gr.skip()] * 6, state
-        pg = self.page.playground
-        return self._verdict(
-            state, lambda sid, voter: pg.vote_all_bad(sid, state["comparison"], voter=voter), request, profile
-        )
-
-    def _verdict(self, state, vote, request, profile):
-        try:
-            receipt = vote(session(request), self.page.voter(request, profile))
-        except VoteError as error:
-            return f"⚠ {error}", *[gr.skip()] * 6, state
-        state = dict(state)
-        return f"✓ {receipt.message}", *self.revealed(state), state
-
-    def vote_thumb(self, column, up, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
-        """column: 1-3 as shown; up: True for 👍."""
-        problem = vote_problem(self.page, state, request, "compare", profile)
-        if problem:
-            return problem
-        try:
-            column = int(column)
-        except (TypeError, ValueError):
-            column = 0
-        if not 1 <= column <= len(state["order"]):
-            return f"⚠ Name a column from 1 to {len(state['order'])}."
-        key = state["order"][column - 1]
-        try:
-            receipt = self.page.playground.vote_thumb(
-                session(request), state["answers"][key], bool(up), voter=self.page.voter(request, profile)
-            )
-        except VoteError as error:
-            return f"⚠ {error}"
-        return f"✓ {receipt.message}"
-
-    # -- layout --------------------------------------------------------------------------------------------
     def build(self, examples: list[str]) -> None:
-        state = gr.State(None)
-        message = gr.Markdown(NEW_CHAT_HINT, elem_id="compare-status", label="message")
-        columns, best_buttons, thumbs, continues = [], [], [], []
-        with gr.Row(equal_height=True):
-            for i, arm in enumerate(ARMS):
-                with gr.Column():
-                    header = gr.Markdown(f"#### {ARM_TITLES[arm]}", elem_id=f"header-{i + 1}", label=f"title {i + 1}")
-                    # Markdown renders; HTML does not (sanitize_html, and `shown()` escapes it before it gets here).
-                    chat = gr.Chatbot(
-                        label=f"answer {i + 1}",
-                        show_label=False,
-                        height=420,
-                        elem_id=f"answer-{i + 1}",
-                        elem_classes=["pg-answer"],
-                        sanitize_html=True,
-                        render_markdown=True,
-                        allow_tags=False,
-                        feedback_options=None,
-                        buttons=["copy"],
-                        placeholder="The answers appear here.",
-                    )
-                    with gr.Row():
-                        best_buttons.append(gr.Button("★ Best", elem_id=f"best-{i + 1}", size="sm"))
-                        thumbs.append(
-                            (
-                                gr.Button("Good", elem_id=f"up-{i + 1}", size="sm", min_width=40),
-                                gr.Button("Bad", elem_id=f"down-{i + 1}", size="sm", min_width=40),
-                            )
-                        )
-                        continues.append(gr.Button("↪ Continue from this", elem_id=f"continue-{i + 1}", size="sm"))
-                    details = gr.Markdown(elem_id=f"meta-{i + 1}", elem_classes=["pg-meta"], label=f"details {i + 1}")
-                columns.append((header, chat, details))
-        with gr.Row():
-            box = gr.Textbox(
-                label="Message",
-                placeholder="Ask something… (Enter sends)",
-                lines=1,
-                max_lines=8,
-                elem_id="prompt",
-                scale=6,
-                autofocus=True,
-            )
-            send = gr.Button("Send", variant="primary", elem_id="compare-btn", scale=1)
-            stop = gr.Button("Stop", elem_id="stop-btn", scale=1)
-        with gr.Row():
-            new_chat = gr.Button("New chat", elem_id="new-prompt-btn", size="sm")
-            regenerate = gr.Button("Regenerate", elem_id="regenerate-btn", size="sm")
-            blind = gr.Checkbox(
-                label="Blind mode (hide model names until you vote; applies to a new chat)",
-                value=False,
-                elem_id="blind",
-            )
-        sampling = sampling_controls(self.page.defaults)
-        gr.Examples([[e] for e in examples], inputs=[box], label="Example prompts")
-        with gr.Row():
-            all_bad = gr.Button("All three are bad", elem_id="all-bad")
-            ranking = gr.Textbox(
-                label="Or rank all three (column numbers, best first), then Enter",
-                placeholder="e.g. 2,1,3",
-                elem_id="ranking",
-                scale=2,
-            )
-        vote_message = gr.Markdown(elem_id="vote-status", label="vote message")
-        with gr.Accordion("Write a better answer to the latest turn", open=False):
-            better = gr.Textbox(
-                label="Your answer",
-                lines=4,
-                elem_id="correction",
-                info="Kept as a demonstration (SFT data), preferred over every model answer of the "
-                "turn (DPO pairs), and the conversation continues from it.",
-            )
-            submit_better = gr.Button("Submit better answer", elem_id="correction-btn")
-        ExplainView(
-            self.page,
-            [(ARM_TITLES[arm], arm) for arm in ARMS] + [("Your better answer", "human")],
-            "compare",
-            default="pref",
-        ).build(state)
-        # API-only inputs: a thumb names its column and direction; continue_from names a column.
-        thumb_column = gr.Number(visible=False, precision=0, label="column")
-        thumb_up = gr.Checkbox(visible=False, label="up")
-        thumb_api = gr.Button(visible=False)
-        continue_api = gr.Button(visible=False)
-        chat_api = gr.Button(visible=False)
-        new_chat_api = gr.Button(visible=False)
-        sent = gr.State("")  # the message as sent, so the box can be cleared at once
-
-        outputs = [c for column in columns for c in column] + [message, state]
-        chat_event = chat_api.click(self.chat, [box, *sampling, state], outputs, api_name="chat", **GENERATION)
-        compare_api = gr.Button(visible=False)
-        compare_event = compare_api.click(
-            self.compare, [box, *sampling, blind, state], outputs, api_name="compare", **GENERATION
-        )
-
-        def take(text):
-            return "", text
-
-        events = [chat_event, compare_event]
-        for trigger in (box.submit, send.click):
-            events.append(
-                trigger(take, [box], [box, sent], queue=False, api_visibility="private").then(
-                    self.chat, [sent, *sampling, state], outputs, api_visibility="private", **GENERATION
-                )
-            )
-        events.append(
-            regenerate.click(
-                self.regenerate, [box, *sampling[:3], blind, state], outputs, api_name="regenerate", **GENERATION
-            )
-        )
-        # Cancel first, then settle the state: set in the same event, a streamed update of the cancelled answers could
-        # still arrive after it and mark them as being written again.
-        stop.click(None, None, None, cancels=events, api_visibility="private", queue=False).then(
-            self.stopped, [state], [message, state], api_visibility="private", queue=False
-        )
-        clear = [*outputs[:-2], message, state]
-        new_chat_api.click(self.new_chat, None, clear, api_name="new_chat", queue=False)  # first: it keeps the name
-        new_chat.click(self.new_chat, [blind], clear, api_visibility="private", queue=False)
-
-        reveal = [vote_message] + [c for column in columns for c in (column[0], column[2])] + [state]
-        ranking.submit(self.vote_best, [ranking, state], reveal, api_name="vote_best", **VOTES)
-        for i, button in enumerate(best_buttons):
-            button.click(fixed(self.vote_best, str(i + 1)), [state], reveal, api_visibility="private", **VOTES)
-        all_bad.click(self.vote_all_bad, [state], reveal, api_name="vote_all_bad", **VOTES)
-        thumb_api.click(
-            self.vote_thumb, [thumb_column, thumb_up, state], [vote_message], api_name="vote_thumb", **VOTES
-        )
-        for i, (up, down) in enumerate(thumbs):
-            up.click(fixed(self.vote_thumb, i + 1, True), [state], [vote_message], api_visibility="private", **VOTES)
-            down.click(fixed(self.vote_thumb, i + 1, False), [state], [vote_message], api_visibility="private", **VOTES)
-        continue_api.click(
-            self.continue_from, [thumb_column, state], [vote_message, state], api_name="continue_from", **VOTES
-        )
-        for i, button in enumerate(continues):
-            button.click(
-                column_handler(self.continue_from, i + 1),
-                [state],
-                [vote_message, state],
-                api_visibility="private",
-                **VOTES,
-            )
-        submit_better.click(self.correct, [better, state], [vote_message, state], api_name="correct", **VOTES).then(
-            lambda reply, text: "" if str(reply).startswith("✓") else text,
-            [vote_message, better],
-            [better],
-            api_visibility="private",
-            queue=False,
-        )  # a saved answer leaves the box; a refused one stays to fix
-
-
-def column_handler(method, column):
-    """`method(column, state, request)` for one column's button (keeps gr.Request injection working)."""
-
-    def handler(state, request: gr.Request = None):
-        return method(column, state, request)
-
-    return handler
+        """The components, wired to these handlers (compare_layout.py)."""
+        build_layout(self, examples)

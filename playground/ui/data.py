@@ -9,7 +9,8 @@ from __future__ import annotations
 import gradio as gr
 
 from .. import leaderboard, publishing
-from .common import DATA, PANEL, Page
+from .page import Page
+from .wiring import DATA, PANEL
 
 COUNT_HEADERS = ["what", "count"]
 

@@ -13,23 +13,11 @@ import gradio as gr
 from ..core import ChatTurn
 from ..generation import ARMS
 from ..store import StoreError, VoteError
-from .common import (
-    GENERATION,
-    VOTES,
-    Page,
-    answer_dict,
-    chat_column,
-    fixed,
-    kept_label,
-    meta,
-    sampling_controls,
-    session,
-    stream_answers,
-    title,
-    transcript,
-    vote_problem,
-)
+from .chat import sampling_controls, stream_answers, vote_problem
 from .explain import ExplainView
+from .page import Page, session
+from .text import answer_dict, chat_column, kept_label, meta, title, transcript
+from .wiring import GENERATION, VOTES, fixed
 
 KEYS = ("a", "b")
 

@@ -10,7 +10,7 @@ from ..explain import SHADES, summary
 from ..generation import AdapterError
 from ..prompting import PromptError
 from ..store import StoreError
-from .common import Page, session
+from .page import Page, session
 
 EXPLAIN = {"concurrency_id": "explain", "concurrency_limit": 1}  # a forward pass or two on the SFT weights
 HOW_TO_READ = (

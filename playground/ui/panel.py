@@ -3,7 +3,7 @@ counts, raw figures): rendered once per change and shared by all pages.
 
 A change is a change of the store (`Store.changes()`) or of the server's own state (models ready, the version the
 engine serves, the trainer process). Each page remembers a digest of what it last received and gets `gr.skip()`
-for outputs that did not change, so plots and tables are not redrawn every two seconds.
+for outputs that did not change, so plots and tables are not redrawn at every refresh.
 """
 
 from __future__ import annotations
@@ -16,11 +16,19 @@ import gradio as gr
 import pandas as pd
 
 from .. import leaderboard
-from ..training import eligible_counts
-from .common import Page
+from ..training import eligible_counts, min_pairs_in_force
 from .data import counts_table
+from .page import Page
 from .stages import stages_markdown
-from .training import DRIFT_PLOTS, drift_frame, plot_frame, progress_html, steps_frame, training_status, versions_table
+from .training_panels import (
+    DRIFT_PLOTS,
+    drift_frame,
+    plot_frame,
+    progress_html,
+    steps_frame,
+    training_status,
+    versions_table,
+)
 
 OUTPUTS = (
     "status",
@@ -90,7 +98,7 @@ class Panel:
             "trainer_pid": pg.trainer.pid,
             "durable_copy": pg.durable_status(),
             "trainer": facts["trainer"],
-            "min_pairs": (facts["trainer"] or {}).get("min_pairs") or pg.round_settings.min_pairs,
+            "min_pairs": min_pairs_in_force(facts["trainer"], pg.round_settings.min_pairs),
             "counts": facts["counts"],
             # The pending feedback a round could take under the per-voter cap (what min_pairs is compared with).
             "eligible": eligible,

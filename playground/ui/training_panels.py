@@ -1,0 +1,202 @@
+"""What the Training tab's panels show, rendered from the shared figures (`dashboard.facts()`): the training
+status, the running round's progress, each stage's loss and DPO's reward margin / accuracy across rounds, the
+versions table, and each version's drift. panel.py calls these once per change for every open page.
+"""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from ..training import STAGE_TITLES, round_due
+from .text import code
+
+# (panel output, drift metric, title)
+DRIFT_PLOTS = (
+    ("drift_length", "mean_tokens", "Answer length (tokens)"),
+    ("drift_distinct", "distinct_2", "Distinct-2"),
+    ("drift_kl", "kl_to_sft", "KL to SFT (nats per answer)"),
+    ("drift_perplexity", "sft_perplexity", "Perplexity under SFT"),
+    ("drift_win_rate", "win_rate", "Vote win rate"),
+)
+VERSION_HEADERS = [
+    "version",
+    "serving",
+    "parent",
+    "state",
+    "demonstrations",
+    "pairs",
+    "ratings",
+    "final loss",
+    "reward margin",
+    "reward acc",
+    "vote win rate",
+]
+
+
+def feedback_words(counts: dict[str, int]) -> str:
+    """{kind: n} in words, e.g. "3 pairs, 1 demonstration"; kinds with none left out ("nothing" when all are)."""
+    words = [f"{n} {kind if n != 1 else kind[:-1]}" for kind, n in counts.items() if n]
+    return ", ".join(words) or "nothing yet"
+
+
+def training_status(
+    facts: dict, engine_version: int | None, trainer_alive: bool, min_pairs: int, eligible: dict[str, int]
+) -> str:
+    """min_pairs: the one in force (`min_pairs_in_force`); eligible: {kind: pending pieces a round could take}
+    (`eligible_counts`)."""
+    running, serving = facts["running_round"], facts["serving_version"]
+    trainer = facts["trainer"] or {}
+    pending = sum(eligible.values())
+    # Over a voter's cap: it waits for later rounds.
+    held = sum(facts["feedback"][kind]["pending"] for kind in eligible) - pending
+    lines = [
+        f"**Serving:** adapter **v{serving}**"
+        + (" (none yet: the preference-tuned arm is the SFT model)" if serving == 0 else "")
+    ]
+    if engine_version is not None and engine_version != serving:
+        lines.append(f"Swapping in v{serving} (v{engine_version} answers meanwhile)…")
+    newest = facts["versions"][-1] if facts["versions"] else None
+    if newest and not newest["serving"] and not newest["served_on_publish"] and newest["state"] == "ready":
+        lines.append(
+            f"**v{newest['version']} was published but does not serve:** the serving version changed "
+            f"while its round ran (from v{newest['parent_version'] or 0}), and that choice stands. "
+            f"Roll forward to v{newest['version']} to serve it."
+        )
+    if running:
+        lines.append(f"**Round {running['id']} running** on {feedback_words(running['learned_from'])}.")
+    elif round_due(pending, min_pairs):
+        lines.append(f"**{feedback_words(eligible)} wait**: the trainer starts a round within seconds.")
+    else:
+        lines.append(
+            f"**Waiting for a round:** {feedback_words(eligible)} ({pending} of the {min_pairs} that start "
+            f"one: each pair, demonstration and rating counts one; or press Train now)."
+        )
+    if held > 0:
+        lines.append(
+            f"{held} more wait{'s' * (held == 1)} for later rounds: one voter's feedback beyond "
+            f"`--pairs-per-voter` per round."
+        )
+    state = trainer.get("state")
+    doing = {
+        "waiting": "waiting for feedback",
+        "training": "training",
+        "stopped": "stopped",
+        "evaluating": "measuring a version's drift",
+    }.get(state, "not seen yet")
+    lines.append(
+        f"**Trainer process:** {'running' if trainer_alive else 'not running here'} ({doing}) · "
+        f"**rounds:** {sum(r['status'] == 'done' for r in facts['rounds'])} done, "
+        f"{sum(r['status'] == 'failed' for r in facts['rounds'])} failed"
+    )
+    failed = [r for r in facts["rounds"] if r["status"] == "failed"]
+    if failed and failed[-1] is facts["rounds"][-1]:
+        lines.append(f"Last round failed (its pairs stay pending): {code(failed[-1]['error'])}")
+    return "  \n".join(lines)
+
+
+def progress_html(running: dict | None) -> str:
+    # Built from integers only: nothing a user typed reaches this HTML.
+    if not running:
+        return (
+            "<div class='pg-progress'><div class='pg-progress-fill' style='width: 0%'></div></div>"
+            "<div class='pg-meta'>No round running.</div>"
+        )
+    done, total = int(running["steps_done"] or 0), int(running["steps_total"] or 0)
+    percent = int(100 * done / total) if total else 0
+    return (
+        f"<div class='pg-progress' role='progressbar' aria-valuenow='{done}' aria-valuemax='{total}'>"
+        f"<div class='pg-progress-fill' style='width: {percent}%'></div></div>"
+        f"<div class='pg-meta'>Round {int(running['id'])}: step {done} of {total or '?'}</div>"
+    )
+
+
+STEP_COLUMNS = ["step", "round", "stage", "loss", "reward_margin", "reward_accuracy"]
+
+
+def steps_frame(steps: list[dict], rounds: list[dict]) -> pd.DataFrame:
+    """One row per logged step, x = step index across all rounds, with its round (and the version it made) and its
+    stage. Reward margin and accuracy are DPO's: the other stages' rows have none."""
+    made = {r["id"]: r["version"] for r in rounds}
+    rows = []
+    for index, s in enumerate(steps, 1):
+        version = made.get(s["round_id"])
+        label = f"round {s['round_id']}" + (f" → v{version}" if version else "")
+        dpo = s["stage"] == "dpo"
+        rows.append(
+            {
+                "step": index,
+                "round": label,
+                "stage": STAGE_TITLES.get(s["stage"], s["stage"]),
+                "loss": s["loss"],
+                "reward_margin": s["reward_margin"] if dpo else None,
+                "reward_accuracy": s["reward_accuracy"] if dpo else None,
+            }
+        )
+    return pd.DataFrame(rows, columns=STEP_COLUMNS)
+
+
+def plot_frame(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """The columns one plot draws, without the rows that have no value to draw."""
+    return frame[list(columns)].dropna().reset_index(drop=True)
+
+
+def versions_table(facts: dict) -> list[list]:
+    def rate(win_rate):
+        return f"{win_rate['rate']:.0%} of {win_rate['games']}" if win_rate else "–"
+
+    def number(value, fmt):
+        return format(value, fmt) if isinstance(value, (int, float)) else "–"
+
+    rows = [
+        [
+            "v0 (SFT, no adapter)",
+            "✓" if facts["serving_version"] == 0 else "",
+            "",
+            "ready",
+            "",
+            "",
+            "",
+            "",
+            "",
+            "",
+            rate(facts["sft_win_rate"]),
+        ]
+    ]
+    for v in facts["versions"]:
+        m = v["metrics"] or {}
+        state = v["state"] + (f" ({v['reason']})" if v["reason"] else "")
+        if not v["served_on_publish"] and v["state"] == "ready":
+            state += " (published, not served)"
+        learned = v["learned_from"]
+        rows.append(
+            [
+                f"v{v['version']}",
+                "✓" if v["serving"] else "",
+                f"v{v['parent_version'] or 0}",
+                state,
+                number(learned["demonstrations"], "d"),
+                number(learned["pairs"], "d"),
+                number(learned["ratings"], "d"),
+                number(m.get("final_loss"), ".3f"),
+                number(m.get("final_reward_margin"), ".3f"),
+                number(m.get("final_reward_accuracy"), ".2f"),
+                rate(v["vote_win_rate"]),
+            ]
+        )
+    return rows
+
+
+def drift_frame(facts: dict) -> pd.DataFrame:
+    """One row per measured version (0 = the SFT model), one column per drift metric."""
+    columns = [column for _, column, _ in DRIFT_PLOTS]
+    measured = [(0, facts.get("sft_drift"))] + [
+        (v["version"], v["drift"]) for v in facts["versions"] if v["state"] == "ready"
+    ]
+    rows = [
+        {"version": f"v{version}", **{c: drift.get(c) for c in columns}}
+        for version, drift in measured
+        if drift and "error" not in drift
+    ]
+    # Versions as names, in version order: the plot keeps the data's order for a category axis, and a number axis
+    # would draw ticks at fractions of a version.
+    return pd.DataFrame(rows, columns=["version", *columns]).astype({c: float for c in columns})
