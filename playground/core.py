@@ -58,10 +58,8 @@ class Playground:
         self.data_dir = self.models.resolved_data_dir()
         self.data_set = DataSet.for_models(self.data_dir, self.preset.base, self.preset.sft)
         self.store: Store = self.data_set.open_store()
-        self.durable: durable.DurableCopy | None = None
-        self.hub_scheduler = None
-        self.durable_binding: str | None = None  # 'restored', 'continued' or 'started'
-        self._bind_durable_copy()
+        # Before anything is served: the store restored from the durable copy, or copied into an empty one.
+        self.durable: durable.DurableLink | None = durable.link(self.store, self.data_set, self.models, self.data_dir)
         self.dashboard = Dashboard(self.store)
         self.serving = Serving(self.store)
         self.trainer = TrainerProcess(self.trainer_command, self.data_set.trainer_log)
@@ -70,42 +68,9 @@ class Playground:
             self.attach(engine)
 
     # ---- the durable copy ---------------------------------------------------------------------------------
-    def _bind_durable_copy(self) -> None:
-        """Before anything is served: restore an empty store from the durable copy (the target folder, else the
-        dataset repo), or copy a store into an empty target. Raises DurableCopyError on a conflict."""
-        target = self.models.resolved_persist()
-        if target is None:
-            return
-        about = {"base": self.data_set.base, "sft": self.data_set.sft}
-        self.durable = durable.DurableCopy(self.store, self.data_set.name, target, about)
-        restore_from = None
-        repo = self.models.hub_dataset
-        if repo and not durable.shards(self.durable.folder) and durable.is_empty(self.store):
-            restore_from = durable.download_hub_copy(repo, self.data_set.name, self.data_dir / "hub-download")
-        self.durable_binding = self.durable.bind(restore_from)
-        log.info("Durable copy to %s: %s.", target, self.durable_binding)
-        if repo:
-            try:
-                self.hub_scheduler = durable.start_hub_scheduler(repo, target)
-            except Exception as error:  # the folder copy goes on; the page says the repo is not reachable
-                self.durable.last_error = f"dataset repo {repo}: {type(error).__name__}: {error}"
-                log.error("Cannot push the durable copy to %s: %s", repo, error)
-
-    def _copy_soon(self, result=None):
-        # What people gave is copied at once, not at the copier's next poll: a machine lost now loses less.
-        if self.durable is not None:
-            self.durable.wake()
-        return result
-
     def durable_status(self) -> dict | None:
         """How far the durable copy lags (None without one)."""
-        if self.durable is None:
-            return None
-        status = self.durable.status() | {"binding": self.durable_binding, "hub_dataset": self.models.hub_dataset}
-        future = getattr(self.hub_scheduler, "last_future", None)
-        if future is not None and future.done() and future.exception() is not None:
-            status["hub_error"] = f"{type(future.exception()).__name__}: {future.exception()}"
-        return status
+        return None if self.durable is None else self.durable.status()
 
     # ---- models -------------------------------------------------------------------------------------------
     @property
@@ -269,7 +234,6 @@ class Playground:
             chat_id=chat_id,
             parent_answer_id=parent_answer_id,
         )
-        self._copy_soon()
         return Recorded(comparison, dict(zip(answers, ids)))
 
     # ---- votes --------------------------------------------------------------------------------------------
@@ -278,23 +242,23 @@ class Playground:
     def vote_best(
         self, session_id: str, comparison_id: int, ranking: list[int], *, voter: str | None = None
     ) -> VoteReceipt:
-        return self._copy_soon(self.store.vote_best(session_id, comparison_id, ranking, voter=voter))
+        return self.store.vote_best(session_id, comparison_id, ranking, voter=voter)
 
     def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
-        return self._copy_soon(self.store.vote_all_bad(session_id, comparison_id, voter=voter))
+        return self.store.vote_all_bad(session_id, comparison_id, voter=voter)
 
     def vote_pairwise(
         self, session_id: str, comparison_id: int, a: int, b: int, outcome: str, *, voter: str | None = None
     ) -> VoteReceipt:
-        return self._copy_soon(self.store.vote_pairwise(session_id, comparison_id, a, b, outcome, voter=voter))
+        return self.store.vote_pairwise(session_id, comparison_id, a, b, outcome, voter=voter)
 
     def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
-        return self._copy_soon(self.store.vote_thumb(session_id, answer_id, up, voter=voter))
+        return self.store.vote_thumb(session_id, answer_id, up, voter=voter)
 
     def correct(self, session_id: str, comparison_id: int, text: str, *, voter: str | None = None) -> VoteReceipt:
         """A person's better answer to a turn: a demonstration, pairs against the models' answers, and what the
         conversation continues with."""
-        return self._copy_soon(self.store.add_correction(session_id, comparison_id, text, voter=voter))
+        return self.store.add_correction(session_id, comparison_id, text, voter=voter)
 
     def continue_after(
         self, session_id: str, comparison_id: int | None, chosen_answer_id: int | None = None
