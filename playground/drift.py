@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from .decoding import SeededSampler
-from .models import load_policy
+from .models import eos_ids, load_policy
 from .prompting import chat_prompt, load_prompts
 from .settings import RoundSettings
 from .store import Store
@@ -98,10 +98,8 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
     model with it disabled); else it is the SFT model."""
     texts = [chat_prompt(tokenizer, p) for p in plan.prompts]
     add_special = not getattr(tokenizer, "chat_template", None)
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
-    eos_ids.discard(None)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos_ids)
+    ends = eos_ids(model.generation_config, tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(ends)
     side, tokenizer.padding_side = tokenizer.padding_side, "left"  # a batch of prompts ends where answers start
     try:
         batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=add_special).to(model.device)
@@ -117,14 +115,14 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
             top_k=None,
             max_new_tokens=plan.max_new_tokens,
             pad_token_id=pad,
-            eos_token_id=sorted(eos_ids),
+            eos_token_id=sorted(ends),
             logits_processor=[sampler],
             use_cache=True,
         )
     start = batch["input_ids"].shape[1]
     answers, lengths = out[:, start:].cpu(), []
     for row in answers.tolist():
-        lengths.append(next((j + 1 for j, t in enumerate(row) if t in eos_ids), len(row)))
+        lengths.append(next((j + 1 for j, t in enumerate(row) if t in ends), len(row)))
     steps = torch.stack(sampler.recorded, dim=1)  # rows x steps
     policy = [steps[i, :n] for i, n in enumerate(lengths)]
     if adapter:

@@ -27,13 +27,14 @@ import logging
 import queue
 import threading
 import time
-from collections import Counter, deque
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
 from .decoding import Mirror, RowStreamer
 from .int8 import int8_roles
-from .models import LoadedModel, Preset
+from .leases import AdapterLeases
+from .models import LoadedModel, Preset, eos_ids
 from .prompting import (
     BASE_STOP_STRINGS,
     base_prompt,
@@ -107,14 +108,7 @@ class Engine:
         self.runtime_note: str | None = None  # why `auto` fell back to torch, for the status line
         serving = self.runtimes["sft"] if isinstance(self.runtimes["sft"], TorchRuntime) else None
         self.scoring = Scorer(sft, serving, load_sft_weights)
-        self._lock = threading.Condition()  # the serving version and the adapters in use
-        self._swap = threading.Lock()  # one attach / detach at a time
-        self._swaps_waiting = 0  # new requests wait for them: a swap is never starved by a stream of requests
-        self._adapter_name: str | None = None
-        self._leases: Counter = Counter()  # adapter name -> requests running with it
-        self._retired: set[str] = set()  # replaced adapters still in use: detached when their last request ends
-        self.adapter_version = 0
-        self.adapter_path: str | None = None
+        self.adapters = AdapterLeases(self.runtimes["sft"])
         self.base_stops = BASE_STOP_STRINGS  # benchmarks clear it to time full-length base answers
 
     @classmethod
@@ -172,72 +166,19 @@ class Engine:
         """Which runtime serves each model (the status line, `generate --json`)."""
         return {role: runtime.name for role, runtime in self.runtimes.items()}
 
-    # ---- adapters (hot swap) -------------------------------------------------------------------------------
+    # ---- adapters (hot swap, leases.py) -----------------------------------------------------------------
     def use_adapter(self, version: int, path: str | None) -> None:
         """Serve adapter `version` from `path` (0: no adapter). Requests already running keep the version they
         started with; atomic for callers. Raises AdapterError (nothing changes) when it cannot be loaded."""
-        with self._lock:
-            self._swaps_waiting += 1
-        try:
-            self._swap_to(version, path)
-        finally:
-            with self._lock:
-                self._swaps_waiting -= 1
-                self._lock.notify_all()
+        self.adapters.use(version, path)
 
-    def _swap_to(self, version: int, path: str | None) -> None:
-        name = f"v{version}" if version else None
-        runtime = self.runtimes["sft"]
-        with self._swap:
-            if version == self.adapter_version and name == self._adapter_name:
-                return
-            if name and not path:
-                raise AdapterError(f"Adapter v{version} has no folder to load.")
-            if name and name in self._retired:
-                self._retired.discard(name)  # rolled back to a version still in use: it is loaded already
-            elif name:
-                try:
-                    runtime.attach(name, str(path))
-                except Exception as error:
-                    raise AdapterError(
-                        f"Adapter v{version} at {path} could not be loaded: {error}.{runtime.adapter_hint(str(path))}"
-                    ) from error
-            with self._lock:
-                old, self._adapter_name = self._adapter_name, name
-                self.adapter_version, self.adapter_path = (version, str(path)) if name else (0, None)
-                if old and self._leases[old]:
-                    self._retired.add(old)
-                    old = None
-            if old:
-                self._detach(old)
+    @property
+    def adapter_version(self) -> int:
+        return self.adapters.version
 
-    def _lease(self) -> tuple[int, str | None]:
-        """The serving version and adapter name for a request that starts now; release it with `_release`."""
-        with self._lock:
-            self._lock.wait_for(lambda: not self._swaps_waiting)
-            if self._adapter_name:
-                self._leases[self._adapter_name] += 1
-            return self.adapter_version, self._adapter_name
-
-    def _release(self, name: str | None) -> None:
-        if name is None:
-            return
-        with self._lock:
-            self._leases[name] -= 1
-            if self._leases[name] or name not in self._retired:
-                return
-        with self._swap, self._lock:  # the last request with a replaced version ended: free it
-            if self._leases[name] or name not in self._retired:
-                return
-            self._retired.discard(name)
-            self._leases.pop(name, None)
-        self._detach(name)
-
-    def _detach(self, name: str) -> None:
-        try:
-            self.runtimes["sft"].detach(name)
-        except Exception as error:  # the new version serves either way; the old one just lingers
-            log.warning("Could not unload adapter %s: %s", name, error)
+    @property
+    def adapter_path(self) -> str | None:
+        return self.adapters.path
 
     # ---- generation ----------------------------------------------------------------------------------------
     def stream(
@@ -319,7 +260,7 @@ class Engine:
             jobs.append(("base", text, base_rows, None, self.base_stops))
         if chat_rows:
             text, dropped = inputs["sft"]
-            version, lease = self._lease()  # the version these rows run with, and record
+            version, lease = self.adapters.lease()  # the version these rows run with, and record
             for row in chat_rows:
                 answers[row.key] = self._new_answer(row, sampling, version if row.arm == "pref" else 0, dropped)
             jobs.append(("sft", text, chat_rows, lease, ()))
@@ -360,7 +301,7 @@ class Engine:
             cancel.set()  # a consumer that stops reading (closed browser tab) frees the models quickly
             for thread in threads:
                 thread.join()
-            self._release(lease)
+            self.adapters.release(lease)
 
     def _new_answer(self, row: Row, sampling: Sampling, version: int, dropped_turns: int = 0) -> Answer:
         model = self.base if row.arm == "base" else self.sft
@@ -385,7 +326,13 @@ class Engine:
             ids = encode_prompt(loaded.tokenizer, text)
             for row in rows:
                 events.put(("prompt_tokens", row.key, len(ids)))
-            streamer = RowStreamer(sink, [row.key for row in unique.values()], loaded.tokenizer, stops, eos_ids(loaded))
+            streamer = RowStreamer(
+                sink,
+                [row.key for row in unique.values()],
+                loaded.tokenizer,
+                stops,
+                eos_ids(loaded.generation_config, loaded.tokenizer),
+            )
             self.runtimes[role].decode(
                 ids, [DecodeRow(seed, name) for seed, name in unique], sampling, streamer, cancel
             )
@@ -396,14 +343,6 @@ class Engine:
                 events.put(("failed", row.key, str(error)))
         except BaseException as error:
             events.put(("error", rows[0].key, error))
-
-
-def eos_ids(loaded: LoadedModel) -> set[int]:
-    """The tokens that end an answer: the generation config's and the tokenizer's."""
-    eos = loaded.generation_config.eos_token_id if loaded.generation_config is not None else None
-    ids = set(eos if isinstance(eos, list) else [eos]) | {loaded.tokenizer.eos_token_id}
-    ids.discard(None)
-    return ids
 
 
 @dataclass(frozen=True)

@@ -329,9 +329,7 @@ def load_model(
         raise
     except BaseException as error:  # transformers raises OSError, ValueError, KeyError, HF errors...
         raise ModelLoadError(_explain_failure(role, spec, error, trust_remote_code)) from error
-    if tokenizer.pad_token_id is None:
-        # Padding is needed only for batching; the EOS token is the conventional stand-in.
-        tokenizer.pad_token = tokenizer.eos_token
+    pad_with_eos(tokenizer)
     if model is None:
         return LoadedModel(
             spec, None, tokenizer, source, time.perf_counter() - start, "float32", (), config, generation_config
@@ -371,8 +369,27 @@ def load_policy(sft_dir: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(sft_dir)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(sft_dir))
     model = AutoModelForCausalLM.from_pretrained(sft_dir, dtype=torch.float32)
     return model, tokenizer
+
+
+def pad_with_eos(tokenizer):
+    """The tokenizer, with its EOS token as the pad token when it has none: padding is needed only for batching,
+    and EOS is the conventional stand-in."""
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def eos_ids(generation_config, tokenizer) -> set[int]:
+    """The tokens that end an answer: the generation config's and the tokenizer's."""
+    eos = generation_config.eos_token_id if generation_config is not None else None
+    ids = set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}
+    ids.discard(None)
+    return ids
+
+
+def needs_conversion(spec: str) -> bool:
+    """Whether the model is GGUF weights that are converted to a transformers folder once, on first use."""
+    return spec.startswith("embedded:") or spec.endswith(".gguf")

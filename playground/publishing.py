@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 
 from .errors import UserError
+from .models import needs_conversion
 from .store import Store
 from .training.examples import KIND_OF, STAGE_TITLES
 
@@ -134,7 +135,7 @@ def model_card(
         for v in chain
     )
     notes = []
-    if sft_spec.startswith("embedded:") or sft_spec.endswith(".gguf"):
+    if needs_conversion(sft_spec):
         notes.append(QUANTIZED_NOTE.format(source=sft_spec))
     if sft_hub_id is None:
         notes.append(

@@ -75,7 +75,7 @@ def _sft_row_logits(engine, prompt):
     tokenizer = engine.sft.tokenizer
     ids = tokenizer([chat_prompt(tokenizer, prompt)] * 2, return_tensors="pt", add_special_tokens=False)
     with torch.inference_mode():
-        mixed = engine.runtimes["sft"].peft(**ids, adapter_names=["__base__", engine._adapter_name]).logits
+        mixed = engine.runtimes["sft"].peft(**ids, adapter_names=["__base__", engine.adapters.name]).logits
         with engine.runtimes["sft"].peft.disable_adapter():
             plain = engine.runtimes["sft"].peft(**ids).logits
         adapted = engine.runtimes["sft"].peft(**ids).logits

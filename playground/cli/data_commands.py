@@ -12,7 +12,7 @@ from .session import EXIT_USAGE, data_set_of, playground_from
 
 def info(args) -> dict:
     from ..data_sets import legacy_store, list_data_sets
-    from ..models import EMBEDDED, PRESETS, cached_copy, describe_source, embedded_available
+    from ..models import EMBEDDED, PRESETS, cached_copy, describe_source, embedded_available, needs_conversion
 
     playground = playground_from(args)
     preset, data_dir = playground.preset, playground.data_dir
@@ -23,7 +23,7 @@ def info(args) -> dict:
             "spec": spec,
             "source": describe_source(spec),
             "converted_copy": str(cached) if cached else None,
-            "needs_conversion": (spec.startswith("embedded:") or spec.endswith(".gguf")) and not cached,
+            "needs_conversion": needs_conversion(spec) and not cached,
         }
     counts = playground.store.counts()
     return {
