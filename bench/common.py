@@ -53,3 +53,33 @@ def stop_app(server) -> None:
         server.wait(30)
     except subprocess.TimeoutExpired:
         server.kill()
+
+
+def lora_adapter(model_dir, out, *, seed: int = 0, init_lora_weights=True, b_std: float = 0.0) -> str:
+    """A LoRA adapter in PEFT's format for the model at `model_dir`, shaped as the app's rounds make them (the
+    default round settings' rank, scale and layers). PEFT's default init leaves B at zero (an adapter that changes
+    nothing); `b_std` draws B from N(0, b_std), `init_lora_weights=False` draws both matrices at random."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from playground.settings import RoundSettings
+
+    settings = RoundSettings()
+    torch.manual_seed(seed)
+    model = get_peft_model(
+        AutoModelForCausalLM.from_pretrained(model_dir),
+        LoraConfig(
+            r=settings.lora_r,
+            lora_alpha=settings.lora_alpha,
+            target_modules=list(settings.target_modules),
+            init_lora_weights=init_lora_weights,
+        ),
+    )
+    if b_std:
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                if "lora_B" in name:
+                    param.normal_(0, b_std)
+    model.save_pretrained(out)
+    return str(out)

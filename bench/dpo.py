@@ -1,6 +1,6 @@
-"""One DPO round on 16 fixed pairs, run exactly as the app's trainer process runs it.
+"""One DPO round on `--pairs` fixed pairs (bench/pairs.py), run exactly as the app's trainer process runs it.
 
-    python bench/dpo.py [--json] [--epochs 1]
+    python -m bench.dpo [--json] [--epochs 1]
 
 Figures: wall time of the round (model load, reference log-probs, training, saving), seconds per optimizer step,
 seconds per pair, and the trainer process's peak RSS (the round runs in a child process, as in the app); the
@@ -9,7 +9,7 @@ drift evaluation the trainer runs after publishing the version, and its share of
 Baseline, in the same run: a plain trl `DPOTrainer` on the same pairs and the same LoRA with trl's documented
 defaults (batch 8, max_length 1024, gradient checkpointing on, reference log-probs recomputed every step),
 adjusted only to run on the CPU: `use_cpu=True` and `bf16=False` (bf16 autocast on a CPU without native bf16 is an
-emulation that is 10-20x slower; keeping it would flatter the comparison). Both train one epoch; the ratio is
+emulation, far slower: docs/performance.md; keeping it would flatter the comparison). Both train one epoch; the ratio is
 seconds per pair, baseline / app.
 """
 
@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def plain_trl_round(sft_dir: str, n_pairs: int, settings) -> float:
@@ -169,12 +168,14 @@ def main(argv=None):
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--pairs", type=int, default=16)
-    parser.add_argument("--epochs", type=int, default=1, help="the app runs 2; 1 keeps the baseline comparison short")
-    parser.add_argument("--threads", type=int, default=2, help="the bench has the machine to itself")
-    parser.add_argument("--device", default="cpu")
     from playground.settings import RoundSettings
 
     defaults = RoundSettings()
+    parser.add_argument(
+        "--epochs", type=int, default=1, help=f"the app runs {defaults.epochs}; 1 keeps the baseline comparison short"
+    )
+    parser.add_argument("--threads", type=int, default=2, help="the bench has the machine to itself")
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--grad-accumulation", type=int, default=defaults.grad_accumulation)
     parser.add_argument("--no-baseline", action="store_true", help="skip the plain trl baseline")

@@ -1,6 +1,6 @@
 """How long "Why this answer?" takes on the embedded default: DPO's implicit reward of one stored answer.
 
-    python bench/explain.py [--json] [--tokens 128] [--repeats 5]
+    python -m bench.explain [--json] [--tokens 128] [--repeats 5]
 
 The answer is one the SFT model wrote (greedy, --tokens long) to a fixed prompt. Figures, each the median of
 --repeats: explaining it under the serving version (the torch runtime's loaded adapter), under another version
@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 PROMPT = "Explain what a vaccine does, in plain words."
 
@@ -37,13 +33,12 @@ def median_seconds(work, repeats: int) -> float:
 def run(args) -> dict:
     import psutil
     import torch
-    from peft import LoraConfig, get_peft_model
 
-    from bench.common import report
+    from bench.common import lora_adapter, report
     from playground.explain import answer_tokens, explain
     from playground.generation import Engine
     from playground.models import model_folder, resolve_preset
-    from playground.settings import ModelSettings, RoundSettings
+    from playground.settings import ModelSettings
     from playground.store import Store
 
     torch.set_num_threads(args.threads)
@@ -63,26 +58,15 @@ def run(args) -> dict:
     with torch.inference_mode():
         out = model.generate(ids, max_new_tokens=args.tokens, do_sample=False, min_new_tokens=args.tokens)
     answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+    sft_dir = model_folder(preset.sft, data_dir, False)
     with tempfile.TemporaryDirectory() as work:
         store = Store.open(work)
         comparison, _ = store.add_comparison(PROMPT, "bench", answers=[{"arm": "sft", "text": answer, "model": "sft"}])
         versions = []
         for seed in (1, 2):  # two real adapters in PEFT's format, non-zero so they change the scores
-            torch.manual_seed(seed)
-            settings = RoundSettings()
-            lora = get_peft_model(
-                type(model).from_pretrained(model_folder(preset.sft, data_dir, False)),
-                LoraConfig(
-                    r=settings.lora_r,
-                    lora_alpha=settings.lora_alpha,
-                    target_modules=list(settings.target_modules),
-                    init_lora_weights=False,
-                ),
-            )
-            folder = Path(work) / f"v{seed}"
-            lora.save_pretrained(folder)
+            folder = lora_adapter(sft_dir, Path(work) / f"v{seed}", seed=seed, init_lora_weights=False)
             versions.append(
-                store.finish_round(store.start_round(store.serving_version(), [], {"beta": 0.1}, None), str(folder), {})
+                store.finish_round(store.start_round(store.serving_version(), [], {"beta": 0.1}, None), folder, {})
             )
         engine.use_adapter(versions[0], store.version(versions[0])["path"])
         messages = [{"role": "user", "content": PROMPT}]

@@ -1,6 +1,6 @@
 """Three-arm streaming generation vs a plain `model.generate` of the SFT model, in the same process.
 
-    python bench/generation.py [--tokens 128] [--repeats 3] [--json]
+    python -m bench.generation [--tokens 128] [--repeats 3] [--json]
 
 Figures per arm: time to first token, tokens/s; the three arms' wall time; and the baseline: one plain greedy
 `generate` of the SFT model as transformers loads it (float weights, no adapter, torch's default threads) for the
@@ -9,9 +9,9 @@ hold on a noisy machine. Configurations on a CPU, each with half the cores as to
 default (`--precision auto`: base model int8, SFT float), both int8, both float, and both float with torch's
 default threads. Also reported: a plain `generate` of the int8 SFT model, and how closely
 each int8 model follows its float self (next-token agreement, perplexity of the float model's greedy answer).
-A LoRA adapter (r=8 on q,v, random non-zero weights: speed does not depend on the values) is loaded so the
-preference arm really runs, and the base arm's answer-boundary stop is off so it runs the full length unless it
-emits EOS.
+A LoRA adapter (the default round settings' shape, random non-zero weights: speed does not depend on the values)
+is loaded so the preference arm really runs, and the base arm's answer-boundary stop is off so it runs the full
+length unless it emits EOS. The fidelity measures are in bench/fidelity.py.
 
 Runtimes: the app's default (`--runtime auto`: onnx on a CPU) and the torch configurations run in turn; for the
 onnx runtime also its next-token agreement with the torch model each arm stands for (teacher forcing on torch's
@@ -27,12 +27,9 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 PROMPT = "Write a long, detailed story about a dragon who learns to bake bread."
 
@@ -55,24 +52,6 @@ def plain_generate(loaded, prompt: str, tokens: int) -> float:
     return time.perf_counter() - start
 
 
-def random_adapter(model_dir: str, out: str) -> str:
-    import torch
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    torch.manual_seed(0)
-    model = get_peft_model(
-        AutoModelForCausalLM.from_pretrained(model_dir),
-        LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]),
-    )
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "lora_B" in name:
-                param.normal_(0, 0.01)
-    model.save_pretrained(out)
-    return out
-
-
 def three_arms_once(engine, sampling) -> tuple[float, dict]:
     """Wall time of the app's streamed three arms, and per arm: ttft, tokens/s, tokens."""
     start = time.perf_counter()
@@ -89,106 +68,6 @@ def naive_sequential(engine, sampling) -> float:
     for arm in ("base", "sft", "pref"):
         engine.generate(PROMPT, sampling, arms=(arm,))
     return time.perf_counter() - start
-
-
-def int8_fidelity(float_model, int8_model, tokens: int, chat: bool) -> dict:
-    """How closely an int8 model follows its float self on the float model's own greedy answer: the share of
-    positions where both pick the same next token, and the answer's perplexity under each."""
-    import torch
-
-    from playground.prompting import base_prompt, chat_prompt
-
-    tokenizer = float_model.tokenizer
-    text = chat_prompt(tokenizer, PROMPT) if chat else base_prompt(PROMPT)
-    ids = tokenizer(text, return_tensors="pt", add_special_tokens=not chat).input_ids
-    start = ids.shape[1]
-    with torch.inference_mode():
-        text = float_model.model.generate(
-            ids,
-            attention_mask=torch.ones_like(ids),
-            do_sample=False,
-            max_new_tokens=tokens,
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        targets = text[0, start:]
-        logits = {
-            name: loaded.model(text).logits[0, start - 1 : -1].float()
-            for name, loaded in (("float", float_model), ("int8", int8_model))
-        }
-    ppl = {name: float(torch.nn.functional.cross_entropy(lg, targets).exp()) for name, lg in logits.items()}
-    agree = float((logits["float"].argmax(-1) == logits["int8"].argmax(-1)).float().mean())
-    return {
-        "int8_top1_agreement_with_float": round(agree, 3),
-        "perplexity_float": round(ppl["float"], 3),
-        "perplexity_int8": round(ppl["int8"], 3),
-        "positions": int(targets.numel()),
-    }
-
-
-FIDELITY_PROMPTS = [
-    "What is the capital of France?",
-    "Write a haiku about rain.",
-    "Explain photosynthesis to a child.",
-    "Give me three tips for sleeping better.",
-    "Why is the sky blue?",
-    "Write a short poem about the sea.",
-    "How do I boil an egg?",
-    "What is 17 times 23?",
-    "Summarize the plot of Cinderella.",
-    "Translate 'good morning' into French and Spanish.",
-    "List five fruits that are red.",
-    "What causes the seasons on Earth?",
-    "Write a Python function that reverses a string.",
-    "Describe a cat to someone who has never seen one.",
-    "What is the difference between weather and climate?",
-    "Give me a recipe for pancakes.",
-    "Why do we dream?",
-    "Write a thank-you note to a teacher.",
-    "What are the planets of the solar system?",
-    "How does a bicycle stay upright?",
-]
-
-
-def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str], tokens: int) -> dict:
-    """Next-token agreement of the onnx runtime with the torch model each arm stands for, by teacher forcing on the
-    torch model's own greedy answers (prompts × tokens positions): SFT (fp32), preference (fp32 + the adapter),
-    base (the onnx runtime's int8 against torch's float model)."""
-    import torch
-
-    from playground.prompting import base_prompt, chat_prompt
-
-    result = {}
-    for arm, reference, role, adapter in (
-        ("sft", torch_sft, "sft", None),
-        ("pref", torch_pref, "sft", "v1"),
-        ("base", torch_base, "base", None),
-    ):
-        tokenizer = engine.sft.tokenizer if role == "sft" else engine.base.tokenizer
-        agree = total = identical = 0
-        for prompt in prompts:
-            text = chat_prompt(tokenizer, prompt) if role == "sft" else base_prompt(prompt)
-            ids = tokenizer(text, return_tensors="pt", add_special_tokens=role != "sft").input_ids
-            start = ids.shape[1]
-            with torch.inference_mode():
-                sequence = reference.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=False,
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                wanted = reference(sequence).logits[0, start - 1 : -1].argmax(-1).tolist()
-            got = engine.runtimes[role].workers[0].next_tokens(sequence[0].tolist(), start, adapter)
-            matches = [a == b for a, b in zip(got, wanted)]
-            agree, total, identical = agree + sum(matches), total + len(matches), identical + all(matches)
-        result[arm] = {
-            "next_token_agreement": round(agree / total, 4),
-            "positions": total,
-            "prompts_agreeing_everywhere": identical,
-            "prompts": len(prompts),
-        }
-    return result
 
 
 def llama_cpp_single_stream(gguf: str, prompt: str, tokens: int, threads: int) -> dict:
@@ -208,7 +87,8 @@ def llama_cpp_single_stream(gguf: str, prompt: str, tokens: int, threads: int) -
 def run(args) -> dict:
     import torch
 
-    from bench.common import report
+    from bench.common import lora_adapter, report
+    from bench.fidelity import FIDELITY_PROMPTS, int8_fidelity, onnx_fidelity
     from playground import runtimes as serving_runtime
     from playground.generation import Engine
     from playground.models import load_model, model_folder, resolve_preset
@@ -237,7 +117,7 @@ def run(args) -> dict:
     vllm = VllmOptions(url=args.vllm_url, base_url=args.base_vllm_url)
     swaps = {}
     adapter_dir = tempfile.mkdtemp(prefix="bench-adapter-")
-    random_adapter(model_folder(preset.sft, data_dir, trust_remote_code=False), adapter_dir)
+    lora_adapter(model_folder(preset.sft, data_dir, trust_remote_code=False), adapter_dir, b_std=0.01)
     built = {}  # one engine per (runtime, precision[, worker threads]): torch threads are set per call
     engines = {}
     for name, (runtime, precision, threads, *chat_workers) in configs.items():
@@ -364,9 +244,9 @@ def run(args) -> dict:
             gguf = str(EMBEDDED["smollm2-135m-instruct"].gguf_path(Path(tempfile.mkdtemp())))
             figures["llama_cpp_sft_single_stream"] = llama_cpp_single_stream(gguf, PROMPT, args.tokens, os.cpu_count())
     if plain_int8 is not None and {"torch_float_weights", "torch_int8_weights"} <= set(engines):
-        figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, args.tokens, chat=True)
+        figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, PROMPT, args.tokens, chat=True)
         figures["int8_fidelity_base"] = int8_fidelity(
-            engines["torch_float_weights"].base, engines["torch_int8_weights"].base, args.tokens, chat=False
+            engines["torch_float_weights"].base, engines["torch_int8_weights"].base, PROMPT, args.tokens, chat=False
         )
     for engine in built.values():
         engine.close()

@@ -77,8 +77,7 @@ def run_sessions(engine, sessions: int, turns: int, tokens: int) -> dict:
 
 
 def run(args) -> dict:
-    from bench.common import report
-    from bench.generation import random_adapter
+    from bench.common import lora_adapter, report
     from playground.generation import Engine
     from playground.models import model_folder, resolve_preset
     from playground.runtimes.vllm.server import VllmOptions
@@ -87,7 +86,7 @@ def run(args) -> dict:
     preset = resolve_preset(args.preset)
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     adapter_dir = tempfile.mkdtemp(prefix="bench-load-adapter-")
-    random_adapter(model_folder(preset.sft, data_dir, trust_remote_code=False), adapter_dir)
+    lora_adapter(model_folder(preset.sft, data_dir, trust_remote_code=False), adapter_dir, b_std=0.01)
     counts = [int(n) for n in args.sessions.split(",")]
     figures = {}
     base_server = None

@@ -1,22 +1,19 @@
 """From the vote that completes a round to the first answer served by the new adapter version.
 
-    python bench/loop.py [--json] [--pairs 16]
+    python -m bench.loop [--json] [--pairs 16]
 
 The real pieces: the app's Playground (models loaded, adapter follower polling), the trainer as its own process
-(`train --watch`), the store. 15 pairs wait; the timer starts when the 16th vote is committed and stops when a
-generated answer carries the new version.
+(`train --watch`), the store. `--pairs` − 1 pairs wait; the timer starts when the last vote of the round is committed
+and stops when a generated answer carries the new version.
 """
 
 from __future__ import annotations
 
 import argparse
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def run(args) -> dict:

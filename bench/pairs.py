@@ -1,5 +1,5 @@
 """Fixed preference pairs for the training benchmarks: 16 prompts from assets/prompts.jsonl, a short chosen
-answer and a long rejected one (about 40 and 120 tokens), the same on every run."""
+answer and a long rejected one, the same on every run (their lengths: docs/performance.md)."""
 
 from __future__ import annotations
 

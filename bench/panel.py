@@ -19,19 +19,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 BEFORE = "1c66cd3"  # the last commit before the panels were shared
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 
 # Run with the code under test (cwd = its checkout): fills a data directory through that code's own store, so the
 # layout is the one that code reads. Works with the store before and after data sets.
@@ -90,6 +79,7 @@ def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
 
     from bench.common import stop_app
     from playground.processes import free_port
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
     data_dir = work / "data"
     data_dir.mkdir(parents=True)

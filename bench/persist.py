@@ -1,9 +1,9 @@
 """The durable copy's costs, each against a plain baseline measured in the same run.
 
-    python bench/persist.py [--votes 1000] [--versions 20] [--no-restart] [--json]
+    python -m bench.persist [--votes 1000] [--versions 20] [--no-restart] [--json]
 
 1. Restore: a data set of `--votes` best-of-three votes (full rankings, 3 pairs each) and `--versions` adapter
-   versions (real PEFT LoRA folders for the embedded SFT model, r=8 on q_proj/v_proj, the default round settings),
+   versions (real PEFT LoRA folders for the embedded SFT model, shaped by the default round settings),
    each round with 24 logged steps. Timed: the first copy into an empty target (`bind`: the snapshot), and a restore
    into an empty store (`restore`); baseline: copying the SQLite file and the adapter folders as plain files.
 2. Vote commit: the time `vote_best` takes to return, with no target (baseline) and with a bound target whose copier
@@ -26,35 +26,11 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 ANSWER = (
     "A river is a natural stream of water flowing toward an ocean, a lake or another river. Rivers shape "
     "valleys, carry sediment and support many kinds of life along their banks. "
 )
-
-
-def real_adapter(sft_dir: Path, out: Path) -> Path:
-    """A LoRA adapter in PEFT's format for the SFT model, with the default round settings' shape."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    from playground.settings import RoundSettings
-
-    settings = RoundSettings()
-    model = AutoModelForCausalLM.from_pretrained(sft_dir)
-    peft = get_peft_model(
-        model,
-        LoraConfig(
-            r=settings.lora_r,
-            lora_alpha=settings.lora_alpha,
-            target_modules=settings.target_modules,
-            init_lora_weights="gaussian",
-        ),
-    )
-    peft.save_pretrained(out)
-    return out
 
 
 def fill(store, votes: int, versions: int, adapter: Path) -> None:
@@ -236,7 +212,7 @@ def seconds_to_ready(data_dir: Path, extra: list[str], expect_version: int | Non
 
 
 def run(args) -> dict:
-    from bench.common import report
+    from bench.common import lora_adapter, report
     from playground.data_sets import DataSet
     from playground.models import model_folder, models_dir, resolve_preset
     from playground.settings import ModelSettings
@@ -250,7 +226,9 @@ def run(args) -> dict:
         (probe).mkdir()
         (probe / "models").symlink_to(models_dir(data_dir).resolve())
         data_set = DataSet.for_models(probe, preset.base, preset.sft).name
-        adapter = real_adapter(Path(model_folder(preset.sft, data_dir, False)), work / "adapter")
+        adapter = Path(
+            lora_adapter(model_folder(preset.sft, data_dir, False), work / "adapter", init_lora_weights="gaussian")
+        )
         restore, target = restore_figures(work, data_set, args.votes, args.versions, adapter)
         figures |= restore
         figures |= vote_figures(work, args.commit_votes)

@@ -5,7 +5,7 @@
 The feedback, one store for every run: `--pairs` duel votes on fixed pairs (bench/pairs.py); a better answer on
 `--corrections` of those turns (a demonstration each, and two more pairs: the person's answer over each model
 answer); thumbs on both answers of `--rated-turns` turns (up the short one, down the long one). Every run trains
-one round from the SFT model (no parent) with the app's round settings (2 epochs, 1 × 4 per step), in this process:
+one round from the SFT model (no parent) with the app's round settings, in this process:
 
 - dpo: DPO alone on the pairs (`--sft-weight 0 --rating-weight 0`): the baseline;
 - all: every kind, the app's default: SFT on the demonstrations, then DPO on the pairs, then KTO on the ratings;
@@ -14,7 +14,7 @@ one round from the SFT model (no parent) with the app's round settings (2 epochs
   log-likelihood of every pair's chosen answer added to DPO's loss (the demonstrations enter only as the chosen
   side of their pairs, as in trl's RPO); the other arrangement on offer.
 
-Figures: each run's seconds (from loading the model to the saved adapter), the ratio all / dpo (target ≤ 1.3), and
+Figures: each run's seconds (from loading the model to the saved adapter), the ratio all / dpo, and
 for dpo, staged and combined: the demonstrations' mean log-probability per token minus the SFT model's (what
 instruction alignment should raise) and the share of pairs whose implicit reward margin is positive (what DPO should
 raise), both on the round's own training data.

@@ -1,6 +1,6 @@
 """Process start to a page that answers, with the models already cached; and peak memory of server + trainer.
 
-    python bench/startup.py [--json]
+    python -m bench.startup [--json]
 
 Starts `python app.py` exactly as a user does (on a free local port, its own data directory whose model cache
 links to the main one), polls until the page serves and the models are ready (a compare request succeeds), then
@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 
 def tree_memory_mb(pid: int) -> dict[str, float]:

@@ -11,19 +11,10 @@ from pathlib import Path
 
 import pytest
 from app_process import start_app, wait_until
+from chromium import CHROMIUM, CHROMIUM_ARGS
 from gradio_client import Client
 from playwright.sync_api import expect, sync_playwright
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-dev-shm-usage",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 SLOW = 180_000  # ms: model loading and training rounds on a busy 2-core machine
 ANSWER = 60_000
 XSS = "<img src=x onerror=alert(1)><script>window.__xss=1</script>"

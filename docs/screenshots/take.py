@@ -1,7 +1,7 @@
 """Retake docs/screenshots/compare.png (the embedded models in a two-turn conversation with a vote) and
 training.png (the Training tab after two rounds on every kind of feedback: votes, better answers, ratings).
 
-    python docs/screenshots/take.py [--data-dir DIR]
+    python -m docs.screenshots.take [--data-dir DIR]
 
 Starts `python app.py --preset embedded` on a fresh data directory (its model cache linked to the main one), drives
 the page in Debian's Chromium (and gives the rest of the feedback through the API) and writes the screenshots next
@@ -21,17 +21,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
 
 
 def main(argv=None) -> None:
     from playwright.sync_api import expect, sync_playwright
-    from test_e2e_browser import CHROMIUM, CHROMIUM_ARGS
 
-    from bench.common import free_port, stop_app
+    from bench.common import stop_app
     from playground.models import models_dir
+    from playground.processes import free_port
     from playground.settings import ModelSettings
+    from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", default=None)
@@ -102,8 +101,9 @@ def main(argv=None) -> None:
 
 def feedback_for_two_rounds(url: str) -> None:
     """Enough of every kind of feedback for two rounds (8 pieces start one): duels, a better answer, ratings."""
-    from app_process import wait_until
     from gradio_client import Client
+
+    from playground.processes import wait_for
 
     client = Client(url, verbose=False)
     questions = [
@@ -124,11 +124,8 @@ def feedback_for_two_rounds(url: str) -> None:
             client.predict("2", api_name="/vote_best")  # the SFT answer: 2 pairs
             client.predict(3, False, api_name="/vote_thumb")  # one rating
         client.predict("A short, clear answer.", api_name="/correct")  # a demonstration and 3 pairs
-        wait_until(
-            lambda before=before: client.predict(api_name="/stats")["serving_version"] > before,
-            900,
-            f"round {round_number}",
-        )
+        if not wait_for(lambda before=before: client.predict(api_name="/stats")["serving_version"] > before, 900):
+            raise RuntimeError(f"round {round_number} did not publish a version within 900 s")
 
 
 if __name__ == "__main__":

@@ -147,10 +147,6 @@ class DecodeWorker:
                     pass  # it died meanwhile; the next request starts it again
                 raise
 
-    def next_tokens(self, ids: list[int], start: int, adapter: str | None = None) -> list[int]:
-        """The greedy next token after each prefix ids[:k] for k = start..len(ids)-1 (teacher forcing)."""
-        return self.call("next_tokens", list(ids), start, adapter)
-
     def close(self) -> None:
         if self.process.poll() is None:
             try:

@@ -78,31 +78,12 @@ def _serve(conn, model_dir: str, threads: int) -> None:
             elif kind == "unload_adapter":
                 adapters.unload(message[1])
                 conn.send(("ok", None))
-            elif kind == "next_tokens":
-                conn.send(("ok", _next_tokens(model, adapters, context_length, *message[1:], np=np, og=og)))
             elif kind == "generate":
                 _generate(conn, model, adapters, context_length, *message[1:], np=np, og=og)
             else:
                 conn.send(("error", f"unknown request {kind}"))
         except Exception as error:
             conn.send(("error", f"{type(error).__name__}: {error}"))
-
-
-def _next_tokens(model, adapters, context_length, ids, start, adapter, *, np, og) -> list[int]:
-    """Teacher forcing: the model's greedy next token after each prefix ids[:k], k = start..len(ids)-1 (how the
-    benchmark measures next-token agreement with the torch model)."""
-    params = og.GeneratorParams(model)
-    params.set_search_options(max_length=min(context_length, max(len(ids) + 1, 1024)), do_sample=False)
-    generator = og.Generator(model, params)
-    if adapter:
-        generator.set_active_adapter(adapters, adapter)
-    generator.append_tokens(np.asarray(ids[:start], dtype=np.int32))
-    predicted = []
-    for k in range(start, len(ids)):
-        logits = np.asarray(generator.get_logits())
-        predicted.append(int(logits.reshape(-1, logits.shape[-1])[-1].argmax()))  # the guess for ids[k]
-        generator.append_tokens(np.asarray([ids[k]], dtype=np.int32))
-    return predicted
 
 
 def _generate(
