@@ -170,7 +170,7 @@ def test_a_failing_target_blocks_no_vote_and_loses_none(store, tmp_path, monkeyp
     def broken_fsync(fd):
         raise OSError(5, "Input/output error")  # the bucket mount went away
 
-    monkeypatch.setattr(durable.os, "fsync", broken_fsync)
+    monkeypatch.setattr(durable.copier.os, "fsync", broken_fsync)
     add_short_vs_long_votes(store, 3, session="during-outage")  # still committed locally
     with pytest.raises(OSError):
         copy.copy_pending()
