@@ -24,7 +24,7 @@ from .generation import Answer, Engine
 from .models import PRESETS, ModelLoadError, Preset, hub_id, resolve_preset
 from .serving import Serving
 from .settings import ModelSettings, RoundSettings, Sampling
-from .store import Store, StoreError, VoteReceipt, durable
+from .store import Store, StoreError, durable
 from .trainer_process import TrainerProcess
 
 log = logging.getLogger(__name__)
@@ -236,30 +236,11 @@ class Playground:
         )
         return Recorded(comparison, dict(zip(answers, ids)))
 
-    # ---- votes --------------------------------------------------------------------------------------------
-    # `voter`: who cast the vote ('hf:<user>' or 'ip:<keyed hash>', see voters.py; `voter_of` makes it); None when
-    # unknown (the command line, the simulated voter): then the session stands for the voter.
-    def vote_best(
-        self, session_id: str, comparison_id: int, ranking: list[int], *, voter: str | None = None
-    ) -> VoteReceipt:
-        return self.store.vote_best(session_id, comparison_id, ranking, voter=voter)
-
-    def vote_all_bad(self, session_id: str, comparison_id: int, *, voter: str | None = None) -> VoteReceipt:
-        return self.store.vote_all_bad(session_id, comparison_id, voter=voter)
-
-    def vote_pairwise(
-        self, session_id: str, comparison_id: int, a: int, b: int, outcome: str, *, voter: str | None = None
-    ) -> VoteReceipt:
-        return self.store.vote_pairwise(session_id, comparison_id, a, b, outcome, voter=voter)
-
-    def vote_thumb(self, session_id: str, answer_id: int, up: bool, *, voter: str | None = None) -> VoteReceipt:
-        return self.store.vote_thumb(session_id, answer_id, up, voter=voter)
-
-    def correct(self, session_id: str, comparison_id: int, text: str, *, voter: str | None = None) -> VoteReceipt:
-        """A person's better answer to a turn: a demonstration, pairs against the models' answers, and what the
-        conversation continues with."""
-        return self.store.add_correction(session_id, comparison_id, text, voter=voter)
-
+    # ---- votes ------------------------------------------------------------------------------------------
+    # Votes, ratings and better answers go straight to the store (`playground.store.vote_best(...)`, ...): every
+    # committed write wakes the durable copy (store.on_commit), so the front door adds nothing to them. `voter`:
+    # who cast the vote ('hf:<user>' or 'ip:<keyed hash>', see voters.py; `voter_of` makes it); None when unknown
+    # (the command line, the simulated voter): then the session stands for the voter.
     def continue_after(
         self, session_id: str, comparison_id: int | None, chosen_answer_id: int | None = None
     ) -> tuple[list[dict], dict | None]:

@@ -117,27 +117,31 @@ def collect_votes(
         if mode == "pairwise":
             *_, (answers, recorded) = playground.duel(row["prompt"], settings, SESSION, row.get("category"))
             outcome = oracle.compare(answers["a"].text, answers["b"].text)
-            receipt = playground.vote_pairwise(
+            receipt = playground.store.vote_pairwise(
                 SESSION, recorded.comparison_id, recorded.answer_ids["a"], recorded.answer_ids["b"], outcome
             )
             counts["ties"] += outcome == "tie"
         else:
             *_, (answers, recorded) = playground.compare(row["prompt"], settings, SESSION, row.get("category"))
             order = oracle.rank({key: answer.text for key, answer in answers.items()})
-            receipt = playground.vote_best(SESSION, recorded.comparison_id, [recorded.answer_ids[key] for key in order])
+            receipt = playground.store.vote_best(
+                SESSION, recorded.comparison_id, [recorded.answer_ids[key] for key in order]
+            )
         counts["votes"] += 1
         counts["pairs"] += receipt.pairs_created
         texts = {key: answer.text for key, answer in answers.items()}
         if corrections and (i + 1) % corrections == 0:
             better = oracle.improve(texts[oracle.rank(texts)[0]])
             if better:
-                counts["pairs"] += playground.correct(SESSION, recorded.comparison_id, better).pairs_created
+                counts["pairs"] += playground.store.add_correction(
+                    SESSION, recorded.comparison_id, better
+                ).pairs_created
                 counts["corrections"] += 1
         if ratings:
             for key, text in texts.items():
                 label = rater.rate(text)
                 if label is not None:
-                    playground.vote_thumb(SESSION, recorded.answer_ids[key], label)
+                    playground.store.vote_thumb(SESSION, recorded.answer_ids[key], label)
                     counts["ratings"] += 1
         serving = playground.sync_adapter() if follow else playground.engine.adapter_version
         log.info("vote %d/%d: +%d pairs (serving v%d)", i + 1, votes, receipt.pairs_created, serving)

@@ -44,7 +44,7 @@ class CompareVotes:
         if problem:
             return problem, state
         try:
-            receipt = self.page.playground.correct(
+            receipt = self.page.playground.store.add_correction(
                 session(request), state["comparison"], str(text or ""), voter=self.page.voter(request, profile)
             )
         except VoteError as error:
@@ -76,7 +76,7 @@ class CompareVotes:
         ids = [state["answers"][state["order"][c - 1]] for c in columns]
         pg = self.page.playground
         return self._verdict(
-            state, lambda sid, voter: pg.vote_best(sid, state["comparison"], ids, voter=voter), request, profile
+            state, lambda sid, voter: pg.store.vote_best(sid, state["comparison"], ids, voter=voter), request, profile
         )
 
     def vote_all_bad(self, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
@@ -85,7 +85,7 @@ class CompareVotes:
             return problem, *[gr.skip()] * 6, state
         pg = self.page.playground
         return self._verdict(
-            state, lambda sid, voter: pg.vote_all_bad(sid, state["comparison"], voter=voter), request, profile
+            state, lambda sid, voter: pg.store.vote_all_bad(sid, state["comparison"], voter=voter), request, profile
         )
 
     def _verdict(self, state, vote, request, profile):
@@ -109,7 +109,7 @@ class CompareVotes:
             return f"⚠ Name a column from 1 to {len(state['order'])}."
         key = state["order"][column - 1]
         try:
-            receipt = self.page.playground.vote_thumb(
+            receipt = self.page.playground.store.vote_thumb(
                 session(request), state["answers"][key], bool(up), voter=self.page.voter(request, profile)
             )
         except VoteError as error:

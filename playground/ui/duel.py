@@ -105,7 +105,7 @@ class DuelTab:
         if problem:
             return problem
         try:
-            receipt = self.page.playground.vote_pairwise(
+            receipt = self.page.playground.store.vote_pairwise(
                 session(request),
                 state["comparison"],
                 state["answers"]["a"],
