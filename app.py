@@ -17,15 +17,8 @@ import os
 import signal
 import sys
 
-from playground.settings import (
-    ADMIN_TOKEN_ENV,
-    ModelSettings,
-    RoundSettings,
-    Sampling,
-    ServerSettings,
-    parser_with,
-    settings_from,
-)
+from playground.options import parser_with, settings_from
+from playground.settings import ADMIN_TOKEN_ENV, ModelSettings, RoundSettings, Sampling, ServerSettings
 
 SETTINGS = (ModelSettings, ServerSettings, RoundSettings, Sampling)
 

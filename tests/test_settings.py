@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from playground import options
 from playground import settings as s
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -16,16 +17,16 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 
 def test_the_readme_options_table_is_the_one_the_code_defines():
     readme = README.read_text()
-    table = s.options_table()
+    table = options.options_table()
     assert table in readme, "README's options table is out of date: paste `python -m playground options` into it"
     documented = set(re.findall(r"`(PLAYGROUND_[A-Z_]+)`", readme))
-    defined = {s.env_name(f.name) for cls in s.SETTINGS for f in dataclasses.fields(cls)}
+    defined = {options.env_name(f.name) for cls in s.SETTINGS for f in dataclasses.fields(cls)}
     assert defined <= documented
     assert documented - defined == {s.ADMIN_TOKEN_ENV}, "every PLAYGROUND_* name in the README is read by the code"
 
 
 def test_every_setting_has_a_flag_an_environment_variable_and_help():
-    parser = s.parser_with(*s.SETTINGS)
+    parser = options.parser_with(*s.SETTINGS)
     flags = {option for action in parser._actions for option in action.option_strings}
     for cls in s.SETTINGS:
         for f in dataclasses.fields(cls):
@@ -38,13 +39,13 @@ def test_every_setting_has_a_flag_an_environment_variable_and_help():
 def clean_env(monkeypatch):
     for cls in s.SETTINGS:
         for f in dataclasses.fields(cls):
-            monkeypatch.delenv(s.env_name(f.name), raising=False)
+            monkeypatch.delenv(options.env_name(f.name), raising=False)
     return monkeypatch
 
 
 def parse(*argv):
-    args = s.parser_with(*s.SETTINGS).parse_args(list(argv))
-    return {cls: s.settings_from(args, cls) for cls in s.SETTINGS}
+    args = options.parser_with(*s.SETTINGS).parse_args(list(argv))
+    return {cls: options.settings_from(args, cls) for cls in s.SETTINGS}
 
 
 def test_flag_then_environment_then_default(clean_env):
@@ -87,8 +88,8 @@ def test_the_trainer_process_gets_every_setting(tiny_models, tmp_path):
     )
     command = Playground(models, rounds).trainer_command()
     given = json.loads(command[command.index("--settings-json") + 1])
-    assert s.from_dict(s.RoundSettings, given["rounds"]) == rounds
-    sent = s.from_dict(s.ModelSettings, given["models"])
+    assert options.from_dict(s.RoundSettings, given["rounds"]) == rounds
+    sent = options.from_dict(s.ModelSettings, given["models"])
     assert (sent.base, sent.sft, sent.data_dir, sent.precision, sent.trust_remote_code) == (
         str(tiny_models["base"]),
         str(tiny_models["sft"]),

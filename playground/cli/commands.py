@@ -10,8 +10,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..errors import UserError
+from ..options import from_dict, options_table, settings_from
 from ..prompting import PromptError
-from ..settings import ModelSettings, RoundSettings, Sampling, from_dict, options_table, settings_from
+from ..settings import ModelSettings, RoundSettings, Sampling
 from ..store import StoreError
 from . import reports
 from .session import opened, playground_from

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..settings import ModelSettings, RoundSettings, Sampling, add_settings, parser_class
+from ..options import add_settings, parser_class
+from ..settings import ModelSettings, RoundSettings, Sampling
 from .commands import (
     BENCH_SUITES,
     cmd_bench,

@@ -3,7 +3,8 @@ and the data set its model options pick."""
 
 from __future__ import annotations
 
-from ..settings import ModelSettings, RoundSettings, settings_from
+from ..options import settings_from
+from ..settings import ModelSettings, RoundSettings
 
 EXIT_USAGE = 2
 

@@ -116,7 +116,7 @@ def _build(source: str, out: str, precision: str, lora_targets: list[str]) -> No
 
     builder.get_hf_details = transformers5_config
     # int8: MatMulNBits weights in blocks of 32 with int8 activations (accuracy_level=4); float activations
-    # (level 1) follow the float model a little closer but decode ~50x slower on this CPU (docs/performance.md).
+    # (level 1) follow the float model a little closer but decode far slower on a CPU (docs/performance.md).
     options = ["accuracy_level=4"] if precision == "int8" else []
     with tempfile.TemporaryDirectory() as scratch:
         if lora_targets:
