@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from ..dashboard import VERSION_COLUMNS, version_table
 from ..training import STAGE_TITLES, round_due
 from .text import code
 
@@ -18,7 +19,8 @@ DRIFT_PLOTS = (
     ("drift_perplexity", "sft_perplexity", "Perplexity under SFT"),
     ("drift_win_rate", "win_rate", "Vote win rate"),
 )
-VERSION_HEADERS = [
+# The versions table's columns on the page (dashboard.version_table defines every column; drift has its own plots).
+VERSION_SHOWN = (
     "version",
     "serving",
     "parent",
@@ -26,11 +28,12 @@ VERSION_HEADERS = [
     "demonstrations",
     "pairs",
     "ratings",
-    "final loss",
-    "reward margin",
-    "reward acc",
-    "vote win rate",
-]
+    "final_loss",
+    "reward_margin",
+    "reward_accuracy",
+    "vote_win_rate",
+)
+VERSION_HEADERS = [VERSION_COLUMNS[column] for column in VERSION_SHOWN]
 
 
 def feedback_words(counts: dict[str, int]) -> str:
@@ -141,49 +144,7 @@ def plot_frame(frame: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 
 def versions_table(facts: dict) -> list[list]:
-    def rate(win_rate):
-        return f"{win_rate['rate']:.0%} of {win_rate['games']}" if win_rate else "–"
-
-    def number(value, fmt):
-        return format(value, fmt) if isinstance(value, (int, float)) else "–"
-
-    rows = [
-        [
-            "v0 (SFT, no adapter)",
-            "✓" if facts["serving_version"] == 0 else "",
-            "",
-            "ready",
-            "",
-            "",
-            "",
-            "",
-            "",
-            "",
-            rate(facts["sft_win_rate"]),
-        ]
-    ]
-    for v in facts["versions"]:
-        m = v["metrics"] or {}
-        state = v["state"] + (f" ({v['reason']})" if v["reason"] else "")
-        if not v["served_on_publish"] and v["state"] == "ready":
-            state += " (published, not served)"
-        learned = v["learned_from"]
-        rows.append(
-            [
-                f"v{v['version']}",
-                "✓" if v["serving"] else "",
-                f"v{v['parent_version'] or 0}",
-                state,
-                number(learned["demonstrations"], "d"),
-                number(learned["pairs"], "d"),
-                number(learned["ratings"], "d"),
-                number(m.get("final_loss"), ".3f"),
-                number(m.get("final_reward_margin"), ".3f"),
-                number(m.get("final_reward_accuracy"), ".2f"),
-                rate(v["vote_win_rate"]),
-            ]
-        )
-    return rows
+    return [[row[column] for column in VERSION_SHOWN] for row in version_table(facts)]
 
 
 def drift_frame(facts: dict) -> pd.DataFrame:
