@@ -31,6 +31,7 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 
+from .arms import ARM_TITLES, ARMS
 from .decoding import Mirror, RowStreamer
 from .int8 import int8_roles
 from .leases import AdapterLeases
@@ -52,8 +53,6 @@ from .settings import Sampling
 
 log = logging.getLogger(__name__)
 
-ARMS = ("base", "sft", "pref")
-ARM_TITLES = {"base": "Base", "sft": "SFT", "pref": "Preference-tuned"}
 V0_NOTE = "version 0: no DPO round has run yet, so this is the SFT model itself"
 
 __all__ = ["ARMS", "ARM_TITLES", "AdapterError", "Answer", "Engine", "ServingError", "V0_NOTE"]

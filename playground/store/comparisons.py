@@ -9,10 +9,10 @@ import sqlite3
 import time
 from collections.abc import Iterable
 
+from ..arms import ARMS
 from .database import from_row, to_json
 from .errors import StoreError
 
-ARMS = ("base", "sft", "pref")
 MODES = ("compare", "duel")
 HUMAN = "human"  # the arm of an answer a person wrote (a correction)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from ..prompting import PromptError, fit_conversation
 from ..settings import RoundSettings
 from ..store import Store
 from ..votes import demonstration_to_trl, rating_to_trl, to_trl
@@ -104,15 +105,16 @@ def fit_to_length(row: dict, tokenizer, max_length: int) -> dict:
     prompt equal."""
     if not getattr(tokenizer, "chat_template", None):
         return row
-    prompt = list(row["prompt"])
-    answers = [side for side in ("chosen", "rejected", "completion") if side in row]
+    answers = [row[side] for side in ("chosen", "rejected", "completion") if side in row]
 
-    def tokens(messages) -> int:
-        text = tokenizer.apply_chat_template(messages, tokenize=False)
-        return len(tokenizer(text, add_special_tokens=False).input_ids)
+    def tokens(prompt) -> int:
+        texts = (tokenizer.apply_chat_template(prompt + answer, tokenize=False) for answer in answers)
+        return max(len(tokenizer(text, add_special_tokens=False).input_ids) for text in texts)
 
-    while len(prompt) > 1 and max(tokens(prompt + row[side]) for side in answers) > max_length:
-        prompt = prompt[2:]
+    try:  # the same rule generation fits a conversation by: whole turns go, oldest first
+        prompt, _ = fit_conversation(list(row["prompt"]), tokens, max_length)
+    except PromptError:  # even the turn's own question is too long with its answers: trl truncates what is left
+        prompt = list(row["prompt"])[-1:]
     return {**row, "prompt": prompt}
 
 
