@@ -8,44 +8,23 @@ comparison) stays with the caller and holds only ids.
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import sys
 import threading
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from . import publishing, voters
 from .dashboard import Dashboard
 from .data_sets import DataSet
 from .generation import Answer, Engine
-from .models import PRESETS, ModelLoadError, Preset, hub_id, resolve_preset
+from .models import ModelLoadError, Preset, hub_id, resolve_preset
+from .recording import ChatTurn, Recorded, continue_after, record, recorded
 from .serving import Serving
 from .settings import ModelSettings, RoundSettings, Sampling
 from .store import Store, StoreError, durable
-from .trainer_process import TrainerProcess
+from .trainer_process import TrainerProcess, trainer_command
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ChatTurn:
-    """Where a new turn goes: its conversation, the turn it follows (a comparison id; None for the first) and the
-    answer of that turn the person chose to continue from (None: the store's rule, see `Store.continuation`)."""
-
-    chat_id: str
-    after: int | None = None
-    continue_from: int | None = None
-
-
-@dataclass
-class Recorded:
-    """A finished generation as stored: the comparison id and each answer's id (keyed like the answers)."""
-
-    comparison_id: int
-    answer_ids: dict[str, int]
 
 
 class Playground:
@@ -174,67 +153,11 @@ class Playground:
         yield from self._recorded(stream, prompt, session_id, "duel", category, history, parent, chat)
 
     def _recorded(self, stream, prompt, session_id, mode, category, history, parent, chat):
-        answers = {}
-        for answers in stream:
-            yield answers, None
-        if any(answer.error for answer in answers.values()):
-            # A turn with an answer missing is not a comparison people should vote on: shown, not stored.
-            log.warning("Turn not recorded: %s", next(a.error for a in answers.values() if a.error))
-            return
-        yield (
-            answers,
-            self.record(
-                prompt,
-                answers,
-                session_id,
-                mode,
-                category,
-                history=history,
-                parent_answer_id=parent["id"] if parent else None,
-                chat_id=chat.chat_id if chat else None,
-            ),
-        )
+        return recorded(self.store, stream, prompt, session_id, mode, category, history, parent, chat)
 
-    def record(
-        self,
-        prompt: str,
-        answers: dict[str, Answer],
-        session_id: str,
-        mode="compare",
-        category: str | None = None,
-        *,
-        history: list[dict] | None = None,
-        parent_answer_id: int | None = None,
-        chat_id: str | None = None,
-    ) -> Recorded:
-        """Store a comparison (a turn) and its answers, in one transaction."""
-        rows = [
-            {
-                "arm": a.arm,
-                "text": a.text,
-                "model": a.model,
-                "adapter_version": a.adapter_version,
-                "settings": a.settings | {"dropped_turns": a.dropped_turns} if a.dropped_turns else a.settings,
-                "seed": a.seed,
-                "prompt_tokens": a.prompt_tokens,
-                "new_tokens": a.new_tokens,
-                "seconds": a.seconds,
-                "ttft": a.ttft,
-                "finish_reason": a.finish_reason,
-            }
-            for a in answers.values()
-        ]
-        comparison, ids = self.store.add_comparison(
-            prompt.strip(),
-            session_id,
-            mode=mode,
-            category=category,
-            answers=rows,
-            history=history,
-            chat_id=chat_id,
-            parent_answer_id=parent_answer_id,
-        )
-        return Recorded(comparison, dict(zip(answers, ids)))
+    def record(self, prompt: str, answers: dict[str, Answer], session_id: str, mode="compare", **where) -> Recorded:
+        """Store a finished turn (recording.record) without streaming it."""
+        return record(self.store, prompt, answers, session_id, mode, **where)
 
     # ---- votes ------------------------------------------------------------------------------------------
     # Votes, ratings and better answers go straight to the store (`playground.store.vote_best(...)`, ...): every
@@ -245,10 +168,7 @@ class Playground:
         self, session_id: str, comparison_id: int | None, chosen_answer_id: int | None = None
     ) -> tuple[list[dict], dict | None]:
         """(history, the answer it continues with) for the next turn after `comparison_id` (None: a new chat)."""
-        if comparison_id is None:
-            return [], None
-        continued = self.store.continuation(comparison_id, session_id, chosen_answer_id)
-        return self.store.next_history(comparison_id, continued), continued
+        return continue_after(self.store, session_id, comparison_id, chosen_answer_id)
 
     def voter_of(self, username: str | None, address: str | None) -> str | None:
         """The voter to record: the signed-in Hugging Face user, else the keyed hash of the client's address."""
@@ -273,33 +193,7 @@ class Playground:
 
     # ---- rounds -------------------------------------------------------------------------------------------
     def trainer_command(self) -> list[str]:
-        """The trainer process, with the complete settings: the models as resolved here (so it opens the same
-        data set) and every round setting."""
-        # With base and sft both given, the preset only names the pair ("custom"): any known name resolves to them.
-        preset = self.preset.name if self.preset.name in PRESETS else "auto"
-        # persist off: this process copies what the trainer writes (the trainer's records reach the change log).
-        models = replace(
-            self.models,
-            preset=preset,
-            base=self.preset.base,
-            sft=self.preset.sft,
-            data_dir=str(self.data_dir),
-            persist="off",
-            hub_dataset=None,
-        )
-        settings = {"models": asdict(models), "rounds": self.round_settings.as_dict()}
-        return [
-            sys.executable,
-            "-m",
-            "playground",
-            "-q",
-            "train",
-            "--watch",
-            "--parent-pid",
-            str(os.getpid()),
-            "--settings-json",
-            json.dumps(settings),
-        ]
+        return trainer_command(self.models, self.preset, self.data_dir, self.round_settings)
 
     def start_trainer(self) -> None:
         self.trainer.start()

@@ -4,15 +4,35 @@ stopped with it. The trainer exits by itself when the app is gone, even after a 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict, replace
 from pathlib import Path
+
+from .models import PRESETS, Preset
+from .settings import ModelSettings, RoundSettings
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
+
+
+def trainer_command(models: ModelSettings, preset: Preset, data_dir: Path, rounds: RoundSettings) -> list[str]:
+    """The trainer process, with the complete settings: the models as resolved here (so it opens the same data set)
+    and every round setting."""
+    # With base and sft both given, the preset only names the pair ("custom"): any known name resolves to them.
+    name = preset.name if preset.name in PRESETS else "auto"
+    # persist off: the app copies what the trainer writes (the trainer's records reach the change log).
+    models = replace(
+        models, preset=name, base=preset.base, sft=preset.sft, data_dir=str(data_dir), persist="off", hub_dataset=None
+    )
+    settings = {"models": asdict(models), "rounds": rounds.as_dict()}
+    command = [sys.executable, "-m", "playground", "-q", "train", "--watch", "--parent-pid", str(os.getpid())]
+    return [*command, "--settings-json", json.dumps(settings)]
 
 
 class TrainerProcess:

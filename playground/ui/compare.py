@@ -19,8 +19,8 @@ import uuid
 
 import gradio as gr
 
-from ..core import ChatTurn
 from ..generation import ARM_TITLES, ARMS
+from ..recording import ChatTurn
 from ..store import StoreError
 from .chat import stream_answers
 from .compare_layout import build as build_layout

@@ -10,8 +10,8 @@ import uuid
 
 import gradio as gr
 
-from ..core import ChatTurn
 from ..generation import ARMS
+from ..recording import ChatTurn
 from ..store import StoreError, VoteError
 from .chat import sampling_controls, stream_answers, vote_problem
 from .explain import ExplainView
