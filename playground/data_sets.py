@@ -32,11 +32,12 @@ from pathlib import Path
 
 from .locks import locked
 from .models import describe_source, hub_id
+from .store import STORE_FILE
 
 log = logging.getLogger(__name__)
 
 DATA_SETS = "datasets"
-STORE_FILE = "playground.sqlite3"
+
 ABOUT_FILE = "dataset.json"
 
 

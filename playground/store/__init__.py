@@ -30,16 +30,16 @@ from .records import Records, VoteError, VoteReceipt
 from .rounds import Rounds
 from .versions import Versions
 
-__all__ = ["ARMS", "MODES", "MIGRATIONS", "Store", "StoreError", "VoteError", "VoteReceipt"]
+__all__ = ["ARMS", "MODES", "MIGRATIONS", "STORE_FILE", "Store", "StoreError", "VoteError", "VoteReceipt"]
 
-DB_FILENAME = "playground.sqlite3"
+STORE_FILE = "playground.sqlite3"  # the store of a data set, in its folder
 
 
 class Store(Comparisons, Records, Feedback, Rounds, Versions, Database):
     @classmethod
     def open(cls, folder: str | os.PathLike) -> Store:
         """The store of the data set in `folder`."""
-        return cls(Path(folder) / DB_FILENAME)
+        return cls(Path(folder) / STORE_FILE)
 
     def counts(self) -> dict[str, Any]:
         """How many rows of each kind the store holds."""
