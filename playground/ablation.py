@@ -27,7 +27,6 @@ from .training import OBJECTIVES, run_round
 
 log = logging.getLogger(__name__)
 SAMPLES = 2  # answers per held-out prompt and model (different seeds)
-FIGURES = ("win_rate", "ppl_sft", "kl", "mean_length", "seconds")
 
 
 def objectives_for(store: Store) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from playground.generation import final
 from playground.store import Store
 
@@ -83,3 +85,15 @@ class AnswersInFlight:
             if now or time.monotonic() > deadline:
                 return now
             time.sleep(0.001)
+
+
+def pragmas(store: Store) -> dict:
+    """The settings a new connection of the store runs with."""
+    with contextlib.closing(store.connect()) as conn:
+        names = ("journal_mode", "foreign_keys", "synchronous", "busy_timeout", "user_version")
+        return {name: conn.execute(f"PRAGMA {name}").fetchone()[0] for name in names}
+
+
+def newest_ready(store: Store) -> int:
+    """The newest version in state ready (0: none)."""
+    return max((v["version"] for v in store.versions() if v["state"] == "ready"), default=0)

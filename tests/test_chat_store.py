@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 
 import pytest
+from helpers import pragmas
 
 from playground.store import Store, StoreError, VoteError
 from playground.store import migrations as schema_module
@@ -131,7 +132,7 @@ def test_a_file_from_before_conversations_migrates_with_its_votes(tmp_path, monk
     cid = 1
     monkeypatch.undo()
     new = Store(path)
-    assert new.pragmas()["user_version"] == len(schema_module.MIGRATIONS)
+    assert pragmas(new)["user_version"] == len(schema_module.MIGRATIONS)
     c = new.comparison(cid)
     assert (c["history"], c["turn"], c["chat_id"]) == ([], 1, None)
     assert len(new.pairs()) == 2 and new.counts()["votes"] == 1

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import add_compare, add_short_vs_long_votes
+from helpers import add_compare, add_short_vs_long_votes, pragmas
 
 from playground.settings import RoundSettings
 from playground.store import Store, VoteError
@@ -351,5 +351,5 @@ def test_feedback_given_before_the_upgrade_trains_too(tmp_path):
     conn.commit()
     conn.close()
     upgraded = Store.open(tmp_path)
-    assert upgraded.pragmas()["user_version"] == len(MIGRATIONS)
+    assert pragmas(upgraded)["user_version"] == len(MIGRATIONS)
     assert upgraded.pending_counts() == {"demonstrations": 1, "pairs": 3, "ratings": 1 + 3}

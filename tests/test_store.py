@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from helpers import newest_ready, pragmas
 
 from playground.processes import pid_alive
 from playground.store import Store, StoreError, VoteError
@@ -74,7 +75,7 @@ def integrity(path):
 def test_wal_foreign_keys_and_durable_sync(store):
     with sqlite3.connect(store.path) as raw:  # WAL is a property of the file, not of our connections
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
-    p = store.pragmas()
+    p = pragmas(store)
     assert p["journal_mode"] == "wal"
     assert p["foreign_keys"] == 1
     assert p["synchronous"] == 2  # FULL
@@ -320,7 +321,7 @@ def test_round_finishes_into_version_one(store):
     store.log_step(rid, 2, {"loss": float("nan")})
     store.log_step(rid, 2, {"eval_loss": 0.6})  # a second log at the same step merges
     v = store.finish_round(rid, "/adapters/v1", {"train_loss": 0.5})
-    assert v == 1 and store.serving_version() == 1 and store.latest_good_version() == 1
+    assert v == 1 and store.serving_version() == 1 and newest_ready(store) == 1
     assert store.pending_pairs() == []
     assert {p["round_id"] for p in store.pairs()} == {rid}
     (rnd,) = store.rounds()
@@ -409,10 +410,10 @@ def test_mark_bad_falls_back(store):
     assert store.serving_version() == 3
     assert store.mark_version_bad(2, "regressed") == 3  # not serving: nothing moves
     assert store.mark_version_bad(3, "repeats itself") == 1  # skips bad version 2
-    assert store.serving_version() == 1 and store.latest_good_version() == 1
+    assert store.serving_version() == 1 and newest_ready(store) == 1
     assert store.version(3)["state"] == "bad" and store.version(3)["reason"] == "repeats itself"
     assert store.mark_version_bad(1, "worse than base") == 0
-    assert store.latest_good_version() == 0 and store.version(9) is None
+    assert newest_ready(store) == 0 and store.version(9) is None
     with pytest.raises(StoreError):
         store.mark_version_bad(9, "no such version")
 
@@ -463,7 +464,7 @@ def test_fresh_file_at_version_zero_is_migrated(tmp_path):
     path = tmp_path / "old.sqlite3"
     sqlite3.connect(path).close()  # an empty database: user_version 0
     s = Store(path)
-    assert s.pragmas()["user_version"] == len(store_module.MIGRATIONS)
+    assert pragmas(s)["user_version"] == len(store_module.MIGRATIONS)
     assert s.counts()["votes"] == 0
 
 
@@ -479,7 +480,7 @@ def test_older_schema_is_migrated_keeping_data(tmp_path, monkeypatch):
     ]
     monkeypatch.setattr(store_module, "MIGRATIONS", newer)
     s = Store(path)
-    assert s.pragmas()["user_version"] == len(newer)
+    assert pragmas(s)["user_version"] == len(newer)
     with sqlite3.connect(path) as conn:
         assert conn.execute("SELECT language FROM prompts").fetchall() == [("en",)]
     assert s.counts()["pairs"] == 2 and s.comparison(cid)["answers"][0]["id"] == ids[0]

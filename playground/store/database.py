@@ -190,14 +190,6 @@ class Database:
         if committed:
             self._committed()
 
-    def pragmas(self) -> dict[str, Any]:
-        """The settings a connection actually runs with, for health checks."""
-        with contextlib.closing(self.connect()) as conn:
-            return {
-                name: conn.execute(f"PRAGMA {name}").fetchone()[0]
-                for name in ("journal_mode", "foreign_keys", "synchronous", "busy_timeout", "user_version")
-            }
-
     def changes(self) -> int:
         """How many write transactions changed something so far: equal numbers mean equal contents.
 

@@ -146,12 +146,6 @@ class Versions:
                 set_serving(conn, serving)
             return serving
 
-    def latest_good_version(self) -> int:
-        with self.read() as conn:
-            return conn.execute(
-                "SELECT coalesce(max(version), 0) FROM adapter_versions WHERE state = 'ready'"
-            ).fetchone()[0]
-
     # -- drift per version (drift.py) --------------------------------------------------------------------
 
     def save_version_eval(self, version: int, eval_set: str, metrics: dict) -> None:
