@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from transformers import AutoTokenizer
 
 from playground.settings import RoundSettings
@@ -35,6 +36,7 @@ def row(turns: int) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_a_long_conversation_loses_its_oldest_turns_whole(tiny_models):
     tokenizer = AutoTokenizer.from_pretrained(tiny_models["sft"])
     whole = row(6)
@@ -76,6 +78,7 @@ def test_trl_tokenizes_the_shared_history_as_the_prompt(tiny_models, tmp_path):
         assert example["prompt_ids"] == expected_ids
 
 
+@pytest.mark.slow
 def test_a_round_on_multi_turn_pairs_and_a_correction_runs(tiny_models, tmp_path):
     store = Store.open(tmp_path / "ds")
     texts = {"base": "Rivers are wet.", "sft": "Rivers flow to the sea.", "pref": "Water, mostly."}

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import os
 
+import pytest
 from helpers import add_short_vs_long_votes
 
 from playground.core import Playground
@@ -30,6 +31,7 @@ ROUND = RoundSettings(
 )
 
 
+@pytest.mark.slow
 def test_chat_a_round_the_hot_swap_explain_and_drift_on_the_device(tiny_models, tmp_path):
     settings = ModelSettings(
         base=str(tiny_models["base"]),

@@ -104,6 +104,7 @@ def playground(tiny_models, tmp_path):
     pg.close()
 
 
+@pytest.mark.slow
 def test_each_round_measures_its_version_and_the_idle_trainer_fills_in_the_rest(playground, tiny_models, tmp_path):
     store = playground.store
     add_short_vs_long_votes(store, 6)

@@ -15,6 +15,8 @@ from chromium import CHROMIUM, CHROMIUM_ARGS
 from gradio_client import Client
 from playwright.sync_api import expect, sync_playwright
 
+pytestmark = pytest.mark.browser
+
 SLOW = 180_000  # ms: model loading and training rounds on a busy 2-core machine
 ANSWER = 60_000
 XSS = "<img src=x onerror=alert(1)><script>window.__xss=1</script>"

@@ -16,6 +16,8 @@ import pytest
 
 from playground import models
 
+pytestmark = pytest.mark.slow  # every test here loads the embedded models or starts a process
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

@@ -146,6 +146,7 @@ def test_bad_requests_get_a_clear_message(playground):
         playground.explain(comparison, "a", version=7)
 
 
+@pytest.mark.slow
 def test_explain_cli_json(playground, tiny_models, tiny_adapters, tmp_path):
     comparison, _ = add_compare(playground.store, "What is the capital of France?", {"sft": ANSWER, "pref": ANSWER})
     publish(playground.store, tiny_adapters[1])

@@ -72,6 +72,7 @@ def exported(tiny_models, tmp_path_factory) -> dict[str, Path]:
     return folders
 
 
+@pytest.mark.slow
 def test_each_export_loads_with_datasets_in_its_trl_format(exported):
     from datasets import load_dataset
 
@@ -87,6 +88,7 @@ def test_each_export_loads_with_datasets_in_its_trl_format(exported):
 
 
 @pytest.mark.parametrize("what", list(KINDS))
+@pytest.mark.slow
 def test_trls_own_cli_trains_on_the_export_unchanged(what, exported, tiny_models, tmp_path):
     command = KINDS[what][0]
     result = subprocess.run(

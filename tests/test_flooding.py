@@ -235,6 +235,7 @@ def pairs_in(reply: str) -> int:
     return int(found.group(1)) if found else 0
 
 
+@pytest.mark.slow
 def test_fifty_sessions_from_one_address(flooded_app):
     app = flooded_app
     # 50 sessions of one script, each claiming another address in the header it writes itself.

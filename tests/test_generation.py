@@ -110,6 +110,7 @@ def test_batched_rows_equal_single_row_runs(tiny_engine, tiny_adapters):
         assert together["pref"].text == alone_pref["pref"].text
 
 
+@pytest.mark.slow
 def test_concurrent_requests_and_hot_swaps_never_mix_adapter_state(tiny_engine, tiny_adapters):
     prompt = "Give me advice."
     long = Sampling(temperature=0, max_new_tokens=48, seed=0)

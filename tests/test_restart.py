@@ -13,10 +13,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from app_process import OFFLINE_ENV, REPO, start_app, wait_until
 from gradio_client import Client
 
 from playground.processes import pid_alive
+
+pytestmark = pytest.mark.slow  # every test here loads the embedded models or starts a process
 
 SAMPLING = (0.7, 0.9, 16, None, False)  # temperature, top_p, max_new_tokens, seed, blind
 

@@ -55,6 +55,7 @@ def _texts(engine, prompt, sampling=GREEDY, history=None):
     return {arm: (a.text, a.new_tokens, a.finish_reason, a.adapter_version) for arm, a in answers.items()}
 
 
+@pytest.mark.slow
 def test_the_onnx_copy_is_built_once_with_lora_slots(engines, tiny_models):
     onnx, _ = engines
     assert onnx.runtime == "onnx" and onnx.base.model is None and onnx.sft.model is None  # no torch weights held
@@ -69,6 +70,7 @@ def test_the_onnx_copy_is_built_once_with_lora_slots(engines, tiny_models):
     assert again == folder and (folder / "model.onnx").stat().st_mtime == stamp
 
 
+@pytest.mark.slow
 def test_greedy_answers_equal_the_torch_runtime(engines):
     onnx, torch_engine = engines
     for prompt in PROMPTS:
@@ -77,6 +79,7 @@ def test_greedy_answers_equal_the_torch_runtime(engines):
     assert _texts(onnx, "And you?", history=history) == _texts(torch_engine, "And you?", history=history)
 
 
+@pytest.mark.slow
 def test_adapters_swap_in_and_match_peft(engines, adapters):
     onnx, torch_engine = engines
     try:
@@ -101,6 +104,7 @@ def test_adapters_swap_in_and_match_peft(engines, adapters):
     assert _texts(onnx, PROMPTS[0]) == _texts(torch_engine, PROMPTS[0])
 
 
+@pytest.mark.slow
 def test_sampling_is_reproducible_per_seed(engines):
     onnx, _ = engines
 
@@ -113,6 +117,7 @@ def test_sampling_is_reproducible_per_seed(engines):
     assert first["sft"] == first["pref"]  # version 0: the preference arm is the SFT model, same seed
 
 
+@pytest.mark.slow
 def test_a_cancelled_answer_frees_the_worker(engines):
     onnx, torch_engine = engines
     stream = onnx.stream(PROMPTS[0], Sampling(temperature=0, max_new_tokens=200, seed=1))
@@ -121,6 +126,7 @@ def test_a_cancelled_answer_frees_the_worker(engines):
     assert _texts(onnx, PROMPTS[2]) == _texts(torch_engine, PROMPTS[2])
 
 
+@pytest.mark.slow
 def test_a_dead_worker_starts_again_with_its_adapter(engines, adapters):
     onnx, torch_engine = engines
     try:
@@ -136,6 +142,7 @@ def test_a_dead_worker_starts_again_with_its_adapter(engines, adapters):
             engine.use_adapter(0, None)
 
 
+@pytest.mark.slow
 def test_bad_adapters_are_refused_and_the_served_one_stays(engines, adapters, tiny_models, tmp_path):
     onnx, _ = engines
     onnx.use_adapter(1, str(adapters[1]))
@@ -187,6 +194,7 @@ def test_conversion_folds_the_lora_scale(adapters):
         np.testing.assert_allclose(converted[name], want, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_model_onnx_runtime_cannot_run_fails_at_start(real_tokenizer_dir, tmp_path):
     """Heads of 8 build, but ONNX Runtime's attention kernel refuses them: the worker says so when it starts."""
     folder = make_tiny_model(tmp_path / "heads8", real_tokenizer_dir, seed=3, chat=True, hidden=32)
@@ -233,6 +241,7 @@ def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
     )  # fresh: not converted again
 
 
+@pytest.mark.slow
 def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, tiny_models, tmp_path_factory):
     """--chat-workers 1: the SFT and preference rows share one process and still answer as torch does; a duel's
     two preference rows are reproducible per seed either way."""
@@ -255,6 +264,7 @@ def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, ti
             engine.use_adapter(0, None)
 
 
+@pytest.mark.slow
 def test_the_sft_weights_load_on_demand_for_scoring(engines):
     """The simulated voter's fluency yardstick needs torch weights; the onnx engine loads them only then."""
     onnx, torch_engine = engines
@@ -265,6 +275,7 @@ def test_the_sft_weights_load_on_demand_for_scoring(engines):
     assert onnx.sft.model is not None and onnx.base.model is None
 
 
+@pytest.mark.slow
 def test_the_implicit_reward_is_the_same_on_both_runtimes(engines, adapters, tmp_path):
     """Why this answer, on the onnx runtime: scored with the on-demand torch weights and the version's PEFT files,
     it equals the torch runtime's; the served adapter stays what it was."""

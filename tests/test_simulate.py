@@ -51,6 +51,7 @@ def test_heldout_split_keeps_every_category():
     assert {p["category"] for p in heldout} == {p["category"] for p in train}
 
 
+@pytest.mark.slow
 def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     result = subprocess.run(
@@ -114,6 +115,7 @@ def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path)
     assert Path(report["workspace"]).parent == tmp_path / "simulations"
 
 
+@pytest.mark.slow
 def test_an_ablation_trains_the_same_feedback_under_each_objective(tiny_models, tmp_path):
     from playground.data_sets import DataSet
 

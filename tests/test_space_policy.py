@@ -131,6 +131,7 @@ def components(app) -> list[dict]:
 # ---- a Space without an admin token: closed -------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_without_an_admin_token_rollback_is_disabled(closed):
     client = client_of(closed)
     for token in ("", "anything"):  # no token is configured, so none can match
@@ -180,6 +181,7 @@ def test_the_admin_boxes_show_and_the_page_says_what_happens_to_votes(closed):
 # ---- a Space with an admin token: open to the admin only ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_with_the_admin_token_rollback_needs_it_and_rolls_back(guarded):
     client = client_of(guarded)
     assert "requires the admin token" in client.predict(0, "", api_name="/rollback")
@@ -271,6 +273,7 @@ def test_publishing_never_resolves_a_missing_token_to_the_servers(tmp_path, monk
         fake.close()
 
 
+@pytest.mark.slow
 def test_the_notice_names_the_dataset_repo_the_votes_are_published_to(local_page):
     assert "someone/votes" not in local_page.data_notice()
     local_page.hub_dataset = "someone/votes"

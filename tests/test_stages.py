@@ -131,6 +131,7 @@ def test_kto_needs_two_answers_a_batch_and_balances_thumbs():
 # ---- each stage does what its loss says -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_round_on_demonstrations_only_makes_them_more_likely(tiny_models, tmp_path):
     store = Store.open(tmp_path)
     for i in range(4):
@@ -149,6 +150,7 @@ def test_a_round_on_demonstrations_only_makes_them_more_likely(tiny_models, tmp_
         assert after > before + 1.0, (demo["text"], before, after)
 
 
+@pytest.mark.slow
 def test_a_round_on_ratings_only_moves_thumbs_up_up_and_thumbs_down_down(tiny_models, tmp_path):
     store = Store.open(tmp_path)
     for i in range(4):
@@ -170,6 +172,7 @@ def test_a_round_on_ratings_only_moves_thumbs_up_up_and_thumbs_down_down(tiny_mo
         assert (reward > 0) == bool(rating["label"]), (rating["text"], rating["label"], reward)
 
 
+@pytest.mark.slow
 def test_a_mixed_round_runs_the_stages_in_order_and_records_each_loss(tiny_models, tmp_path):
     from playground.data_sets import DataSet
 
@@ -224,6 +227,7 @@ def test_a_mixed_round_runs_the_stages_in_order_and_records_each_loss(tiny_model
     assert listed["learned_from"] == {"demonstrations": 2, "pairs": 10, "ratings": 4}
 
 
+@pytest.mark.slow
 def test_with_both_weights_0_a_round_is_exactly_a_plain_trl_dpo_round(tiny_models, tmp_path):
     from datasets import Dataset
     from peft import get_peft_model_state_dict

@@ -53,6 +53,7 @@ def train(playground, settings=FAST) -> int | None:
     return run_round(playground.store, playground.data_set.adapters_dir, str(playground.preset.sft), settings)
 
 
+@pytest.mark.slow
 def test_round_writes_a_peft_adapter_that_changes_outputs_and_never_the_sft_weights(playground, tiny_models):
     sft_before = digest(tiny_models["sft"])
     before = playground.engine.generate("Tell me about topic 3.", GREEDY)
@@ -84,6 +85,7 @@ def test_round_writes_a_peft_adapter_that_changes_outputs_and_never_the_sft_weig
     assert digest(tiny_models["sft"]) == sft_before
 
 
+@pytest.mark.slow
 def test_an_adapter_trained_on_a_hub_model_names_its_hub_id(playground):
     add_short_vs_long_votes(playground.store, 4)
     run_round(
@@ -97,6 +99,7 @@ def test_an_adapter_trained_on_a_hub_model_names_its_hub_id(playground):
     assert config["base_model_name_or_path"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+@pytest.mark.slow
 def test_next_round_warm_starts_from_the_parent(playground):
     add_short_vs_long_votes(playground.store, 4, session="first")
     assert train(playground) == 1
@@ -110,6 +113,7 @@ def test_next_round_warm_starts_from_the_parent(playground):
     assert first_step["reward_margin"] > 0, "a warm start begins where the parent left off, not at zero"
 
 
+@pytest.mark.slow
 def test_rollback_and_corrupt_or_missing_adapters_fall_back_to_the_last_good(playground, tiny_models):
     for session in ("a", "b", "c"):
         add_short_vs_long_votes(playground.store, 4, session=session)
@@ -171,6 +175,7 @@ def _trainer(data_dir: Path, sft: Path, *extra: str) -> subprocess.Popen:
     )
 
 
+@pytest.mark.slow
 def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp_path):
     store = DataSet.for_models(tmp_path, str(tiny_models["sft"]), str(tiny_models["sft"])).open_store()
     add_short_vs_long_votes(store, 12)
@@ -198,6 +203,7 @@ def test_kill_9_mid_round_loses_nothing_and_the_next_round_runs(tiny_models, tmp
     assert store.serving_version() == 1 and store.pending_pairs() == []
 
 
+@pytest.mark.slow
 def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
     engine = playground.engine
     sft_text = engine.generate("Keep chatting", GREEDY)["sft"].text
@@ -250,6 +256,7 @@ def test_app_trainer_process_hot_swaps_while_people_keep_chatting(playground):
     assert [r["status"] for r in playground.store.rounds()] == ["done"]
 
 
+@pytest.mark.slow
 def test_train_now_runs_a_round_below_min_pairs(playground):
     add_short_vs_long_votes(playground.store, 2)
     playground.start_trainer()
@@ -273,6 +280,7 @@ def test_train_now_runs_a_round_below_min_pairs(playground):
     assert playground.store.trainer_state()["state"] == "stopped"
 
 
+@pytest.mark.slow
 def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models, tmp_path):
     defaults = RoundSettings()
     prompts = tmp_path / "drift.jsonl"
@@ -342,6 +350,7 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     assert (drift["prompts"], drift["max_new_tokens"]) == (3, 6) and drift["mean_tokens"] <= 6
 
 
+@pytest.mark.slow
 def test_a_rollback_during_a_round_survives_it(playground):
     add_short_vs_long_votes(playground.store, 4, session="first")
     assert train(playground) == 1 and playground.sync_adapter() == 1
@@ -367,6 +376,7 @@ def test_a_rollback_during_a_round_survives_it(playground):
     assert "v2 was published but does not serve" in training_status(facts, 0, False, 4, eligible)
 
 
+@pytest.mark.slow
 def test_generate_cli_answers_with_the_serving_version_and_follows_rollback(playground, tiny_models, tmp_path):
     add_short_vs_long_votes(playground.store, 4)
     assert train(playground) == 1
@@ -457,6 +467,7 @@ def test_generate_cli_answers_with_the_serving_version_and_follows_rollback(play
     assert missing.returncode == 2 and "Adapter version 9 does not exist" in missing.stderr
 
 
+@pytest.mark.slow
 def test_export_round_trips_through_datasets_and_a_plain_trl_step(playground, tiny_models, tmp_path):
     import torch
     from datasets import load_dataset
@@ -542,6 +553,7 @@ def test_a_crashed_trainer_is_restarted_and_its_log_is_not_left_open(playground)
     assert _open_files_named("trainer.log") == [], "the app must not keep a handle per trainer (re)start"
 
 
+@pytest.mark.slow
 def test_the_trainer_exits_when_the_app_is_killed(tiny_models, tmp_path):
     # A stand-in for the app: starts the trainer with its own pid as parent, prints the trainer's pid, waits.
     parent = subprocess.Popen(

@@ -112,6 +112,7 @@ def a_version_serves(app) -> int:
     )
 
 
+@pytest.mark.slow
 def test_compare_streams_three_answers(client):
     serving = stats(client)["serving_version"]
     if serving:  # other tests may have trained: show version 0 (the SFT model itself) for this one
@@ -257,6 +258,7 @@ def test_vote_rate_limit_per_session(app, client):
     assert "Too many votes" not in vote_best(client, "1")[0]  # other sessions are not affected
 
 
+@pytest.mark.slow
 def test_votes_start_a_round_and_the_new_version_serves(client):
     # min-pairs is 2: a best-of-three vote for the base answer makes two pairs (it beats SFT and preference).
     compare(client, "How do I boil an egg?")
@@ -310,6 +312,7 @@ def test_votes_start_a_round_and_the_new_version_serves(client):
         client.predict(comparison, "human", None, api_name="/explain")
 
 
+@pytest.mark.slow
 def test_train_now_runs_a_round_below_the_threshold(client):
     before = wait_until(lambda: settled(client), 180, "earlier pairs to be trained")["serving_version"]
     assert "No feedback waits for a round" in client.predict(api_name="/train_now")
@@ -376,6 +379,7 @@ def test_push_to_hub_fails_clearly_without_network(tmp_path, monkeypatch):
     assert "Check the token, the repo id and the network" in message
 
 
+@pytest.mark.slow
 def test_stopping_the_app_stops_its_trainer(tiny_models, tmp_path):
     own = start_app(tiny_models, tmp_path / "data")  # its own app: stopping the shared one would end the others
     try:
@@ -541,6 +545,7 @@ def test_conversation_endpoints_refuse_bad_input(app, client):
     assert vote_best(fresh, "1")[0].startswith("✓ Thanks!"), "the failed turn left the conversation as it was"
 
 
+@pytest.mark.slow
 def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(app, client):
     words = " ".join(f"river{i} lake{i}" for i in range(90))  # about 1,000 characters, ~450 tokens per message
     assert "Turn 1" in chat(client, words)["message"]

@@ -24,6 +24,8 @@ from playground.models import Preset
 from playground.runtimes.vllm.server import VllmOptions, VllmServer, find_python
 from playground.settings import Sampling
 
+pytestmark = pytest.mark.slow  # every test here loads the embedded models or starts a process
+
 REPO = Path(__file__).resolve().parent.parent
 PROMPTS = ["What is the capital of France?", "Write a haiku about rain.", "Tell me a joke about cats."]
 GREEDY = Sampling(temperature=0, max_new_tokens=16, seed=1)
