@@ -7,6 +7,20 @@ import contextlib
 from playground.generation import final
 from playground.store import Store
 
+# The store's data tables (the change log and meta aside), named here so a test notices one added or dropped.
+DATA_TABLES = (
+    "prompts",
+    "comparisons",
+    "answers",
+    "votes",
+    "vote_answers",
+    "pairs",
+    "rounds",
+    "round_pairs",
+    "round_steps",
+    "adapter_versions",
+)
+
 
 def add_compare(store: Store, prompt: str, texts: dict[str, str], session="s1", version=0) -> tuple[int, dict]:
     answers = [

@@ -12,28 +12,15 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import add_compare, add_short_vs_long_votes
+from helpers import DATA_TABLES, add_compare, add_short_vs_long_votes
 
 from playground.store import Store, durable
-
-TABLES = (
-    "prompts",
-    "comparisons",
-    "answers",
-    "votes",
-    "vote_answers",
-    "pairs",
-    "rounds",
-    "round_pairs",
-    "round_steps",
-    "adapter_versions",
-)
 
 
 def dump(store: Store) -> dict:
     """Every data row of every table, and the shared meta values (the local-only ones left out)."""
     conn = sqlite3.connect(store.path)
-    out = {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}"))) for t in TABLES}
+    out = {t: sorted(map(tuple, conn.execute(f"SELECT * FROM {t}"))) for t in DATA_TABLES}
     out["meta"] = sorted(r for r in conn.execute("SELECT key, value FROM meta") if r[0] not in durable.LOCAL_META_KEYS)
     conn.close()
     return out

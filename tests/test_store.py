@@ -9,27 +9,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from helpers import newest_ready, pragmas
+from helpers import DATA_TABLES, newest_ready, pragmas
 
 from playground.processes import pid_alive
 from playground.store import Store, StoreError, VoteError
 from playground.store import migrations as store_module
 from playground.store import records as records_module
 
+TABLES = (*DATA_TABLES, "meta")
+
 REPO = Path(__file__).resolve().parents[1]
-TABLES = (
-    "prompts",
-    "comparisons",
-    "answers",
-    "votes",
-    "vote_answers",
-    "pairs",
-    "rounds",
-    "round_pairs",
-    "round_steps",
-    "adapter_versions",
-    "meta",
-)
 
 
 @pytest.fixture

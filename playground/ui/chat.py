@@ -85,3 +85,21 @@ def sampling_controls(defaults: Sampling):
         tokens = gr.Slider(8, 512, value=min(max(defaults.max_new_tokens, 8), 512), step=8, label="Max new tokens")
         seed = gr.Number(value=defaults.seed, precision=0, label="Seed (empty = random)")
     return [temperature, top_p, tokens, seed]
+
+
+def answer_box(label: str, elem_id: str, height: int, placeholder: str | None = None) -> gr.Chatbot:
+    """A column that shows one model's answer in its conversation. Markdown renders; HTML does not (sanitize_html,
+    and `text.shown()` escapes it before it gets here)."""
+    return gr.Chatbot(
+        label=label,
+        show_label=False,
+        height=height,
+        elem_id=elem_id,
+        elem_classes=["pg-answer"],
+        sanitize_html=True,
+        render_markdown=True,
+        allow_tags=False,
+        feedback_options=None,
+        buttons=["copy"],
+        placeholder=placeholder,
+    )

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..generation import ARM_TITLES, ARMS
-from .chat import sampling_controls
+from .chat import answer_box, sampling_controls
 from .explain import ExplainView
 from .wiring import GENERATION, VOTES, column_handler, fixed
 
@@ -22,20 +22,7 @@ def build(tab, examples: list[str]) -> None:
         for i, arm in enumerate(ARMS):
             with gr.Column():
                 header = gr.Markdown(f"#### {ARM_TITLES[arm]}", elem_id=f"header-{i + 1}", label=f"title {i + 1}")
-                # Markdown renders; HTML does not (sanitize_html, and `shown()` escapes it before it gets here).
-                chat = gr.Chatbot(
-                    label=f"answer {i + 1}",
-                    show_label=False,
-                    height=420,
-                    elem_id=f"answer-{i + 1}",
-                    elem_classes=["pg-answer"],
-                    sanitize_html=True,
-                    render_markdown=True,
-                    allow_tags=False,
-                    feedback_options=None,
-                    buttons=["copy"],
-                    placeholder="The answers appear here.",
-                )
+                chat = answer_box(f"answer {i + 1}", f"answer-{i + 1}", 420, "The answers appear here.")
                 with gr.Row():
                     best_buttons.append(gr.Button("★ Best", elem_id=f"best-{i + 1}", size="sm"))
                     thumbs.append(

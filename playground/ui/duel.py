@@ -13,7 +13,7 @@ import gradio as gr
 from ..generation import ARMS
 from ..recording import ChatTurn
 from ..store import StoreError, VoteError
-from .chat import sampling_controls, stream_answers, vote_problem
+from .chat import answer_box, sampling_controls, stream_answers, vote_problem
 from .explain import ExplainView
 from .page import Page, session
 from .text import answer_dict, chat_column, kept_label, meta, title, transcript
@@ -143,18 +143,7 @@ class DuelTab:
                     gr.Markdown(f"#### Answer {key.upper()}")
                     columns.append(
                         (
-                            gr.Chatbot(
-                                label=f"answer {key}",
-                                show_label=False,
-                                height=380,
-                                elem_id=f"duel-answer-{key}",
-                                elem_classes=["pg-answer"],
-                                sanitize_html=True,
-                                render_markdown=True,
-                                allow_tags=False,
-                                feedback_options=None,
-                                buttons=["copy"],
-                            ),
+                            answer_box(f"answer {key}", f"duel-answer-{key}", 380),
                             gr.Markdown(elem_classes=["pg-meta"], label=f"details {key}"),
                         )
                     )
