@@ -1,10 +1,12 @@
-"""Process start to a page that answers, with the models already cached; and peak memory of server + trainer.
+"""Process start to a page that answers, with the models already cached (or, with --fresh, from nothing: a fresh
+clone's first start); and peak memory of server + trainer.
 
-    python -m bench.startup [--json]
+    python -m bench.startup [--fresh] [--json]
 
 Starts `python app.py` exactly as a user does (on a free local port, its own data directory whose model cache
-links to the main one), polls until the page serves and the models are ready (a compare request succeeds), then
-samples the RSS of the server process and its trainer child for a while and stops them.
+links to the main one; with --fresh an empty one, so the embedded models are converted and built again), polls
+until the page serves and the models are ready (a compare request succeeds), then samples the RSS of the server
+process and its trainer child for a while and stops them.
 """
 
 from __future__ import annotations
@@ -57,7 +59,8 @@ def run(args) -> dict:
 
     data_dir = ModelSettings(data_dir=args.data_dir).resolved_data_dir()
     with tempfile.TemporaryDirectory() as work:
-        (Path(work) / "models").symlink_to(models_dir(data_dir).resolve())
+        if not args.fresh:
+            (Path(work) / "models").symlink_to(models_dir(data_dir).resolve())
         port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         start = time.perf_counter()
@@ -72,7 +75,7 @@ def run(args) -> dict:
         try:
             page = answered = None
             client = None
-            while time.perf_counter() - start < 600:
+            while time.perf_counter() - start < args.timeout:
                 try:
                     client = client or Client(f"http://127.0.0.1:{port}/", verbose=False)
                     page = page or time.perf_counter() - start
@@ -95,6 +98,7 @@ def run(args) -> dict:
     figures = {
         "process_start_to_page_s": round(page, 1) if page else None,
         "process_start_to_first_answer_s": round(answered, 1) if answered else None,
+        "first_answer_s": round(answered, 1) if answered else None,
         "server_peak_rss_mb": round(peak["server"]),
         "trainer_peak_rss_mb": round(peak["trainer"]),
         "server_plus_trainer_peak_rss_mb": round(peak["total"]),
@@ -102,7 +106,12 @@ def run(args) -> dict:
         "trainer_peak_uss_mb": round(peak["trainer_uss"]),
         "server_plus_trainer_peak_uss_mb": round(peak["total_uss"]),
     }
-    return report("startup", {"preset": args.preset, "rss_sampled_s": args.sample_seconds}, figures, args.json)
+    return report(
+        "startup",
+        {"preset": args.preset, "fresh": args.fresh, "rss_sampled_s": args.sample_seconds},
+        figures,
+        args.json,
+    )
 
 
 def main(argv=None):
@@ -110,6 +119,10 @@ def main(argv=None):
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--sample-seconds", type=float, default=20)
+    parser.add_argument(
+        "--fresh", action="store_true", help="an empty data directory: nothing converted or built (a first start)"
+    )
+    parser.add_argument("--timeout", type=float, default=900, help="seconds to wait for the first answer")
     parser.add_argument("--json", action="store_true")
     run(parser.parse_args(argv))
 
