@@ -4,16 +4,55 @@
 
 The real pieces: the app's Playground (models loaded, adapter follower polling), the trainer as its own process
 (`train --watch`), the store. `--pairs` − 1 pairs wait; the timer starts when the last vote of the round is committed
-and stops when a generated answer carries the new version.
+and stops when a generated answer carries the new version. Meanwhile the resident memory of this process (the
+server), its decode worker processes and the trainer is sampled: `peak_rss_total_mb` is the peak of their sum.
 """
 
 from __future__ import annotations
 
 import argparse
-import resource
 import tempfile
+import threading
 import time
 from pathlib import Path
+
+
+class MemorySampler:
+    """The peak RSS (MB) of this process, its decode workers, the trainer, and of their sum, sampled until stopped."""
+
+    def __init__(self, interval: float = 0.25):
+        self.interval, self.peak = interval, dict.fromkeys(("server", "decode_workers", "trainer", "total"), 0.0)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def sample(self) -> dict[str, float]:
+        import psutil
+
+        me = psutil.Process()
+        parts = {"server": me.memory_info().rss / 2**20, "decode_workers": 0.0, "trainer": 0.0}
+        for child in me.children(recursive=True):
+            try:
+                command = " ".join(child.cmdline())
+                part = (
+                    "decode_workers" if "playground.runtimes" in command else "trainer" if "train" in command else None
+                )
+                if part:
+                    parts[part] += child.memory_info().rss / 2**20
+            except psutil.Error:  # ended between listing and reading
+                pass
+        return parts | {"total": sum(parts.values())}
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = {k: max(v, self.peak[k]) for k, v in self.sample().items()}
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()
 
 
 def run(args) -> dict:
@@ -38,11 +77,12 @@ def run(args) -> dict:
             # The trainer is up and has seen the pairs, one short of a round.
             assert wait_for(lambda: (playground.store.trainer_state() or {}).get("pending") == args.pairs - 1, 300)
             assert not playground.store.versions()
-            start = time.perf_counter()
-            fill_store(playground.store, 1, session="the-last-vote")
-            committed = time.perf_counter()
-            ok = wait_for(lambda: playground.engine.adapter_version >= 1, timeout=1800, interval=0.2)
-            swapped = time.perf_counter()
+            with MemorySampler() as memory:
+                start = time.perf_counter()
+                fill_store(playground.store, 1, session="the-last-vote")
+                committed = time.perf_counter()
+                ok = wait_for(lambda: playground.engine.adapter_version >= 1, timeout=1800, interval=0.2)
+                swapped = time.perf_counter()
             answer = playground.engine.generate(
                 "Why is the sky blue?", Sampling(temperature=0, max_new_tokens=1), arms=("pref",)
             )["pref"]
@@ -51,16 +91,17 @@ def run(args) -> dict:
             (rnd,) = playground.store.rounds()
         finally:
             playground.close()
-        peak_trainer_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-        peak_server_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = memory.peak
     figures = {
+        "vote_to_serving_s": round(swapped - start, 1),
         "vote_to_new_version_serving_s": round(swapped - start, 1),
         "vote_to_first_answer_of_new_version_s": round(served - start, 1),
         "round_s": round(rnd["finished_at"] - rnd["started_at"], 1),
         "vote_commit_ms": round((committed - start) * 1000, 1),
-        "server_peak_rss_mb": round(peak_server_mb),
-        "trainer_peak_rss_mb": round(peak_trainer_mb),
-        "server_plus_trainer_peak_rss_mb": round(peak_server_mb + peak_trainer_mb),
+        "peak_rss_total_mb": round(peak["total"]),
+        "server_peak_rss_mb": round(peak["server"]),
+        "decode_workers_peak_rss_mb": round(peak["decode_workers"]),
+        "trainer_peak_rss_mb": round(peak["trainer"]),
     }
     return report("loop", settings.as_dict() | {"preset": preset.name}, figures, args.json)
 
