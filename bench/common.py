@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 
 
@@ -83,3 +84,55 @@ def lora_adapter(model_dir, out, *, seed: int = 0, init_lora_weights=True, b_std
                     param.normal_(0, b_std)
     model.save_pretrained(out)
     return str(out)
+
+
+PARTS = ("server", "decode_workers", "trainer")
+
+
+def tree_memory_mb(pid: int | None = None) -> dict[str, float]:
+    """RSS and USS (MB) of a server process (default: this one), its decode worker processes and its trainer, and
+    of their sum. USS beside RSS: RSS also counts pages shared with other processes or backed by files (safetensors
+    weights are memory-mapped, and several processes map the SFT model's file), so a sum of RSS overstates them."""
+    import psutil
+
+    root = psutil.Process(pid)
+    memory = {f"{part}{kind}": 0.0 for part in PARTS for kind in ("", "_uss")}
+    for process, part in [(root, "server"), *((child, None) for child in root.children(recursive=True))]:
+        try:
+            if part is None:
+                command = " ".join(process.cmdline())
+                part = (
+                    "decode_workers" if "playground.runtimes" in command else "trainer" if "train" in command else None
+                )
+            if part is not None:
+                info = process.memory_full_info()
+                memory[part] += info.rss / 2**20
+                memory[f"{part}_uss"] += info.uss / 2**20
+        except psutil.Error:  # ended between listing and reading
+            pass
+    memory["total"] = sum(memory[part] for part in PARTS)
+    memory["total_uss"] = sum(memory[f"{part}_uss"] for part in PARTS)
+    return memory
+
+
+class MemorySampler:
+    """The peak of each figure of `tree_memory_mb(pid)`, sampled every `interval` seconds until the block ends."""
+
+    def __init__(self, pid: int | None = None, interval: float = 0.25):
+        self.pid, self.interval = pid, interval
+        self.peak: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            sample = tree_memory_mb(self.pid)
+            self.peak = {k: max(v, self.peak.get(k, 0.0)) for k, v in sample.items()}
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_):
+        self._stop.set()
+        self._thread.join()

@@ -12,51 +12,13 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import threading
 import time
+from collections import defaultdict
 from pathlib import Path
 
 
-class MemorySampler:
-    """The peak RSS (MB) of this process, its decode workers, the trainer, and of their sum, sampled until stopped."""
-
-    def __init__(self, interval: float = 0.25):
-        self.interval, self.peak = interval, dict.fromkeys(("server", "decode_workers", "trainer", "total"), 0.0)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def sample(self) -> dict[str, float]:
-        import psutil
-
-        me = psutil.Process()
-        parts = {"server": me.memory_info().rss / 2**20, "decode_workers": 0.0, "trainer": 0.0}
-        for child in me.children(recursive=True):
-            try:
-                command = " ".join(child.cmdline())
-                part = (
-                    "decode_workers" if "playground.runtimes" in command else "trainer" if "train" in command else None
-                )
-                if part:
-                    parts[part] += child.memory_info().rss / 2**20
-            except psutil.Error:  # ended between listing and reading
-                pass
-        return parts | {"total": sum(parts.values())}
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = {k: max(v, self.peak[k]) for k, v in self.sample().items()}
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_):
-        self._stop.set()
-        self._thread.join()
-
-
 def run(args) -> dict:
-    from bench.common import report
+    from bench.common import MemorySampler, report
     from bench.pairs import fill_store
     from playground.core import Playground
     from playground.models import models_dir, resolve_preset
@@ -91,7 +53,7 @@ def run(args) -> dict:
             (rnd,) = playground.store.rounds()
         finally:
             playground.close()
-    peak = memory.peak
+    peak = defaultdict(float, memory.peak)
     figures = {
         "vote_to_serving_s": round(swapped - start, 1),
         "vote_to_new_version_serving_s": round(swapped - start, 1),

@@ -17,42 +17,17 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-def tree_memory_mb(pid: int) -> dict[str, float]:
-    import psutil
-
-    root = psutil.Process(pid)
-    # USS beside RSS: RSS also counts pages shared with other processes or backed by files (safetensors weights
-    # are memory-mapped, and both processes map the SFT model's file), so a sum of RSS overstates what the two cost.
-    rss = {
-        "server": root.memory_info().rss / 2**20,
-        "trainer": 0.0,
-        "server_uss": root.memory_full_info().uss / 2**20,
-        "trainer_uss": 0.0,
-    }
-    for child in root.children(recursive=True):
-        try:
-            command = " ".join(child.cmdline())
-            if "playground.runtimes" in command:  # a decode worker of the onnx runtime serves for the server
-                rss["server"] += child.memory_info().rss / 2**20
-                rss["server_uss"] += child.memory_full_info().uss / 2**20
-            elif "train" in command:
-                rss["trainer"] += child.memory_info().rss / 2**20
-                rss["trainer_uss"] += child.memory_full_info().uss / 2**20
-        except psutil.NoSuchProcess:
-            pass
-    return rss
 
 
 def run(args) -> dict:
     import httpx
     from gradio_client import Client
 
-    from bench.common import report, stop_app
+    from bench.common import MemorySampler, report, stop_app
     from playground.models import models_dir
     from playground.processes import free_port
     from playground.settings import ModelSettings
@@ -71,7 +46,7 @@ def run(args) -> dict:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        peak = dict.fromkeys(("server", "trainer", "total", "server_uss", "trainer_uss", "total_uss"), 0.0)
+        memory = MemorySampler(server.pid, interval=0.5)
         try:
             page = answered = None
             client = None
@@ -87,22 +62,19 @@ def run(args) -> dict:
                 except (httpx.HTTPError, OSError, ValueError):  # not listening yet
                     pass
                 time.sleep(0.5)
-            deadline = time.perf_counter() + args.sample_seconds
-            while time.perf_counter() < deadline:
-                rss = tree_memory_mb(server.pid)
-                total = {"total": rss["server"] + rss["trainer"], "total_uss": rss["server_uss"] + rss["trainer_uss"]}
-                peak = {k: max(peak[k], v) for k, v in (rss | total).items()}
-                time.sleep(0.5)
+            with memory:
+                time.sleep(args.sample_seconds)
         finally:
             stop_app(server)
+    peak = defaultdict(float, memory.peak)  # nothing sampled when the app never answered
     figures = {
         "process_start_to_page_s": round(page, 1) if page else None,
         "process_start_to_first_answer_s": round(answered, 1) if answered else None,
         "first_answer_s": round(answered, 1) if answered else None,
-        "server_peak_rss_mb": round(peak["server"]),
+        "server_peak_rss_mb": round(peak["server"] + peak["decode_workers"]),
         "trainer_peak_rss_mb": round(peak["trainer"]),
         "server_plus_trainer_peak_rss_mb": round(peak["total"]),
-        "server_peak_uss_mb": round(peak["server_uss"]),
+        "server_peak_uss_mb": round(peak["server_uss"] + peak["decode_workers_uss"]),
         "trainer_peak_uss_mb": round(peak["trainer_uss"]),
         "server_plus_trainer_peak_uss_mb": round(peak["total_uss"]),
     }
