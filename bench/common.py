@@ -44,6 +44,16 @@ def report(suite: str, settings: dict, figures: dict, as_json: bool) -> dict:
     return result
 
 
+def start_app(cwd, port: int, data_dir, *options: str, env: dict | None = None):
+    """`python app.py` as a user starts it, in the checkout `cwd`, on `port` with its own data directory (quiet:
+    the benches read the page, not the log); stop it with `stop_app`."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "app.py", "--port", str(port), "--data-dir", str(data_dir), *options]
+    return subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def stop_app(server) -> None:
     """Stop an `app.py` subprocess as Ctrl-C would (it stops its trainer), or kill it after 30 s."""
     import signal
@@ -89,14 +99,16 @@ def lora_adapter(model_dir, out, *, seed: int = 0, init_lora_weights=True, b_std
 PARTS = ("server", "decode_workers", "trainer")
 
 
-def tree_memory_mb(pid: int | None = None) -> dict[str, float]:
-    """RSS and USS (MB) of a server process (default: this one), its decode worker processes and its trainer, and
-    of their sum. USS beside RSS: RSS also counts pages shared with other processes or backed by files (safetensors
-    weights are memory-mapped, and several processes map the SFT model's file), so a sum of RSS overstates them."""
+def tree_memory_mb(pid: int | None = None, uss: bool = False) -> dict[str, float]:
+    """RSS (and with `uss` USS) in MB of a server process (default: this one), its decode worker processes and its
+    trainer, and of their sum. USS beside RSS: RSS also counts pages shared with other processes or backed by files
+    (safetensors weights are memory-mapped, and several processes map the SFT model's file), so a sum of RSS
+    overstates them. USS reads every mapping of each process: too costly to sample while a round is being timed."""
     import psutil
 
     root = psutil.Process(pid)
-    memory = {f"{part}{kind}": 0.0 for part in PARTS for kind in ("", "_uss")}
+    kinds = ("", "_uss") if uss else ("",)
+    memory = {f"{part}{kind}": 0.0 for part in PARTS for kind in kinds}
     for process, part in [(root, "server"), *((child, None) for child in root.children(recursive=True))]:
         try:
             if part is None:
@@ -105,28 +117,30 @@ def tree_memory_mb(pid: int | None = None) -> dict[str, float]:
                     "decode_workers" if "playground.runtimes" in command else "trainer" if "train" in command else None
                 )
             if part is not None:
-                info = process.memory_full_info()
+                info = process.memory_full_info() if uss else process.memory_info()
                 memory[part] += info.rss / 2**20
-                memory[f"{part}_uss"] += info.uss / 2**20
+                if uss:
+                    memory[f"{part}_uss"] += info.uss / 2**20
         except psutil.Error:  # ended between listing and reading
             pass
     memory["total"] = sum(memory[part] for part in PARTS)
-    memory["total_uss"] = sum(memory[f"{part}_uss"] for part in PARTS)
+    if uss:
+        memory["total_uss"] = sum(memory[f"{part}_uss"] for part in PARTS)
     return memory
 
 
 class MemorySampler:
     """The peak of each figure of `tree_memory_mb(pid)`, sampled every `interval` seconds until the block ends."""
 
-    def __init__(self, pid: int | None = None, interval: float = 0.25):
-        self.pid, self.interval = pid, interval
+    def __init__(self, pid: int | None = None, interval: float = 0.25, uss: bool = False):
+        self.pid, self.interval, self.uss = pid, interval, uss
         self.peak: dict[str, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
-            sample = tree_memory_mb(self.pid)
+            sample = tree_memory_mb(self.pid, self.uss)
             self.peak = {k: max(v, self.peak.get(k, 0.0)) for k, v in sample.items()}
 
     def __enter__(self):

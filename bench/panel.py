@@ -77,7 +77,7 @@ def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
     from gradio_client import Client
     from playwright.sync_api import sync_playwright
 
-    from bench.common import stop_app
+    from bench.common import start_app, stop_app
     from playground.processes import free_port
     from tests.chromium import CHROMIUM, CHROMIUM_ARGS
 
@@ -93,23 +93,7 @@ def measure(checkout: Path, models_cache: Path, work: Path, args) -> dict:
         capture_output=True,
     )
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "app.py",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--preset",
-            "embedded",
-            "--no-trainer",
-        ],
-        cwd=checkout,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_app(checkout, port, data_dir, "--preset", "embedded", "--no-trainer", env=env)
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + 600

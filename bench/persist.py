@@ -19,8 +19,6 @@ import argparse
 import os
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -165,30 +163,13 @@ def seconds_to_ready(data_dir: Path, extra: list[str], expect_version: int | Non
     import httpx
     from gradio_client import Client
 
-    from bench.common import stop_app
+    from bench.common import start_app, stop_app
     from playground.processes import free_port
 
     port = free_port()
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     start = time.perf_counter()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "app.py",
-            "--port",
-            str(port),
-            "--data-dir",
-            str(data_dir),
-            "--preset",
-            "embedded",
-            "--no-trainer",
-            *extra,
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_app(ROOT, port, data_dir, "--preset", "embedded", "--no-trainer", *extra, env=env)
     try:
         client = None
         while time.perf_counter() - start < 600:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import subprocess
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -27,7 +25,7 @@ def run(args) -> dict:
     import httpx
     from gradio_client import Client
 
-    from bench.common import MemorySampler, report, stop_app
+    from bench.common import MemorySampler, report, start_app, stop_app
     from playground.models import models_dir
     from playground.processes import free_port
     from playground.settings import ModelSettings
@@ -39,14 +37,8 @@ def run(args) -> dict:
         port = free_port()
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
         start = time.perf_counter()
-        server = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(port), "--data-dir", work, "--preset", args.preset],
-            cwd=ROOT,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        memory = MemorySampler(server.pid, interval=0.5)
+        server = start_app(ROOT, port, work, "--preset", args.preset, env=env)
+        memory = MemorySampler(server.pid, interval=0.5, uss=True)
         try:
             page = answered = None
             client = None

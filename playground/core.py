@@ -65,10 +65,6 @@ class Playground:
         """Why the models could not be loaded (None while loading or once loaded)."""
         return self.serving.error
 
-    @error.setter
-    def error(self, message: str | None) -> None:
-        self.serving.error = message
-
     @property
     def sft_hub_id(self) -> str | None:
         return hub_id(self.preset.sft)

@@ -40,6 +40,12 @@ VERSION_FIELDS = (
     "hyperparams",
     "created_at",
 )
+# What `/stats` shows of each version: not where its files lie on the server, nor its raw settings; with its figures.
+STATS_VERSION_FIELDS = (
+    *(f for f in VERSION_FIELDS if f not in ("path", "hyperparams", "created_at")),
+    "vote_win_rate",
+    "drift",
+)
 
 
 def compute(store: Store) -> dict[str, Any]:

@@ -97,7 +97,7 @@ def recorded(
 ) -> Iterator[tuple[dict[str, Answer], Recorded | None]]:
     """The stream's updates, then the finished answers with their stored ids (None while streaming)."""
     answers = {}
-    for answers in stream:  # noqa: B007 (the last update is the finished answers)
+    for answers in stream:
         yield answers, None
     if any(answer.error for answer in answers.values()):
         log.warning("Turn not recorded: %s", next(a.error for a in answers.values() if a.error))

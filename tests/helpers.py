@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import replace
 
 from playground.generation import final
+from playground.settings import RoundSettings
 from playground.store import Store
+
+# A round that visibly moves a tiny model in seconds: a large learning rate, one short epoch. Tests change what
+# they need with `dataclasses.replace`.
+TINY_ROUND = RoundSettings(
+    min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64, train_threads=1
+)
+
+
+def tiny_round(**changes) -> RoundSettings:
+    return replace(TINY_ROUND, **changes)
+
 
 # The store's data tables (the change log and meta aside), named here so a test notices one added or dropped.
 DATA_TABLES = (

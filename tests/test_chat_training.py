@@ -6,16 +6,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers import tiny_round
 from transformers import AutoTokenizer
 
-from playground.settings import RoundSettings
 from playground.store import Store
 from playground.training import dpo_config, fit_to_length, run_round
 from playground.votes import to_trl
 
-FAST = RoundSettings(
-    min_pairs=1, epochs=1, batch_size=2, grad_accumulation=1, learning_rate=5e-2, max_length=128, train_threads=1
-)
+FAST = tiny_round(min_pairs=1, batch_size=2, max_length=128)
 
 
 def conversation(turns: int) -> list[dict]:

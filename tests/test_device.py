@@ -11,24 +11,15 @@ import math
 import os
 
 import pytest
-from helpers import add_short_vs_long_votes
+from helpers import add_short_vs_long_votes, tiny_round
 
 from playground.core import Playground
 from playground.drift import EvalPlan, evaluate_stored_version
-from playground.settings import ModelSettings, RoundSettings, Sampling
+from playground.settings import ModelSettings, Sampling
 from playground.training import run_round
 
 DEVICE = os.environ.get("PLAYGROUND_TEST_DEVICE", "cpu")
-ROUND = RoundSettings(
-    min_pairs=4,
-    epochs=1,
-    batch_size=4,
-    grad_accumulation=1,
-    learning_rate=5e-2,
-    max_length=64,
-    train_threads=1,
-    eval_tokens=0,
-)
+ROUND = tiny_round(eval_tokens=0)
 
 
 @pytest.mark.slow

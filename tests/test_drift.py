@@ -10,25 +10,16 @@ import sys
 
 import pytest
 import torch
-from helpers import add_short_vs_long_votes
+from helpers import add_short_vs_long_votes, tiny_round
 
 from playground import drift
 from playground.core import Playground
 from playground.generation import Engine
 from playground.models import load_model, load_policy
-from playground.settings import ModelSettings, RoundSettings
+from playground.settings import ModelSettings
 from playground.training import run_round
 
-FAST = RoundSettings(
-    min_pairs=4,
-    epochs=1,
-    batch_size=4,
-    grad_accumulation=1,
-    learning_rate=5e-2,
-    max_length=64,
-    train_threads=1,
-    eval_tokens=12,
-)
+FAST = tiny_round(eval_tokens=12)
 PLAN = drift.EvalPlan(("Tell me about cats.", "What is two plus two?", "Write a haiku about rain."), 12, 0)
 
 

@@ -56,7 +56,7 @@ def test_many_pages_share_one_computation_per_change(tmp_path):
 def test_a_change_of_the_servers_own_state_renders_again(tmp_path):
     page, panel = a_page(tmp_path)
     panel.values()
-    page.playground.error = "out of memory"  # not in the store: the panels still follow it
+    page.playground.serving.error = "out of memory"  # not in the store: the panels still follow it
     values, _ = panel.values()
     assert panel.rendered == 2 and "out of memory" in values["status"]
     assert page.playground.dashboard.computed == 1, "the store did not change: its figures are reused"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import add_compare, add_short_vs_long_votes, pragmas
+from helpers import add_compare, add_short_vs_long_votes, pragmas, tiny_round
 
 from playground.settings import RoundSettings
 from playground.store import Store, VoteError
@@ -21,16 +21,7 @@ from playground.training.stages import kto_batches
 
 ROOT = Path(__file__).resolve().parent.parent
 # A large learning rate so that one tiny round visibly moves a tiny model; no drift evaluation (tested elsewhere).
-FAST = RoundSettings(
-    min_pairs=4,
-    epochs=2,
-    batch_size=2,
-    grad_accumulation=1,
-    learning_rate=5e-2,
-    max_length=64,
-    train_threads=1,
-    eval_tokens=0,
-)
+FAST = tiny_round(epochs=2, batch_size=2, eval_tokens=0)
 
 
 def rated_turn(store: Store, i: int, session: str) -> tuple[int, dict]:

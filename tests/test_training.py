@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import AnswersInFlight, add_compare, add_short_vs_long_votes
+from helpers import AnswersInFlight, add_compare, add_short_vs_long_votes, tiny_round
 
 from playground.core import Playground
 from playground.data_sets import DataSet
@@ -28,9 +28,7 @@ from playground.training import run_round
 ROOT = Path(__file__).resolve().parent.parent
 GREEDY = Sampling(temperature=0, max_new_tokens=8, seed=0)
 # A large learning rate so that one tiny round visibly changes a tiny model's outputs.
-FAST = RoundSettings(
-    min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64, train_threads=1
-)
+FAST = tiny_round()
 
 
 def digest(folder: Path) -> str:

@@ -16,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from .. import leaderboard
+from ..dashboard import STATS_VERSION_FIELDS
 from ..training import eligible_counts, min_pairs_in_force
 from .data import counts_table
 from .page import Page
@@ -107,25 +108,7 @@ class Panel:
             "running_round": facts["running_round"],
             "sft_drift": facts["sft_drift"],
             "rounds": facts["rounds"],
-            "versions": [
-                {
-                    k: v[k]
-                    for k in (
-                        "version",
-                        "parent_version",
-                        "state",
-                        "reason",
-                        "pairs_used",
-                        "learned_from",
-                        "serving",
-                        "served_on_publish",
-                        "metrics",
-                        "vote_win_rate",
-                        "drift",
-                    )
-                }
-                for v in facts["versions"]
-            ],
+            "versions": [{k: v[k] for k in STATS_VERSION_FIELDS} for v in facts["versions"]],
         }
 
     def _render(self, facts: dict) -> dict:
