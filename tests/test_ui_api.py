@@ -440,7 +440,7 @@ def test_while_the_models_load_the_page_says_so(tmp_path):
     assert "No feedback waits for a round" in TrainingTab(page).train_now()  # the store works before the models do
     assert build_app(page).panel.stats()["ready"] is False
 
-    playground.error = "No such model folder: /nowhere. Fix: check the path."
+    playground.serving.error = "No such model folder: /nowhere. Fix: check the path."
     assert "could not be loaded" in page.status_line() and "/nowhere" in page.status_line()
     *_, message, _ = next(CompareTab(page).compare("Hello?", 0.7, 0.9, 16, None, False, None))
     assert "could not be loaded" in message
