@@ -64,54 +64,67 @@ FIDELITY_PROMPTS = [
 
 def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str], tokens: int) -> dict:
     """Next-token agreement of the onnx runtime with the torch model each arm stands for, by teacher forcing on the
-    torch model's own greedy answers (prompts × tokens positions): SFT (fp32), preference (fp32 + the adapter),
-    base (the onnx runtime's int8 against torch's float model)."""
+    torch model's own greedy answers (prompts × tokens positions): SFT (fp32) and preference (fp32 + the adapter)
+    as the app serves them, two rows of one batch (the preference row's LoRA gated on, the SFT row's off); base
+    (the onnx runtime's int8 against torch's float model)."""
     import torch
 
     from playground.prompting import base_prompt, chat_prompt
 
-    result, teachers = {}, {role: onnx_teacher(engine.runtimes[role].workers[0]) for role in ("sft", "base")}
-    for arm, reference, role, adapter in (
-        ("sft", torch_sft, "sft", None),
-        ("pref", torch_pref, "sft", f"v{engine.adapter_version}"),
-        ("base", torch_base, "base", None),
-    ):
-        tokenizer = engine.sft.tokenizer if role == "sft" else engine.base.tokenizer
-        agree = total = identical = 0
-        for prompt in prompts:
+    teachers = {role: onnx_teacher(engine.runtimes[role].workers[0]) for role in ("sft", "base")}
+    adapter = f"v{engine.adapter_version}"
+    tally = {arm: [0, 0, 0] for arm in ("sft", "pref", "base")}  # agreeing positions, positions, prompts agreeing
+    for prompt in prompts:
+        for role, rows in (
+            ("sft", (("sft", torch_sft, None), ("pref", torch_pref, adapter))),
+            ("base", (("base", torch_base, None),)),
+        ):
+            tokenizer = engine.sft.tokenizer if role == "sft" else engine.base.tokenizer
             text = chat_prompt(tokenizer, prompt) if role == "sft" else base_prompt(prompt)
             ids = tokenizer(text, return_tensors="pt", add_special_tokens=role != "sft").input_ids
             start = ids.shape[1]
-            with torch.inference_mode():
-                sequence = reference.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=False,
-                    max_new_tokens=tokens,
-                    min_new_tokens=tokens,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-                wanted = reference(sequence).logits[0, start - 1 : -1].argmax(-1).tolist()
-            got = teachers[role](sequence[0].tolist(), start, adapter)
-            matches = [a == b for a, b in zip(got, wanted)]
-            agree, total, identical = agree + sum(matches), total + len(matches), identical + all(matches)
-        result[arm] = {
+            sequences, wanted = [], []
+            for _, reference, _ in rows:
+                with torch.inference_mode():
+                    sequence = reference.generate(
+                        ids,
+                        attention_mask=torch.ones_like(ids),
+                        do_sample=False,
+                        max_new_tokens=tokens,
+                        min_new_tokens=tokens,
+                        pad_token_id=tokenizer.pad_token_id,
+                    )
+                    wanted.append(reference(sequence).logits[0, start - 1 : -1].argmax(-1).tolist())
+                sequences.append(sequence[0].tolist())
+            got = teachers[role](sequences, start, [row[2] for row in rows])
+            for (arm, _, _), row_got, row_wanted in zip(rows, got, wanted):
+                matches = [a == b for a, b in zip(row_got, row_wanted)]
+                tally[arm][0] += sum(matches)
+                tally[arm][1] += len(matches)
+                tally[arm][2] += all(matches)
+    return {
+        arm: {
             "next_token_agreement": round(agree / total, 4),
             "positions": total,
             "prompts_agreeing_everywhere": identical,
             "prompts": len(prompts),
         }
-    return result
+        for arm, (agree, total, identical) in tally.items()
+    }
 
 
 def onnx_teacher(worker):
     """Teacher forcing on the ONNX copy a decode worker serves, with the adapters loaded in it, opened in this
-    process: a function (ids, start, adapter name) -> the greedy next token after each prefix ids[:k],
-    k = start..len(ids)-1."""
+    process: a function (sequences, start, adapter name per row) -> per row, the greedy next token after each
+    prefix sequence[:k], k = start..len(sequence)-1. The rows (same prompt, same length) decode as one batch the
+    way the worker batches them: one adapter active, gated per row where the graph has the gate."""
     import json
 
     import numpy as np
     import onnxruntime_genai as og
+
+    from playground.runtimes.onnx.build import ROW_SCALE
+    from playground.runtimes.onnx.sampling import forced
 
     model = og.Model(str(worker.model_dir))
     adapters = og.Adapters(model)
@@ -119,18 +132,25 @@ def onnx_teacher(worker):
         adapters.load(path, name)
     context_length = json.loads((worker.model_dir / "genai_config.json").read_text())["model"].get("context_length")
 
-    def next_tokens(ids: list[int], start: int, adapter: str | None = None) -> list[int]:
+    def next_tokens(sequences: list[list[int]], start: int, row_adapters: list[str | None]) -> list[list[int]]:
         params = og.GeneratorParams(model)
-        params.set_search_options(max_length=min(context_length or 2048, max(len(ids) + 1, 1024)), do_sample=False)
+        length = min(context_length or 2048, max(len(sequences[0]) + 1, 1024))
+        params.set_search_options(max_length=length, batch_size=len(sequences), do_sample=False)
         generator = og.Generator(model, params)
-        if adapter:
-            generator.set_active_adapter(adapters, adapter)
-        generator.append_tokens(np.asarray(ids[:start], dtype=np.int32))
-        predicted = []
-        for k in range(start, len(ids)):
+        active = next((name for name in row_adapters if name), None)
+        if active:
+            generator.set_active_adapter(adapters, active)
+        scales = np.asarray([1.0 if name else 0.0 for name in row_adapters], dtype=np.float32).reshape(-1, 1, 1)
+        if worker.slots:  # `scales` outlives the generator: it reads the array's memory (worker._generate says why)
+            generator.set_model_input(ROW_SCALE, scales)
+        generator.append_tokens(np.asarray([sequence[:start] for sequence in sequences], dtype=np.int32))
+        predicted = [[] for _ in sequences]
+        for k in range(start, len(sequences[0])):
             logits = np.asarray(generator.get_logits())
-            predicted.append(int(logits.reshape(-1, logits.shape[-1])[-1].argmax()))  # the guess for ids[k]
-            generator.append_tokens(np.asarray([ids[k]], dtype=np.int32))
+            for row, guesses in enumerate(predicted):
+                guesses.append(int(logits[row, -1].argmax()))  # the guess for sequence[k]
+            generator.set_logits(forced(logits, [sequence[k] for sequence in sequences]))
+            generator.generate_next_token()
         return predicted
 
     return next_tokens

@@ -107,7 +107,7 @@ def run(args) -> dict:
         configs["torch_int8_weights"] = ("torch", "int8", None)
         configs["torch_float_weights"] = ("torch", "float", None)
         if serving_runtime.onnx_installed():
-            configs["onnx_one_chat_worker"] = ("onnx", "auto", None, 1)
+            configs["onnx_two_chat_workers"] = ("onnx", "auto", None, 2)
             configs["onnx_all_cores_per_worker"] = ("onnx", "auto", os.cpu_count())
     if args.runtime == "vllm":
         configs["vllm"] = ("vllm", "auto", None)  # the base arm as the app default: int8 on the onnx runtime
@@ -121,7 +121,7 @@ def run(args) -> dict:
     built = {}  # one engine per (runtime, precision[, worker threads]): torch threads are set per call
     engines = {}
     for name, (runtime, precision, threads, *chat_workers) in configs.items():
-        chat_workers = chat_workers[0] if chat_workers else 2
+        chat_workers = chat_workers[0] if chat_workers else ModelSettings().chat_workers
         key = (runtime, precision, threads if runtime == "onnx" else None, chat_workers)
         if key not in built:
             start = time.perf_counter()

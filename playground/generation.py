@@ -122,7 +122,7 @@ class Engine:
         threads: int | None = None,
         adapter_targets: tuple[str, ...] | None = None,
         runtime: str = "torch",
-        chat_workers: int = 2,
+        chat_workers: int = 1,
         vllm=None,
     ) -> Engine:
         """The models of `preset` on `runtime` (runtimes/opening.py says what each setting does); vllm: a

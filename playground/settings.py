@@ -134,10 +134,11 @@ class ModelSettings:
         ),
     )
     chat_workers: int = field(
-        default=2,
+        default=1,
         metadata=_help(
-            "with the onnx runtime, processes decoding the SFT model: 2 run the SFT and the preference answer in "
-            "parallel (faster, one more copy of the SFT weights in memory: docs/performance.md); 1 lets them take turns",
+            "with the onnx runtime, processes decoding the SFT model: 1 decodes the SFT and the preference answer as "
+            "one batch (one pass over the weights per token); 2 gives each its own process (one more copy of the SFT "
+            "weights in memory; see docs/performance.md for when it pays)",
             choices=(1, 2),
         ),
     )

@@ -242,26 +242,53 @@ def test_the_trainer_prepares_the_serving_format(adapters, tmp_path):
 
 
 @pytest.mark.slow
-def test_one_chat_worker_takes_turns_with_the_same_answers(engines, adapters, tiny_models, tmp_path_factory):
-    """--chat-workers 1: the SFT and preference rows share one process and still answer as torch does; a duel's
-    two preference rows are reproducible per seed either way."""
+def test_two_chat_workers_give_the_same_answers(engines, adapters, tiny_models, tmp_path_factory):
+    """--chat-workers 2 (the fallback layout: the SFT and preference rows in their own processes) answers as the
+    default one batch does and as torch does; a duel's two preference rows are reproducible per seed either way."""
     onnx, torch_engine = engines
     preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
-    lean = Engine.from_preset(
-        preset, tmp_path_factory.mktemp("lean"), precision="float", runtime="onnx", threads=1, chat_workers=1
+    spread = Engine.from_preset(
+        preset, tmp_path_factory.mktemp("spread"), precision="float", runtime="onnx", threads=1, chat_workers=2
     )
     try:
-        assert len(lean.runtimes["sft"].workers) == 1 and len(onnx.runtimes["sft"].workers) == 2
-        for engine in (lean, onnx, torch_engine):
+        assert len(spread.runtimes["sft"].workers) == 2 and len(onnx.runtimes["sft"].workers) == 1
+        for engine in (spread, onnx, torch_engine):
             engine.use_adapter(1, str(adapters[1]))
-        assert _texts(lean, PROMPTS[1]) == _texts(torch_engine, PROMPTS[1])
+        assert _texts(spread, PROMPTS[1]) == _texts(torch_engine, PROMPTS[1]) == _texts(onnx, PROMPTS[1])
         sampling = Sampling(temperature=1.0, top_p=0.95, max_new_tokens=16, seed=9)
-        duels = [{k: a.text for k, a in engine.duel(PROMPTS[0], sampling).items()} for engine in (lean, onnx, onnx)]
+        duels = [{k: a.text for k, a in engine.duel(PROMPTS[0], sampling).items()} for engine in (spread, onnx, onnx)]
         assert duels[0] == duels[1] == duels[2] and duels[0]["a"] != duels[0]["b"]
+        sampled = Sampling(temperature=1.0, top_p=0.9, max_new_tokens=16, seed=4)
+        assert _texts(spread, PROMPTS[2], sampled) == _texts(onnx, PROMPTS[2], sampled)
     finally:
-        lean.close()
+        spread.close()
         for engine in (onnx, torch_engine):
             engine.use_adapter(0, None)
+
+
+@pytest.mark.slow
+def test_the_sft_and_preference_rows_decode_as_one_batch(engines, adapters):
+    """One generator of two rows, the LoRA branch gated per row, gives each row what it gives alone: the SFT row
+    is the model without the adapter, the preference row the model with it (greedy and sampled, per seed)."""
+    onnx, _ = engines
+    worker = onnx.runtimes["sft"].workers[0]
+    prompt = onnx.sft.tokenizer(PROMPTS[0]).input_ids
+    onnx.use_adapter(1, str(adapters[1]))
+    try:
+        for sampling in (GREEDY, Sampling(temperature=1.0, top_p=0.9, max_new_tokens=24, seed=3)):
+
+            def tokens(rows, sampling=sampling):
+                steps, out = worker.generate(prompt, rows, sampling, 24), [[] for _ in rows]
+                for step in steps:
+                    for row, token in zip(out, step):
+                        row.append(token)
+                return out
+
+            batch = tokens([(3, None), (3, "v1")])
+            assert batch == [tokens([(3, None)])[0], tokens([(3, "v1")])[0]]
+            assert batch[0] != batch[1]  # the gate really lets the adapter through on one row only
+    finally:
+        onnx.use_adapter(0, None)
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def open_runtimes(
     threads: int | None = None,
     adapter_targets: tuple[str, ...] | None = None,
     runtime="torch",
-    chat_workers: int = 2,
+    chat_workers: int = 1,
     vllm=None,
 ) -> Opened:
     """threads: torch threads on a CPU (process-wide: torch has no per-model setting), or each onnx decode

@@ -4,7 +4,9 @@
   onnxruntime-genai's model builder in a subprocess (it loads the torch model; the server should not hold that
   memory), atomically, cached by the source, the precision and the LoRA slots. The SFT model is built with
   zero-valued LoRA weights on the layers the trainer adapts, declared as graph inputs of any rank, so one set of
-  weights serves both the SFT row (no adapter: the zeros) and the preference row (a version's adapter).
+  weights serves both the SFT row (no adapter: the zeros) and the preference row (a version's adapter). Each LoRA
+  branch is multiplied by a per-row scale (`ROW_SCALE`, a graph input of shape [rows, 1, 1]): a batch of two rows
+  with one adapter active and scales 0 and 1 decodes the SFT and the preference answer in one pass over the weights.
 The adapters of each version are converted in adapters.py.
 """
 
@@ -29,6 +31,8 @@ log = logging.getLogger(__name__)
 
 LORA_SLOTS_FILE = "lora_slots.json"
 SLOT_RANK = "lora_rank"  # the symbolic dimension that lets an adapter of any rank fill a slot
+ROW_SCALE = "lora_row_scale"  # per row: 1 applies the active adapter, 0 leaves the row the SFT model
+GRAPH_REVISION = 2  # of what _lora_slots_as_inputs makes; a new one builds again instead of serving an old graph
 
 
 # ---- building ---------------------------------------------------------------------------------------------
@@ -47,15 +51,16 @@ def built_dir(models_dir: Path, folder: str, precision: str, lora_targets: tuple
     precision, LoRA slots, builder version), so a changed input builds again instead of serving a stale copy."""
     folder = Path(folder)
     stamps = sorted((f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in folder.iterdir() if f.is_file())
-    key = json.dumps(
-        [
-            str(folder.resolve()),
-            stamps,
-            precision,
-            sorted(lora_targets),
-            importlib.metadata.version("onnxruntime-genai"),
-        ]
-    )
+    key = [
+        str(folder.resolve()),
+        stamps,
+        precision,
+        sorted(lora_targets),
+        importlib.metadata.version("onnxruntime-genai"),
+    ]
+    if lora_targets:  # the graph with slots changed since; a plain model's key (and cache) stays as it was
+        key.append(GRAPH_REVISION)
+    key = json.dumps(key)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.name)[:60]
     return Path(models_dir) / f"{name}-onnx-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
@@ -130,11 +135,13 @@ def _build(source: str, out: str, precision: str, lora_targets: list[str]) -> No
 
 def _lora_slots_as_inputs(folder: Path) -> None:
     """Turn the baked LoRA weights into graph inputs with zero defaults and a symbolic rank: without an adapter
-    the model is the SFT model; an adapter of any rank overrides them per generator."""
+    the model is the SFT model; an adapter of any rank overrides them per generator. Then gate every LoRA branch
+    by the per-row scale, so rows of one generator can run with and without the adapter."""
     import onnx
 
     path = folder / "model.onnx"
     graph_file = onnx.load(str(path), load_external_data=False)
+    _gate_lora_rows(graph_file.graph)
     slots = {}
     for init in graph_file.graph.initializer:
         if ".lora_A." in init.name or ".lora_B." in init.name:
@@ -149,6 +156,30 @@ def _lora_slots_as_inputs(folder: Path) -> None:
         raise RuntimeError("the builder made no LoRA slots")
     onnx.save(graph_file, str(path))  # the weights stay in their external data file
     (folder / LORA_SLOTS_FILE).write_text(json.dumps(slots, indent=1))
+
+
+def _gate_lora_rows(graph) -> None:
+    """Multiply each LoRA branch by ROW_SCALE between its two MatMuls (x·A, of the adapter's rank), which leaves the
+    graph's pattern of lora_B's MatMul and the Add into the layer as ONNX Runtime fuses it.
+    The input has no default: ONNX Runtime GenAI passes a generator's `set_model_input` only to inputs without
+    one, so every generator of this graph must set it (worker.py does)."""
+    import onnx
+
+    nodes, gated = [], 0
+    for node in graph.node:
+        nodes.append(node)
+        if node.op_type == "MatMul" and "/lora_A/" in node.name:
+            output = node.output[0]
+            node.output[0] = f"{output}/ungated"
+            nodes.append(
+                onnx.helper.make_node("Mul", [node.output[0], ROW_SCALE], [output], name=f"{node.name}/RowScale")
+            )
+            gated += 1
+    if not gated:
+        raise RuntimeError("the builder made no LoRA branches to gate")
+    del graph.node[:]
+    graph.node.extend(nodes)
+    graph.input.append(onnx.helper.make_tensor_value_info(ROW_SCALE, onnx.TensorProto.FLOAT, ["lora_rows", 1, 1]))
 
 
 def child_env() -> dict:

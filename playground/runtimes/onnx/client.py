@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .. import DecodeRow, ModelRuntime, ServingError
 from .adapters import converted_adapter
-from .build import child_env, lora_slots
+from .build import ROW_SCALE, child_env, lora_slots
 from .worker import Duplex
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,8 @@ class DecodeWorker:
             "--fds",
             f"{from_parent},{to_parent}",
         ]
+        if self.slots:
+            command += ["--row-scale", ROW_SCALE]
         self.process = subprocess.Popen(
             command, pass_fds=(from_parent, to_parent), env=child_env(), stdout=subprocess.DEVNULL
         )

@@ -1,10 +1,12 @@
 """The onnx runtime's decode worker: the child process that holds one ONNX model (`python -m
 playground.runtimes.onnx.worker serve`), and the command that builds an ONNX copy in its own process (`… build`).
 
-It imports only ONNX Runtime GenAI: the parent (client.DecodeWorker) sends a request, then for each token
+It imports only ONNX Runtime GenAI and numpy: the parent (client.DecodeWorker) sends a request, then for each token
 step receives one token per row and answers which rows go on (lockstep: the parent's stop rules, cancels and
-streaming stay in generation.py, the same for every runtime). Sampling runs here with one generator (and so one
-seed) per row: answers are reproducible per seed, though not the same random draws as the torch runtime's.
+streaming stay in generation.py, the same for every runtime). Rows that can share a generator decode as one batch
+(`batches`): one pass over the weights per step for the SFT and the preference answer. Sampling draws each row's
+token from its own seed (sampling.py): answers are reproducible per seed, alone or in a batch, though not the same
+random draws as the torch runtime's.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class Duplex:
         self._in.close()
 
 
-def _serve(conn, model_dir: str, threads: int) -> None:
+def _serve(conn, model_dir: str, threads: int, row_scale: str | None = None) -> None:
     """The worker's loop (child process): load the model, then answer requests until told to close."""
     try:
         import numpy as np
@@ -58,7 +60,11 @@ def _serve(conn, model_dir: str, threads: int) -> None:
         # start, where `--runtime auto` can still fall back to torch, not the first answer.
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=min(context_length, 1024), do_sample=False)
-        og.Generator(model, params).append_tokens(np.asarray([genai.get("bos_token_id") or 0], dtype=np.int32))
+        probe = og.Generator(model, params)
+        scales = np.zeros((1, 1, 1), dtype=np.float32)  # kept alive while the probe runs (see _generate)
+        if row_scale is not None:
+            probe.set_model_input(row_scale, scales)
+        probe.append_tokens(np.asarray([genai.get("bos_token_id") or 0], dtype=np.int32))
         conn.send(("ok", None))
     except Exception as error:  # the parent reports it; a half-loaded worker is no use
         conn.send(("error", f"{type(error).__name__}: {error}"))
@@ -79,42 +85,83 @@ def _serve(conn, model_dir: str, threads: int) -> None:
                 adapters.unload(message[1])
                 conn.send(("ok", None))
             elif kind == "generate":
-                _generate(conn, model, adapters, context_length, *message[1:], np=np, og=og)
+                _generate(conn, model, adapters, context_length, row_scale, *message[1:], np=np, og=og)
             else:
                 conn.send(("error", f"unknown request {kind}"))
         except Exception as error:
             conn.send(("error", f"{type(error).__name__}: {error}"))
 
 
+def batches(rows: list[tuple[int, str | None]], gated: bool) -> list[tuple[str | None, list[int]]]:
+    """Which rows share a generator: (adapter, row indexes). One generator runs one adapter; on a gated graph the
+    rows without an adapter join the first adapter's generator with a row scale of 0, so the SFT and the
+    preference answer are one batch. Without the gate each adapter (and no adapter) is its own generator."""
+    groups: dict[str | None, list[int]] = {}
+    for i, (_, adapter) in enumerate(rows):
+        groups.setdefault(adapter, []).append(i)
+    if gated and None in groups and len(groups) > 1:
+        plain = groups.pop(None)
+        first = next(iter(groups))
+        groups[first] = sorted(groups[first] + plain)
+    return list(groups.items())
+
+
 def _generate(
-    conn, model, adapters, context_length, prompt_ids, rows, temperature, top_p, greedy, max_new_tokens, *, np, og
+    conn,
+    model,
+    adapters,
+    context_length,
+    row_scale,
+    prompt_ids,
+    rows,
+    temperature,
+    top_p,
+    greedy,
+    max_new_tokens,
+    *,
+    np,
+    og,
 ) -> None:
+    from .sampling import draw, forced
+
     # A sliding-window model (Gemma 3) needs a KV buffer at least as long as its window, whatever the request.
     length = min(context_length, max(len(prompt_ids) + max_new_tokens, 1024))
-    generators = []
-    for seed, adapter in rows:
+    groups = []
+    for adapter, indexes in batches(rows, gated=row_scale is not None):
         params = og.GeneratorParams(model)
-        options = {"max_length": length, "batch_size": 1}
-        if greedy:
-            options["do_sample"] = False
-        else:
-            options |= {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "random_seed": seed}
-        params.set_search_options(**options)
+        # Greedy here either way: sampled rows get their token chosen by `draw` and forced (sampling.py says why).
+        params.set_search_options(max_length=length, batch_size=len(indexes), do_sample=False)
         generator = og.Generator(model, params)
         if adapter:
             generator.set_active_adapter(adapters, adapter)
-        generator.append_tokens(np.asarray(prompt_ids, dtype=np.int32))
-        generators.append(generator)
-    active = [True] * len(generators)
+        scales = None
+        if row_scale is not None:
+            # The generator reads this array's memory at every step without holding a reference: it must live as
+            # long as the generator (a freed one is overwritten and the gate flips rows at random).
+            scales = np.asarray([1.0 if rows[i][1] else 0.0 for i in indexes], dtype=np.float32).reshape(-1, 1, 1)
+            generator.set_model_input(row_scale, scales)
+        generator.append_tokens(np.asarray([prompt_ids] * len(indexes), dtype=np.int32))
+        groups.append((generator, indexes, scales))
+    rngs = None if greedy else [np.random.default_rng(seed) for seed, _ in rows]
+    active = [True] * len(rows)
     for _ in range(max_new_tokens):
-        step = []
-        for i, generator in enumerate(generators):
-            if active[i] and not generator.is_done():
-                generator.generate_next_token()
-                step.append(int(generator.get_next_tokens()[0]))
-            else:
-                active[i] = False
-                step.append(None)
+        step: list[int | None] = [None] * len(rows)
+        for generator, indexes, _ in groups:
+            if not any(active[i] for i in indexes):
+                continue  # every row of this batch has stopped: no more passes over the weights for it
+            if generator.is_done():
+                for i in indexes:
+                    active[i] = False
+                continue
+            if rngs is not None:
+                logits = generator.get_logits()
+                chosen = [draw(logits[j, -1], rngs[i], temperature, top_p) for j, i in enumerate(indexes)]
+                generator.set_logits(forced(logits, chosen))
+            generator.generate_next_token()
+            tokens = generator.get_next_tokens()
+            for j, i in enumerate(indexes):
+                if active[i]:
+                    step[i] = int(tokens[j])
         if not any(active):
             break
         conn.send(("ok", step))
@@ -143,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("model_dir")
     serve.add_argument("--threads", type=int, default=1)
     serve.add_argument("--fds", required=True, help="read,write: the pipes to the parent")
+    serve.add_argument("--row-scale", help="the graph's per-row LoRA scale input (build.ROW_SCALE), if it has one")
     args = parser.parse_args(argv)
     if args.command == "build":
         from .build import _build
@@ -150,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         _build(args.source, args.out, args.precision, [t for t in args.lora_targets.split(",") if t])
     else:
         read_fd, write_fd = (int(fd) for fd in args.fds.split(","))
-        _serve(Duplex(write_fd, read_fd), args.model_dir, args.threads)
+        _serve(Duplex(write_fd, read_fd), args.model_dir, args.threads, args.row_scale)
     return 0
 
 
