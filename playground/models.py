@@ -6,8 +6,9 @@ A *model spec* is a string the user can type:
   - a local folder in transformers' format;
   - anything else is taken as a Hugging Face Hub id.
 
-GGUF weights are de-quantized by transformers on load, which takes a minute or two, so the first load converts
-them once into a safetensors copy under ``<data dir>/models`` and every later start loads that copy in seconds.
+GGUF weights are de-quantized by transformers on load, which takes tens of seconds, so the first load converts
+them once (conversion.py, in a child process) into a safetensors copy under ``<data dir>/models`` and every later
+start loads that copy in seconds.
 """
 
 from __future__ import annotations
@@ -197,35 +198,16 @@ def cached_copy(spec: str, data_dir: Path) -> Path | None:
     return cache if cache is not None and cache.is_dir() else None
 
 
-def _load_gguf(gguf: Path, trust_remote_code: bool):
-    """transformers de-quantizes GGUF weights to fp32 while loading (the slow part)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=trust_remote_code)
-    # The weights are plain fp32 now; without this the saved config would still claim GGUF quantization.
-    model.hf_quantizer.remove_quantization_config(model)
-    return model, tokenizer
-
-
 def _convert_gguf(gguf: Path, target: Path, trust_remote_code: bool) -> None:
-    """Convert a GGUF file into a transformers folder, atomically: a half-written copy is never used."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    log.info("Converting %s once into %s (a minute or two; later starts take seconds)...", gguf.name, target)
-    start = time.perf_counter()
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    from .conversion import ConversionError, convert
+
     try:
-        model, tokenizer = _load_gguf(gguf, trust_remote_code)
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        if target.exists():  # another process finished first; its copy is as good as ours
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    log.info("Converted %s in %.0f s.", gguf.name, time.perf_counter() - start)
+        convert(gguf, target, trust_remote_code)
+    except ConversionError as error:
+        raise ModelLoadError(
+            f"Could not convert {gguf.name} (GGUF) into a transformers copy: {error}. Fix: check the file, or pass a "
+            "transformers folder or Hub id instead."
+        ) from error
 
 
 def model_folder(spec: str, data_dir: Path, trust_remote_code: bool) -> str:

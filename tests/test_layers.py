@@ -22,7 +22,13 @@ LAYERS = {
     ),
     5: ("playground.training", "playground.drift", "playground.explain", "playground.ablation"),  # learning
     4: ("playground.generation", "playground.scoring", "playground.leases"),  # generation
-    3: ("playground.models", "playground.runtimes", "playground.decoding", "playground.int8"),  # models, runtimes
+    3: (
+        "playground.models",
+        "playground.conversion",
+        "playground.runtimes",
+        "playground.decoding",
+        "playground.int8",
+    ),  # models, runtimes
     2: ("playground.store", "playground.locks"),  # store
     1: (  # rules
         "playground",

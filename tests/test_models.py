@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from playground import models
+from playground import conversion, models
 from playground.models import ModelLoadError, load_model, resolve_preset
 
 
@@ -112,14 +112,16 @@ def gguf_file(tmp_path) -> Path:
 
 def test_gguf_conversion_is_cached_and_atomic(monkeypatch, tmp_path, tiny_models, gguf_file):
     data_dir = tmp_path / "data"
-    monkeypatch.setattr(models, "_load_gguf", _fake_gguf_loader(tiny_models["sft"], fail_on_save=True))
+    # In this process (the app converts in a child process; the child runs the same convert_here).
+    monkeypatch.setattr(models, "_convert_gguf", conversion.convert_here)
+    monkeypatch.setattr(conversion, "_load_gguf", _fake_gguf_loader(tiny_models["sft"], fail_on_save=True))
     with pytest.raises(ModelLoadError, match="Could not load the sft model.*No space left"):
         load_model(str(gguf_file), data_dir, "sft")
     leftovers = list(models.models_dir(data_dir).iterdir())
     assert leftovers == [], f"a failed conversion must leave nothing behind: {leftovers}"
     assert models.cached_copy(str(gguf_file), data_dir) is None
 
-    monkeypatch.setattr(models, "_load_gguf", _fake_gguf_loader(tiny_models["sft"], fail_on_save=False))
+    monkeypatch.setattr(conversion, "_load_gguf", _fake_gguf_loader(tiny_models["sft"], fail_on_save=False))
     loaded = load_model(str(gguf_file), data_dir, "sft")
     cached = models.cached_copy(str(gguf_file), data_dir)
     assert cached is not None and loaded.source == str(cached)
@@ -130,6 +132,31 @@ def test_gguf_conversion_is_cached_and_atomic(monkeypatch, tmp_path, tiny_models
     monkeypatch.setattr(models, "_convert_gguf", lambda *a: pytest.fail("converted twice"))
     again = load_model(str(gguf_file), data_dir, "sft")
     assert again.source == str(cached)
+
+
+def test_a_file_the_converter_process_refuses_is_a_clear_error(tmp_path, gguf_file):
+    """The real child process (`python -m playground.conversion`) on a file that is not GGUF: a message with the
+    converter's reason and a fix, nothing half-written left behind."""
+    data_dir = tmp_path / "data"
+    with pytest.raises(ModelLoadError, match="Could not convert tiny.gguf.*Fix:") as error:
+        load_model(str(gguf_file), data_dir, "sft")
+    assert "Traceback" not in str(error.value)
+    assert list(models.models_dir(data_dir).iterdir()) == []
+
+
+def test_one_parse_serves_every_reader_of_a_gguf_file(tmp_path):
+    import gguf
+
+    path = tmp_path / "x.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_uint32("answer", 42)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.close()
+    with conversion.one_gguf_parse():
+        first, second = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is second and first.fields["answer"].contents() == 42
+    assert gguf.GGUFReader(path) is not first  # only while converting
 
 
 def test_int8_loading_quantizes_all_but_the_adapter_layers_and_still_generates(tiny_models, tmp_path):

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..models import LoadedModel, Preset, load_model, models_dir
+from ..models import LoadedModel, Preset, load_model, model_folder, models_dir
 from ..settings import RoundSettings, half_the_cores
 from . import ModelRuntime, resolve
 from .zero_adapter import zero_adapter
@@ -77,8 +77,7 @@ def open_runtimes(
             else:
                 opened["base"] = _local("base", preset.base, resolve("auto", device), **local)
         else:
-            for role, spec in (("base", preset.base), ("sft", preset.sft)):
-                opened[role] = _local(role, spec, runtime, **local)
+            _open_both(opened, preset, runtime, local)
     except BaseException:
         for _, runtime_ in opened.values():
             runtime_.close()
@@ -91,6 +90,38 @@ def open_runtimes(
             return load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device).model
 
     return Opened(opened["base"][0], opened["sft"][0], runtimes, load_sft_weights)
+
+
+def _open_both(opened: dict, preset: Preset, runtime: str, local: dict) -> None:
+    """Both models at once, each in its own thread: on a first start each converts (a child process) and, on the
+    onnx runtime, builds its ONNX copy (another) while the other does the same, one core each, instead of one after
+    the other. The torch runtime loads its weights here one model after the other, once both are converted. A
+    failure is raised once both have ended (the caller closes what opened)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    roles = (("base", preset.base), ("sft", preset.sft))
+    if runtime == "onnx":
+        work = {role: (_local, role, spec, runtime) for role, spec in roles}
+    else:
+        trust = local["trust_remote_code"]
+        work = {role: (model_folder, spec, Path(local["data_dir"]), trust) for role, spec in roles}
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="open-model") as pool:
+        futures = {role: pool.submit(*call, **(local if call[0] is _local else {})) for role, call in work.items()}
+    errors = []
+    for role, future in futures.items():
+        try:
+            result = future.result()
+            if runtime == "onnx":
+                opened[role] = result
+        except BaseException as error:
+            if runtime == "onnx":
+                errors.append(error)
+            # else: load_model below meets the same problem and explains it
+    if errors:
+        raise errors[0]
+    if runtime != "onnx":
+        for role, spec in roles:
+            opened[role] = _local(role, spec, runtime, **local)
 
 
 def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, threads, targets, chat_workers):
