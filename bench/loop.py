@@ -1,6 +1,6 @@
 """From the vote that completes a round to the first answer served by the new adapter version.
 
-    python -m bench.loop [--json] [--pairs 16]
+    python -m bench.loop [--json] [--pairs N]
 
 The real pieces: the app's Playground (models loaded, adapter follower polling), the trainer as its own process
 (`train --watch`), the store. `--pairs` − 1 pairs wait; the timer starts when the last vote of the round is committed
@@ -72,10 +72,12 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="embedded")
     parser.add_argument("--data-dir", default=None)
-    parser.add_argument("--pairs", type=int, default=16)
     from playground.settings import RoundSettings
 
     defaults = RoundSettings()  # as the app runs a round
+    parser.add_argument(
+        "--pairs", type=int, default=defaults.min_pairs, help="pairs of the round (default: the smallest round)"
+    )
     parser.add_argument("--epochs", type=int, default=defaults.epochs)
     parser.add_argument("--threads", type=int, default=defaults.train_threads, help="torch threads of the trainer")
     parser.add_argument("--json", action="store_true")

@@ -24,10 +24,12 @@ import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from transformers import StoppingCriteria
 
 from .decoding import SeededSampler
 from .models import eos_ids, load_policy
@@ -91,7 +93,27 @@ def summarize(samples: list[dict], max_new_tokens: int) -> dict:
     }
 
 
-def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[dict]:
+class EvaluationInterrupted(Exception):
+    """An idle evaluation stopped because a round is due; nothing was stored, the version is evaluated later."""
+
+
+class _Interrupt(StoppingCriteria):
+    """Stops the drift samples when `due()` says so, asking at most once a second (it reads the store)."""
+
+    def __init__(self, due: Callable[[], bool]):
+        self.due, self.asked = due, float("-inf")  # the first step asks
+
+    def __call__(self, input_ids, scores, **kwargs):
+        if time.monotonic() - self.asked >= 1.0:
+            self.asked = time.monotonic()
+            if self.due():
+                raise EvaluationInterrupted()
+        return torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
+
+
+def sample_and_score(
+    model, tokenizer, plan: EvalPlan, adapter: bool, interrupt: Callable[[], bool] | None = None
+) -> list[dict]:
     """The model's answers to the plan's prompts (one batch, temperature 1, a seed per prompt) with their summed
     log-probabilities under the model (recorded while sampling) and under the SFT model (one more pass over the
     batch). `adapter`: the model is a PeftModel whose active adapter is the version (the SFT model = the same
@@ -117,6 +139,7 @@ def sample_and_score(model, tokenizer, plan: EvalPlan, adapter: bool) -> list[di
             pad_token_id=pad,
             eos_token_id=sorted(ends),
             logits_processor=[sampler],
+            stopping_criteria=[_Interrupt(interrupt)] if interrupt else None,
             use_cache=True,
         )
     start = batch["input_ids"].shape[1]
@@ -184,13 +207,13 @@ def _answer_logprobs(
     return sums
 
 
-def evaluate(model, tokenizer, plan: EvalPlan, adapter: bool) -> dict:
+def evaluate(model, tokenizer, plan: EvalPlan, adapter: bool, interrupt: Callable[[], bool] | None = None) -> dict:
     """The drift metrics of one version (`model` as in sample_and_score), with the seconds it took."""
     started = time.perf_counter()
     was_training = model.training
     model.eval()
     try:
-        metrics = summarize(sample_and_score(model, tokenizer, plan, adapter), plan.max_new_tokens)
+        metrics = summarize(sample_and_score(model, tokenizer, plan, adapter, interrupt), plan.max_new_tokens)
     finally:
         model.train(was_training)
     return metrics | {
@@ -200,8 +223,16 @@ def evaluate(model, tokenizer, plan: EvalPlan, adapter: bool) -> dict:
     }
 
 
-def evaluate_and_store(store: Store, version: int, model, tokenizer, plan: EvalPlan, adapter: bool) -> dict:
-    metrics = evaluate(model, tokenizer, plan, adapter)
+def evaluate_and_store(
+    store: Store,
+    version: int,
+    model,
+    tokenizer,
+    plan: EvalPlan,
+    adapter: bool,
+    interrupt: Callable[[], bool] | None = None,
+) -> dict:
+    metrics = evaluate(model, tokenizer, plan, adapter, interrupt)
     store.save_version_eval(version, plan.key, metrics)
     log.info(
         "Drift of v%d on %d prompts (%.1f s): %s",
@@ -213,7 +244,9 @@ def evaluate_and_store(store: Store, version: int, model, tokenizer, plan: EvalP
     return metrics
 
 
-def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: EvalPlan) -> dict:
+def evaluate_stored_version(
+    store: Store, version: int, sft_dir: str, plan: EvalPlan, interrupt: Callable[[], bool] | None = None
+) -> dict:
     """Evaluate a published version (or 0, the SFT model) from its files; a version that cannot be evaluated gets
     its error stored instead, so an idle trainer does not try it again and again. A version with no record is
     not evaluated and nothing is stored: there is no version to hold the result."""
@@ -229,7 +262,9 @@ def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: Eval
 
             model = PeftModel.from_pretrained(model, store.version(version)["path"])
             adapter = True
-        return evaluate_and_store(store, version, model, tokenizer, plan, adapter)
+        return evaluate_and_store(store, version, model, tokenizer, plan, adapter, interrupt)
+    except EvaluationInterrupted:
+        raise
     except Exception as error:
         log.exception("Could not evaluate v%d", version)
         metrics = {"error": f"{type(error).__name__}: {error}"}
@@ -237,15 +272,17 @@ def evaluate_stored_version(store: Store, version: int, sft_dir: str, plan: Eval
         return metrics
 
 
-def evaluate_one_missing(store: Store, sft_dir: str, plan: EvalPlan | None) -> int | None:
+def evaluate_one_missing(
+    store: Store, sft_dir: str, plan: EvalPlan | None, interrupt: Callable[[], bool] | None = None
+) -> int | None:
     """Evaluate one version that has no evaluation of `plan` yet (version 0 first, then the newest); returns it, or
-    None when every version has one. What an idle trainer does, one version at a time so a round is never kept
-    waiting for more than one evaluation."""
+    None when every version has one. What an idle trainer does, one version at a time; `interrupt` (asked about
+    once a second) ends it early with EvaluationInterrupted when a round is due, so a round never waits for it."""
     if plan is None:
         return None
     missing = store.versions_missing_eval(plan.key)
     if not missing:
         return None
     version = 0 if 0 in missing else max(missing)
-    evaluate_stored_version(store, version, sft_dir, plan)
+    evaluate_stored_version(store, version, sft_dir, plan, interrupt)
     return version

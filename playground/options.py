@@ -81,6 +81,7 @@ def parser_with(*classes, **kwargs) -> argparse.ArgumentParser:
 _COMPUTED_DEFAULTS = {
     "serve_threads": "half the CPU cores",
     "train_threads": "half the CPU cores",
+    "idle_train_threads": "all the CPU cores",
     "target_modules": "`q_proj,v_proj`",
     "host": "`127.0.0.1`",
     "port": "`7860`",

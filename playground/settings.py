@@ -30,11 +30,15 @@ MAX_NEW_TOKENS_LIMIT = 1024
 MAX_SEED = 2**31 - 2
 
 
+def all_the_cores() -> int:
+    """The CPUs this process may use."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+
+
 def half_the_cores() -> int:
     """Torch threads for one of the two busy processes (the server decodes two models at once; the trainer trains):
     half the CPUs this process may use, at least 1."""
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
-    return max(1, cpus // 2)
+    return max(1, all_the_cores() // 2)
 
 
 SPACE_VOLUME = Path("/data")
@@ -297,7 +301,13 @@ class RoundSettings:
         default_factory=lambda: ["q_proj", "v_proj"],
         metadata=_help("the layers LoRA adapts (they stay float in an int8 SFT model)"),
     )
-    train_threads: int = field(default_factory=half_the_cores, metadata=_help("torch threads of the trainer"))
+    train_threads: int = field(
+        default_factory=half_the_cores, metadata=_help("torch threads of the trainer while the server is busy")
+    )
+    idle_train_threads: int = field(
+        default_factory=all_the_cores,
+        metadata=_help("torch threads of the trainer while nothing else uses the CPU (training/cores.py)"),
+    )
     train_seed: int = field(default=0, metadata=_help("seed of the data order, LoRA init and replay choice"))
     pairs_per_voter: int = field(
         default_factory=_default_pairs_per_voter,
@@ -338,6 +348,7 @@ class RoundSettings:
                 ("lora_r", 1),
                 ("lora_alpha", 1),
                 ("train_threads", 1),
+                ("idle_train_threads", 1),
                 ("pairs_per_voter", 0),
                 ("eval_tokens", 0),
             )

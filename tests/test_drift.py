@@ -163,6 +163,17 @@ def test_each_round_measures_its_version_and_the_idle_trainer_fills_in_the_rest(
     assert playground.dashboard.facts()["versions"][0]["drift"]["prompts"] == 2  # the set measured last shows
 
 
+def test_an_idle_evaluation_gives_way_to_a_round_that_is_due(playground, tiny_models):
+    """The idle trainer's evaluation stops at once when a round is due: nothing stored, measured later."""
+    store = playground.store
+    plan = drift.plan_of(FAST)
+    with pytest.raises(drift.EvaluationInterrupted):
+        drift.evaluate_one_missing(store, str(tiny_models["sft"]), plan, interrupt=lambda: True)
+    assert store.version_evals() == [] and store.versions_missing_eval(plan.key) == [0]
+    assert drift.evaluate_one_missing(store, str(tiny_models["sft"]), plan, interrupt=lambda: False) == 0
+    assert store.versions_missing_eval(plan.key) == []
+
+
 def test_a_version_that_cannot_be_measured_says_why_and_is_not_retried(playground, tiny_models, tiny_adapters):
     store = playground.store
     round_id = store.start_round(None, [], {}, None)

@@ -298,6 +298,7 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
         lora_dropout=0.05,
         target_modules=["q_proj", "k_proj", "v_proj"],
         train_threads=defaults.train_threads + 1,
+        idle_train_threads=defaults.idle_train_threads + 2,
         train_seed=7,
         pairs_per_voter=defaults.pairs_per_voter + 4,
         eval_prompts=str(prompts),

@@ -174,6 +174,11 @@ class Rounds:
         with self.write() as conn:
             self.set_meta(conn, "round_requested", str(time.time()))
 
+    def round_requested(self) -> bool:
+        """Whether a request_round() waits, without consuming it."""
+        with self.read() as conn:
+            return self.meta(conn, "round_requested") is not None
+
     def take_round_request(self) -> bool:
         """True once per request_round() call (the trainer consumes it)."""
         with self.write() as conn:

@@ -20,6 +20,7 @@ from pathlib import Path
 from ..models import load_policy
 from ..settings import RoundSettings
 from ..store import Store
+from .cores import SpareCores, spare_cores_callback
 from .examples import KIND_OF, Selection, key_of, round_due, select_feedback, stages_of, trl_rows
 from .stages import Stage, lora_config, stage_steps
 
@@ -85,11 +86,12 @@ def run_round(
             if getattr(result, "unexpected_keys", None):
                 raise TrainingError(f"parent adapter v{parent} does not fit this model: {result.unexpected_keys[:3]}")
         fit_start, done, figures = time.perf_counter(), 0, {}
+        cores = SpareCores(settings.train_threads, settings.idle_train_threads)
         for name in sizes:
             stage = Stage(name, trl_rows(KIND_OF[name], selection.rows(KIND_OF[name]), tokenizer, settings.max_length))
-            figures[name] = stage.train(
-                peft_model, tokenizer, settings, work / name, [_progress(store, round_id, name, done, steps_total)]
-            )
+            cores.adjust()  # the reference log-probs are computed before the first step
+            callbacks = [_progress(store, round_id, name, done, steps_total), spare_cores_callback(cores)]
+            figures[name] = stage.train(peft_model, tokenizer, settings, work / name, callbacks)
             done += figures[name]["steps"]
         fit_seconds = time.perf_counter() - fit_start  # tokenizing, reference log-probs and training, every stage
         peft_model.eval()
@@ -136,7 +138,9 @@ def run_round(
     finally:
         shutil.rmtree(work, ignore_errors=True)
     # Published first, measured after: the drift evaluation never delays the version (drift.py).
+    cores.adjust()
     _evaluate_published(store, version, peft_model, tokenizer, settings)
+    torch.set_num_threads(settings.train_threads)
     return version
 
 

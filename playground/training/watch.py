@@ -106,7 +106,16 @@ def watch(
                 # Idle: measure a version that has no drift evaluation yet (version 0 for the baseline, versions
                 # from before, one whose evaluation was interrupted), one a turn, so a round never waits long.
                 say("evaluating", pending=pending, waiting=waiting)
-                drift.evaluate_one_missing(store, sft_dir, plan)
+
+                def round_waits() -> bool:
+                    return store.round_requested() or round_due(
+                        sum(eligible_counts(store, settings).values()), settings.min_pairs, False
+                    )
+
+                try:
+                    drift.evaluate_one_missing(store, sft_dir, plan, interrupt=round_waits)
+                except drift.EvaluationInterrupted:
+                    log.info("Drift evaluation interrupted: a round is due (the version is measured later).")
                 continue
             else:
                 say("waiting", pending=pending, waiting=waiting, failures=failures)
