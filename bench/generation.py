@@ -16,7 +16,8 @@ length unless it emits EOS. The fidelity measures are in bench/fidelity.py.
 Runtimes: the app's default (`--runtime auto`: onnx on a CPU) and the torch configurations run in turn; for the
 onnx runtime also its next-token agreement with the torch model each arm stands for (teacher forcing on torch's
 greedy answers, `--fidelity-prompts` prompts × `--tokens`), the converted adapter's size and conversion time, and
-with `--llama-cpp` llama.cpp's single-stream speed on the SFT GGUF where llama-cpp-python is installed.
+with `--llama-cpp` llama.cpp's single-stream speed on the SFT GGUF, in a child process with its own python
+(`--llama-cpp-python`, default `.venv-llama`; bench/llama_cpp_stream.py), against each arm's speed while three stream.
 `--runtime vllm` adds the vllm runtime (a vLLM server started from the vLLM environment, or `--vllm-url`; the base
 arm on vLLM too with `--base-vllm-url`, else on the local runtime) and its hot swap; `--configs app,vllm` measures
 only those configurations.
@@ -70,18 +71,36 @@ def naive_sequential(engine, sampling) -> float:
     return time.perf_counter() - start
 
 
-def llama_cpp_single_stream(gguf: str, prompt: str, tokens: int, threads: int) -> dict:
-    """llama.cpp's decode speed on the same GGUF file, when llama-cpp-python is installed (not a requirement)."""
-    from llama_cpp import Llama
+def llama_cpp_python(given: str | None) -> str | None:
+    """The python that has llama-cpp-python: `--llama-cpp-python`, else the repository's .venv-llama, else this one
+    if it can import it (None: none found)."""
+    import importlib.util
+    import sys
 
-    llm = Llama(model_path=gguf, n_threads=threads, n_ctx=1024, verbose=False)
-    first, count = None, 0
-    for _ in llm.create_chat_completion(
-        [{"role": "user", "content": prompt}], max_tokens=tokens, temperature=0, stream=True
-    ):
-        count += 1
-        first = first or time.perf_counter()
-    return {"tokens_per_s": round((count - 1) / (time.perf_counter() - first), 1), "tokens": count, "threads": threads}
+    if given:
+        return given
+    local = Path(__file__).resolve().parent.parent / ".venv-llama" / "bin" / "python"
+    if local.is_file():
+        return str(local)
+    return sys.executable if importlib.util.find_spec("llama_cpp") is not None else None
+
+
+def llama_cpp_single_stream(python: str, gguf: str, prompt: str, tokens: int, threads: int) -> dict:
+    """llama.cpp's decode speed on the same GGUF file, in a child process (bench/llama_cpp_stream.py says why)."""
+    import json
+    import subprocess
+
+    script = Path(__file__).resolve().parent / "llama_cpp_stream.py"
+    command = [python, str(script), gguf, "--tokens", str(tokens), "--threads", str(threads), "--prompt", prompt]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out after 600 s"}
+    if done.returncode != 0:
+        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:]
+        how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
+        return {"error": f"llama.cpp's process ended with {how}" + (f": {last[0]}" if last else "")}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def run(args) -> dict:
@@ -234,15 +253,22 @@ def run(args) -> dict:
         onnx_engine.use_adapter(2, adapter_dir)
         figures["onnx_hot_swap_s"] = round(time.perf_counter() - start, 3)
     if args.llama_cpp:
-        import importlib.util
-
-        if importlib.util.find_spec("llama_cpp") is None:
-            figures["llama_cpp"] = "not installed (pip install llama-cpp-python builds it from source)"
+        python = llama_cpp_python(args.llama_cpp_python)
+        if python is None:
+            figures["llama_cpp"] = (
+                "not installed: python -m venv .venv-llama && CMAKE_ARGS='-DGGML_NATIVE=OFF -DGGML_AVX2=ON' "
+                ".venv-llama/bin/pip install llama-cpp-python"
+            )
         else:
             from playground.models import EMBEDDED
 
             gguf = str(EMBEDDED["smollm2-135m-instruct"].gguf_path(Path(tempfile.mkdtemp())))
-            figures["llama_cpp_sft_single_stream"] = llama_cpp_single_stream(gguf, PROMPT, args.tokens, os.cpu_count())
+            single = llama_cpp_single_stream(python, gguf, PROMPT, args.tokens, os.cpu_count())
+            figures["llama_cpp_sft_single_stream"] = single
+            if "tokens_per_s" in single and "app" in engines:
+                for arm in ("base", "sft", "pref"):
+                    ratio = figures[f"{arm}_tokens_per_s"] / single["tokens_per_s"]
+                    figures[f"ratio_{arm}_arm_to_llama_cpp"] = round(ratio, 2)
     if plain_int8 is not None and {"torch_float_weights", "torch_int8_weights"} <= set(engines):
         figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, PROMPT, args.tokens, chat=True)
         figures["int8_fidelity_base"] = int8_fidelity(
@@ -279,7 +305,12 @@ def main(argv=None):
     parser.add_argument(
         "--llama-cpp",
         action="store_true",
-        help="also time llama.cpp on the SFT GGUF, where llama-cpp-python is installed",
+        help="also time llama.cpp's single stream on the SFT GGUF, in a child process (llama_cpp_stream.py)",
+    )
+    parser.add_argument(
+        "--llama-cpp-python",
+        default=None,
+        help="the python with llama-cpp-python (default: .venv-llama/bin/python, else this one if it has it)",
     )
     parser.add_argument(
         "--runtime",
