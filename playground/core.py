@@ -69,9 +69,12 @@ class Playground:
     def sft_hub_id(self) -> str | None:
         return hub_id(self.preset.sft)
 
-    def load_models(self) -> Engine:
-        """Load both models (minutes on a first start that converts GGUF weights) and serve the serving version."""
-        return self.serving.load(self.models, self.round_settings, self.preset, self.data_dir, self.data_set.root)
+    def load_models(self, serve_while_building: bool = False) -> Engine:
+        """Load both models (a minute or two on a first start that converts GGUF weights) and serve the serving
+        version. serve_while_building: answer before the base model's ONNX copy is built (the app does)."""
+        return self.serving.load(
+            self.models, self.round_settings, self.preset, self.data_dir, self.data_set.root, serve_while_building
+        )
 
     def attach(self, engine: Engine) -> None:
         """Serve with `engine` (not closed with the playground); ready once it serves the store's serving version."""
@@ -86,7 +89,7 @@ class Playground:
 
         def load():
             try:
-                self.load_models()
+                self.load_models(serve_while_building=True)
             except Exception as error:  # the page must say why instead of spinning forever
                 self.serving.error = (
                     str(error) if isinstance(error, ModelLoadError) else f"{type(error).__name__}: {error}"
@@ -97,9 +100,13 @@ class Playground:
                 if self.serving.stopped:  # closed while loading: start nothing
                     return
                 self.follow_versions(follow_interval)
-                if trainer:
-                    self.trainer.start()
             log.info("Models ready; the app is serving.")
+            # A first start builds the base model's ONNX copy while it serves: the trainer (a round's memory and
+            # cores) starts once that is done, so the two never peak together.
+            self.engine.wait_prepared()
+            with self._lock:
+                if trainer and not self.serving.stopped:
+                    self.trainer.start()
 
         thread = threading.Thread(target=load, name="load-models", daemon=True)
         thread.start()

@@ -109,6 +109,9 @@ class Engine:
         self.scoring = Scorer(sft, serving, load_sft_weights)
         self.adapters = AdapterLeases(self.runtimes["sft"])
         self.base_stops = BASE_STOP_STRINGS  # benchmarks clear it to time full-length base answers
+        self.preparing: dict[str, threading.Thread] = {}  # role -> the thread making the runtime that takes over
+        self.closed = False
+        self._swapping = threading.Lock()  # a runtime that takes over is either swapped in or closed, never leaked
 
     @classmethod
     def from_preset(
@@ -124,6 +127,7 @@ class Engine:
         runtime: str = "torch",
         chat_workers: int = 1,
         vllm=None,
+        serve_while_building: bool = False,
     ) -> Engine:
         """The models of `preset` on `runtime` (runtimes/opening.py says what each setting does); vllm: a
         runtimes.vllm.server.VllmOptions for `--runtime vllm`."""
@@ -140,8 +144,12 @@ class Engine:
             runtime=runtime,
             chat_workers=chat_workers,
             vllm=vllm,
+            serve_while_building=serve_while_building,
         )
-        return cls(opened.base, opened.sft, opened.runtimes, opened.load_sft_weights)
+        engine = cls(opened.base, opened.sft, opened.runtimes, opened.load_sft_weights)
+        for role, make in opened.later.items():
+            engine.take_over_later(role, make)
+        return engine
 
     @classmethod
     def for_scoring(cls, preset: Preset, data_dir, *, trust_remote_code=False, device="cpu") -> Engine:
@@ -151,8 +159,46 @@ class Engine:
 
         return cls(None, load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device))
 
+    def take_over_later(self, role: str, make) -> None:
+        """Build `make()` -> (LoadedModel, ModelRuntime) in the background and let it serve `role` once it is
+        ready; requests running meanwhile finish on the stand-in. If it fails, the stand-in keeps serving."""
+
+        def prepare():
+            try:
+                loaded, runtime = make()
+            except Exception as error:
+                log.warning("The %s model keeps serving with %s: %s", role, self.runtimes[role].name, error)
+                self.runtime_note = f"the {role} model stays on {self.runtimes[role].name}: {error}"
+                return
+            with self._swapping:
+                if self.closed:
+                    runtime.close()
+                    return
+                stand_in = self.runtimes[role]
+                self.runtimes[role] = runtime
+                if role == "base":
+                    self.base = loaded
+            stand_in.close()
+            log.info("The %s model now serves with the %s runtime.", role, runtime.name)
+
+        thread = threading.Thread(target=prepare, name=f"prepare-{role}", daemon=True)
+        self.preparing[role] = thread
+        thread.start()
+
+    def preparing_roles(self) -> list[str]:
+        """The roles whose runtime is still being made (take_over_later)."""
+        return [role for role, thread in self.preparing.items() if thread.is_alive()]
+
+    def wait_prepared(self, timeout: float | None = None) -> bool:
+        """Wait for the runtimes still being made (take_over_later); True when none is left."""
+        for thread in list(self.preparing.values()):
+            thread.join(timeout)
+        return not self.preparing_roles()
+
     def close(self) -> None:
         """Stop what the runtimes started (decode workers, a vLLM server)."""
+        with self._swapping:
+            self.closed = True
         for runtime in self.runtimes.values():
             runtime.close()
 

@@ -25,7 +25,14 @@ class MissingVersion(AdapterError):
     """A version with no record in the store (never made, or lost by a restore)."""
 
 
-def open_engine(models: ModelSettings, rounds: RoundSettings, preset: Preset, data_dir: Path, log_dir: Path) -> Engine:
+def open_engine(
+    models: ModelSettings,
+    rounds: RoundSettings,
+    preset: Preset,
+    data_dir: Path,
+    log_dir: Path,
+    serve_while_building: bool = False,
+) -> Engine:
     """Load both models (minutes on a first start that converts GGUF weights) on the runtime the settings ask for;
     `auto` falls back to torch when the onnx runtime cannot take the models."""
     from . import runtimes
@@ -52,6 +59,7 @@ def open_engine(models: ModelSettings, rounds: RoundSettings, preset: Preset, da
             runtime=runtime,
             chat_workers=models.chat_workers,
             vllm=vllm,
+            serve_while_building=serve_while_building,
         )
 
     try:
@@ -85,9 +93,15 @@ class Serving:
         self.ready = True
 
     def load(
-        self, models: ModelSettings, rounds: RoundSettings, preset: Preset, data_dir: Path, log_dir: Path
+        self,
+        models: ModelSettings,
+        rounds: RoundSettings,
+        preset: Preset,
+        data_dir: Path,
+        log_dir: Path,
+        serve_while_building: bool = False,
     ) -> Engine:
-        engine = open_engine(models, rounds, preset, data_dir, log_dir)
+        engine = open_engine(models, rounds, preset, data_dir, log_dir, serve_while_building)
         self.owned = engine
         self.attach(engine)
         return engine

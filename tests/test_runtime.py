@@ -292,6 +292,30 @@ def test_the_sft_and_preference_rows_decode_as_one_batch(engines, adapters):
 
 
 @pytest.mark.slow
+def test_a_first_start_serves_the_base_model_with_torch_while_its_onnx_copy_builds(engines, tiny_models, tmp_path):
+    """serve_while_building (the app's first start): the base arm answers from torch weights at once, its ONNX
+    copy builds in the background and takes over; answers are the same before and after, and a later start
+    finds the copy built."""
+    _, torch_engine = engines
+    preset = Preset("tiny", str(tiny_models["base"]), str(tiny_models["sft"]), "test")
+    options = dict(precision="float", runtime="onnx", threads=1, serve_while_building=True)
+    first = Engine.from_preset(preset, tmp_path, **options)
+    try:
+        assert first.describe() == {"base": "torch", "sft": "onnx"} and first.preparing_roles() == ["base"]
+        assert _texts(first, PROMPTS[0]) == _texts(torch_engine, PROMPTS[0])  # answered while it builds
+        assert first.wait_prepared(timeout=300)
+        assert first.describe() == {"base": "onnx", "sft": "onnx"} and first.base.model is None  # torch weights gone
+        assert _texts(first, PROMPTS[1]) == _texts(torch_engine, PROMPTS[1])
+    finally:
+        first.close()
+    again = Engine.from_preset(preset, tmp_path, **options)
+    try:
+        assert again.describe() == {"base": "onnx", "sft": "onnx"} and again.preparing_roles() == []
+    finally:
+        again.close()
+
+
+@pytest.mark.slow
 def test_the_sft_weights_load_on_demand_for_scoring(engines):
     """The simulated voter's fluency yardstick needs torch weights; the onnx engine loads them only then."""
     onnx, torch_engine = engines

@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..models import LoadedModel, Preset, load_model, model_folder, models_dir
@@ -26,6 +26,9 @@ class Opened:
     sft: LoadedModel
     runtimes: dict[str, ModelRuntime]
     load_sft_weights: object = None  # () -> the SFT model's torch weights, when no torch runtime holds them
+    # role -> () -> (LoadedModel, ModelRuntime): the runtime that takes over from a stand-in once it is ready (the
+    # base model's ONNX copy on a first start, see _local); the Engine swaps it in.
+    later: dict = field(default_factory=dict)
 
 
 def open_runtimes(
@@ -40,12 +43,14 @@ def open_runtimes(
     runtime="torch",
     chat_workers: int = 1,
     vllm=None,
+    serve_while_building: bool = False,
 ) -> Opened:
     """threads: torch threads on a CPU (process-wide: torch has no per-model setting), or each onnx decode
     process's; by default half the cores, because the base model and the SFT rows decode at the same time, each
     bound by per-token overhead rather than arithmetic (docs/performance.md, "Thread allocation").
     adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8 SFT
-    model and are the onnx SFT model's LoRA slots."""
+    model and are the onnx SFT model's LoRA slots. serve_while_building: on a first start the base model serves
+    with torch while its ONNX copy builds (the server wants its first answers soon; a command can wait)."""
     threads = threads or half_the_cores()
     if device == "cpu":
         import torch
@@ -60,6 +65,7 @@ def open_runtimes(
         threads=threads,
         targets=targets,
         chat_workers=chat_workers,
+        later={} if serve_while_building else None,
     )
     if "sft" in int8 and runtime in ("onnx", "vllm"):
         # The builder's int8 would quantize the LoRA slots too, and int8 SFT weights followed the float model on
@@ -82,6 +88,7 @@ def open_runtimes(
         for _, runtime_ in opened.values():
             runtime_.close()
         raise
+    later = local.pop("later") or {}
     runtimes = {role: pair[1] for role, pair in opened.items()}
     load_sft_weights = None
     if runtimes["sft"].name != "torch":
@@ -89,7 +96,7 @@ def open_runtimes(
         def load_sft_weights():
             return load_model(preset.sft, data_dir, "sft", trust_remote_code=trust_remote_code, device=device).model
 
-    return Opened(opened["base"][0], opened["sft"][0], runtimes, load_sft_weights)
+    return Opened(opened["base"][0], opened["sft"][0], runtimes, load_sft_weights, later)
 
 
 def _open_both(opened: dict, preset: Preset, runtime: str, local: dict) -> None:
@@ -124,19 +131,47 @@ def _open_both(opened: dict, preset: Preset, runtime: str, local: dict) -> None:
             opened[role] = _local(role, spec, runtime, **local)
 
 
-def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, threads, targets, chat_workers):
-    """One model on the torch or onnx runtime."""
+def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, threads, targets, chat_workers, later):
+    """One model on the torch or onnx runtime. On a first start the base model's ONNX copy (an int8 build of tens of
+    seconds) is not in the way of the first answers: the base model serves from its torch weights meanwhile, and
+    the copy is built after (`later`), to take over when it is ready."""
     slots = targets if role == "sft" else ()
+    options = dict(data_dir=data_dir, trust_remote_code=trust_remote_code, device=device, int8=int8, threads=threads)
     if runtime == "onnx":
-        from .onnx.client import OnnxRuntime
+        if role == "base" and later is not None and not _onnx_copy_built(spec, slots, **options):
+            later[role] = lambda: _onnx(role, spec, slots, chat_workers, **options)
+            log.info("The base model serves with torch until its ONNX copy is built (once, in the background).")
+            return _torch(role, spec, slots, **(options | {"int8": frozenset()}))
+        return _onnx(role, spec, slots, chat_workers, **options)
+    return _torch(role, spec, slots, **options)
 
-        loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
-        precision = "int8" if role == "base" and role in int8 else "fp32"
-        served = OnnxRuntime.open(
-            loaded.source, models_dir(data_dir), precision, slots, threads, chat_workers if role == "sft" else 1, role
-        )
-        loaded.precision = "int8" if precision == "int8" else "float32"
-        return loaded, served
+
+def _onnx_precision(role: str, int8) -> str:
+    return "int8" if role == "base" and role in int8 else "fp32"
+
+
+def _onnx_copy_built(spec, slots, *, data_dir, trust_remote_code, int8, **_) -> bool:
+    from .onnx.build import built_dir, local_folder
+
+    folder = local_folder(model_folder(spec, Path(data_dir), trust_remote_code))
+    return (
+        built_dir(models_dir(data_dir), folder, _onnx_precision("base", int8), slots) / "genai_config.json"
+    ).is_file()
+
+
+def _onnx(role, spec, slots, chat_workers, *, data_dir, trust_remote_code, int8, threads, **_):
+    from .onnx.client import OnnxRuntime
+
+    loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
+    precision = _onnx_precision(role, int8)
+    served = OnnxRuntime.open(
+        loaded.source, models_dir(data_dir), precision, slots, threads, chat_workers if role == "sft" else 1, role
+    )
+    loaded.precision = "int8" if precision == "int8" else "float32"
+    return loaded, served
+
+
+def _torch(role, spec, slots, *, data_dir, trust_remote_code, device, int8, **_):
     from .torch_runtime import TorchRuntime
 
     loaded = load_model(

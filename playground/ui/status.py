@@ -24,7 +24,8 @@ def status_line(pg: Playground, loading: str) -> str:
     runtimes = engine.describe()
     runtime = f"runtime {code(engine.runtime)}" + (" (onnx unavailable, see the log)" if engine.runtime_note else "")
     if runtimes.get("base") != engine.runtime:
-        runtime += f" (base arm: {code(runtimes.get('base'))})"
+        building = " until its ONNX copy is built" if engine.preparing_roles() == ["base"] else ""
+        runtime += f" (base arm: {code(runtimes.get('base'))}{building})"
     problem = engine.problem
     if problem:
         return (
