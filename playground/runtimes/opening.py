@@ -153,7 +153,10 @@ def _onnx_precision(role: str, int8) -> str:
 def _onnx_copy_built(spec, slots, *, data_dir, trust_remote_code, int8, **_) -> bool:
     from .onnx.build import built_dir, local_folder
 
-    folder = local_folder(model_folder(spec, Path(data_dir), trust_remote_code))
+    try:
+        folder = local_folder(model_folder(spec, Path(data_dir), trust_remote_code))
+    except Exception:  # not here yet, or not loadable: load_model (the torch path) fetches it or explains why
+        return False
     return (
         built_dir(models_dir(data_dir), folder, _onnx_precision("base", int8), slots) / "genai_config.json"
     ).is_file()
