@@ -125,6 +125,7 @@ def onnx_teacher(worker):
 
     from playground.runtimes.onnx.build import ROW_SCALE
     from playground.runtimes.onnx.sampling import forced
+    from playground.runtimes.onnx.worker import gate_rows
 
     model = og.Model(str(worker.model_dir))
     adapters = og.Adapters(model)
@@ -140,9 +141,7 @@ def onnx_teacher(worker):
         active = next((name for name in row_adapters if name), None)
         if active:
             generator.set_active_adapter(adapters, active)
-        scales = np.asarray([1.0 if name else 0.0 for name in row_adapters], dtype=np.float32).reshape(-1, 1, 1)
-        if worker.slots:  # `scales` outlives the generator: it reads the array's memory (worker._generate says why)
-            generator.set_model_input(ROW_SCALE, scales)
+        scales = gate_rows(generator, ROW_SCALE, row_adapters, np) if worker.slots else None
         generator.append_tokens(np.asarray([sequence[:start] for sequence in sequences], dtype=np.int32))
         predicted = [[] for _ in sequences]
         for k in range(start, len(sequences[0])):
@@ -151,6 +150,7 @@ def onnx_teacher(worker):
                 guesses.append(int(logits[row, -1].argmax()))  # the guess for sequence[k]
             generator.set_logits(forced(logits, [sequence[k] for sequence in sequences]))
             generator.generate_next_token()
+        del generator, scales  # the generator is done: now its scales may go (gate_rows)
         return predicted
 
     return next_tokens

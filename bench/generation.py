@@ -97,9 +97,11 @@ def llama_cpp_single_stream(python: str, gguf: str, prompt: str, tokens: int, th
     except subprocess.TimeoutExpired:
         return {"error": "timed out after 600 s"}
     if done.returncode != 0:
-        last = [line for line in done.stderr.strip().splitlines() if line.strip()][-1:]
+        from playground.processes import last_words
+
         how = f"signal {-done.returncode}" if done.returncode < 0 else f"exit code {done.returncode}"
-        return {"error": f"llama.cpp's process ended with {how}" + (f": {last[0]}" if last else "")}
+        last = last_words(done.stderr)
+        return {"error": f"llama.cpp's process ended with {how}" + (f": {last}" if last else "")}
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 

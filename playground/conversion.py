@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from .processes import child_env, last_words
+
 log = logging.getLogger(__name__)
 
 
@@ -100,14 +102,11 @@ def convert(gguf: Path, target: Path, trust_remote_code: bool = False) -> None:
     command = [sys.executable, "-m", "playground.conversion", str(gguf), str(target)]
     if trust_remote_code:
         command.append("--trust-remote-code")
-    package_root = str(Path(__file__).resolve().parents[1])
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    done = subprocess.run(
-        command, capture_output=True, text=True, env=os.environ | {"TQDM_DISABLE": "1", "PYTHONPATH": path}
-    )
+    done = subprocess.run(command, capture_output=True, text=True, env=child_env())
     if done.returncode != 0:
-        last = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-1:]
-        raise ConversionError(last[0] if last else f"the converter exited with code {done.returncode}")
+        raise ConversionError(
+            last_words(done.stderr or done.stdout) or f"the converter exited with code {done.returncode}"
+        )
     log.info("Converted %s in %.0f s.", gguf.name, time.perf_counter() - start)
 
 

@@ -19,7 +19,7 @@ from .data_sets import DataSet
 from .generation import Answer, Engine
 from .models import ModelLoadError, Preset, hub_id, resolve_preset
 from .recording import ChatTurn, Recorded, continue_after, record, recorded
-from .serving import Serving
+from .serving import Serving, open_engine
 from .settings import ModelSettings, RoundSettings, Sampling
 from .store import Store, StoreError, durable
 from .trainer_process import TrainerProcess, trainer_command
@@ -72,9 +72,10 @@ class Playground:
     def load_models(self, serve_while_building: bool = False) -> Engine:
         """Load both models (a minute or two on a first start that converts GGUF weights) and serve the serving
         version. serve_while_building: answer before the base model's ONNX copy is built (the app does)."""
-        return self.serving.load(
+        engine = open_engine(
             self.models, self.round_settings, self.preset, self.data_dir, self.data_set.root, serve_while_building
         )
+        return self.serving.own(engine)
 
     def attach(self, engine: Engine) -> None:
         """Serve with `engine` (not closed with the playground); ready once it serves the store's serving version."""

@@ -6,6 +6,22 @@ from __future__ import annotations
 import os
 import socket
 import time
+from pathlib import Path
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])
+
+
+def child_env() -> dict:
+    """The environment of a child `python -m playground...`: this package importable from anywhere, no progress
+    bars (their output is read, not watched)."""
+    path = os.pathsep.join(p for p in (PACKAGE_ROOT, os.environ.get("PYTHONPATH")) if p)
+    return os.environ | {"TQDM_DISABLE": "1", "PYTHONPATH": path}
+
+
+def last_words(output: str) -> str | None:
+    """The last non-empty line a failed child printed (its error, for a message), or None."""
+    lines = [line for line in (output or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else None
 
 
 def free_port() -> int:

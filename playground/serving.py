@@ -92,16 +92,8 @@ class Serving:
         self.sync()
         self.ready = True
 
-    def load(
-        self,
-        models: ModelSettings,
-        rounds: RoundSettings,
-        preset: Preset,
-        data_dir: Path,
-        log_dir: Path,
-        serve_while_building: bool = False,
-    ) -> Engine:
-        engine = open_engine(models, rounds, preset, data_dir, log_dir, serve_while_building)
+    def own(self, engine: Engine) -> Engine:
+        """Serve with `engine` and close it with this object (an engine open_engine made for it)."""
         self.owned = engine
         self.attach(engine)
         return engine

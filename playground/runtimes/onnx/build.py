@@ -24,6 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from ...processes import child_env, last_words
 from .. import RuntimeUnavailable
 from ..zero_adapter import zero_adapter
 
@@ -90,9 +91,8 @@ def prepare_model(source: str, models_dir: Path, precision: str = "fp32", lora_t
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=child_env())
         if done.returncode != 0:
-            last = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()][-1:]
             raise RuntimeUnavailable(
-                f"onnxruntime-genai could not build {source} ({last[0] if last else 'no output'})."
+                f"onnxruntime-genai could not build {source} ({last_words(done.stderr or done.stdout) or 'no output'})."
                 " Fix: --runtime torch serves it with transformers."
             )
         if not target.exists():
@@ -180,13 +180,6 @@ def _gate_lora_rows(graph) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     graph.input.append(onnx.helper.make_tensor_value_info(ROW_SCALE, onnx.TensorProto.FLOAT, ["lora_rows", 1, 1]))
-
-
-def child_env() -> dict:
-    """The environment of a child `python -m playground.runtimes.onnx.worker`: this package importable from anywhere."""
-    package_root = str(Path(__file__).resolve().parents[3])
-    path = os.pathsep.join(p for p in (package_root, os.environ.get("PYTHONPATH")) if p)
-    return os.environ | {"TQDM_DISABLE": "1", "PYTHONPATH": path}
 
 
 def lora_slots(model_dir: Path) -> dict | None:

@@ -19,9 +19,10 @@ import sys
 import threading
 from pathlib import Path
 
+from ...processes import child_env
 from .. import DecodeRow, ModelRuntime, ServingError
 from .adapters import converted_adapter
-from .build import ROW_SCALE, child_env, lora_slots
+from .build import ROW_SCALE, lora_slots
 from .worker import Duplex
 
 log = logging.getLogger(__name__)

@@ -61,10 +61,9 @@ def _serve(conn, model_dir: str, threads: int, row_scale: str | None = None) -> 
         params = og.GeneratorParams(model)
         params.set_search_options(max_length=min(context_length, 1024), do_sample=False)
         probe = og.Generator(model, params)
-        scales = np.zeros((1, 1, 1), dtype=np.float32)  # kept alive while the probe runs (see _generate)
-        if row_scale is not None:
-            probe.set_model_input(row_scale, scales)
+        scales = gate_rows(probe, row_scale, [None], np) if row_scale is not None else None
         probe.append_tokens(np.asarray([genai.get("bos_token_id") or 0], dtype=np.int32))
+        del probe, scales  # the probe is done: now its scales may go
         conn.send(("ok", None))
     except Exception as error:  # the parent reports it; a half-loaded worker is no use
         conn.send(("error", f"{type(error).__name__}: {error}"))
@@ -90,6 +89,15 @@ def _serve(conn, model_dir: str, threads: int, row_scale: str | None = None) -> 
                 conn.send(("error", f"unknown request {kind}"))
         except Exception as error:
             conn.send(("error", f"{type(error).__name__}: {error}"))
+
+
+def gate_rows(generator, row_scale: str, row_adapters: list, np):
+    """Set the graph's per-row LoRA scale: 1 where the row runs the generator's adapter, 0 where it is the SFT
+    model. Returns the array, which the caller keeps as long as the generator: ONNX Runtime GenAI reads its memory
+    at every step without holding a reference (a freed one is overwritten and the gate flips rows at random)."""
+    scales = np.asarray([1.0 if adapter else 0.0 for adapter in row_adapters], dtype=np.float32).reshape(-1, 1, 1)
+    generator.set_model_input(row_scale, scales)
+    return scales
 
 
 def batches(rows: list[tuple[int, str | None]], gated: bool) -> list[tuple[str | None, list[int]]]:
@@ -134,12 +142,7 @@ def _generate(
         generator = og.Generator(model, params)
         if adapter:
             generator.set_active_adapter(adapters, adapter)
-        scales = None
-        if row_scale is not None:
-            # The generator reads this array's memory at every step without holding a reference: it must live as
-            # long as the generator (a freed one is overwritten and the gate flips rows at random).
-            scales = np.asarray([1.0 if rows[i][1] else 0.0 for i in indexes], dtype=np.float32).reshape(-1, 1, 1)
-            generator.set_model_input(row_scale, scales)
+        scales = gate_rows(generator, row_scale, [rows[i][1] for i in indexes], np) if row_scale is not None else None
         generator.append_tokens(np.asarray([prompt_ids] * len(indexes), dtype=np.int32))
         groups.append((generator, indexes, scales))
     rngs = None if greedy else [np.random.default_rng(seed) for seed, _ in rows]
