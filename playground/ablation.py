@@ -3,9 +3,11 @@ each result measured on held-out prompts (`simulate --ablation`).
 
 The simulated voter first records its feedback on the SFT model's own answers (no trainer runs meanwhile, so every
 objective starts from version 0 and sees the same data). Then, for each objective of `training.OBJECTIVES` (`dpo`:
-preference only; `sft`: instruction only; `sft+dpo`: both; `sft+dpo+kto`: both and the ratings, when there are
-any), a copy of that store trains one round of only that objective's stages, in this process, with the real round
-code. Each version it makes, and the SFT model, answer every held-out prompt `SAMPLES` times (temperature 1, the same
+preference only; `sft`: instruction only; `sft+dpo`: both; `sft+dpo+kto`: both and the ratings), a copy of that
+store trains one round of only that objective's stages, in this process, with the real round code. An objective one
+of whose stages has no feedback of its kind recorded is skipped, with a note in its place (`{"skipped": why}`): it
+would train what a smaller objective trains, under a name that claims more; so is one whose round made no version.
+Each version it makes, and the SFT model, answer every held-out prompt `SAMPLES` times (temperature 1, the same
 seeds for all of them: drift.py's sampler), and per objective:
 - win_rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt and seed (ties ½);
 - ppl_sft: the perplexity of its answers under the SFT model; kl: KL to the SFT model, nats per answer (drift.py);
@@ -23,16 +25,33 @@ from . import drift
 from .models import load_policy
 from .settings import RoundSettings
 from .store import Store
-from .training import OBJECTIVES, run_round
+from .training import run_round
+from .training.examples import KIND_OF, OBJECTIVES
 
 log = logging.getLogger(__name__)
 SAMPLES = 2  # answers per held-out prompt and model (different seeds)
+SKIPPED = "skipped"  # an objective's entry without figures: {SKIPPED: why}
+NO_VERSION = "its round made no version"
+# The figures both tables show (`table` here, the Training tab's Stages view), in their order and format.
+FIGURES = (("win_rate", ".2f"), ("ppl_sft", ".2f"), ("kl", ".2f"), ("mean_length", ".1f"), ("seconds", ".0f"))
 
 
-def objectives_for(store: Store) -> list[str]:
-    """The objectives the recorded feedback can train: the rating stage only when there are ratings."""
+def skipped_objectives(store: Store) -> dict[str, str]:
+    """{objective: why it cannot train} for each objective a stage of which has no feedback of its kind recorded."""
     totals = store.feedback_totals()
-    return [name for name, stages in OBJECTIVES.items() if "kto" not in stages or totals["ratings"]["total"]]
+    notes = {}
+    for name, stages in OBJECTIVES.items():
+        missing = [KIND_OF[stage] for stage in stages if not totals[KIND_OF[stage]]["total"]]
+        if missing:
+            notes[name] = f"no {' or '.join(missing)} recorded"
+    return notes
+
+
+def cells(figures: dict) -> list[str]:
+    """An objective's `FIGURES` as table cells, or its note and empty cells when it was skipped."""
+    if SKIPPED in figures:
+        return [f"skipped: {figures[SKIPPED]}"] + ["–"] * (len(FIGURES) - 1)
+    return [format(figures[key], spec) for key, spec in FIGURES]
 
 
 def copy_store(store: Store, folder: Path) -> Store:
@@ -85,9 +104,11 @@ def ablate(
     seed: int = 0,
     objectives: list[str] | None = None,
 ) -> dict:
-    """{"ablation": {objective: figures}, "baseline": the SFT model's figures, ...}: each objective trained from
-    the same start on a copy of `store` (under `folder/<objective>`), measured on the held-out prompts."""
-    objectives = objectives or objectives_for(store)
+    """{"ablation": {objective: figures, or {SKIPPED: why}}, "baseline": the SFT model's figures, ...}: each objective
+    (default: all of `OBJECTIVES`) trained from the same start on a copy of `store` (under `folder/<objective>`),
+    measured on the held-out prompts."""
+    objectives = objectives or list(OBJECTIVES)
+    notes = skipped_objectives(store)
     plan = drift.EvalPlan(tuple(heldout) * SAMPLES, max_new_tokens, seed)
     # Every piece of feedback in one round; no drift evaluation (this measures its own, on the held-out prompts).
     one_round = RoundSettings(**(settings.as_dict() | {"max_new_pairs": 10**9, "pairs_per_voter": 0, "eval_tokens": 0}))
@@ -95,10 +116,18 @@ def ablate(
     baseline = sample(sft_dir, None, plan)
     results, made = {}, {}
     for name in objectives:
+        if name in notes:
+            results[name] = {SKIPPED: notes[name]}
+            log.info("Ablation %s: skipped, %s.", name, notes[name])
+            continue
         copy = copy_store(store, folder / name)
         began = time.perf_counter()
         version = run_round(copy, copy.root / "adapters", sft_dir, one_round, force=True, stages=OBJECTIVES[name])
         seconds = time.perf_counter() - began
+        if version is None:
+            results[name] = {SKIPPED: NO_VERSION}
+            log.warning("Ablation %s: %s.", name, NO_VERSION)
+            continue
         row = copy.version(version)
         results[name] = figures(sample(sft_dir, row["path"], plan), baseline, oracle, max_new_tokens) | {
             "seconds": seconds,
@@ -128,8 +157,5 @@ def table(result: dict) -> str:
     ]
     rows = [("SFT model (v0)", result["baseline"])] + list(result["ablation"].items())
     for name, f in rows:
-        lines.append(
-            f"| {name} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | {f['kl']:.2f} | {f['mean_length']:.1f} | "
-            f"{f['seconds']:.0f} |"
-        )
+        lines.append(f"| {name} | {' | '.join(cells(f))} |")
     return "\n".join(lines) + "\n"

@@ -94,6 +94,37 @@ def split_prompts(prompts: list[dict], every: int = 4) -> tuple[list[dict], list
     return [p for i, p in enumerate(prompts) if i % every], [p for i, p in enumerate(prompts) if not i % every]
 
 
+def same_text(prompt: str) -> str:
+    """What two prompts share when they are the same question: the text stripped, case-folded, spaces collapsed."""
+    return " ".join(prompt.split()).casefold()
+
+
+def choose_heldout(
+    prompts: list[dict], heldout: list[dict] | None, limit: int | None = None
+) -> tuple[list[dict], list[dict], int]:
+    """(voting prompts, held-out prompts, held-out prompts dropped as overlap). Without a held-out file, every 4th
+    prompt (`split_prompts`). A held-out prompt the voter also votes on would measure what it was trained on: it is
+    dropped with a warning, and none left is an error. `limit`: that many held-out prompts spread evenly over them,
+    the middle one of each of `limit` equal slices, in their order (the files are grouped by category, so the first N
+    would be a few categories)."""
+    if limit is not None and limit < 1:
+        raise UserError(f"--heldout-limit must be at least 1, not {limit}.")
+    if heldout is None:
+        prompts, heldout = split_prompts(prompts)
+    voted = {same_text(p["prompt"]) for p in prompts}
+    kept = [p for p in heldout if same_text(p["prompt"]) not in voted]
+    dropped = len(heldout) - len(kept)
+    if not kept:
+        raise UserError(f"Every one of the {dropped} held-out prompts is also a prompt to vote on: nothing to measure.")
+    if dropped:
+        log.warning(
+            "%d of %d held-out prompts are also prompts to vote on; they are not measured.", dropped, len(heldout)
+        )
+    if limit and limit < len(kept):
+        kept = [kept[(2 * i + 1) * len(kept) // (2 * limit)] for i in range(limit)]
+    return prompts, kept, dropped
+
+
 def collect_votes(
     playground: Playground,
     oracle: Oracle,

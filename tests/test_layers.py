@@ -8,7 +8,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Layer -> module prefixes; the longest matching prefix decides.
+# Layer -> module prefixes; the longest matching prefix decides. A prefix matches its module and the modules under it,
+# except the package itself ("playground", its __init__): as a prefix it would place every module, new ones too.
+PACKAGE = "playground"
 LAYERS = {
     7: ("app", "playground.__main__", "playground.ui", "playground.cli", "playground.simulate"),  # faces
     6: (  # the front door
@@ -31,7 +33,7 @@ LAYERS = {
     ),  # models, runtimes
     2: ("playground.store", "playground.locks"),  # store
     1: (  # rules
-        "playground",
+        PACKAGE,
         "playground.arms",
         "playground.votes",
         "playground.prompting",
@@ -50,9 +52,13 @@ def layer_of(module: str) -> int | None:
         (len(prefix), layer)
         for layer, prefixes in LAYERS.items()
         for prefix in prefixes
-        if module == prefix or module.startswith(prefix + ".")
+        if module == prefix or (prefix != PACKAGE and module.startswith(prefix + "."))
     ]
     return max(matches)[1] if matches else None
+
+
+def unplaced(names) -> list[str]:
+    return [name for name in names if layer_of(name) is None]
 
 
 def modules() -> dict[str, Path]:
@@ -84,7 +90,11 @@ def imports(module: str, path: Path, top_level_only: bool) -> set[str]:
 
 
 def test_every_module_has_a_layer():
-    assert [m for m in modules() if layer_of(m) is None] == []
+    assert unplaced(modules()) == []
+    # A module no layer names is caught, at the top of the package and inside a placed package alike.
+    assert unplaced(["playground.nowhere", "playground.store.records", "playground.ui.new_tab"]) == [
+        "playground.nowhere"
+    ]
 
 
 def test_no_module_imports_from_a_higher_layer():
@@ -127,6 +137,7 @@ def test_the_checks_see_what_they_look_for():
     assert circles_in({"a": {"b"}, "b": set()}) == []
     assert layer_of("playground.store.records") == 2 and layer_of("playground.ui.compare") == 7
     assert layer_of("playground.runtimes.onnx.worker") == 3 and layer_of("somewhere.else") is None
+    assert layer_of("playground") == 1 and layer_of("playground.nowhere") is None
     assert {"playground.generation", "playground.serving"} <= imports(
         "playground.core", REPO / "playground/core.py", top_level_only=True
     )

@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from playground.simulate import Oracle, Rater, split_prompts
+from playground.errors import UserError
+from playground.simulate import Oracle, Rater, choose_heldout, split_prompts
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,43 +52,60 @@ def test_heldout_split_keeps_every_category():
     assert {p["category"] for p in heldout} == {p["category"] for p in train}
 
 
-@pytest.mark.slow
-def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path):
+def rows(*texts: str, category=None) -> list[dict]:
+    return [{"prompt": text, "category": category} for text in texts]
+
+
+def test_heldout_prompts_also_voted_on_are_dropped_with_a_warning(caplog):
+    prompts = rows("What is a cat?", "Name three rivers.", "Write a haiku.")
+    heldout = rows("  what is a CAT?", "Why is the sky blue?", "Name three\n rivers.", "Write a haiku about rain.")
+    with caplog.at_level("WARNING", logger="playground.simulate"):
+        train, kept, dropped = choose_heldout(prompts, heldout)
+    assert train == prompts and dropped == 2
+    assert [p["prompt"] for p in kept] == ["Why is the sky blue?", "Write a haiku about rain."]
+    assert "2 of 4 held-out prompts are also prompts to vote on" in caplog.text
+    with pytest.raises(UserError, match="Every one of the 2 held-out prompts"):
+        choose_heldout(prompts, rows("Write a HAIKU.", "what is a cat?"))
+    # Without a held-out file the split (every 4th) overlaps only where the prompt file repeats a prompt.
+    repeated = prompts + rows("Name a colour.", "Sing.", "WHAT is a cat?")
+    assert choose_heldout(repeated, None) == (repeated[1:4] + repeated[5:], rows("Sing."), 1)
+
+
+def test_the_heldout_limit_takes_prompts_spread_over_the_file_in_its_order():
+    grouped = [row for c in "abcd" for row in rows(*(f"{c}{i}" for i in range(3)), category=c)]
+    _, kept, _ = choose_heldout(rows("voted"), grouped, limit=4)
+    assert [p["prompt"] for p in kept] == ["a1", "b1", "c1", "d1"]
+    _, kept, _ = choose_heldout(rows("voted"), grouped, limit=5)
+    assert [p["prompt"] for p in kept] == ["a1", "b0", "c0", "c2", "d1"]
+    assert choose_heldout(rows("voted"), grouped, limit=40)[1] == grouped
+    # The default split of the default prompts, grouped by category: as many categories as prompts taken.
+    from playground.prompting import load_prompts
+
+    train, heldout, _ = choose_heldout(load_prompts(), None, limit=7)
+    assert len(heldout) == 7 == len({p["category"] for p in heldout}) == len({p["category"] for p in train})
+    with pytest.raises(UserError, match="at least 1"):
+        choose_heldout(rows("voted"), grouped, limit=0)
+
+
+def test_simulate_refuses_a_heldout_file_that_holds_only_prompts_to_vote_on(tmp_path, capsys):
+    from playground.cli import main
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"prompt": "What is a cat?"}) + "\n" + json.dumps({"prompt": "Hi?"}) + "\n")
+    argv = ["-q", "simulate", "--oracle", "shorter", "--votes", "1", "--prompts", str(prompts)]
+    code = main([*argv, "--heldout", str(prompts), "--data-dir", str(tmp_path / "data"), "--sft", "no-such-model"])
+    assert code == 2
+    assert "Every one of the 2 held-out prompts is also a prompt to vote on" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists(), "refused before anything was made or loaded"
+
+
+def simulate_json(tiny_models, data_dir: Path, *args: str) -> dict:
+    """`simulate ... --json` on the tiny models, in its own process, one training thread: the report."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    models = ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir", str(data_dir)]
+    tiny = ["--epochs", "1", "--train-threads", "1", "--learning-rate", "5e-2"]
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "playground",
-            "-q",
-            "simulate",
-            "--oracle",
-            "shorter",
-            "--votes",
-            "4",
-            "--corrections",
-            "2",
-            "--ratings",
-            "--min-pairs",
-            "2",
-            "--epochs",
-            "1",
-            "--heldout-limit",
-            "3",
-            "--max-new-tokens",
-            "12",
-            "--train-threads",
-            "1",
-            "--learning-rate",
-            "5e-2",
-            "--base",
-            str(tiny_models["base"]),
-            "--sft",
-            str(tiny_models["sft"]),
-            "--data-dir",
-            str(tmp_path),
-            "--json",
-        ],
+        [sys.executable, "-m", "playground", "-q", "simulate", *args, *tiny, *models, "--json"],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -95,7 +113,13 @@ def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path)
         timeout=900,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+@pytest.mark.slow
+def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path):
+    args = "--oracle shorter --votes 4 --corrections 2 --ratings --min-pairs 2 --heldout-limit 3 --max-new-tokens 12"
+    report = simulate_json(tiny_models, tmp_path, *args.split())
     before, after = report["before"]["answers"], report["after"]["answers"]
     assert report["after"]["prompts"] == 3 and len(before) == len(after) == 3
     # Same seeds before and after: the SFT answers repeat, the preference-tuned ones changed with the adapter.
@@ -115,63 +139,61 @@ def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path)
     assert Path(report["workspace"]).parent == tmp_path / "simulations"
 
 
+def learned_by_objective(report: dict) -> dict[str, dict[str, int]]:
+    """What each objective of the report should have learned from: all the recorded feedback of its stages' kinds."""
+    from playground.training.examples import KIND_OF, OBJECTIVES
+
+    total = report["feedback"]
+    kinds = {name: {KIND_OF[stage] for stage in stages} for name, stages in OBJECTIVES.items()}
+    return {name: {k: total[k]["total"] if k in kinds[name] else 0 for k in total} for name in report["ablation"]}
+
+
 @pytest.mark.slow
 def test_an_ablation_trains_the_same_feedback_under_each_objective(tiny_models, tmp_path):
     from playground.data_sets import DataSet
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "playground",
-            "-q",
-            "simulate",
-            "--oracle",
-            "shorter",
-            "--votes",
-            "6",
-            "--corrections",
-            "2",
-            "--ratings",
-            "--ablation",
-            "--epochs",
-            "1",
-            "--heldout-limit",
-            "2",
-            "--max-new-tokens",
-            "10",
-            "--train-threads",
-            "1",
-            "--learning-rate",
-            "5e-2",
-            "--base",
-            str(tiny_models["base"]),
-            "--sft",
-            str(tiny_models["sft"]),
-            "--data-dir",
-            str(tmp_path),
-            "--json",
-        ],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads(result.stdout)
+    args = "--oracle shorter --votes 6 --corrections 2 --ratings --ablation --heldout-limit 2 --max-new-tokens 10"
+    report = simulate_json(tiny_models, tmp_path, *args.split())
     assert list(report["ablation"]) == ["dpo", "sft", "sft+dpo", "sft+dpo+kto"]
+    assert all(report["feedback"][kind]["total"] for kind in ("demonstrations", "pairs", "ratings"))
+    # The same recorded feedback, each objective taking all of its own kinds and nothing else.
+    assert {name: f["learned_from"] for name, f in report["ablation"].items()} == learned_by_objective(report)
     for name, figures in report["ablation"].items():
         assert {"win_rate", "ppl_sft", "kl", "mean_length", "seconds"} <= figures.keys(), name
-        assert 0 <= figures["win_rate"] <= 1 and figures["kl"] >= 0 and figures["seconds"] > 0
-    learned = {name: f["learned_from"] for name, f in report["ablation"].items()}
-    total = report["feedback"]
-    # The same recorded feedback, each objective taking only its own kinds.
-    assert learned["dpo"] == {"demonstrations": 0, "pairs": total["pairs"]["total"], "ratings": 0}
-    assert learned["sft"] == {"demonstrations": total["demonstrations"]["total"], "pairs": 0, "ratings": 0}
-    assert learned["sft+dpo+kto"] == {kind: total[kind]["total"] for kind in ("demonstrations", "pairs", "ratings")}
+        # Each version is its own adapter, and what it answers is its own: KL is 0 only for the SFT model itself.
+        assert figures["kl"] > 0 and figures["steps"] > 0, (name, figures)
+    assert len(set(report["adapters"].values())) == 4 and all(Path(p).is_dir() for p in report["adapters"].values())
     assert report["baseline"]["kl"] == 0 and report["baseline"]["win_rate"] == 0.5
+    assert report["heldout_prompts"] == 2 and report["heldout_overlap_dropped"] == 0
     # The real data set of these models keeps it for its Stages view; the simulated feedback stays in the workspace.
     real = DataSet.for_models(tmp_path, str(tiny_models["base"]), str(tiny_models["sft"])).open_store()
     assert real.latest_ablation()["ablation"] == report["ablation"] and real.counts()["votes"] == 0
+
+
+@pytest.mark.slow
+def test_an_ablation_on_votes_alone_trains_dpo_and_notes_the_objectives_it_cannot_train(tiny_models, tmp_path):
+    from playground.data_sets import DataSet
+    from playground.ui.stages import ablation_markdown
+
+    prompts, heldout = tmp_path / "prompts.jsonl", tmp_path / "heldout.jsonl"
+    voted = ["What is a cat?", "Name three rivers.", "Write a haiku.", "Why do we sleep?"]
+    prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in voted))
+    held = ["Why is the sky blue?", "  what is a CAT?", "Describe a storm."]
+    heldout.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in held))
+    args = f"--oracle shorter --votes 6 --ablation --prompts {prompts} --heldout {heldout} --max-new-tokens 10"
+    report = simulate_json(tiny_models, tmp_path / "data", *args.split())
+    assert report["heldout_prompts"] == 2 and report["heldout_overlap_dropped"] == 1
+    assert report["feedback"]["pairs"]["total"] > 0 and report["votes"]["corrections"] == 0
+    dpo = report["ablation"].pop("dpo")
+    assert report["ablation"] == {
+        "sft": {"skipped": "no demonstrations recorded"},
+        "sft+dpo": {"skipped": "no demonstrations recorded"},
+        "sft+dpo+kto": {"skipped": "no demonstrations or ratings recorded"},
+    }
+    assert dpo["learned_from"] == {"demonstrations": 0, "pairs": report["feedback"]["pairs"]["total"], "ratings": 0}
+    assert dpo["kl"] > 0 and list(report["adapters"]) == ["dpo"]
+    # The Stages view shows the note where the figures would be.
+    real = DataSet.for_models(tmp_path / "data", str(tiny_models["base"]), str(tiny_models["sft"])).open_store()
+    view = ablation_markdown(real.latest_ablation())
+    assert "| dpo | preference only | " in view
+    assert "| sft+dpo | both | skipped: no demonstrations recorded | – |" in view

@@ -310,13 +310,18 @@ def test_the_stages_view_says_what_each_dataset_trains_and_what_the_latest_ablat
             "oracle": "shorter",
             "votes": {"votes": 32, "corrections": 8, "ratings": 20},
             "heldout_prompts": 15,
-            "ablation": {"dpo": figures, "sft": figures | {"win_rate": 0.5}},
+            "ablation": {
+                "dpo": figures,
+                "sft": figures | {"win_rate": 0.5},
+                "sft+dpo": {"skipped": "no demonstrations recorded"},
+            },
         }
     )
     view = stages_markdown(compute(store), RoundSettings())
     assert "latest ablation: oracle `shorter`, 32 votes, 8 better answers, 20 ratings" in view
     assert "| dpo | preference only | 0.75 | 9.50 | 0.30 | 40.0 | 61 |" in view
     assert "| sft | instruction only | 0.50 |" in view
+    assert "| sft+dpo | both | skipped: no demonstrations recorded | – | – | – | – |" in view
 
 
 def test_feedback_given_before_the_upgrade_trains_too(tmp_path):

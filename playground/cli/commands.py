@@ -172,15 +172,12 @@ def cmd_simulate(args) -> int:
     from ..core import Playground
     from ..data_sets import DataSet
     from ..prompting import load_prompts
-    from ..simulate import Oracle, record_and_ablate, simulate, split_prompts, workspace
+    from ..simulate import Oracle, choose_heldout, record_and_ablate, simulate, workspace
 
     oracle = Oracle.parse(args.oracle)
-    prompts = load_prompts(args.prompts)
-    heldout = load_prompts(args.heldout) if args.heldout else None
-    if heldout is None:
-        prompts, heldout = split_prompts(prompts)
-    if args.heldout_limit:
-        heldout = heldout[: args.heldout_limit]
+    prompts, heldout, overlap = choose_heldout(
+        load_prompts(args.prompts), load_prompts(args.heldout) if args.heldout else None, args.heldout_limit
+    )
     models = settings_from(args, ModelSettings)
     real_data_dir = models.resolved_data_dir()
     # Its own workspace, and no durable copy: simulated feedback never mixes with real feedback.
@@ -205,6 +202,7 @@ def cmd_simulate(args) -> int:
             ratings=args.ratings,
         )
     result["workspace"] = str(playground.data_dir)
+    result["heldout_overlap_dropped"] = overlap
     if args.ablation:
         # The real data set's Stages view shows the latest ablation of its models.
         real = DataSet.for_models(real_data_dir, playground.preset.base, playground.preset.sft).open_store()

@@ -169,8 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--votes", type=int, default=64)
     sim.add_argument("--mode", choices=("pairwise", "best-of-three"), default="pairwise")
     sim.add_argument("--prompts", default=None, help="prompt file (JSONL); default assets/prompts.jsonl")
-    sim.add_argument("--heldout", default=None, help="held-out prompt file; default every 4th prompt of --prompts")
-    sim.add_argument("--heldout-limit", type=int, default=None, help="evaluate on the first N held-out prompts")
+    sim.add_argument(
+        "--heldout",
+        default=None,
+        help="held-out prompt file (its prompts also in --prompts are dropped); default every 4th prompt of --prompts",
+    )
+    sim.add_argument(
+        "--heldout-limit", type=int, default=None, help="evaluate on N held-out prompts spread evenly over them"
+    )
     sim.add_argument(
         "--corrections",
         type=int,

@@ -5,6 +5,7 @@ sentences: this is where a student sees the two stages.
 
 from __future__ import annotations
 
+from ..ablation import cells
 from ..settings import RoundSettings
 from ..training import OBJECTIVE_TITLES
 
@@ -70,10 +71,7 @@ def ablation_markdown(ablation: dict | None) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for name, f in ablation["ablation"].items():
-        lines.append(
-            f"| {name} | {OBJECTIVE_TITLES.get(name, name)} | {f['win_rate']:.2f} | {f['ppl_sft']:.2f} | "
-            f"{f['kl']:.2f} | {f['mean_length']:.1f} | {f['seconds']:.0f} |"
-        )
+        lines.append(f"| {name} | {OBJECTIVE_TITLES.get(name, name)} | {' | '.join(cells(f))} |")
     lines.append(
         "\nWin rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt "
         "and seed (0.5 = no change). KL: how far the version moved from the SFT model (nats per answer)."
