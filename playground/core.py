@@ -73,7 +73,13 @@ class Playground:
         """Load both models (a minute or two on a first start that converts GGUF weights) and serve the serving
         version. serve_while_building: answer before the base model's ONNX copy is built (the app does)."""
         engine = open_engine(
-            self.models, self.round_settings, self.preset, self.data_dir, self.data_set.root, serve_while_building
+            self.models,
+            self.round_settings,
+            self.preset,
+            self.data_dir,
+            self.data_set.root,
+            serve_while_building,
+            store=self.store,
         )
         return self.serving.own(engine)
 
@@ -191,6 +197,11 @@ class Playground:
     def rollback(self, version: int) -> int:
         return self.serving.rollback(version)
 
+    def recheck(self, version: int) -> str | None:
+        """Check a version's files again; a version marked bad whose files read fine is good again. Returns what is
+        still wrong (None: nothing)."""
+        return self.serving.recheck(version)
+
     def follow_versions(self, interval: float = 2.0) -> None:
         """Hot swap each new (or rolled-back) version as it appears; restart a trainer that died on its own."""
         self.serving.follow(interval, also=self.trainer.restart_if_dead)
@@ -208,9 +219,10 @@ class Playground:
     def trainer_alive(self) -> bool:
         return self.trainer.alive()
 
-    def train_now(self) -> None:
-        """Ask for a round on whatever pairs wait ("train now"); the trainer takes it at its next poll."""
-        self.store.request_round()
+    def train_now(self, admin: bool = False) -> None:
+        """Ask for a round on whatever feedback waits ("train now"); the trainer takes it at its next poll. With a
+        per-voter cap only an admin's request starts one early (training.request_honoured)."""
+        self.store.request_round(admin=admin)
 
     # ---- data out -----------------------------------------------------------------------------------------
     def export(self, what: str = "pairs", path: str | Path | None = None) -> tuple[Path, int]:

@@ -186,7 +186,7 @@ def version_table(facts: dict[str, Any]) -> list[dict[str, str]]:
             {
                 "version": f"v{v['version']}",
                 "serving": "✓" if v["serving"] else "",
-                "parent": f"v{v['parent_version'] or 0}",
+                "parent": parent_cell(v),
                 "state": state,
                 **{kind: number(learned[kind], "d") for kind in ("demonstrations", "pairs", "ratings")},
                 "final_loss": number(m.get("final_loss"), ".3f"),
@@ -198,3 +198,13 @@ def version_table(facts: dict[str, Any]) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def parent_cell(version: dict) -> str:
+    """Where a version's adapter started: its parent, or a fresh adapter when the round could not warm-start from it
+    (the LoRA settings changed its shape since), with why."""
+    parent = f"v{version['parent_version'] or 0}"
+    warm_start = (version.get("hyperparams") or {}).get("warm_start") or {}
+    if warm_start.get("fresh") and warm_start.get("reason"):
+        return f"{parent}, but trained from a fresh adapter: {warm_start['reason']}"
+    return parent

@@ -59,6 +59,13 @@ def cmd_info(args) -> int:
 
 def cmd_versions(args) -> int:
     playground = playground_from(args)
+    if args.recheck is not None:
+        problem = playground.recheck(args.recheck)
+        if problem:
+            print(f"Version {args.recheck} is not servable: {problem}.", file=sys.stderr)
+            return 1
+        print(f"Version {args.recheck}'s files read fine: it is good (serve it with `rollback {args.recheck}`).")
+        return 0
     facts = playground.dashboard.facts()
     rows, serving = facts["versions"], facts["serving_version"]
     if args.json:

@@ -90,6 +90,14 @@ def build_parser() -> argparse.ArgumentParser:
         "versions", cmd_versions, "adapter versions with their round metrics and vote win rates", ModelSettings
     )
     ver.add_argument("--json", action="store_true")
+    ver.add_argument(
+        "--recheck",
+        type=int,
+        metavar="N",
+        default=None,
+        help="check version N's files again: a version marked bad whose files read fine becomes good again "
+        "(serve it with rollback)",
+    )
 
     xp = command(
         "explain",

@@ -158,6 +158,14 @@ class Rounds:
                 set_serving(conn, version)
             return version
 
+    def note_round(self, round_id: int, hyperparams: dict) -> None:
+        """Add to what a running round recorded of its settings (e.g. that it could not warm-start)."""
+        with self.write() as conn:
+            conn.execute(
+                "UPDATE rounds SET hyperparams = json_patch(coalesce(hyperparams, '{}'), ?) WHERE id = ?",
+                (to_json(hyperparams), round_id),
+            )
+
     def set_round_progress(self, round_id: int, steps_done: int, steps_total: int | None) -> None:
         with self.write() as conn:
             conn.execute(
@@ -169,20 +177,22 @@ class Rounds:
             row = from_row(conn.execute("SELECT * FROM rounds WHERE status = 'running' ORDER BY id DESC").fetchone())
         return None if row is None else row | {"learned_from": learned_from(row)}
 
-    def request_round(self) -> None:
-        """Ask the trainer for a round now, whatever the number of pending pairs ("train now")."""
+    def request_round(self, admin: bool = False) -> None:
+        """Ask the trainer for a round now ("train now"), whatever the number of pending pieces; `admin`: asked with
+        the admin token. Whether the trainer honours it is its rule (training.request_honoured)."""
         with self.write() as conn:
-            self.set_meta(conn, "round_requested", str(time.time()))
+            self.set_meta(conn, "round_requested", json.dumps({"at": time.time(), "admin": bool(admin)}))
 
-    def round_requested(self) -> bool:
-        """Whether a request_round() waits, without consuming it."""
+    def round_requested(self) -> dict | None:
+        """The request_round() that waits ({"at", "admin"}), without consuming it; None when none waits."""
         with self.read() as conn:
-            return self.meta(conn, "round_requested") is not None
+            return _request(self.meta(conn, "round_requested"))
 
-    def take_round_request(self) -> bool:
-        """True once per request_round() call (the trainer consumes it)."""
+    def take_round_request(self) -> dict | None:
+        """The waiting request ({"at", "admin"}), once per request_round() call (the trainer consumes it)."""
         with self.write() as conn:
-            return conn.execute("DELETE FROM meta WHERE key = 'round_requested'").rowcount > 0
+            row = conn.execute("DELETE FROM meta WHERE key = 'round_requested' RETURNING value").fetchone()
+            return None if row is None else _request(row[0])
 
     def fail_round(self, round_id: int, error: str) -> None:
         """Mark a running round failed; its pairs stay pending and serving is untouched.
@@ -253,3 +263,14 @@ class Rounds:
         with self.read() as conn:
             value = self.meta(conn, "trainer")
         return json.loads(value) if value else None
+
+
+def _request(value: str | None) -> dict | None:
+    if value is None:
+        return None
+    try:
+        request = json.loads(value)
+    except ValueError:
+        request = None
+    # A request stored before requests said who asked (a bare time) counts as a visitor's.
+    return request if isinstance(request, dict) else {"at": None, "admin": False}

@@ -120,8 +120,9 @@ class Versions:
             set_serving(conn, version)
 
     def mark_version_bad(self, version: int, reason: str) -> int:
-        """Take a version out of service for good. If it was serving, fall back to the newest ready
-        version below it (or 0). Returns the serving version afterwards."""
+        """Take a version out of service (its files are broken; `mark_version_good` after a re-check puts it back). If
+        it was serving, fall back to the newest ready version below it (or 0). Returns the serving version
+        afterwards."""
         with self.write() as conn:
             if (
                 conn.execute(
@@ -135,6 +136,18 @@ class Versions:
                 serving = _newest_ready_below(conn, version)
                 set_serving(conn, serving)
             return serving
+
+    def mark_version_good(self, version: int) -> None:
+        """Put a version marked bad back in service (its files were re-checked and read fine); it serves only when
+        chosen (rollback) or when a round publishes on top of it."""
+        with self.write() as conn:
+            if (
+                conn.execute(
+                    "UPDATE adapter_versions SET state = 'ready', reason = NULL WHERE version = ?", (version,)
+                ).rowcount
+                == 0
+            ):
+                raise StoreError(f"Adapter version {version} does not exist.")
 
     def fall_back_below(self, version: int) -> int:
         """While `version` serves: serve the newest ready version below it (or 0) instead, for a serving version

@@ -20,11 +20,12 @@ from .examples import (
     eligible_counts,
     fit_to_length,
     min_pairs_in_force,
+    request_honoured,
     round_due,
     select_feedback,
     stages_of,
 )
-from .runner import TrainingError, run_round
+from .runner import adapter_shape_change, run_round
 from .stages import dpo_config, kto_class_weights
 from .watch import exit_with_parent, watch
 
@@ -34,7 +35,7 @@ __all__ = [
     "STAGE_TITLES",
     "STAGES",
     "Selection",
-    "TrainingError",
+    "adapter_shape_change",
     "dpo_config",
     "eligible_counts",
     "exit_with_parent",
@@ -42,6 +43,7 @@ __all__ = [
     "kto_class_weights",
     "load_policy",
     "min_pairs_in_force",
+    "request_honoured",
     "round_due",
     "run_round",
     "select_feedback",

@@ -92,6 +92,14 @@ def round_due(eligible: int, min_pairs: int, requested: bool = False) -> bool:
     return eligible > 0 and (requested or eligible >= min_pairs)
 
 
+def request_honoured(request: dict | None, settings: RoundSettings) -> bool:
+    """Whether a round asked for ("train now": `Store.round_requested()`) starts below `min_pairs`. Without a per-voter
+    cap (one person's machine) every request does. With one (`--pairs-per-voter`, always on a Space) only the admin's:
+    a visitor's request would let one voter get a round trained on their feedback alone, so theirs waits for the rule
+    that starts rounds by itself (`min_pairs` pieces counted under the cap)."""
+    return request is not None and (bool(request.get("admin")) or not settings.pairs_per_voter)
+
+
 def min_pairs_in_force(trainer_state: dict | None, default: int) -> int:
     """The `min_pairs` rounds wait for: the trainer's own, as its state reports it (a trainer started elsewhere may
     have its own), else `default`."""

@@ -27,10 +27,6 @@ from .stages import Stage, lora_config, stage_steps
 log = logging.getLogger(__name__)
 
 
-class TrainingError(RuntimeError):
-    pass
-
-
 def run_round(
     store: Store,
     adapters_dir: Path,
@@ -62,6 +58,7 @@ def run_round(
     parent_path = store.version(parent)["path"] if parent else None
     sizes = {name: len(selection.rows(KIND_OF[name])) for name in stages if selection.rows(KIND_OF[name])}
     hyperparams = settings.as_dict() | selection.counts() | {"stages": list(sizes), "reference": "sft"}
+    hyperparams["warm_start"] = {"parent": parent, "fresh": not parent_path, "reason": None}
     keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KIND_OF.values()}
     round_id = store.start_round(
         parent,
@@ -77,14 +74,30 @@ def run_round(
     work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(Path(adapters_dir))))
     try:
         model, tokenizer = load_policy(sft_dir)
+        config = lora_config(settings)
         set_seed(settings.train_seed)  # the LoRA initialisation
-        peft_model = get_peft_model(model, lora_config(settings))
+        peft_model = get_peft_model(model, config)
         if parent_path:
-            # Warm start: the parent's weights in the round's adapter.
-            state = load_file(str(Path(parent_path) / "adapter_model.safetensors"))
-            result = set_peft_model_state_dict(peft_model, state, adapter_name="default")
-            if getattr(result, "unexpected_keys", None):
-                raise TrainingError(f"parent adapter v{parent} does not fit this model: {result.unexpected_keys[:3]}")
+            # Warm start: the parent's weights in the round's adapter, unless the settings changed its shape.
+            fresh_because = adapter_shape_change(parent_path, config)
+            if fresh_because is None:
+                try:
+                    state = load_file(str(Path(parent_path) / "adapter_model.safetensors"))
+                    result = set_peft_model_state_dict(peft_model, state, adapter_name="default")
+                    if getattr(result, "unexpected_keys", None):
+                        fresh_because = f"its weights do not fit this model ({', '.join(result.unexpected_keys[:3])})"
+                except (OSError, RuntimeError, ValueError) as error:  # unreadable, or shapes that do not fit
+                    fresh_because = f"its weights could not be loaded ({type(error).__name__}: {error})"
+            if fresh_because is not None:
+                # A warm start that cannot happen would fail every round, for ever: this round starts afresh
+                # (what earlier rounds taught comes back only through the replay) and says so.
+                log.warning("Round %d starts from a fresh adapter, not from v%d: %s.", round_id, parent, fresh_because)
+                warm_start = {"parent": parent, "fresh": True, "reason": fresh_because}
+                store.note_round(round_id, {"warm_start": warm_start})
+                hyperparams["warm_start"] = warm_start
+                model, tokenizer = load_policy(sft_dir)  # a failed load may have written into the weights
+                set_seed(settings.train_seed)
+                peft_model = get_peft_model(model, config)
         fit_start, done, figures = time.perf_counter(), 0, {}
         cores = SpareCores(settings.train_threads, settings.idle_train_threads)
         for name in sizes:
@@ -142,6 +155,25 @@ def run_round(
     _evaluate_published(store, version, peft_model, tokenizer, settings)
     torch.set_num_threads(settings.train_threads)
     return version
+
+
+def adapter_shape_change(parent_path: str | Path, config) -> str | None:
+    """Why the adapter in `parent_path` cannot warm-start an adapter of LoRA `config` (its rank or its target modules
+    differ: the weights have other shapes, or other layers), in words; None when it can."""
+    try:
+        parent = json.loads((Path(parent_path) / "adapter_config.json").read_text())
+    except (OSError, ValueError) as error:
+        return f"its adapter_config.json could not be read ({error})"
+    changes = []
+    if parent.get("r") != config.r:
+        changes.append(f"the LoRA rank changed ({parent.get('r')} → {config.r})")
+    before = parent.get("target_modules") or []
+    before = {before} if isinstance(before, str) else set(before)
+    if before != set(config.target_modules):
+        changes.append(
+            f"the target modules changed ({', '.join(sorted(before))} → {', '.join(sorted(config.target_modules))})"
+        )
+    return "; ".join(changes) or None
 
 
 def _described(selection: Selection) -> str:

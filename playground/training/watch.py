@@ -16,10 +16,13 @@ from pathlib import Path
 
 from ..settings import RoundSettings
 from ..store import Store
-from .examples import eligible_counts, round_due
+from .examples import eligible_counts, request_honoured, round_due
 from .runner import run_round
 
 log = logging.getLogger(__name__)
+# A round that fails this many times in a row with the same error stops being retried: a deterministic failure (a
+# broken setting, a file it cannot read) would otherwise load the models and fail again on every poll, for ever.
+SAME_FAILURE_LIMIT = 3
 
 
 def exit_with_parent(parent_pid: int, interval: float = 2.0) -> None:
@@ -62,7 +65,7 @@ def watch(
 
     from .. import drift
 
-    failures = 0
+    failures, last_error = 0, None
     said: dict = {}
     torch.set_num_threads(settings.train_threads)
     try:
@@ -88,28 +91,47 @@ def watch(
 
     try:
         while True:
-            forced = store.take_round_request()
+            request = store.take_round_request()
+            forced = request_honoured(request, settings)
+            if request is not None and not forced:
+                log.info(
+                    "A visitor asked for a round: it waits for %d pieces of feedback under the per-voter cap "
+                    "(only the admin token starts one early).",
+                    settings.min_pairs,
+                )
             # Counted under the per-voter cap, like select_feedback takes them: one voter alone cannot start a round.
             waiting = eligible_counts(store, settings)
             pending = sum(waiting.values())
-            if round_due(pending, settings.min_pairs, forced):
+            stuck = failures >= SAME_FAILURE_LIMIT and not forced
+            if failures >= SAME_FAILURE_LIMIT and forced:
+                log.info("A round was asked for: trying once more after %d failed rounds.", failures)
+            if not stuck and round_due(pending, settings.min_pairs, forced):
                 say("training", pending=pending, waiting=waiting)
                 try:
                     run_round(store, adapters_dir, sft_dir, settings, force=True, sft_hub_id=sft_hub_id)
-                    failures = 0
+                    failures, last_error = 0, None
                 except Exception as error:  # a crashed round must not end the trainer
                     log.exception("Round failed: %s", error)
-                    failures += 1
+                    error_text = f"{type(error).__name__}: {error}"
+                    failures = failures + 1 if error_text == last_error else 1
+                    last_error = error_text
                     waiting = eligible_counts(store, settings)
+                    if failures >= SAME_FAILURE_LIMIT:
+                        log.error(
+                            "Rounds failed %d times in a row with the same error; no more rounds until the trainer "
+                            "restarts or a round is asked for: %s",
+                            failures,
+                            error_text,
+                        )
                     say("waiting", pending=sum(waiting.values()), waiting=waiting, failures=failures)
             elif plan is not None and store.versions_missing_eval(plan.key):
                 # Idle: measure a version that has no drift evaluation yet (version 0 for the baseline, versions
                 # from before, one whose evaluation was interrupted), one a turn, so a round never waits long.
                 say("evaluating", pending=pending, waiting=waiting)
 
-                def round_waits() -> bool:
-                    return store.round_requested() or round_due(
-                        sum(eligible_counts(store, settings).values()), settings.min_pairs, False
+                def round_waits(stuck: bool = stuck) -> bool:
+                    return request_honoured(store.round_requested(), settings) or (
+                        not stuck and round_due(sum(eligible_counts(store, settings).values()), settings.min_pairs)
                     )
 
                 try:
@@ -117,9 +139,11 @@ def watch(
                 except drift.EvaluationInterrupted:
                     log.info("Drift evaluation interrupted: a round is due (the version is measured later).")
                 continue
+            elif stuck:
+                say("stuck", pending=pending, waiting=waiting, failures=failures, error=last_error)
             else:
                 say("waiting", pending=pending, waiting=waiting, failures=failures)
-            time.sleep(poll_seconds * min(2**failures, 30))
+            time.sleep(poll_seconds * min(2 ** min(failures, SAME_FAILURE_LIMIT), 30))
     finally:
         try:
             say("stopped")

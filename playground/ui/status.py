@@ -32,6 +32,14 @@ def status_line(pg: Playground, loading: str) -> str:
             f"⚠ **Serving problem:** {problem} · base {base} · SFT {sft} · {runtime} · adapter "
             f"v{engine.adapter_version} · {trainer} · {data_set}"
         )
+    retry = pg.serving.retry
+    if retry is not None:
+        return (
+            f"⚠ **Adapter v{retry.version} waits for the runtime:** it could not be loaded ({code(retry.error)}); "
+            f"its files are fine, so it stays good and is tried again in {retry.seconds_left():.0f} s "
+            f"(try {retry.attempts + 1}) · base {base} · SFT {sft} · {runtime} · adapter v{engine.adapter_version} "
+            f"answers meanwhile · {trainer} · {data_set}"
+        )
     return (
         f"✓ Ready · base {base} · SFT {sft} · {runtime} · "
         f"preference-tuned arm serves **adapter v{engine.adapter_version}** · {trainer} · {data_set}"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from ..store import StoreError
-from ..training import eligible_counts, round_due
+from ..training import eligible_counts, min_pairs_in_force, request_honoured, round_due
 from .page import Page
 from .training_panels import DRIFT_PLOTS, VERSION_HEADERS, feedback_words, progress_html
 from .wiring import VOTES
@@ -18,17 +18,23 @@ class TrainingTab:
     def __init__(self, page: Page):
         self.page = page
 
-    def train_now(self):
+    def train_now(self, admin_token=None):
         pg = self.page.playground
-        eligible = eligible_counts(pg.store, pg.round_settings)
-        if not round_due(sum(eligible.values()), pg.round_settings.min_pairs, requested=True):
+        settings = pg.round_settings
+        eligible = eligible_counts(pg.store, settings)
+        if not round_due(sum(eligible.values()), settings.min_pairs, requested=True):
             return (
                 "⚠ No feedback waits for a round: vote, rate or write a better answer first (a tie makes no "
                 "training pair)."
             )
         if pg.store.running_round():
             return "A round is already running; the feedback that arrived since waits for the next one."
-        pg.train_now()
+        admin = self.page.admin_authorized(admin_token)
+        if admin_token and self.page.admin_token and not admin:
+            return "⚠ Wrong admin token."
+        if not request_honoured({"admin": admin}, settings):
+            return self.round_waits(eligible)
+        pg.train_now(admin=admin)
         trainer = (
             ""
             if pg.trainer_alive()
@@ -39,6 +45,26 @@ class TrainingTab:
             )
         )
         return f"✓ Asked for a round on {feedback_words(eligible)}.{trainer}"
+
+    def round_waits(self, eligible: dict[str, int]) -> str:
+        """Why a visitor's Train now starts nothing on a server with a per-voter cap (the trainer enforces the same
+        rule: training.request_honoured)."""
+        pg = self.page.playground
+        settings = pg.round_settings
+        min_pairs = min_pairs_in_force(pg.store.trainer_state(), settings.min_pairs)
+        pending = sum(eligible.values())
+        if round_due(pending, min_pairs):
+            return f"✓ {feedback_words(eligible)} wait: the trainer starts a round within seconds."
+        admin = (
+            "; an admin can start one now with the admin token"
+            if self.page.admin_token
+            else " (a round cannot be started early: no admin token is configured)"
+        )
+        return (
+            f"⏳ The round waits: on this server a round starts when {min_pairs} pieces of feedback wait, counting at "
+            f"most {settings.pairs_per_voter} of each voter's, so that no one voter alone trains the model. "
+            f"{pending} wait now; it needs feedback from more people{admin}."
+        )
 
     def rollback(self, version, admin_token):
         refusal = self.page.admin_refusal(admin_token, "Rolling back")
@@ -52,6 +78,13 @@ class TrainingTab:
         except StoreError as error:
             return f"⚠ {error}"
         if serving != version:
+            retry = self.page.playground.serving.retry
+            if retry is not None and retry.version == version:
+                return (
+                    f"⏳ Version {version} serves as soon as the runtime takes it (it could not now: "
+                    f"{retry.error}); it is tried again within {retry.seconds_left():.0f} s, and version {serving} "
+                    f"answers meanwhile."
+                )
             return f"⚠ Version {version} could not be loaded; version {serving} serves instead."
         return f"✓ Now serving version {serving}" + (" (no adapter: the SFT model)." if serving == 0 else ".")
 
@@ -63,6 +96,10 @@ class TrainingTab:
         progress = gr.HTML(progress_html(None), elem_id="progress", label="progress")
         with gr.Row():
             train_btn = gr.Button("Train now", elem_id="train-now")
+            # One box for the tab's admin actions: a round before enough voters gave feedback, and rollback.
+            token = gr.Textbox(
+                label="Admin token (Train now early, roll back)", type="password", visible=self.page.admin_gated
+            )
             train_message = gr.Markdown(label="message")
         with gr.Row():
             plots = {
@@ -126,11 +163,10 @@ class TrainingTab:
                     )
         with gr.Row():
             version = gr.Number(label="Serve version (0 = no adapter)", precision=0, value=0)
-            token = gr.Textbox(label="Admin token", type="password", visible=self.page.admin_gated)
             rollback_btn = gr.Button("Roll back / forward", elem_id="rollback")
         rollback_message = gr.Markdown(label="message")
 
-        train_btn.click(self.train_now, None, [train_message], api_name="train_now", **VOTES)
+        train_btn.click(self.train_now, [token], [train_message], api_name="train_now", **VOTES)
         rollback_btn.click(self.rollback, [version, token], [rollback_message], api_name="rollback", **VOTES)
         return {
             "training": training,

@@ -85,12 +85,19 @@ def training_status(
         "training": "training",
         "stopped": "stopped",
         "evaluating": "measuring a version's drift",
+        "stuck": "not retrying a failing round",
     }.get(state, "not seen yet")
     lines.append(
         f"**Trainer process:** {'running' if trainer_alive else 'not running here'} ({doing}) · "
         f"**rounds:** {sum(r['status'] == 'done' for r in facts['rounds'])} done, "
         f"{sum(r['status'] == 'failed' for r in facts['rounds'])} failed"
     )
+    if state == "stuck":
+        lines.append(
+            f"**Rounds paused:** the last {trainer.get('failures')} rounds failed the same way, so the trainer stops "
+            f"retrying until it restarts (e.g. with other settings) or a round is asked for (Train now, with the admin "
+            f"token where one is set): {code(trainer.get('error') or '')}"
+        )
     failed = [r for r in facts["rounds"] if r["status"] == "failed"]
     if failed and failed[-1] is facts["rounds"][-1]:
         lines.append(f"Last round failed (its pairs stay pending): {code(failed[-1]['error'])}")
