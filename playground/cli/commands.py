@@ -244,6 +244,7 @@ BENCH_SUITES = {
     "persist": "persist",
     "explain": "explain",
     "load": "load",
+    "soak": "soak",
 }
 
 

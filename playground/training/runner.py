@@ -146,7 +146,9 @@ def run_round(
                 metrics,
             )
     except BaseException as error:
-        store.fail_round(round_id, f"{type(error).__name__}: {error}")
+        # The trainer stopped mid-round (SIGTERM, Ctrl-C) is what a kill -9 is once recovered: 'interrupted'.
+        stopped = isinstance(error, (SystemExit, KeyboardInterrupt))
+        store.fail_round(round_id, "interrupted" if stopped else f"{type(error).__name__}: {error}")
         raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
