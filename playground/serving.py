@@ -240,9 +240,10 @@ class Serving:
         """Serve another version (0 = none); with the models loaded, the swap happens before this returns. A version
         marked bad is re-checked first (`recheck`) and served if its files read fine. Returns the version serving
         afterwards (an older one if the asked one's folder turned out broken)."""
-        if version:
+        row = self.store.version(version) if version else None
+        if row is not None and row["state"] == "bad":
             self.recheck(version)
-        self.store.set_serving_version(version)
+        self.store.set_serving_version(version)  # refuses a version that does not exist, or is still bad
         if self.retry is not None and self.retry.version == version:
             self.retry.at = time.monotonic()  # asked for now: no waiting out the backoff
         return self.sync() if self.ready else self.store.serving_version()
