@@ -196,3 +196,16 @@ def test_a_round_that_fails_the_same_way_stops_being_retried_until_asked(playgro
     assert [n for n in states if states[n]["state"] == "stuck"] == [4, 5, 6, 7, 8, 9, 11, 12]
     assert states[5]["failures"] == 3 and "size mismatch for lora_A" in states[5]["error"]
     assert len(store.pending_pairs()) == 4, "the feedback stays pending"
+
+
+def test_a_vllm_server_started_here_takes_every_versions_rank(playground, tiny_models, tmp_path):
+    from conftest import make_lora_adapter
+
+    from playground.runtimes.vllm.server import lora_rank_limit
+    from playground.serving import largest_lora_rank
+
+    assert largest_lora_rank(playground.store, tiny_round(lora_r=8)) == 8, "no versions: the rounds' rank"
+    publish(playground, make_lora_adapter(tiny_models["sft"], tmp_path / "r16", seed=1, r=16))
+    publish(playground, make_lora_adapter(tiny_models["sft"], tmp_path / "r4", seed=2, r=4))
+    assert largest_lora_rank(playground.store, tiny_round(lora_r=8)) == 16, "an earlier version of rank 16"
+    assert lora_rank_limit(largest_lora_rank(playground.store, tiny_round(lora_r=8))) >= 16
