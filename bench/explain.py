@@ -38,6 +38,7 @@ def run(args) -> dict:
     from playground.explain import answer_tokens, explain
     from playground.generation import Engine
     from playground.models import model_folder, resolve_preset
+    from playground.runtimes import neutral
     from playground.settings import ModelSettings
     from playground.store import Store
 
@@ -56,7 +57,7 @@ def run(args) -> dict:
         add_special_tokens=False,
     ).input_ids
     with torch.inference_mode():
-        out = model.generate(ids, max_new_tokens=args.tokens, do_sample=False, min_new_tokens=args.tokens)
+        out = model.generate(ids, max_new_tokens=args.tokens, **neutral.TRANSFORMERS | {"min_new_tokens": args.tokens})
     answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
     sft_dir = model_folder(preset.sft, data_dir, False)
     with tempfile.TemporaryDirectory() as work:

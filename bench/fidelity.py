@@ -10,6 +10,7 @@ def int8_fidelity(float_model, int8_model, prompt: str, tokens: int, chat: bool)
     import torch
 
     from playground.prompting import base_prompt, chat_prompt
+    from playground.runtimes import neutral
 
     tokenizer = float_model.tokenizer
     text = chat_prompt(tokenizer, prompt) if chat else base_prompt(prompt)
@@ -19,7 +20,7 @@ def int8_fidelity(float_model, int8_model, prompt: str, tokens: int, chat: bool)
         text = float_model.model.generate(
             ids,
             attention_mask=torch.ones_like(ids),
-            do_sample=False,
+            **neutral.TRANSFORMERS,
             max_new_tokens=tokens,
             pad_token_id=tokenizer.pad_token_id,
         )
@@ -70,6 +71,7 @@ def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str],
     import torch
 
     from playground.prompting import base_prompt, chat_prompt
+    from playground.runtimes import neutral
 
     teachers = {role: onnx_teacher(engine.runtimes[role].workers[0]) for role in ("sft", "base")}
     adapter = f"v{engine.adapter_version}"
@@ -89,9 +91,8 @@ def onnx_fidelity(engine, torch_sft, torch_pref, torch_base, prompts: list[str],
                     sequence = reference.generate(
                         ids,
                         attention_mask=torch.ones_like(ids),
-                        do_sample=False,
+                        **neutral.TRANSFORMERS | {"min_new_tokens": tokens},
                         max_new_tokens=tokens,
-                        min_new_tokens=tokens,
                         pad_token_id=tokenizer.pad_token_id,
                     )
                     wanted.append(reference(sequence).logits[0, start - 1 : -1].argmax(-1).tolist())
@@ -123,6 +124,7 @@ def onnx_teacher(worker):
     import numpy as np
     import onnxruntime_genai as og
 
+    from playground.runtimes.neutral import GENAI
     from playground.runtimes.onnx.build import ROW_SCALE
     from playground.runtimes.onnx.sampling import forced
     from playground.runtimes.onnx.worker import gate_rows
@@ -136,7 +138,7 @@ def onnx_teacher(worker):
     def next_tokens(sequences: list[list[int]], start: int, row_adapters: list[str | None]) -> list[list[int]]:
         params = og.GeneratorParams(model)
         length = min(context_length or 2048, max(len(sequences[0]) + 1, 1024))
-        params.set_search_options(max_length=length, batch_size=len(sequences), do_sample=False)
+        params.set_search_options(**GENAI, max_length=length, batch_size=len(sequences))
         generator = og.Generator(model, params)
         active = next((name for name in row_adapters if name), None)
         if active:

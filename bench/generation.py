@@ -39,15 +39,15 @@ def plain_generate(loaded, prompt: str, tokens: int) -> float:
     import torch
 
     from playground.prompting import chat_prompt
+    from playground.runtimes import neutral
 
     inputs = loaded.tokenizer(chat_prompt(loaded.tokenizer, prompt), return_tensors="pt", add_special_tokens=False)
     start = time.perf_counter()
     with torch.inference_mode():
         loaded.model.generate(
             **inputs,
-            do_sample=False,
+            **neutral.TRANSFORMERS | {"min_new_tokens": tokens},  # the app's decoding, every answer full length
             max_new_tokens=tokens,
-            min_new_tokens=tokens,
             pad_token_id=loaded.tokenizer.pad_token_id,
         )
     return time.perf_counter() - start

@@ -34,6 +34,7 @@ from transformers import StoppingCriteria
 from .decoding import SeededSampler
 from .models import eos_ids, load_policy
 from .prompting import chat_prompt, load_prompts
+from .runtimes import neutral
 from .settings import RoundSettings
 from .store import Store
 
@@ -131,10 +132,7 @@ def sample_and_score(
     with torch.inference_mode():
         out = model.generate(
             **batch,
-            do_sample=False,
-            temperature=None,
-            top_p=None,
-            top_k=None,
+            **neutral.TRANSFORMERS,  # the raw distribution, as _answer_logprobs scores the reference
             max_new_tokens=plan.max_new_tokens,
             pad_token_id=pad,
             eos_token_id=sorted(ends),

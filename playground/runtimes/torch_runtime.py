@@ -6,7 +6,8 @@ global adapter switch happens that another request could observe. A lock is held
 adapter loading, because PEFT's per-call routing and its loading both mutate the model's modules.
 
 Sampling uses one seeded `torch.Generator` per row (decoding.SeededSampler), so an answer depends only on its seed,
-not on which other rows shared its batch or which thread drew random numbers first.
+not on which other rows shared its batch or which thread drew random numbers first. A model's own generation
+settings (a repetition penalty, ...) do not apply (neutral.py says why).
 
 The scorer (scoring.py) reads logits through the same object: with this runtime it scores on the weights that
 serve, with the others on a torch copy of its own.
@@ -22,7 +23,7 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from ..decoding import AnswerBoundary, SeededSampler
-from . import DecodeRow, ModelRuntime
+from . import DecodeRow, ModelRuntime, neutral
 
 
 class TorchRuntime(ModelRuntime):
@@ -53,10 +54,7 @@ class TorchRuntime(ModelRuntime):
                 input_ids=inputs,
                 attention_mask=torch.ones_like(inputs),
                 **extra,
-                do_sample=False,  # sampling happens in SeededSampler
-                temperature=None,
-                top_p=None,
-                top_k=None,
+                **neutral.TRANSFORMERS,  # greedy: sampling happens in SeededSampler
                 max_new_tokens=sampling.max_new_tokens,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([AnswerBoundary(tokenizer, len(ids), streamer.stops, cancel)]),

@@ -130,6 +130,7 @@ def _generate(
     np,
     og,
 ) -> None:
+    from ..neutral import GENAI
     from .sampling import draw, forced
 
     # A sliding-window model (Gemma 3) needs a KV buffer at least as long as its window, whatever the request.
@@ -137,8 +138,9 @@ def _generate(
     groups = []
     for adapter, indexes in batches(rows, gated=row_scale is not None):
         params = og.GeneratorParams(model)
-        # Greedy here either way: sampled rows get their token chosen by `draw` and forced (sampling.py says why).
-        params.set_search_options(max_length=length, batch_size=len(indexes), do_sample=False)
+        # Greedy here either way: sampled rows get their token chosen by `draw` and forced (sampling.py says why);
+        # the model's own penalties from genai_config.json do not apply (neutral.py).
+        params.set_search_options(**GENAI, max_length=length, batch_size=len(indexes))
         generator = og.Generator(model, params)
         if adapter:
             generator.set_active_adapter(adapters, adapter)

@@ -23,7 +23,7 @@ import logging
 import threading
 from pathlib import Path
 
-from .. import DecodeRow, ModelRuntime, ServingError
+from .. import DecodeRow, ModelRuntime, ServingError, neutral
 
 log = logging.getLogger(__name__)
 
@@ -184,6 +184,7 @@ class VllmRuntime(ModelRuntime):
 
     def _body(self, ids, row: DecodeRow, sampling, stops) -> dict:
         body = {
+            **neutral.VLLM,  # not the model's defaults, which the server would fill in
             "model": row.adapter or self.plain or self.model_id,
             "prompt": list(ids),
             "max_tokens": sampling.max_new_tokens,
@@ -195,7 +196,7 @@ class VllmRuntime(ModelRuntime):
         if sampling.greedy:
             body["temperature"] = 0.0
         else:
-            body |= {"temperature": sampling.temperature, "top_p": sampling.top_p, "top_k": -1}
+            body |= {"temperature": sampling.temperature, "top_p": sampling.top_p}
         # Stops that cannot match inside an answer's leading blank lines (prompting.cut_at_stop) end the request
         # on the server too; the streamer still cuts the text, so the stop string stays in the output for it.
         server_stops = [s for s in stops if s.strip()]

@@ -123,6 +123,10 @@ class VllmServer:
             "--dtype",
             dtype,
             "--disable-uvicorn-access-log",
+            # No sampling defaults from the model's generation_config.json (its repetition penalty, ...): the
+            # requests send neutral values anyway (neutral.VLLM), this keeps a request sent by hand the same.
+            "--generation-config",
+            "vllm",
         ]
         if self.device == "cpu":
             # vLLM 0.32 on a CPU dies when a seeded request's prefill is split over steps (its CPU generator
