@@ -36,19 +36,11 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from bench.load import PROMPTS, percentile
+
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("best", "pairwise", "thumb", "correction")  # the vote kinds the sessions cast, as the store names them
 COMPARISON = re.compile(r"Comparison #(\d+)")
-PROMPTS = [
-    "Why is the sky blue?",
-    "Give me three tips for sleeping better.",
-    "Write a haiku about rain.",
-    "How do I boil an egg?",
-    "What causes the seasons on Earth?",
-    "Describe a cat to someone who never saw one.",
-    "What is a good name for a goldfish?",
-    "Explain what a vaccine does.",
-]
 # Which processes of the app a kill can pick, told apart by their command line (the server is the group's leader).
 PARTS = {"trainer": ("train", "--watch"), "decode_worker": ("playground.runtimes",), "vllm": ("vllm.entrypoints",)}
 
@@ -197,7 +189,8 @@ class Session(threading.Thread):
         if "Too many votes" in message:
             self.tally.add("refused", "rate_limit")
             wait = re.search(r"Try again in (\d+) s", message)
-            time.sleep(float(wait.group(1)) if wait else 5.0)  # as a person told to wait would
+            pause = float(wait.group(1)) if wait else 5.0  # as a person told to wait would, until the run ends
+            time.sleep(max(0.0, min(pause, self.deadline - time.monotonic())))
         elif "Loading models" in message or "Try again when" in message:
             self.tally.add("refused", "loading")
         elif self.app.restarted_during(started, time.monotonic()):
@@ -294,6 +287,8 @@ def killer(app: App, args, tally: Tally, stop: threading.Event, began: float, ki
             return
         running = {"server": [app.process]} | {part: app.parts(part) for part in PARTS}
         part = rng.choice(sorted(name for name, processes in running.items() if processes))
+        if stop.is_set():  # the sessions ended while the last kill's part came back
+            return
         at = time.monotonic()
         app.outages.append([at, None])
         if part == "server":
@@ -318,11 +313,6 @@ def _replaced(app: App, part: str, old_pid: int, timeout: float) -> bool:
             return True
         time.sleep(0.5)
     return False
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))], 2) if ordered else None
 
 
 def run(args) -> dict:
@@ -356,7 +346,7 @@ def run(args) -> dict:
         session.join(timeout=max(0.0, began + 60 * args.minutes - time.monotonic()) + args.bound + 60)
     stop.set()
     kill_thread.join()
-    minutes = (time.monotonic() - began) / 60
+    minutes = (min(time.monotonic(), began + 60 * args.minutes) - began) / 60  # no turn starts after the end
     app.wait_ready(args.restart_timeout)
     app.stop()
 
@@ -376,8 +366,8 @@ def run(args) -> dict:
         "kills": kills,
         "stuck": tally.stuck,
         "turns_per_minute": round(len(tally.turns) / minutes, 1),
-        "p50_s": percentile(tally.turns, 0.5),
-        "p95_s": percentile(tally.turns, 0.95),
+        "p50_s": round(percentile(tally.turns, 0.5), 2) if tally.turns else None,
+        "p95_s": round(percentile(tally.turns, 0.95), 2) if tally.turns else None,
         "errors": dict(tally.errors + failures),
         "rounds": rounds,
     }

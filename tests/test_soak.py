@@ -1,5 +1,5 @@
 """The soak bench, short: the real app with a durable copy, scripted sessions voting while rounds train, and a SIGKILL
-to the server's group or the trainer every 30 s. Nothing the page acknowledged may be missing from the store or from a
+to the server's group or the trainer every 25 s. Nothing the page acknowledged may be missing from the store or from a
 data set restored from the durable copy."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from bench.soak import KINDS
 @pytest.mark.slow
 def test_a_short_soak_under_kills_loses_nothing(tiny_models, tmp_path):
     command = [sys.executable, "-m", "playground", "bench", "soak", "--minutes", "2", "--sessions", "3"]
-    command += ["--kill-every", "30", "--runtime", "torch", "--tokens", "16", "--bound", "120", "--json"]
+    command += ["--kill-every", "25", "--runtime", "torch", "--tokens", "16", "--bound", "120", "--json"]
     command += ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir", str(tmp_path)]
     command += ["--app-args", "--min-pairs 4 --eval-tokens 0"]
     done = subprocess.run(
