@@ -58,7 +58,14 @@ def run_round(
     parent_path = store.version(parent)["path"] if parent else None
     sizes = {name: len(selection.rows(KIND_OF[name])) for name in stages if selection.rows(KIND_OF[name])}
     hyperparams = settings.as_dict() | selection.counts() | {"stages": list(sizes), "reference": "sft"}
-    hyperparams["warm_start"] = {"parent": parent, "fresh": not parent_path, "reason": None}
+    config = lora_config(settings)
+    # Warm start from the parent, unless the settings changed the adapter's shape since (its weights would not fit).
+    fresh_because = adapter_shape_change(parent_path, config) if parent_path else None
+    hyperparams["warm_start"] = {
+        "parent": parent,
+        "fresh": not parent_path or bool(fresh_because),
+        "reason": fresh_because,
+    }
     keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KIND_OF.values()}
     round_id = store.start_round(
         parent,
@@ -74,30 +81,26 @@ def run_round(
     work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(Path(adapters_dir))))
     try:
         model, tokenizer = load_policy(sft_dir)
-        config = lora_config(settings)
         set_seed(settings.train_seed)  # the LoRA initialisation
         peft_model = get_peft_model(model, config)
-        if parent_path:
-            # Warm start: the parent's weights in the round's adapter, unless the settings changed its shape.
-            fresh_because = adapter_shape_change(parent_path, config)
-            if fresh_because is None:
-                try:
-                    state = load_file(str(Path(parent_path) / "adapter_model.safetensors"))
-                    result = set_peft_model_state_dict(peft_model, state, adapter_name="default")
-                    if getattr(result, "unexpected_keys", None):
-                        fresh_because = f"its weights do not fit this model ({', '.join(result.unexpected_keys[:3])})"
-                except (OSError, RuntimeError, ValueError) as error:  # unreadable, or shapes that do not fit
-                    fresh_because = f"its weights could not be loaded ({type(error).__name__}: {error})"
-            if fresh_because is not None:
-                # A warm start that cannot happen would fail every round, for ever: this round starts afresh
-                # (what earlier rounds taught comes back only through the replay) and says so.
-                log.warning("Round %d starts from a fresh adapter, not from v%d: %s.", round_id, parent, fresh_because)
-                warm_start = {"parent": parent, "fresh": True, "reason": fresh_because}
-                store.note_round(round_id, {"warm_start": warm_start})
-                hyperparams["warm_start"] = warm_start
-                model, tokenizer = load_policy(sft_dir)  # a failed load may have written into the weights
+        if parent_path and not fresh_because:
+            try:
+                state = load_file(str(Path(parent_path) / "adapter_model.safetensors"))
+                result = set_peft_model_state_dict(peft_model, state, adapter_name="default")
+                if getattr(result, "unexpected_keys", None):
+                    fresh_because = f"its weights do not fit this model ({', '.join(result.unexpected_keys[:3])})"
+            except (OSError, RuntimeError, ValueError) as error:  # unreadable, or shapes that do not fit
+                fresh_because = f"its weights could not be loaded ({type(error).__name__}: {error})"
+            if fresh_because:
+                hyperparams["warm_start"] = {"parent": parent, "fresh": True, "reason": fresh_because}
+                store.note_round(round_id, {"warm_start": hyperparams["warm_start"]})
+                model, tokenizer = load_policy(sft_dir)  # a half-done load may have written into the adapter
                 set_seed(settings.train_seed)
                 peft_model = get_peft_model(model, config)
+        if fresh_because:
+            # A warm start that cannot happen would fail every round, for ever: this round starts afresh (what
+            # earlier rounds taught comes back only through the replay) and says so.
+            log.warning("Round %d starts from a fresh adapter, not from v%d: %s.", round_id, parent, fresh_because)
         fit_start, done, figures = time.perf_counter(), 0, {}
         cores = SpareCores(settings.train_threads, settings.idle_train_threads)
         for name in sizes:
