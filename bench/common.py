@@ -99,6 +99,17 @@ def lora_adapter(model_dir, out, *, seed: int = 0, init_lora_weights=True, b_std
 PARTS = ("server", "decode_workers", "trainer")
 
 
+def process_part(command: str) -> str | None:
+    """Which part of the app a child process is, by its command line: "vllm" (a vLLM server it started),
+    "decode_worker" (an onnx worker process: decoding, or building an ONNX copy on a first start) or "trainer"; None
+    for anything else."""
+    if "vllm.entrypoints" in command:
+        return "vllm"
+    if "playground.runtimes" in command:
+        return "decode_worker"
+    return "trainer" if "train" in command else None
+
+
 def tree_memory_mb(pid: int | None = None, uss: bool = False) -> dict[str, float]:
     """RSS (and with `uss` USS) in MB of a server process (default: this one), its decode worker processes and its
     trainer, and of their sum. USS beside RSS: RSS also counts pages shared with other processes or backed by files
@@ -112,9 +123,8 @@ def tree_memory_mb(pid: int | None = None, uss: bool = False) -> dict[str, float
     for process, part in [(root, "server"), *((child, None) for child in root.children(recursive=True))]:
         try:
             if part is None:
-                command = " ".join(process.cmdline())
-                part = (
-                    "decode_workers" if "playground.runtimes" in command else "trainer" if "train" in command else None
+                part = {"decode_worker": "decode_workers", "trainer": "trainer"}.get(
+                    process_part(" ".join(process.cmdline()))
                 )
             if part is not None:
                 info = process.memory_full_info() if uss else process.memory_info()

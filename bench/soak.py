@@ -41,8 +41,8 @@ from bench.load import PROMPTS, percentile
 ROOT = Path(__file__).resolve().parent.parent
 KINDS = ("best", "pairwise", "thumb", "correction")  # the vote kinds the sessions cast, as the store names them
 COMPARISON = re.compile(r"Comparison #(\d+)")
-# Which processes of the app a kill can pick, told apart by their command line (the server is the group's leader).
-PARTS = {"trainer": ("train", "--watch"), "decode_worker": ("playground.runtimes",), "vllm": ("vllm.entrypoints",)}
+# What a kill can pick besides the server (the group's leader): its children, told apart by bench.common.process_part.
+PARTS = ("trainer", "decode_worker", "vllm")
 
 
 class Hung(Exception):
@@ -94,6 +94,8 @@ class App:
     def parts(self, part: str) -> list:
         import psutil
 
+        from bench.common import process_part
+
         try:
             children = psutil.Process(self.process.pid).children(recursive=True)
         except psutil.Error:
@@ -101,11 +103,10 @@ class App:
         found = []
         for child in children:
             try:
-                command = " ".join(child.cmdline())
-            except psutil.Error:
+                if process_part(" ".join(child.cmdline())) == part:
+                    found.append(child)
+            except psutil.Error:  # ended between listing and reading
                 continue
-            if all(word in command for word in PARTS[part]):
-                found.append(child)
         return found
 
     def kill_group(self) -> None:
@@ -135,9 +136,8 @@ class Tally:
         self.lock = threading.Lock()
         self.acknowledged: Counter = Counter()  # (kind, session, comparison) -> votes the page thanked for
         self.turns: list[float] = []
-        self.errors: Counter = Counter()
+        self.errors: Counter = Counter()  # "hang": a request over the bound (the figures' `stuck`)
         self.refused: Counter = Counter()
-        self.stuck = 0
 
     def add(self, counter: str, key, n: int = 1) -> None:
         with self.lock:
@@ -173,16 +173,13 @@ class Session(threading.Thread):
                 time.sleep(1.0)
 
     def call(self, *args, api_name: str):
-        started = time.monotonic()
         job = self.client.submit(*args, api_name=api_name)
         try:
             return job.result(timeout=self.args.bound)
         except TimeoutError:
             job.cancel()
             self.tally.add("errors", "hang")
-            with self.tally.lock:
-                self.tally.stuck += 1
-            raise Hung(f"{api_name} took over {self.args.bound} s (started {started:.0f})") from None
+            raise Hung(f"{api_name} took over {self.args.bound} s") from None
 
     def refusal(self, message: str, started: float) -> None:
         """A reply that is not a thank-you: why, counted."""
@@ -270,7 +267,7 @@ def rounds_in(store_file: Path) -> tuple[dict, Counter]:
     return rounds, failures
 
 
-def restored_store(args, model_args: list[str], persist: Path, work: Path) -> Path:
+def restored_store(model_args: list[str], persist: Path, work: Path) -> Path:
     """A data set restored from the durable copy by the real `restore` command, in an empty data directory."""
     target = work / "restored"
     command = [sys.executable, "-m", "playground", "-q", "restore", "--from", str(persist), "--data-dir", str(target)]
@@ -278,7 +275,7 @@ def restored_store(args, model_args: list[str], persist: Path, work: Path) -> Pa
     return next(target.rglob("playground.sqlite3"))
 
 
-def killer(app: App, args, tally: Tally, stop: threading.Event, began: float, kills: list) -> None:
+def killer(app: App, args, stop: threading.Event, began: float, kills: list) -> None:
     rng = random.Random(args.seed)
     planned = began
     while True:
@@ -287,8 +284,6 @@ def killer(app: App, args, tally: Tally, stop: threading.Event, began: float, ki
             return
         running = {"server": [app.process]} | {part: app.parts(part) for part in PARTS}
         part = rng.choice(sorted(name for name, processes in running.items() if processes))
-        if stop.is_set():  # the sessions ended while the last kill's part came back
-            return
         at = time.monotonic()
         app.outages.append([at, None])
         if part == "server":
@@ -340,7 +335,7 @@ def run(args) -> dict:
     sessions = [Session(n, app, tally, args, began + 60 * args.minutes) for n in range(args.sessions)]
     for session in sessions:
         session.start()
-    kill_thread = threading.Thread(target=killer, args=(app, args, tally, stop, began, kills), daemon=True)
+    kill_thread = threading.Thread(target=killer, args=(app, args, stop, began, kills), daemon=True)
     kill_thread.start()
     for session in sessions:
         session.join(timeout=max(0.0, began + 60 * args.minutes - time.monotonic()) + args.bound + 60)
@@ -350,9 +345,9 @@ def run(args) -> dict:
     app.wait_ready(args.restart_timeout)
     app.stop()
 
-    stored = votes_in(next(data_dir.rglob("playground.sqlite3")))
-    restored = votes_in(restored_store(args, model_args, persist, work))
-    rounds, failures = rounds_in(next(data_dir.rglob("playground.sqlite3")))
+    store_file = next(data_dir.rglob("playground.sqlite3"))
+    stored, restored = votes_in(store_file), votes_in(restored_store(model_args, persist, work))
+    rounds, failures = rounds_in(store_file)
     by_kind = {name: Counter() for name in ("acknowledged", "stored", "restored")}
     lost = 0
     for key, n in tally.acknowledged.items():
@@ -364,7 +359,7 @@ def run(args) -> dict:
         **{name: {kind: counts[kind] for kind in KINDS} for name, counts in by_kind.items()},
         "lost": lost,
         "kills": kills,
-        "stuck": tally.stuck,
+        "stuck": tally.errors["hang"],
         "turns_per_minute": round(len(tally.turns) / minutes, 1),
         "p50_s": round(percentile(tally.turns, 0.5), 2) if tally.turns else None,
         "p95_s": round(percentile(tally.turns, 0.95), 2) if tally.turns else None,

@@ -138,8 +138,8 @@ class Versions:
             return serving
 
     def mark_version_good(self, version: int) -> None:
-        """Put a version marked bad back in service (its files were re-checked and read fine); it serves only when
-        chosen (rollback) or when a round publishes on top of it."""
+        """Put a version marked bad back in service (its files were re-checked and read fine); it serves again only
+        when chosen (rollback)."""
         with self.write() as conn:
             if (
                 conn.execute(

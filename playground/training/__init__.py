@@ -25,7 +25,7 @@ from .examples import (
     select_feedback,
     stages_of,
 )
-from .runner import adapter_shape_change, run_round
+from .runner import run_round
 from .stages import dpo_config, kto_class_weights
 from .watch import exit_with_parent, watch
 
@@ -35,7 +35,6 @@ __all__ = [
     "STAGE_TITLES",
     "STAGES",
     "Selection",
-    "adapter_shape_change",
     "dpo_config",
     "eligible_counts",
     "exit_with_parent",

@@ -33,7 +33,7 @@ class TrainingTab:
         if admin_token and self.page.admin_token and not admin:
             return "⚠ Wrong admin token."
         if not request_honoured({"admin": admin}, settings):
-            return self.round_waits(eligible)
+            return self.why_the_round_waits(eligible)
         pg.train_now(admin=admin)
         trainer = (
             ""
@@ -46,7 +46,7 @@ class TrainingTab:
         )
         return f"✓ Asked for a round on {feedback_words(eligible)}.{trainer}"
 
-    def round_waits(self, eligible: dict[str, int]) -> str:
+    def why_the_round_waits(self, eligible: dict[str, int]) -> str:
         """Why a visitor's Train now starts nothing on a server with a per-voter cap (the trainer enforces the same
         rule: training.request_honoured)."""
         pg = self.page.playground
