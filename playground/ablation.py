@@ -9,7 +9,8 @@ of whose stages has no feedback of its kind recorded is skipped, with a note in 
 would train what a smaller objective trains, under a name that claims more; so is one whose round made no version.
 Each version it makes, and the SFT model, answer every held-out prompt `SAMPLES` times (temperature 1, the same
 seeds for all of them: drift.py's sampler), and per objective:
-- win_rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt and seed (ties ½);
+- win_rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt and seed (ties ½),
+  with `ties` (their share), `win_rate_decided` and the standard errors beside it (verdicts.py says what they mean);
 - ppl_sft: the perplexity of its answers under the SFT model; kl: KL to the SFT model, nats per answer (drift.py);
 - mean_length: answer length in tokens; seconds: the round, from its start to its published version.
 """
@@ -21,7 +22,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from . import drift
+from . import drift, verdicts
 from .models import load_policy
 from .settings import RoundSettings
 from .store import Store
@@ -33,7 +34,14 @@ SAMPLES = 2  # answers per held-out prompt and model (different seeds)
 SKIPPED = "skipped"  # an objective's entry without figures: {SKIPPED: why}
 NO_VERSION = "its round made no version"
 # The figures both tables show (`table` here, the Training tab's Stages view), in their order and format.
-FIGURES = (("win_rate", ".2f"), ("ppl_sft", ".2f"), ("kl", ".2f"), ("mean_length", ".1f"), ("seconds", ".0f"))
+FIGURES = (
+    ("win_rate", ".2f"),
+    ("ties", ".0%"),
+    ("ppl_sft", ".2f"),
+    ("kl", ".2f"),
+    ("mean_length", ".1f"),
+    ("seconds", ".0f"),
+)
 
 
 def skipped_objectives(store: Store) -> dict[str, str]:
@@ -51,7 +59,8 @@ def cells(figures: dict) -> list[str]:
     """An objective's `FIGURES` as table cells, or its note and empty cells when it was skipped."""
     if SKIPPED in figures:
         return [f"skipped: {figures[SKIPPED]}"] + ["–"] * (len(FIGURES) - 1)
-    return [format(figures[key], spec) for key, spec in FIGURES]
+    # An ablation saved before a figure existed shows it as not measured.
+    return ["–" if figures.get(key) is None else format(figures[key], spec) for key, spec in FIGURES]
 
 
 def copy_store(store: Store, folder: Path) -> Store:
@@ -81,11 +90,11 @@ def sample(sft_dir: str, adapter: str | None, plan: drift.EvalPlan) -> list[dict
 
 def figures(samples: list[dict], baseline: list[dict], oracle, max_new_tokens: int) -> dict:
     """An objective's figures from its samples and the SFT model's samples of the same prompts and seeds."""
-    score = {"a": 1.0, "b": 0.0, "tie": 0.5}
-    wins = [score[oracle.compare(mine["text"], theirs["text"])] for mine, theirs in zip(samples, baseline)]
+    outcomes = [oracle.compare(mine["text"], theirs["text"]) for mine, theirs in zip(samples, baseline)]
+    prompts = len(samples) // SAMPLES  # the plan is the held-out prompts SAMPLES times over
     summary = drift.summarize(samples, max_new_tokens)
     return {
-        "win_rate": sum(wins) / len(wins),
+        **verdicts.summarize(outcomes, [i % prompts for i in range(len(outcomes))]),
         "ppl_sft": summary["sft_perplexity"],
         "kl": summary["kl_to_sft"],
         "mean_length": summary["mean_tokens"],
@@ -151,9 +160,9 @@ def ablate(
 def table(result: dict) -> str:
     """The ablation as a Markdown table (the README and docs/performance.md quote it)."""
     lines = [
-        "| objective | held-out win rate vs SFT | perplexity under SFT | KL to SFT (nats/answer) | "
+        "| objective | held-out win rate vs SFT | ties | perplexity under SFT | KL to SFT (nats/answer) | "
         "mean length (tokens) | round seconds |",
-        "|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|",
     ]
     rows = [("SFT model (v0)", result["baseline"])] + list(result["ablation"].items())
     for name, f in rows:

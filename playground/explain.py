@@ -1,12 +1,15 @@
 """Why this answer: DPO's implicit reward of an answer, token by token.
 
-DPO trains the policy π_θ (the SFT model + a version's LoRA adapter) against the reference π_ref (the SFT model,
-adapter off), and that pair defines a reward for an answer y to a conversation x:
+DPO trains the policy π_θ (the SFT model + a version's LoRA adapter) against a reference π_ref, and that pair
+defines a reward for an answer y to a conversation x:
     r(x, y) = β · (log π_θ(y | x) − log π_ref(y | x)),  a sum over y's tokens.
-Each token's term says how much more (positive) or less (negative) the preference-tuned model wants that token than
-the SFT model did: what the votes pushed up or down. A round raises this reward's margin between the chosen and the
-rejected answer of each pair, so these are exactly the numbers the votes moved. For a base or SFT answer it shows
-how the preference-tuned model would score that answer; at version 0 (no adapter) every term is 0.
+Shown here always with the SFT model as π_ref (adapter off): each token's term says how much more (positive) or less
+(negative) the preference-tuned model wants that token than the SFT model did: what the votes pushed up or down, and
+comparable across versions. With `--dpo-reference sft` (the default) that is the reward every round trained. A
+version trained with `--dpo-reference previous` had its parent as reference: its round raised the margin of
+β · (log π_θ − log π_parent), which is shown beside it (`round_reward`, `trained_reference`), and the SFT-relative
+reward is the sum of the rounds' own. For a base or SFT answer it shows how the preference-tuned model would score
+that answer; at version 0 (no adapter) every term is 0.
 
 The answer is tokenized as trl tokenizes a training pair: the chat template over the conversation with and without
 the answer, the answer's tokens being where the two part. So the scored tokens end with the end-of-turn tokens the
@@ -47,6 +50,9 @@ class Explanation:
     logprob_sft: float
     tokens: list[dict] = field(default_factory=list)  # {"text", "reward", "logprob_policy", "logprob_sft"}
     dropped_turns: int = 0
+    reference: str = "the SFT model"  # what total_reward and each token's reward are relative to
+    trained_reference: int = 0  # the version this version's last round measured against (0: the SFT model)
+    round_reward: float | None = None  # β · (log π_θ − log π_trained_reference), when that is not the SFT model
 
     @property
     def top_up(self) -> list[dict]:
@@ -141,13 +147,15 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
         raise StoreError(f"Comparison {comparison_id} does not exist.")
     answer = find_answer(comparison, arm)
     version = store.serving_version() if version is None else int(version)
-    path, beta = None, RoundSettings.beta
+    path, beta, trained_reference = None, RoundSettings.beta, None
     if version:
         row = store.version(version)
         if row is None:
             raise StoreError(f"Adapter version {version} does not exist.")
         path = row["path"]
-        beta = float((row.get("hyperparams") or {}).get("beta") or beta)  # the β it was trained with
+        hyperparams = row.get("hyperparams") or {}
+        beta = float(hyperparams.get("beta") or beta)  # the β it was trained with
+        trained_reference = store.version(hyperparams.get("reference_version") or 0)
     tokenizer = engine.sft.tokenizer
     messages = [*comparison["history"], {"role": "user", "content": comparison["prompt"]}]
     answer_text = answer["text"]
@@ -161,6 +169,12 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
     )
     prompt_ids, ids = answer_tokens(tokenizer, messages, answer_text)
     policy, reference = engine.scoring.answer_logprobs(prompt_ids, ids, version, path)
+    round_reward = None
+    if trained_reference:  # trained against its parent (--dpo-reference previous): that reward too
+        parent, _ = engine.scoring.answer_logprobs(
+            prompt_ids, ids, trained_reference["version"], trained_reference["path"]
+        )
+        round_reward = beta * (sum(policy) - sum(parent))
     texts = token_texts(tokenizer, ids)
     tokens = [
         {"text": text, "reward": beta * (p - r), "logprob_policy": p, "logprob_sft": r}
@@ -178,6 +192,8 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
         logprob_sft=sum(reference),
         tokens=tokens,
         dropped_turns=dropped,
+        trained_reference=trained_reference["version"] if trained_reference else 0,
+        round_reward=round_reward,
     )
 
 
@@ -204,7 +220,14 @@ def summary(explanation: Explanation) -> str:
         f"**Implicit reward {e.total_reward:+.3f}** under v{e.version} (β = {e.beta:g}) for this answer by "
         f"{wrote}: the preference-tuned model finds it {lean} likely {'as' if lean == 'exactly as' else 'than'} the SFT model does "
         f"(log-probability {e.logprob_policy:.1f} vs {e.logprob_sft:.1f} over {len(e.tokens)} tokens).  \n"
-        f"**Pushed up most:** {listed(e.top_up)}  \n**Pushed down most:** {listed(e.top_down)}"
+        + (
+            f"Relative to the SFT model, as for every version. v{e.version} was trained against "
+            f"v{e.trained_reference} (`--dpo-reference previous`): relative to v{e.trained_reference} its reward "
+            f"is {e.round_reward:+.3f}.  \n"
+            if e.trained_reference
+            else ""
+        )
+        + f"**Pushed up most:** {listed(e.top_up)}  \n**Pushed down most:** {listed(e.top_down)}"
         + (f"  \n(The oldest {e.dropped_turns} turn(s) did not fit the model's context.)" if e.dropped_turns else "")
     )
 

@@ -24,6 +24,7 @@ ENV_PREFIX = "PLAYGROUND_"
 ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
 PRECISIONS = ("auto", "int8", "float")
 RUNTIMES = ("auto", "torch", "onnx", "vllm")
+DPO_REFERENCES = ("sft", "previous")  # RoundSettings.dpo_reference: what the preference stages measure against
 MAX_NEW_TOKENS_LIMIT = 1024
 # The seeds every runtime takes: ONNX Runtime GenAI's random_seed is a C int, and a duel's second answer uses
 # seed + 1.
@@ -292,7 +293,16 @@ class RoundSettings:
         ),
     )
     learning_rate: float = field(default=2e-4, metadata=_help("constant learning rate"))
-    beta: float = field(default=0.1, metadata=_help("DPO β: the strength of the pull to the SFT model"))
+    beta: float = field(default=0.1, metadata=_help("DPO β: the strength of the pull to the reference"))
+    dpo_reference: str = field(
+        default="sft",
+        metadata=_help(
+            "what each round's preference stages (DPO, KTO) measure against: `sft`, the SFT model in every round "
+            "(every version anchored to it); `previous`, the version the round starts from (iterative DPO: each round "
+            "may move up to β's pull further; the first round's reference is the SFT model either way)",
+            choices=DPO_REFERENCES,
+        ),
+    )
     max_length: int = field(default=256, metadata=_help("tokens of prompt + answer in training"))
     lora_r: int = field(default=8, metadata=_help("LoRA rank"))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scale numerator"))
@@ -365,6 +375,8 @@ class RoundSettings:
             problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if not self.target_modules:
             problems.append("target_modules must name at least one layer")
+        if self.dpo_reference not in DPO_REFERENCES:
+            problems.append(f"dpo_reference must be one of {', '.join(DPO_REFERENCES)} (got {self.dpo_reference!r})")
         if problems:
             raise UserError("Round settings: " + "; ".join(problems) + ".")
 

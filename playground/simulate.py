@@ -20,6 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import drift, verdicts
 from .core import Playground
 from .errors import UserError
 from .processes import wait_for
@@ -179,28 +180,46 @@ def collect_votes(
     return counts
 
 
-def evaluate(playground: Playground, oracle: Oracle, heldout: list[dict], sampling: Sampling, seed: int) -> dict:
-    """Preference-tuned vs SFT on held-out prompts, same seed per prompt: the oracle's win rate (ties = ½)."""
-    wins, lengths, tokens, nll = [], {"sft": [], "pref": []}, {"sft": [], "pref": []}, {"sft": [], "pref": []}
+def evaluate(
+    playground: Playground, oracle: Oracle, heldout: list[dict], sampling: Sampling, seed: int, samples: int = 1
+) -> dict:
+    """Preference-tuned vs SFT on held-out prompts, `samples` answers per prompt (seeds `seed + i + k * prompts`),
+    the two arms with the same seed: the oracle's verdicts (verdicts.summarize: the win rate with ties ½, the tie
+    share, the win rate among decided comparisons, their standard errors) and each arm's answers' mean length and
+    perplexity under the SFT model."""
+    if samples < 1:
+        raise UserError(f"--heldout-samples must be at least 1, not {samples}.")
+    outcomes, prompt_of = [], []
+    lengths, tokens, nll, cut = ({"sft": [], "pref": []} for _ in range(4))
     texts = []
-    for i, row in enumerate(heldout):
-        settings = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, seed + i)
-        answers = playground.engine.generate(row["prompt"], settings, arms=("sft", "pref"))
-        texts.append({"prompt": row["prompt"], "sft": answers["sft"].text, "pref": answers["pref"].text})
-        outcome = oracle.compare(answers["pref"].text, answers["sft"].text)
-        wins.append({"a": 1.0, "b": 0.0, "tie": 0.5}[outcome])
-        for arm in ("sft", "pref"):
-            lengths[arm].append(len(answers[arm].text))
-            tokens[arm].append(answers[arm].new_tokens)
-            value = playground.engine.scoring.sft_nll(row["prompt"], answers[arm].text)
-            if value is not None:
-                nll[arm].append(value)
+    for k in range(samples):
+        for i, row in enumerate(heldout):
+            settings = Sampling(
+                sampling.temperature, sampling.top_p, sampling.max_new_tokens, seed + i + k * len(heldout)
+            )
+            answers = playground.engine.generate(row["prompt"], settings, arms=("sft", "pref"))
+            texts.append(
+                {"prompt": row["prompt"], "seed": settings.seed} | {a: answers[a].text for a in ("sft", "pref")}
+            )
+            outcomes.append(oracle.compare(answers["pref"].text, answers["sft"].text))
+            prompt_of.append(i)
+            for arm in ("sft", "pref"):
+                lengths[arm].append(len(answers[arm].text))
+                tokens[arm].append(answers[arm].new_tokens)
+                cut[arm].append(answers[arm].finish_reason == "length")
+                value = playground.engine.scoring.sft_nll(row["prompt"], answers[arm].text)
+                if value is not None:
+                    nll[arm].append(value)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
     return {
-        "win_rate": mean(wins),
+        **verdicts.summarize(outcomes, prompt_of),
         "prompts": len(heldout),
+        "samples_per_prompt": samples,
         "mean_chars": {arm: mean(v) for arm, v in lengths.items()},
         "mean_new_tokens": {arm: mean(v) for arm, v in tokens.items()},
+        # Answers cut at --max-new-tokens: between two cut answers `shorter` compares characters per token, not
+        # where the model chose to stop.
+        "hit_limit": {arm: mean(v) for arm, v in cut.items()},
         "fluency_sft_perplexity": {arm: (math.exp(mean(v)) if v else None) for arm, v in nll.items()},
         "adapter_version": playground.engine.adapter_version,
         "answers": texts,  # same seeds before and after: what changed is the adapter's doing
@@ -220,18 +239,23 @@ def simulate(
     *,
     corrections: int = 0,
     ratings: bool = False,
+    heldout_samples: int = 1,
 ) -> dict:
+    """Held-out figures before, `votes` turns of the oracle's feedback while the trainer runs, one last round on what
+    is left, the held-out figures after. seconds: `voting` (the turns), `loop` (the turns and the last round: what a
+    person waits for), `evaluation` (both held-out measures), `total`."""
     sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
     kinds = playground.round_settings.feedback_kinds()
     rng = random.Random(seed)
     started = time.perf_counter()
-    before = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
+    before = evaluate(playground, oracle, heldout, sampling, 10_000 + seed, heldout_samples)
+    loop_started = time.perf_counter()
     playground.start_trainer()
     try:
         counts = collect_votes(
             playground, oracle, votes, prompts, mode, sampling, rng, corrections=corrections, ratings=ratings
         )
-        voting_s = time.perf_counter() - started
+        voting_s = time.perf_counter() - loop_started
         # The votes left over after the last automatic round get one final round, so every vote counts.
         if any(playground.store.pending_counts(kinds).values()):
             playground.train_now()
@@ -242,12 +266,24 @@ def simulate(
             timeout=round_timeout,
             interval=2,
         )
+        loop_s = time.perf_counter() - loop_started
         if not settled:
             log.warning("The trainer did not finish within %.0f s; evaluating the version serving now.", round_timeout)
+        # The trainer measures each version's drift right after publishing it: the last one's is worth the wait.
+        plan = drift.plan_of(playground.round_settings)
+        serving = playground.store.serving_version()
+        if settled and plan and serving:
+            wait_for(
+                lambda: serving not in playground.store.versions_missing_eval(plan.key),
+                timeout=round_timeout,
+                interval=2,
+            )
     finally:
         playground.stop_trainer()
     playground.sync_adapter()
-    after = evaluate(playground, oracle, heldout, sampling, seed=10_000 + seed)
+    after_started = time.perf_counter()
+    after = evaluate(playground, oracle, heldout, sampling, 10_000 + seed, heldout_samples)
+    evaluation_s = (loop_started - started) + (time.perf_counter() - after_started)
     rounds = [
         {
             "round": r["id"],
@@ -264,15 +300,27 @@ def simulate(
         }
         for r in playground.store.rounds()
     ]
+    plan = drift.plan_of(playground.round_settings)
+    measured = {
+        e["version"]: e["metrics"] for e in playground.store.version_evals() if plan and e["eval_set"] == plan.key
+    }
     return {
         "oracle": oracle.spec,
         "mode": mode,
         "votes": counts,
         "win_rate": after["win_rate"],
+        # Each version's drift as the trainer measured it (KL to SFT, perplexity under SFT, distinct-2, length) on
+        # the drift prompts, at temperature 1: the fluency price of what the votes taught.
+        "drift": {f"v{v}": {k: measured[v].get(k) for k in drift.METRICS} for v in sorted(measured)},
         "before": before,
         "after": after,
         "rounds": rounds,
-        "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},
+        "seconds": {
+            "voting": round(voting_s, 1),
+            "loop": round(loop_s, 1),
+            "evaluation": round(evaluation_s, 1),
+            "total": round(time.perf_counter() - started, 1),
+        },
         "sampling": sampling.as_dict(),
     }
 

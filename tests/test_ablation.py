@@ -39,8 +39,10 @@ def test_objectives_without_feedback_of_a_stages_kind_are_skipped_with_a_note(tm
     }
     assert result["adapters"] == {}
     table = ablation.table(result).splitlines()
-    assert table[2].startswith("| SFT model (v0) | 0.50 | 2.72 | 0.00 | 5.0 | 0 |"), table
-    assert table[3] == "| sft | skipped: no demonstrations recorded | – | – | – | – |"
+    # The SFT model against itself: every comparison a tie, none decided.
+    assert table[2].startswith("| SFT model (v0) | 0.50 | 100% | 2.72 | 0.00 | 5.0 | 0 |"), table
+    assert result["baseline"]["ties"] == 1.0 and result["baseline"]["win_rate_decided"] is None
+    assert table[3] == "| sft | skipped: no demonstrations recorded | – | – | – | – | – |"
     assert len({line.count("|") for line in table}) == 1, "every row has the table's columns"
 
 

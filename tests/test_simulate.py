@@ -118,10 +118,24 @@ def simulate_json(tiny_models, data_dir: Path, *args: str) -> dict:
 
 @pytest.mark.slow
 def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path):
-    args = "--oracle shorter --votes 4 --corrections 2 --ratings --min-pairs 2 --heldout-limit 3 --max-new-tokens 12"
+    args = (
+        "--oracle shorter --votes 4 --corrections 2 --ratings --min-pairs 2 --heldout-limit 3 --heldout-samples 2 "
+        "--max-new-tokens 12"
+    )
     report = simulate_json(tiny_models, tmp_path, *args.split())
     before, after = report["before"]["answers"], report["after"]["answers"]
-    assert report["after"]["prompts"] == 3 and len(before) == len(after) == 3
+    assert report["after"]["prompts"] == 3 and len(before) == len(after) == 6, "3 prompts x 2 samples"
+    assert len({a["seed"] for a in after}) == 6 and [a["prompt"] for a in after[:3]] == [a["prompt"] for a in after[3:]]
+    a = report["after"]
+    assert a["comparisons"] == 6 and 0 <= a["ties"] <= 1 and a["win_rate_se"] is not None
+    decided = [x for x in after if len(x["pref"].strip()) != len(x["sft"].strip())]
+    assert a["decided"] == len(decided) and a["ties"] == 1 - len(decided) / 6
+    if decided:
+        wins = sum(len(x["pref"].strip()) < len(x["sft"].strip()) for x in decided)
+        assert a["win_rate_decided"] == wins / len(decided)
+    assert set(a["mean_new_tokens"]) == {"sft", "pref"}
+    seconds = report["seconds"]
+    assert 0 < seconds["voting"] <= seconds["loop"] and seconds["loop"] + seconds["evaluation"] <= seconds["total"]
     # Same seeds before and after: the SFT answers repeat, the preference-tuned ones changed with the adapter.
     assert [a["sft"] for a in after] == [b["sft"] for b in before]
     assert [a["pref"] for a in after] != [b["pref"] for b in before], "training changed no answer"

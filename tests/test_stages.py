@@ -304,7 +304,7 @@ def test_the_stages_view_says_what_each_dataset_trains_and_what_the_latest_ablat
     ):
         assert text in view, (text, view)
 
-    figures = {"win_rate": 0.75, "ppl_sft": 9.5, "kl": 0.3, "mean_length": 40.0, "seconds": 61.0}
+    figures = {"win_rate": 0.75, "ties": 0.25, "ppl_sft": 9.5, "kl": 0.3, "mean_length": 40.0, "seconds": 61.0}
     store.save_ablation(
         {
             "oracle": "shorter",
@@ -319,9 +319,13 @@ def test_the_stages_view_says_what_each_dataset_trains_and_what_the_latest_ablat
     )
     view = stages_markdown(compute(store), RoundSettings())
     assert "latest ablation: oracle `shorter`, 32 votes, 8 better answers, 20 ratings" in view
-    assert "| dpo | preference only | 0.75 | 9.50 | 0.30 | 40.0 | 61 |" in view
+    assert "| dpo | preference only | 0.75 | 25% | 9.50 | 0.30 | 40.0 | 61 |" in view
     assert "| sft | instruction only | 0.50 |" in view
-    assert "| sft+dpo | both | skipped: no demonstrations recorded | – | – | – | – |" in view
+    assert "| sft+dpo | both | skipped: no demonstrations recorded | – | – | – | – | – |" in view
+    # An ablation saved before ties were counted shows them as not measured.
+    del figures["ties"]
+    store.save_ablation({**store.latest_ablation(), "ablation": {"dpo": figures}})
+    assert "| dpo | preference only | 0.75 | – | 9.50 |" in stages_markdown(compute(store), RoundSettings())
 
 
 def test_feedback_given_before_the_upgrade_trains_too(tmp_path):

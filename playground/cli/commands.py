@@ -175,6 +175,8 @@ def cmd_simulate(args) -> int:
     from ..simulate import Oracle, choose_heldout, record_and_ablate, simulate, workspace
 
     oracle = Oracle.parse(args.oracle)
+    if args.heldout_samples < 1:
+        raise UserError(f"--heldout-samples must be at least 1, not {args.heldout_samples}.")
     prompts, heldout, overlap = choose_heldout(
         load_prompts(args.prompts), load_prompts(args.heldout) if args.heldout else None, args.heldout_limit
     )
@@ -200,6 +202,7 @@ def cmd_simulate(args) -> int:
             seed=args.seed or 0,
             corrections=args.corrections,
             ratings=args.ratings,
+            **({} if args.ablation else {"heldout_samples": args.heldout_samples}),
         )
     result["workspace"] = str(playground.data_dir)
     result["heldout_overlap_dropped"] = overlap

@@ -186,6 +186,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--heldout-limit", type=int, default=None, help="evaluate on N held-out prompts spread evenly over them"
     )
     sim.add_argument(
+        "--heldout-samples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="answers per held-out prompt and arm, each with its own seed (the standard error shrinks with more "
+        "prompts more than with more samples: a prompt's answers resemble each other)",
+    )
+    sim.add_argument(
         "--corrections",
         type=int,
         default=0,

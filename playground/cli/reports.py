@@ -105,15 +105,23 @@ def explanation_text(summary: str, tokens: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _or_dash(value: float | None) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
 def simulation_text(result: dict, mode: str) -> str:
     """`simulate`: held-out win rates before and after the rounds the simulated votes drove."""
     b, a = result["before"], result["after"]
     lines = [
         f"oracle {result['oracle']}, {result['votes']['votes']} {mode} votes -> {result['votes']['pairs']} pairs, "
         f"{len(result['rounds'])} rounds, serving v{a['adapter_version']}",
-        f"held-out win rate of preference-tuned vs SFT: {b['win_rate']:.2f} before -> {a['win_rate']:.2f} after",
+        f"held-out win rate of preference-tuned vs SFT (ties 1/2): {b['win_rate']:.2f} before -> "
+        f"{a['win_rate']:.2f} ± {_or_dash(a['win_rate_se'])} after, over {a['comparisons']} comparisons "
+        f"({a['prompts']} prompts x {a['samples_per_prompt']})",
+        f"  ties {a['ties']:.0%}; win rate among the decided ones {_or_dash(a['win_rate_decided'])}",
         f"mean chars  sft {a['mean_chars']['sft']:.0f}  pref {b['mean_chars']['pref']:.0f} -> "
-        f"{a['mean_chars']['pref']:.0f}",
+        f"{a['mean_chars']['pref']:.0f}; mean tokens sft {a['mean_new_tokens']['sft']:.1f}  pref "
+        f"{a['mean_new_tokens']['pref']:.1f}",
         f"fluency (perplexity under SFT) sft {a['fluency_sft_perplexity']['sft']:.2f}  "
         f"pref {a['fluency_sft_perplexity']['pref']:.2f}",
     ]

@@ -57,15 +57,11 @@ def run_round(
     parent = store.serving_version()
     parent_path = store.version(parent)["path"] if parent else None
     sizes = {name: len(selection.rows(KIND_OF[name])) for name in stages if selection.rows(KIND_OF[name])}
-    hyperparams = settings.as_dict() | selection.counts() | {"stages": list(sizes), "reference": "sft"}
+    hyperparams = settings.as_dict() | selection.counts() | {"stages": list(sizes)}
     config = lora_config(settings)
     # Warm start from the parent, unless the settings changed the adapter's shape since (its weights would not fit).
     fresh_because = adapter_shape_change(parent_path, config) if parent_path else None
-    hyperparams["warm_start"] = {
-        "parent": parent,
-        "fresh": not parent_path or bool(fresh_because),
-        "reason": fresh_because,
-    }
+    hyperparams |= _start(parent, not parent_path or bool(fresh_because), fresh_because, settings)
     keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KIND_OF.values()}
     round_id = store.start_round(
         parent,
@@ -92,8 +88,8 @@ def run_round(
             except (OSError, RuntimeError, ValueError) as error:  # unreadable, or shapes that do not fit
                 fresh_because = f"its weights could not be loaded ({type(error).__name__}: {error})"
             if fresh_because:
-                hyperparams["warm_start"] = {"parent": parent, "fresh": True, "reason": fresh_because}
-                store.note_round(round_id, {"warm_start": hyperparams["warm_start"]})
+                hyperparams |= _start(parent, True, fresh_because, settings)
+                store.note_round(round_id, {k: hyperparams[k] for k in ("warm_start", "reference_version")})
                 model, tokenizer = load_policy(sft_dir)  # a half-done load may have written into the adapter
                 set_seed(settings.train_seed)
                 peft_model = get_peft_model(model, config)
@@ -160,6 +156,17 @@ def run_round(
     _evaluate_published(store, version, peft_model, tokenizer, settings)
     torch.set_num_threads(settings.train_threads)
     return version
+
+
+def _start(parent: int | None, fresh: bool, reason: str | None, settings: RoundSettings) -> dict:
+    """What a round starts from and measures against: `warm_start` {parent, fresh, reason}, and `reference_version`,
+    the version its preference stages' reference is (0: the SFT model; stages.reference_for)."""
+    previous = settings.dpo_reference == "previous" and not fresh and parent
+    return {
+        "warm_start": {"parent": parent, "fresh": fresh, "reason": reason},
+        "reference": settings.dpo_reference,
+        "reference_version": parent if previous else 0,
+    }
 
 
 def adapter_shape_change(parent_path: str | Path, config) -> str | None:

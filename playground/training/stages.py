@@ -7,11 +7,15 @@ its kind of feedback (nothing hand-written):
 - kto: `KTOTrainer` on ratings: 👍 answers pushed up and 👎 down, each against a KL baseline trl estimates from the
   other examples of its batch (so a batch holds at least 2: `KTO_MIN_BATCH`).
 
-References. DPO and KTO both measure against the SFT model itself, in every round: trl computes the reference
-log-probs once, when its trainer is made, from a frozen copy of the adapter as it is then, so the adapter's weights
-are set aside meanwhile (`sft_as_reference`). Every version therefore stays anchored to the same fluent SFT model,
-and the implicit reward β·(log π_θ − log π_SFT) that explain.py shows is what both preference stages push on. The SFT
-stage has no reference: it only makes the demonstrations likely.
+References. DPO and KTO measure against a reference model, which `--dpo-reference` chooses (`reference_for`). trl
+computes the reference log-probs once, when its trainer is made, from a frozen copy ("ref") of the adapter as it is
+then. `sft` (the default): the adapter's weights are set aside meanwhile, so the reference is the SFT model itself in
+every round; every version stays anchored to the same fluent SFT model, and the implicit reward
+β·(log π_θ − log π_SFT) that explain.py shows is what both preference stages push on. `previous`: the copy is the
+adapter the round warm-started from, the version it builds on (iterative DPO): each round is pulled back to its
+parent only, so rounds can add up to more movement (and more drift); relative to the SFT model the implicit reward is
+then the sum of the rounds' own. A round that starts from a fresh adapter has the SFT model as reference either way.
+The SFT stage has no reference: it only makes the demonstrations likely.
 
 Weights. Each stage has its own AdamW, and Adam divides each gradient by its running scale, so a constant factor on
 a stage's loss alone would change almost nothing. A stage's weight (`--sft-weight`, `--rating-weight`; DPO's is 1)
@@ -128,17 +132,22 @@ def kto_config(settings: RoundSettings, output_dir: Path, labels: list[bool]):
 
 
 @contextlib.contextmanager
-def sft_as_reference(peft_model):
-    """While a preference trainer is made: the adapter adds nothing (LoRA's B matrices at zero: the model is the
-    SFT model, exactly), so the frozen "ref" copy trl takes and the reference log-probs it computes from it are the
-    SFT model's. Then the weights go back and the copy is deleted (it would be saved with the adapter)."""
+def reference_for(peft_model, reference: str):
+    """While a preference trainer is made: the adapter as its reference should see it. `sft`: LoRA's B matrices at
+    zero, so the adapter adds nothing and the frozen "ref" copy trl takes (and the log-probs it computes from it) are
+    the SFT model's; the weights go back after. `previous`: the adapter as it is, the round's starting point. Either
+    way the copy is deleted after (it would be saved with the adapter)."""
     import torch
 
-    saved = {
-        name: param.detach().clone()
-        for name, param in peft_model.named_parameters()
-        if re.search(r"\.lora_(embedding_)?B\.default\b", name)
-    }
+    saved = (
+        {
+            name: param.detach().clone()
+            for name, param in peft_model.named_parameters()
+            if re.search(r"\.lora_(embedding_)?B\.default\b", name)
+        }
+        if reference == "sft"
+        else {}
+    )
     params = dict(peft_model.named_parameters())
     with torch.no_grad():
         for name in saved:
@@ -179,7 +188,7 @@ class Stage:
             from trl import SFTTrainer
 
             return SFTTrainer(args=sft_config(settings, output_dir), **given)
-        with sft_as_reference(peft_model):
+        with reference_for(peft_model, settings.dpo_reference):
             if self.name == "dpo":
                 from trl import DPOTrainer
 

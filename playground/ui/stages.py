@@ -67,13 +67,14 @@ def ablation_markdown(ablation: dict | None) -> str:
         f"{v['corrections']} better answers, {v['ratings']} ratings; each objective trained from the SFT model "
         f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts):",
         "",
-        "| objective | stages | win rate vs SFT | perplexity under SFT | KL to SFT | mean length | round s |",
-        "|---|---|---|---|---|---|---|",
+        "| objective | stages | win rate vs SFT | ties | perplexity under SFT | KL to SFT | mean length | round s |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for name, f in ablation["ablation"].items():
         lines.append(f"| {name} | {OBJECTIVE_TITLES.get(name, name)} | {' | '.join(cells(f))} |")
     lines.append(
         "\nWin rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt "
-        "and seed (0.5 = no change). KL: how far the version moved from the SFT model (nats per answer)."
+        "and seed, ties ½ (0.5 = no change). Ties: the share the oracle could not tell apart (mostly the same "
+        "answer). KL: how far the version moved from the SFT model (nats per answer)."
     )
     return "\n".join(lines)
