@@ -298,8 +298,9 @@ class RoundSettings:
         default="sft",
         metadata=_help(
             "what each round's preference stages (DPO, KTO) measure against: `sft`, the SFT model in every round "
-            "(every version anchored to it); `previous`, the version the round starts from (iterative DPO: each round "
-            "may move up to β's pull further; the first round's reference is the SFT model either way)",
+            "(every version held to it); `previous`, the version the round starts from (iterative DPO: each round is "
+            "held only to its parent, so rounds add up to more movement, and more drift; a round that starts from a "
+            "fresh adapter measures against the SFT model either way)",
             choices=DPO_REFERENCES,
         ),
     )
