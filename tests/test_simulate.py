@@ -211,3 +211,26 @@ def test_an_ablation_on_votes_alone_trains_dpo_and_notes_the_objectives_it_canno
     view = ablation_markdown(real.latest_ablation())
     assert "| dpo | preference only | " in view
     assert "| sft+dpo | both | skipped: no demonstrations recorded | – |" in view
+
+
+@pytest.mark.slow
+def test_bench_votes_runs_simulate_per_seed_and_says_whether_the_goal_was_met(tiny_models, tmp_path):
+    """`bench votes`: the real simulate command, one run per seed, its held-out figures and loop time per run."""
+    sim = f"--base {tiny_models['base']} --sft {tiny_models['sft']} --max-new-tokens 8 --min-pairs 2 --epochs 1 "
+    sim += "--train-threads 1 --learning-rate 5e-2 --eval-tokens 0 --heldout-limit 2"
+    command = [sys.executable, "-m", "playground", "bench", "votes", "--runs", "2", "--votes", "3"]
+    command += ["--runtime", "torch", "--sim-args", sim, "--data-dir", str(tmp_path), "--json"]
+    done = subprocess.run(
+        command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    figures, runs = result["figures"], result["figures"]["runs"]
+    assert result["suite"] == "votes" and result["machine"]["cpu"]
+    assert len(runs) == 2 and runs[0]["workspace"] != runs[1]["workspace"]
+    for run in runs:
+        assert {"win_rate", "win_rate_se", "ties", "win_rate_decided", "mean_new_tokens", "hit_limit"} <= run.keys()
+        assert run["seconds"]["loop"] > 0 and run["pairs"] >= 1
+    assert figures["win_rate"] == pytest.approx((runs[0]["win_rate"] + runs[1]["win_rate"]) / 2)
+    met = figures["win_rate"] >= 0.75 and figures["loop_s"] <= 480
+    assert figures["goal_met"] is met

@@ -248,6 +248,7 @@ BENCH_SUITES = {
     "explain": "explain",
     "load": "load",
     "soak": "soak",
+    "votes": "votes",
 }
 
 
