@@ -38,6 +38,7 @@ LAYERS = {
         "playground.votes",
         "playground.prompting",
         "playground.leaderboard",
+        "playground.verdicts",
         "playground.voters",
         "playground.settings",
         "playground.options",
