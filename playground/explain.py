@@ -155,7 +155,8 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
         path = row["path"]
         hyperparams = row.get("hyperparams") or {}
         beta = float(hyperparams.get("beta") or beta)  # the β it was trained with
-        trained_reference = store.version(hyperparams.get("reference_version") or 0)
+        if hyperparams.get("reference_version"):  # trained against its parent (--dpo-reference previous)
+            trained_reference = store.version(hyperparams["reference_version"])
     tokenizer = engine.sft.tokenizer
     messages = [*comparison["history"], {"role": "user", "content": comparison["prompt"]}]
     answer_text = answer["text"]
@@ -170,7 +171,7 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
     prompt_ids, ids = answer_tokens(tokenizer, messages, answer_text)
     policy, reference = engine.scoring.answer_logprobs(prompt_ids, ids, version, path)
     round_reward = None
-    if trained_reference:  # trained against its parent (--dpo-reference previous): that reward too
+    if trained_reference:  # that round's own reward too
         parent, _ = engine.scoring.answer_logprobs(
             prompt_ids, ids, trained_reference["version"], trained_reference["path"]
         )

@@ -246,6 +246,7 @@ def simulate(
     person waits for), `evaluation` (both held-out measures), `total`."""
     sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
     kinds = playground.round_settings.feedback_kinds()
+    plan = drift.plan_of(playground.round_settings)  # the trainer's drift evaluation of each version
     rng = random.Random(seed)
     started = time.perf_counter()
     before = evaluate(playground, oracle, heldout, sampling, 10_000 + seed, heldout_samples)
@@ -270,7 +271,6 @@ def simulate(
         if not settled:
             log.warning("The trainer did not finish within %.0f s; evaluating the version serving now.", round_timeout)
         # The trainer measures each version's drift right after publishing it: the last one's is worth the wait.
-        plan = drift.plan_of(playground.round_settings)
         serving = playground.store.serving_version()
         if settled and plan and serving:
             wait_for(
@@ -300,7 +300,6 @@ def simulate(
         }
         for r in playground.store.rounds()
     ]
-    plan = drift.plan_of(playground.round_settings)
     measured = {
         e["version"]: e["metrics"] for e in playground.store.version_evals() if plan and e["eval_set"] == plan.key
     }
