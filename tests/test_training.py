@@ -303,6 +303,7 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
         eval_tokens=6,
         sft_weight=0.5,
         rating_weight=2.0,
+        dpo_reference="previous",
     )
     assert all(getattr(custom, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoundSettings))
     playground.round_settings = custom
