@@ -32,7 +32,7 @@ GOAL_WIN_RATE, GOAL_LOOP_S = 0.75, 8 * 60
 
 
 def simulate(args, seed: int) -> dict:
-    """One simulate run's report (its stderr goes to a log file beside it when it fails)."""
+    """One simulate run's report; when it fails, the tail of its log (stderr) is the error."""
     command = [
         sys.executable,
         "-m",
@@ -90,14 +90,13 @@ def run(args) -> dict:
     from bench.common import report
 
     runs = [figures_of(simulate(args, args.seed + r)) for r in range(args.runs)]
-    mean = lambda xs: statistics.fmean(xs) if xs else None  # noqa: E731
-    win_rate = mean([r["win_rate"] for r in runs])
-    loop_s = mean([r["seconds"]["loop"] for r in runs])
+    win_rate = statistics.fmean(r["win_rate"] for r in runs)
+    loop_s = statistics.fmean(r["seconds"]["loop"] for r in runs)
     summary = {
         "runs": runs,
         "win_rate": win_rate,
         "win_rate_spread": statistics.stdev([r["win_rate"] for r in runs]) if len(runs) > 1 else None,
-        "ties": mean([r["ties"] for r in runs]),
+        "ties": statistics.fmean(r["ties"] for r in runs),
         "loop_s": loop_s,
         "goal_met": win_rate >= GOAL_WIN_RATE and loop_s <= GOAL_LOOP_S,
     }
@@ -118,7 +117,10 @@ def main(argv=None):
     parser.add_argument("--sim-args", default="", help="more simulate options, as one string")
     parser.add_argument("--data-dir", default=None, help="whose model cache the runs use (default: the app's own)")
     parser.add_argument("--json", action="store_true")
-    run(parser.parse_args(argv))
+    args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be at least 1")
+    run(args)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import add_short_vs_long_votes, tiny_round
+from peft import get_peft_model
 
 from playground.core import Playground
 from playground.generation import Engine
@@ -42,7 +43,7 @@ def test_the_reference_log_probs_are_the_sft_model_or_the_adapter_the_round_star
     settings = tiny_round(dpo_reference=reference)
     model, tokenizer = load_policy(str(tiny_models["sft"]))
     torch.manual_seed(0)
-    peft_model = __import__("peft").get_peft_model(model, lora_config(settings))
+    peft_model = get_peft_model(model, lora_config(settings))
     with torch.no_grad():  # a parent that has learned something: its B matrices are not zero
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
