@@ -48,6 +48,7 @@ from .prompting import (
 )
 from .runtimes import AdapterError, DecodeRow, ModelRuntime, ServingError
 from .runtimes.torch_runtime import TorchRuntime
+from .reward_scoring import RewardScorer
 from .scoring import Scorer
 from .settings import Sampling
 
@@ -107,6 +108,7 @@ class Engine:
         self.runtime_note: str | None = None  # why `auto` fell back to torch, for the status line
         serving = self.runtimes["sft"] if isinstance(self.runtimes["sft"], TorchRuntime) else None
         self.scoring = Scorer(sft, serving, load_sft_weights)
+        self.rewards = RewardScorer(self.scoring)  # the serving reward model, on the scorer's SFT weights
         self.adapters = AdapterLeases(self.runtimes["sft"])
         self.base_stops = BASE_STOP_STRINGS  # benchmarks clear it to time full-length base answers
         self.preparing: dict[str, threading.Thread] = {}  # role -> the thread making the runtime that takes over

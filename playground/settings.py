@@ -25,6 +25,8 @@ ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
 PRECISIONS = ("auto", "int8", "float")
 RUNTIMES = ("auto", "torch", "onnx", "vllm")
 DPO_REFERENCES = ("sft", "previous")  # RoundSettings.dpo_reference: what the preference stages measure against
+# RoundSettings.preference_route: how pairs train the policy: directly (DPO), or through a reward model and RL
+PREFERENCE_ROUTES = ("dpo", "rlhf")
 MAX_NEW_TOKENS_LIMIT = 1024
 # The seeds every runtime takes: ONNX Runtime GenAI's random_seed is a C int, and a duel's second answer uses
 # seed + 1.
@@ -304,6 +306,50 @@ class RoundSettings:
             choices=DPO_REFERENCES,
         ),
     )
+    preference_route: str = field(
+        default="dpo",
+        metadata=_help(
+            "how people's pairs train the preference-tuned model: `dpo`, directly (DPO on the pairs); `rlhf`, through "
+            "the round's reward model: RL (trl's GRPO) on the voted prompts and on prompts nobody voted on "
+            "(`--rl-prompts`), held to the SFT model by `--rl-beta` (see Two routes)",
+            choices=PREFERENCE_ROUTES,
+        ),
+    )
+    reward_model: bool = field(
+        default=True,
+        metadata=_help(
+            "train a reward model on each round's pairs (trl's RewardTrainer; the `rlhf` route needs it): it scores "
+            "answers on the page and is tested on every new vote before it trains on it"
+        ),
+    )
+    reward_learning_rate: float = field(
+        default=5e-4, metadata=_help("learning rate of the reward model (its LoRA and its scalar head)")
+    )
+    rl_beta: float = field(
+        default=0.04,
+        metadata=_help("`rlhf` route: the KL penalty to the SFT model (GRPO's β; 0 lets RL drift freely)"),
+    )
+    rl_prompts: str | None = field(
+        default=None,
+        metadata=_help(
+            "`rlhf` route: prompts nobody voted on that RL also trains on (JSONL, one `{\"prompt\": ...}` a line); "
+            "unset: assets/prompts.jsonl"
+        ),
+    )
+    rl_steps: int = field(default=12, metadata=_help("`rlhf` route: RL optimizer steps per round"))
+    rl_generations: int = field(
+        default=4, metadata=_help("`rlhf` route: answers sampled per prompt and step (GRPO's group)")
+    )
+    rl_completion_tokens: int = field(
+        default=64, metadata=_help("`rlhf` route: most new tokens of each sampled answer")
+    )
+    checkpoint_steps: int = field(
+        default=0,
+        metadata=_help(
+            "`rlhf` route under `simulate`: every N RL steps, record the reward model's score, the oracle's win "
+            "rate against SFT and the KL on the held-out prompts (over-optimization); 0 = off"
+        ),
+    )
     max_length: int = field(default=256, metadata=_help("tokens of prompt + answer in training"))
     lora_r: int = field(default=8, metadata=_help("LoRA rank"))
     lora_alpha: int = field(default=16, metadata=_help("LoRA scale numerator"))
@@ -362,6 +408,10 @@ class RoundSettings:
                 ("idle_train_threads", 1),
                 ("pairs_per_voter", 0),
                 ("eval_tokens", 0),
+                ("rl_steps", 1),
+                ("rl_generations", 2),
+                ("rl_completion_tokens", 1),
+                ("checkpoint_steps", 0),
             )
             if getattr(self, name) < low
         ]
@@ -376,6 +426,14 @@ class RoundSettings:
             problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if not self.target_modules:
             problems.append("target_modules must name at least one layer")
+        if not self.reward_learning_rate > 0 or not self.rl_beta >= 0:
+            problems.append("reward_learning_rate must be positive and rl_beta 0 or more")
+        if self.preference_route not in PREFERENCE_ROUTES:
+            problems.append(
+                f"preference_route must be one of {', '.join(PREFERENCE_ROUTES)} (got {self.preference_route!r})"
+            )
+        elif self.preference_route == "rlhf" and not self.reward_model:
+            problems.append("the rlhf route trains against the round's reward model: it needs reward_model on")
         if self.dpo_reference not in DPO_REFERENCES:
             problems.append(f"dpo_reference must be one of {', '.join(DPO_REFERENCES)} (got {self.dpo_reference!r})")
         if problems:

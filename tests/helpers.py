@@ -32,6 +32,8 @@ DATA_TABLES = (
     "round_pairs",
     "round_steps",
     "adapter_versions",
+    "answer_rewards",
+    "reward_judgments",
 )
 
 

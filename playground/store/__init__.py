@@ -7,7 +7,7 @@ versions, one file per data set (see data_sets.py).
 - records.py: what people gave (votes, corrections and the pairs they make);
 - feedback.py: what a round may train on (pairs, demonstrations, ratings: pending, trained, exported);
 - rounds.py: what training made of it (rounds, steps, the trainer's state); versions.py: the versions it made,
-  which one serves, and what was measured of them;
+  which one serves, and what was measured of them; rewards.py: the reward model's scores and judgments;
 - durable/: the durable copy (copier, restore, Hub scheduler) and its binding to a running playground.
 
 Timestamps are float unix seconds. JSON columns (settings, hyperparams, metrics, extra) come back parsed.
@@ -27,6 +27,7 @@ from .errors import StoreError
 from .feedback import Feedback
 from .migrations import MIGRATIONS
 from .records import Records, VoteError, VoteReceipt
+from .rewards import Rewards
 from .rounds import Rounds
 from .versions import Versions
 
@@ -35,7 +36,7 @@ __all__ = ["ARMS", "MODES", "MIGRATIONS", "STORE_FILE", "Store", "StoreError", "
 STORE_FILE = "playground.sqlite3"  # the store of a data set, in its folder
 
 
-class Store(Comparisons, Records, Feedback, Rounds, Versions, Database):
+class Store(Comparisons, Records, Feedback, Rewards, Rounds, Versions, Database):
     @classmethod
     def open(cls, folder: str | os.PathLike) -> Store:
         """The store of the data set in `folder`."""

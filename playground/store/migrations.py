@@ -298,6 +298,31 @@ MIGRATIONS: list[Migration] = [
     ALTER TABLE round_steps ADD COLUMN stage TEXT NOT NULL DEFAULT 'dpo';
     """,
     ),
+    # 8: the reward model's view of answers and votes (rewards.py). answer_rewards: the score a version's reward model
+    # gave an answer (scored once the answer is written). reward_judgments: whether the reward model that served when
+    # a pair was voted agreed with the person, recorded only while no round had taken the pair (prequential: each new
+    # vote is a test the reward model has not trained on). reward_version is the adapter version the reward model
+    # came with.
+    Migration(
+        "reward_models",
+        """
+    CREATE TABLE answer_rewards (
+        answer_id       INTEGER NOT NULL REFERENCES answers(id),
+        reward_version  INTEGER NOT NULL,
+        score           REAL NOT NULL,
+        created_at      REAL NOT NULL,
+        PRIMARY KEY (answer_id, reward_version)
+    ) WITHOUT ROWID;
+    CREATE TABLE reward_judgments (
+        pair_id         INTEGER PRIMARY KEY REFERENCES pairs(id),
+        reward_version  INTEGER NOT NULL,
+        chosen_score    REAL NOT NULL,
+        rejected_score  REAL NOT NULL,
+        created_at      REAL NOT NULL
+    );
+    CREATE INDEX reward_judgments_version ON reward_judgments (reward_version);
+    """,
+    ),
 ]
 
 

@@ -16,6 +16,9 @@ from pathlib import Path
 from .database import from_row, meta, set_meta, to_json
 from .errors import StoreError
 
+# A version's reward model lives in this folder of the version's folder (reward_models.py).
+REWARD_MODEL_FOLDER = "reward_model"
+
 _VERSION_SELECT = (
     "SELECT av.*, r.pairs_used, r.demonstrations_used, r.ratings_used, r.hyperparams, r.started_at, r.finished_at "
     "FROM adapter_versions av LEFT JOIN rounds r ON r.id = av.round_id"

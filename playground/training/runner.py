@@ -17,11 +17,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import reward_models
 from ..models import load_policy
 from ..settings import RoundSettings
 from ..store import Store
 from .cores import SpareCores, spare_cores_callback
 from .examples import KIND_OF, Selection, key_of, round_due, select_feedback, stages_of, trl_rows
+from .reward_model import save as save_reward_model
+from .reward_model import train_reward_model, warm_start_from
 from .stages import Stage, lora_config, stage_steps
 
 log = logging.getLogger(__name__)
@@ -154,6 +157,13 @@ def run_round(
     # Published first, measured after: the drift evaluation never delays the version (drift.py).
     cores.adjust()
     _evaluate_published(store, version, peft_model, tokenizer, settings)
+    # The reward model, after the version serves (it never delays the answers of a `dpo` round); the `rlhf` route
+    # trained it before its RL stage, inside the version.
+    del peft_model, model  # its memory is the reward model's now
+    if settings.reward_model and not reward_models.exists(final) and selection.rows("pairs"):
+        cores.adjust()
+        rows = trl_rows("pairs", selection.rows("pairs"), tokenizer, settings.max_length)
+        _publish_reward_model(store, version, final, rows, sft_dir, parent_path, settings, sft_hub_id)
     torch.set_num_threads(settings.train_threads)
     return version
 
@@ -246,6 +256,34 @@ def _evaluate_published(store: Store, version: int, peft_model, tokenizer, setti
             drift.evaluate_and_store(store, version, peft_model, tokenizer, plan, adapter=True)
     except Exception as error:  # never lose a trained round over a measurement
         log.warning("Could not measure the drift of v%d now (the idle trainer retries): %s", version, error)
+
+
+def _publish_reward_model(
+    store: Store,
+    version: int,
+    final: Path,
+    rows: list[dict],
+    sft_dir: str,
+    parent_path: str | None,
+    settings: RoundSettings,
+    sft_hub_id: str | None,
+) -> None:
+    """Train the version's reward model on the round's pairs (trl rows) and put it in the version's folder
+    (atomically); a failure is logged and the version stays as it is."""
+    work = Path(tempfile.mkdtemp(prefix=f".reward-v{version}-", dir=final.parent))
+    try:
+        model, _, figures = train_reward_model(
+            rows, sft_dir, settings, work / "reward", warm_start_from(parent_path, settings), []
+        )
+        staging = work / "reward-model"
+        save_reward_model(model, staging, figures, sft_hub_id)
+        os.replace(staging, reward_models.folder_of(final))
+        store.set_reward_model(version, figures)
+        log.info("Version %d: reward model trained (%s).", version, figures)
+    except Exception as error:  # never lose a published version over its reward model
+        log.warning("Could not train the reward model of v%d: %s", version, error)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _prepare_for_serving(adapter_dir: Path) -> None:

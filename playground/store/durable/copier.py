@@ -35,6 +35,7 @@ from ...locks import locked  # on local disk next to the live store: the one loc
 from .. import changelog
 from ..changelog import LOCAL_META_KEYS, data_tables
 from ..migrations import schema_version
+from ..versions import REWARD_MODEL_FOLDER
 from .restoring import restore
 from .target import (
     COPY_FILE,
@@ -207,6 +208,9 @@ class DurableCopy:
         source = Path(row["path"]) if Path(row["path"]).is_absolute() else self.store.root / row["path"]
         if not copy_folder(source, self.folder / relative):
             log.warning("Adapter v%s: folder %s is missing; its record is copied without it.", row["version"], source)
+        # A reward model is written into its version's folder after the version is published (its record is
+        # updated then, which brings the record, and so this, here again).
+        copy_folder(source / REWARD_MODEL_FOLDER, self.folder / relative / REWARD_MODEL_FOLDER)
 
     def _open_shard(self):
         if self._shard is None:
