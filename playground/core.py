@@ -17,6 +17,7 @@ from . import publishing, voters
 from .dashboard import Dashboard
 from .data_sets import DataSet
 from .generation import Answer, Engine
+from .judging import Judging
 from .models import ModelLoadError, Preset, hub_id, resolve_preset
 from .recording import ChatTurn, Recorded, continue_after, record, recorded
 from .serving import Serving, open_engine
@@ -41,6 +42,7 @@ class Playground:
         self.durable: durable.DurableLink | None = durable.link(self.store, self.data_set, self.models, self.data_dir)
         self.dashboard = Dashboard(self.store)
         self.serving = Serving(self.store)
+        self.judging = Judging(self.store, lambda: self.serving.engine if self.serving.ready else None)
         self.trainer = TrainerProcess(self.trainer_command, self.data_set.trainer_log)
         self._lock = threading.Lock()
         if engine is not None:
@@ -205,6 +207,7 @@ class Playground:
     def follow_versions(self, interval: float = 2.0) -> None:
         """Hot swap each new (or rolled-back) version as it appears; restart a trainer that died on its own."""
         self.serving.follow(interval, also=self.trainer.restart_if_dead)
+        self.judging.follow(interval)
 
     # ---- rounds -------------------------------------------------------------------------------------------
     def trainer_command(self) -> list[str]:
@@ -253,6 +256,17 @@ class Playground:
             raise StoreError("The models are still loading; try again in a moment.")
         return explain(self.engine, self.store, comparison_id, arm, version)
 
+    # ---- the reward model ----------------------------------------------------------------------------------
+    def reward_scores(self, comparison_id: int) -> dict:
+        """The serving reward model's scores of a stored turn's answers (judging.py): {"reward_version", "scores":
+        {answer_id: score}}; reward_version None before the first reward model."""
+        return self.judging.score_comparison(comparison_id)
+
+    def judge_vote(self, vote_id: int) -> str | None:
+        """Judge the votes waiting (this one among them) and say whether the reward model agreed with this one."""
+        self.judging.judge_pending()
+        return self.judging.verdict_of_vote(vote_id)
+
     def _win_rate(self, version: int) -> dict | None:
         return next((v["vote_win_rate"] for v in self.dashboard.facts()["versions"] if v["version"] == version), None)
 
@@ -285,6 +299,7 @@ class Playground:
     def close(self) -> None:
         with self._lock:
             self.serving.stop()  # a load still running starts nothing
+        self.judging.stop()
         self.trainer.stop()
         if self.durable is not None:
             self.durable.stop(flush=True)  # what the trainer wrote last is copied too

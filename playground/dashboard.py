@@ -39,6 +39,7 @@ VERSION_FIELDS = (
     "path",
     "hyperparams",
     "created_at",
+    "reward_model",
 )
 # What `/stats` shows of each version: not where its files lie on the server, nor its raw settings; with its figures.
 STATS_VERSION_FIELDS = (
@@ -69,9 +70,11 @@ def compute(store: Store) -> dict[str, Any]:
             else measured | {"win_rate": rate["rate"] if rate else None, "games": rate["games"] if rate else 0}
         )
 
+    agreement = store.reward_agreement()
     versions = []
     for v in store.versions():
         rate = win_rate(f"pref v{v['version']}")
+        v["reward_model"] = reward_model_of(v, agreement)
         versions.append(
             {k: v.get(k) for k in VERSION_FIELDS} | {"vote_win_rate": rate, "drift": drift_of(v["version"], rate)}
         )
@@ -91,6 +94,21 @@ def compute(store: Store) -> dict[str, Any]:
         "win_rates": rates,
         "trainer": store.trainer_state(),
         "ablation": store.latest_ablation(),
+    }
+
+
+def reward_model_of(version: dict, agreement: dict[int, dict]) -> dict | None:
+    """A version's reward model: {"pairs", "accuracy_train", "agreement", "judged"} (agreement: on the votes it judged
+    before any round trained on them, None until it judged one); None when the version has none."""
+    trained = (version.get("metrics") or {}).get("reward_model")
+    if not trained:
+        return None
+    judged = agreement.get(version["version"], {})
+    return {
+        "pairs": trained.get("pairs"),
+        "accuracy_train": trained.get("accuracy_train"),
+        "agreement": judged.get("agreement"),
+        "judged": judged.get("judged", 0),
     }
 
 
@@ -148,6 +166,7 @@ VERSION_COLUMNS = {
     "reward_margin": "reward margin",
     "reward_accuracy": "reward acc",
     "vote_win_rate": "vote win rate",
+    "rm_agreement": "RM agreement",
     "mean_tokens": "length",
     "distinct_2": "dist-2",
     "kl_to_sft": "KL to SFT",
@@ -172,7 +191,7 @@ def version_table(facts: dict[str, Any]) -> list[dict[str, str]]:
         return {key: number(measured.get(key), fmt) for key, fmt in formats.items()}
 
     empty = dict.fromkeys(("parent", "demonstrations", "pairs", "ratings"), "")
-    empty |= dict.fromkeys(("final_loss", "reward_margin", "reward_accuracy"), "")
+    empty |= dict.fromkeys(("final_loss", "reward_margin", "reward_accuracy", "rm_agreement"), "")
     rows = [
         {"version": "v0 (SFT, no adapter)", "serving": "✓" if facts["serving_version"] == 0 else "", **empty}
         | {"state": "ready", "vote_win_rate": rate(facts["sft_win_rate"]), **drift(facts["sft_drift"]), "path": ""}
@@ -193,11 +212,21 @@ def version_table(facts: dict[str, Any]) -> list[dict[str, str]]:
                 "reward_margin": number(m.get("final_reward_margin"), ".3f"),
                 "reward_accuracy": number(m.get("final_reward_accuracy"), ".2f"),
                 "vote_win_rate": rate(v["vote_win_rate"]),
+                "rm_agreement": agreement_cell(v.get("reward_model")),
                 **drift(v["drift"]),
                 "path": str(v["path"] or ""),
             }
         )
     return rows
+
+
+def agreement_cell(reward_model: dict | None) -> str:
+    """A reward model's agreement with the votes it judged before training on them, and how many."""
+    if not reward_model:
+        return NOT_MEASURED
+    if not reward_model["judged"]:
+        return f"– (0 judged; {reward_model['accuracy_train']:.0%} on its {reward_model['pairs']} training pairs)"
+    return f"{reward_model['agreement']:.0%} of {reward_model['judged']}"
 
 
 def parent_cell(version: dict) -> str:

@@ -46,9 +46,9 @@ from .prompting import (
     encode_prompt,
     fit_conversation,
 )
+from .reward_scoring import RewardScorer
 from .runtimes import AdapterError, DecodeRow, ModelRuntime, ServingError
 from .runtimes.torch_runtime import TorchRuntime
-from .reward_scoring import RewardScorer
 from .scoring import Scorer
 from .settings import Sampling
 
@@ -78,6 +78,10 @@ class Answer:
     note: str | None = None
     dropped_turns: int = 0  # earlier turns of the conversation this answer's model did not see (context budget)
     error: str | None = None  # why this answer could not be written (its runtime failed); the other arms go on
+    # The serving reward model's score, given once the answer is written (judging.py); reward_version 0: there was
+    # no reward model to score it yet; None: not scored.
+    reward: float | None = None
+    reward_version: int | None = None
 
     @property
     def tokens_per_second(self) -> float:

@@ -9,6 +9,7 @@ round that trained one. A rollback rolls the reward model back with the policy.
 from __future__ import annotations
 
 import logging
+import threading
 
 from . import reward_models
 from .store import Store
@@ -23,6 +24,26 @@ class Judging:
         """engine(): the serving Engine (None while the models load)."""
         self.store = store
         self._engine = engine
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def follow(self, interval: float = 2.0) -> None:
+        """Judge new votes in the background as they come (from the page, the API or the command line): each one is
+        judged by the reward model serving then, before a round can take it."""
+
+        def loop():
+            while not self._stop.wait(interval):
+                try:
+                    self.judge_pending()
+                except Exception:  # never let one bad answer stop the judging; the next poll retries
+                    log.exception("Judging new votes failed")
+
+        if self._thread is None:
+            self._thread = threading.Thread(target=loop, name="reward-judge", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     def serving(self) -> tuple[int, str] | None:
         """(version, its folder) of the reward model that serves, or None."""

@@ -326,13 +326,12 @@ class RoundSettings:
         default=5e-4, metadata=_help("learning rate of the reward model (its LoRA and its scalar head)")
     )
     rl_beta: float = field(
-        default=0.04,
-        metadata=_help("`rlhf` route: the KL penalty to the SFT model (GRPO's β; 0 lets RL drift freely)"),
+        default=0.04, metadata=_help("`rlhf` route: the KL penalty to the SFT model (GRPO's β; 0 lets RL drift freely)")
     )
     rl_prompts: str | None = field(
         default=None,
         metadata=_help(
-            "`rlhf` route: prompts nobody voted on that RL also trains on (JSONL, one `{\"prompt\": ...}` a line); "
+            '`rlhf` route: prompts nobody voted on that RL also trains on (JSONL, one `{"prompt": ...}` a line); '
             "unset: assets/prompts.jsonl"
         ),
     )

@@ -21,11 +21,13 @@ LAYERS = {
         "playground.dashboard",
         "playground.publishing",
         "playground.trainer_process",
+        "playground.judging",
     ),
     5: ("playground.training", "playground.drift", "playground.explain", "playground.ablation"),  # learning
-    4: ("playground.generation", "playground.scoring", "playground.leases"),  # generation
+    4: ("playground.generation", "playground.scoring", "playground.reward_scoring", "playground.leases"),  # generation
     3: (
         "playground.models",
+        "playground.reward_models",
         "playground.conversion",
         "playground.runtimes",
         "playground.decoding",

@@ -49,6 +49,12 @@ def cmd_generate(args) -> int:
             raise StoreError(f"{error}. Pick another version (`python -m playground versions`).") from error
     answers = playground.engine.generate(args.prompt, settings_from(args, Sampling), history=history)
     serving = playground.store.serving_version()
+    messages = [*history, {"role": "user", "content": args.prompt}]
+    written = [arm for arm, answer in answers.items() if answer.text.strip()]
+    scored = playground.judging.score([(messages, answers[arm].text) for arm in written])
+    for arm, answer in answers.items():  # the serving reward model's score (reward_version 0: none yet)
+        answer.reward_version = scored[0] if scored else 0
+        answer.reward = dict(zip(written, scored[1])).get(arm) if scored else None
     if args.json:
         report = {arm: a.to_dict() for arm, a in answers.items()}
         report |= {

@@ -25,9 +25,19 @@ def answers_text(answers: dict[str, Answer], *, data_set: str, adapter_version: 
         )
         lines.append(
             f"--- {answer.new_tokens} tokens, {answer.seconds:.1f} s, {answer.tokens_per_second:.1f} tok/s, ends: "
-            f"{answer.finish_reason}" + (f"; {answer.note}" if answer.note else "") + unseen + "\n"
+            f"{answer.finish_reason}"
+            + (f"; {answer.note}" if answer.note else "")
+            + unseen
+            + reward_words(answer)
+            + "\n"
         )
     return "\n".join(lines)
+
+
+def reward_words(answer: Answer) -> str:
+    if answer.reward is not None:
+        return f"; reward model v{answer.reward_version}: {answer.reward:+.2f}"
+    return "; no reward model yet" if answer.reward_version == 0 else ""
 
 
 def info_text(facts: dict) -> str:

@@ -56,11 +56,30 @@ def stream_answers(page: Page, prompt, sampling_args, current, state, n_outputs,
                 state |= {"streaming": False}
                 status = f"⚠ Not saved: an answer could not be written. {failed} Ask again once it is back."
             yield *outputs, status, state
+        if state.get("comparison") is not None:  # written and stored: now the reward model's scores, never before
+            scored = _score(page, state["comparison"], answers, state["answers"])
+            if scored:
+                outputs, status = render(answers, recorded)
+                yield *outputs, status, state
     except (PromptError, ValueError) as error:
         yield *keep, f"⚠ {error}", current if state["comparison"] is None else None
     except Exception as error:  # a crash mid-stream: say so; nothing was recorded
         log.exception("Generation failed")
         yield *keep, f"⚠ Generation failed: {code(error)}", None
+
+
+def _score(page: Page, comparison_id: int, answers: dict, answer_ids: dict) -> bool:
+    """Put the serving reward model's score on each answer (reward_version 0: none yet); False if scoring failed
+    (the answers stand as they are)."""
+    try:
+        scored = page.playground.reward_scores(comparison_id)
+    except Exception:  # a score is a view: the answers and votes never depend on it
+        log.exception("Scoring the answers of comparison %s failed", comparison_id)
+        return False
+    for key, answer in answers.items():
+        answer.reward_version = scored["reward_version"] or 0
+        answer.reward = scored["scores"].get(answer_ids.get(key))
+    return True
 
 
 def vote_problem(page: Page, state, request, mode: str, profile=None) -> str | None:

@@ -94,7 +94,7 @@ class CompareVotes:
         except VoteError as error:
             return f"⚠ {error}", *[gr.skip()] * 6, state
         state = dict(state)
-        return f"✓ {receipt.message}", *self.revealed(state), state
+        return f"✓ {receipt.message}{self.page.reward_verdict(receipt)}", *self.revealed(state), state
 
     def vote_thumb(self, column, up, state, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         """column: 1-3 as shown; up: True for 👍."""

@@ -115,9 +115,10 @@ class DuelTab:
             )
         except VoteError as error:
             return f"⚠ {error}"
+        judged = self.page.reward_verdict(receipt)
         if state.get("blind") and state.get("titles"):
-            return f"✓ {receipt.message} A was {state['titles']['a']}; B was {state['titles']['b']}."
-        return f"✓ {receipt.message}"
+            return f"✓ {receipt.message} A was {state['titles']['a']}; B was {state['titles']['b']}.{judged}"
+        return f"✓ {receipt.message}{judged}"
 
     def build(self) -> None:
         state = gr.State(None)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import hmac
+import logging
 import math
 import threading
 import time
@@ -16,6 +17,8 @@ from ..core import Playground
 from ..settings import Sampling
 from .status import loading_message, status_line
 from .text import code
+
+log = logging.getLogger(__name__)
 
 
 class RateLimiter:
@@ -116,6 +119,18 @@ class Page:
     def voter(self, request: gr.Request | None, profile: gr.OAuthProfile | None) -> str | None:
         """Who casts a vote: 'hf:<user>' when signed in, else 'ip:<keyed hash of the client's address>'."""
         return self.playground.voter_of(getattr(profile, "username", None), client_address(request, self.on_space))
+
+    def reward_verdict(self, receipt) -> str:
+        """After a vote that made pairs: whether the serving reward model agreed (judged before any round trains on
+        it); empty without a reward model, or if judging failed (the vote is recorded either way)."""
+        if not receipt.pairs_created or not self.ready:
+            return ""
+        try:
+            verdict = self.playground.judge_vote(receipt.vote_id)
+        except Exception:  # a judgment is a measurement: the vote stands without it
+            log.exception("Judging vote %s failed", receipt.vote_id)
+            return ""
+        return f" {verdict}" if verdict else ""
 
     def vote_limit_problem(self, request: gr.Request | None) -> str | None:
         """The per-session limit, then the per-address one (scripts open many sessions from one address); attempts

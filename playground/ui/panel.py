@@ -23,6 +23,7 @@ from .page import Page
 from .stages import stages_markdown
 from .training_panels import (
     DRIFT_PLOTS,
+    agreement_frame,
     drift_frame,
     plot_frame,
     progress_html,
@@ -40,6 +41,7 @@ OUTPUTS = (
     "margin",
     "accuracy",
     "versions",
+    "agreement",
     *(p[0] for p in DRIFT_PLOTS),
     "leaderboard",
     "leaderboard_plot",
@@ -109,6 +111,10 @@ class Panel:
             "sft_drift": facts["sft_drift"],
             "rounds": facts["rounds"],
             "versions": [{k: v[k] for k in STATS_VERSION_FIELDS} for v in facts["versions"]],
+            # Each reward model's agreement with the votes it judged before any round trained on them.
+            "reward_agreement": {
+                f"v{v['version']}": v["reward_model"] for v in facts["versions"] if v.get("reward_model")
+            },
         }
 
     def _render(self, facts: dict) -> dict:
@@ -127,6 +133,7 @@ class Panel:
             "margin": plot_frame(steps, "step", "round", "reward_margin"),
             "accuracy": plot_frame(steps, "step", "round", "reward_accuracy"),
             "versions": versions_table(facts),
+            "agreement": agreement_frame(facts),
             **{name: plot_frame(drift, "version", column) for name, column, _ in DRIFT_PLOTS},
             "leaderboard": leaderboard.table(facts["standings"]),
             "leaderboard_plot": leaderboard.interval_plot(facts["standings"]),

@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 
 from ..generation import ARM_TITLES
+from ..judging import NO_REWARD_MODEL
 
 
 def code(text) -> str:
@@ -45,6 +46,10 @@ def meta(answer: dict, revealed: bool) -> str:
         parts.append("v0 = the SFT model itself (no DPO round yet)")
     if answer.get("dropped_turns"):
         parts.append(f"did not see the {answer['dropped_turns']} oldest turn(s): the conversation no longer fits")
+    if answer.get("reward") is not None:
+        parts.append(f"reward model v{answer['reward_version']}: {answer['reward']:+.2f}")
+    elif answer.get("reward_version") == 0:
+        parts.append(NO_REWARD_MODEL)
     return " · ".join(parts)
 
 
@@ -103,5 +108,7 @@ def answer_dict(answer) -> dict:
         "finish_reason": answer.finish_reason,
         "done": answer.done,
         "dropped_turns": answer.dropped_turns,
+        "reward": answer.reward,
+        "reward_version": answer.reward_version,
         "error": answer.error,
     }

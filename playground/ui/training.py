@@ -141,6 +141,21 @@ class TrainingTab:
         versions = gr.Dataframe(
             headers=VERSION_HEADERS, interactive=False, elem_id="versions", label="Adapter versions"
         )
+        agreement = gr.ScatterPlot(
+            x="pairs learned from",
+            y="agreement",
+            color="version",
+            title="Reward model: agreement with new votes",
+            height=220,
+            y_lim=[0, 1],
+            elem_id="rm-agreement",
+        )
+        gr.Markdown(
+            "**Reward model per version** (trained on the same pairs as the round, after the version is published): "
+            "its agreement is the share of people's later votes where it scored their choice higher, each vote "
+            "judged before any round trained on it, so it is measured on pairs it never saw; against the pairs it "
+            "learned from. 0.5 is a coin."
+        )
         gr.Markdown(
             "**Drift per version**, measured by the trainer right after each round on a fixed prompt set "
             "(one sampled answer a prompt, temperature 1; version 0 is the SFT model): answer length in tokens, "
@@ -174,5 +189,6 @@ class TrainingTab:
             "progress": progress,
             **plots,
             "versions": versions,
+            "agreement": agreement,
             **drift_plots,
         }

@@ -32,6 +32,7 @@ VERSION_SHOWN = (
     "reward_margin",
     "reward_accuracy",
     "vote_win_rate",
+    "rm_agreement",
 )
 VERSION_HEADERS = [VERSION_COLUMNS[column] for column in VERSION_SHOWN]
 
@@ -168,3 +169,19 @@ def drift_frame(facts: dict) -> pd.DataFrame:
     # Versions as names, in version order: the plot keeps the data's order for a category axis, and a number axis
     # would draw ticks at fractions of a version.
     return pd.DataFrame(rows, columns=["version", *columns]).astype({c: float for c in columns})
+
+
+def agreement_frame(facts: dict) -> pd.DataFrame:
+    """One row per version whose reward model judged votes: the pairs it learned from and its agreement with the
+    votes it judged before training on them."""
+    rows = [
+        {
+            "pairs learned from": rm["pairs"],
+            "agreement": rm["agreement"],
+            "version": f"v{v['version']}",
+            "judged": rm["judged"],
+        }
+        for v in facts["versions"]
+        if (rm := v.get("reward_model")) and rm["judged"]
+    ]
+    return pd.DataFrame(rows, columns=["pairs learned from", "agreement", "version", "judged"])
