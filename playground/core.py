@@ -247,6 +247,13 @@ class Playground:
             win_rate=self._win_rate(version),
         )
 
+    def export_reward_model(self, version: int | None, out: str | Path) -> Path:
+        """A version's reward model (default: the serving one's) as a PEFT folder with its model card."""
+        from .reward_export import reward_model_folder
+
+        version = self.store.serving_version() if version is None else version
+        return reward_model_folder(self.store, version, out, sft_spec=self.preset.sft, sft_hub_id=self.sft_hub_id)
+
     def explain(self, comparison_id: int, arm: str, version: int | None = None):
         """DPO's implicit reward of a stored answer, token by token (explain.py), under `version` (default: the
         serving one), scored by the server's own SFT weights."""
@@ -279,6 +286,7 @@ class Playground:
         private: bool = True,
         version: int | None = None,
         endpoint: str | None = None,
+        reward_model_repo: str | None = None,
     ) -> str:
         """With `token` and only with it (the command line passes `publishing.server_token()`, the page the token it
         decided on); an empty one is refused."""
@@ -294,6 +302,7 @@ class Playground:
             private=private,
             win_rate=self._win_rate(version),
             endpoint=endpoint,
+            reward_model_repo=reward_model_repo,
         )
 
     def close(self) -> None:

@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import UserError
 from .models import needs_conversion
 from .store import Store
+from .store.versions import REWARD_MODEL_FOLDER
 from .training.examples import KIND_OF, STAGE_TITLES
 
 EXPORTS = ("pairs", "votes", "demonstrations", "ratings")
@@ -216,7 +217,8 @@ def adapter_folder(
     if not (source / "adapter_config.json").is_file():
         raise UserError(f"Adapter version {version}'s folder {source} is missing or incomplete.")
     out = Path(out)
-    shutil.copytree(source, out, dirs_exist_ok=True)
+    # The version's reward model is a model of its own (export --what reward-model), not part of the adapter.
+    shutil.copytree(source, out, dirs_exist_ok=True, ignore=shutil.ignore_patterns(REWARD_MODEL_FOLDER))
     config = json.loads((out / "adapter_config.json").read_text())
     config["base_model_name_or_path"] = sft_hub_id or config.get("base_model_name_or_path") or sft_spec
     (out / "adapter_config.json").write_text(json.dumps(config, indent=2))
@@ -291,6 +293,7 @@ def push_to_hub(
     win_rate: dict | None = None,
     endpoint: str | None = None,
     api=None,
+    reward_model_repo: str | None = None,
 ) -> str:
     """Upload the feedback in trl's formats (pairs, demonstrations, ratings, one config each, with a dataset card)
     and an adapter version with its model card to the Hugging Face Hub with `token`, and only that token: an empty
@@ -308,7 +311,8 @@ def push_to_hub(
             "⚠ Cannot push: this server runs offline (HF_HUB_OFFLINE is set), so the Hugging Face Hub is out "
             "of reach. Download the export instead."
         )
-    if model_repo and not version:
+    reward_model_repo = (reward_model_repo or "").strip()
+    if (model_repo or reward_model_repo) and not version:
         return "⚠ No adapter serves yet (version 0), so there is nothing to upload to a model repo."
     api = api or huggingface_hub.HfApi(endpoint=endpoint, token=token)
     exports = {kind: export_file(store, kind) for kind in HUB_FILES}
@@ -358,6 +362,28 @@ def push_to_hub(
                     commit_message=f"Alignment Playground adapter v{version}",
                 )
             done += f" and adapter v{version} to `{model_repo}`"
+        if reward_model_repo:
+            from .reward_export import reward_model_folder
+
+            step = "preparing the reward model"
+            with tempfile.TemporaryDirectory() as work:
+                folder = reward_model_folder(
+                    store,
+                    version,
+                    Path(work) / "reward-model",
+                    sft_spec=sft_spec,
+                    sft_hub_id=sft_hub_id,
+                    dataset_repo=dataset_repo,
+                    repo=reward_model_repo,
+                )
+                step = "uploading the reward model"
+                api.create_repo(reward_model_repo, exist_ok=True, private=private)
+                api.upload_folder(
+                    folder_path=str(folder),
+                    repo_id=reward_model_repo,
+                    commit_message=f"Alignment Playground reward model v{version}",
+                )
+            done += f" and its reward model to `{reward_model_repo}`"
         return done + "."
     except Exception as error:  # network, auth, permissions: all end in one readable line
         detail = " ".join(str(error).split())[:300] or type(error).__name__

@@ -163,3 +163,23 @@ def test_a_push_puts_every_kind_in_one_dataset_repo_one_config_each(tmp_path):
         "ratings": "ratings.jsonl",
     }
     assert 'load_dataset("me/feedback", "ratings"' in card.text
+
+
+@pytest.mark.slow
+def test_trls_own_reward_cli_trains_a_reward_model_on_the_pairs_export_unchanged(exported, tiny_models, tmp_path):
+    """`trl reward` (a LoRA with a scalar head, as each round trains one) reads the same pairs file as `trl dpo`."""
+    result = subprocess.run(
+        [
+            *("trl", "reward", "--model_name_or_path", str(tiny_models["sft"])),
+            *("--dataset_name", str(exported["pairs"]), "--output_dir", str(tmp_path / "out")),
+            *("--max_steps", "2", "--per_device_train_batch_size", "2", "--max_length", "1024"),
+            *("--report_to", "none", "--bf16", "False", "--use_cpu", "True", "--gradient_checkpointing", "False"),
+            *("--save_strategy", "no", "--logging_steps", "1", "--use_peft", "--lora_task_type", "SEQ_CLS"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "'train_loss'" in result.stdout + result.stderr, "trl trained and reported its loss"

@@ -22,6 +22,7 @@ LAYERS = {
         "playground.publishing",
         "playground.trainer_process",
         "playground.judging",
+        "playground.reward_export",
     ),
     5: ("playground.training", "playground.drift", "playground.explain", "playground.ablation"),  # learning
     4: ("playground.generation", "playground.scoring", "playground.reward_scoring", "playground.leases"),  # generation

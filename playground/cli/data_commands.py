@@ -95,6 +95,11 @@ def cmd_export(args) -> int:
         folder = playground.export_adapter(version, args.out)
         print(f"Wrote adapter v{version} with its model card to {folder}.")
         return 0
+    if what == "reward-model":
+        version = playground.store.serving_version() if args.version is None else args.version
+        folder = playground.export_reward_model(version, args.out)
+        print(f"Wrote the reward model of v{version} with its model card to {folder}.")
+        return 0
     _, n = playground.export(what, args.out)
     noun = {
         "votes": "votes with their answers",
@@ -112,7 +117,12 @@ def cmd_push(args) -> int:
     from ..publishing import server_token
 
     message = playground.push(
-        server_token(), args.dataset_repo, args.model_repo, private=not args.public, version=args.version
+        server_token(),
+        args.dataset_repo,
+        args.model_repo,
+        private=not args.public,
+        version=args.version,
+        reward_model_repo=args.reward_model_repo,
     )
     print(message)
     return 0 if message.startswith("✓") else 1

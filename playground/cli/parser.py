@@ -139,14 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
         "formats, raw votes, or an adapter version with its model card",
         ModelSettings,
     )
-    ex.add_argument("--out", required=True, help="a .jsonl file; a folder for --what adapter")
+    ex.add_argument("--out", required=True, help="a .jsonl file; a folder for --what adapter and reward-model")
     ex.add_argument(
         "--what",
-        choices=("pairs", "votes", "demonstrations", "ratings", "adapter"),
+        choices=("pairs", "votes", "demonstrations", "ratings", "adapter", "reward-model"),
         default="pairs",
         help="pairs: DPO (TRL preference format); votes: raw; demonstrations: the better answers, SFT "
         "(TRL messages format); ratings: single answers with a true (thumbs up) or false label, KTO "
-        "(TRL unpaired format); adapter: a version with its model card",
+        "(TRL unpaired format); adapter: a version with its model card; reward-model: a version's reward model "
+        "(PEFT, with its scalar head) with its model card",
     )
     ex.add_argument("--raw", action="store_true", help="the same as --what votes")
     ex.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")
@@ -160,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pu.add_argument("--dataset-repo", required=True)
     pu.add_argument("--model-repo", default=None)
+    pu.add_argument(
+        "--reward-model-repo", default=None, help="a model repo for the version's reward model (PEFT, scalar head)"
+    )
     pu.add_argument("--version", type=int, default=None, help="the adapter version (default: the serving one)")
     pu.add_argument("--public", action="store_true", help="create public repos (default: private)")
 
