@@ -356,6 +356,13 @@ def load_policy(sft_dir: str):
     return model, tokenizer
 
 
+def load_tokenizer(sft_dir: str):
+    """The tokenizer of a model folder, with a pad token (pad_with_eos)."""
+    from transformers import AutoTokenizer
+
+    return pad_with_eos(AutoTokenizer.from_pretrained(sft_dir))
+
+
 def pad_with_eos(tokenizer):
     """The tokenizer, with its EOS token as the pad token when it has none: padding is needed only for batching,
     and EOS is the conventional stand-in."""

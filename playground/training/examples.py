@@ -15,24 +15,43 @@ from ..votes import demonstration_to_trl, rating_to_trl, to_trl
 
 # The stages of a round, in the order they train, with the kind of feedback each learns from and the trl format
 # of that kind. Instruction alignment first; preference alignment (pairs, then single ratings) builds on it.
-STAGES = (("sft", "demonstrations"), ("dpo", "pairs"), ("kto", "ratings"))
+# Pairs train the policy by one of two routes (`--preference-route`): directly (dpo), or through the round's reward
+# model (grpo: RL against it).
+STAGES = (("sft", "demonstrations"), ("dpo", "pairs"), ("grpo", "pairs"), ("kto", "ratings"))
 KIND_OF = dict(STAGES)
-STAGE_TITLES = {"sft": "SFT on demonstrations", "dpo": "DPO on pairs", "kto": "KTO on ratings"}
+KINDS_IN_ORDER = tuple(dict.fromkeys(KIND_OF.values()))
+ROUTE_STAGE = {"dpo": "dpo", "rlhf": "grpo"}
+STAGE_TITLES = {
+    "sft": "SFT on demonstrations",
+    "dpo": "DPO on pairs",
+    "grpo": "RL (GRPO) against the reward model",
+    "kto": "KTO on ratings",
+}
 TO_TRL = {"demonstrations": demonstration_to_trl, "pairs": to_trl, "ratings": rating_to_trl}
 # Objectives of an ablation (simulate --ablation): the stages each trains, and what that is in words.
-OBJECTIVES = {"dpo": ("dpo",), "sft": ("sft",), "sft+dpo": ("sft", "dpo"), "sft+dpo+kto": ("sft", "dpo", "kto")}
+OBJECTIVES = {
+    "dpo": ("dpo",),
+    "sft": ("sft",),
+    "sft+dpo": ("sft", "dpo"),
+    "sft+dpo+kto": ("sft", "dpo", "kto"),
+    "rm+rl": ("grpo",),
+    "sft+rm+rl": ("sft", "grpo"),
+}
 OBJECTIVE_TITLES = {
     "dpo": "preference only",
     "sft": "instruction only",
     "sft+dpo": "both",
     "sft+dpo+kto": "both, and ratings",
+    "rm+rl": "preference through a reward model",
+    "sft+rm+rl": "both, preference through a reward model",
 }
 
 
 def stages_of(settings: RoundSettings) -> tuple[str, ...]:
     """The stages these settings' weights turn on, in training order."""
     kinds = settings.feedback_kinds()
-    return tuple(stage for stage, kind in STAGES if kind in kinds)
+    skipped = {stage for stage in ROUTE_STAGE.values() if stage != ROUTE_STAGE[settings.preference_route]}
+    return tuple(stage for stage, kind in STAGES if kind in kinds and stage not in skipped)
 
 
 def key_of(kind: str, row: dict):
@@ -58,7 +77,7 @@ class Selection:
         """new_<kind> and replayed_<kind> for every kind (what the round records in its hyperparams)."""
         return {
             f"{prefix}_{kind}": len(part.get(kind, []))
-            for kind in KIND_OF.values()
+            for kind in KINDS_IN_ORDER
             for prefix, part in (("new", self.new), ("replayed", self.replay))
         }
 

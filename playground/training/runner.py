@@ -18,13 +18,14 @@ import time
 from pathlib import Path
 
 from .. import reward_models
-from ..models import load_policy
+from ..models import load_policy, load_tokenizer
 from ..settings import RoundSettings
 from ..store import Store
 from .cores import SpareCores, spare_cores_callback
-from .examples import KIND_OF, Selection, key_of, round_due, select_feedback, stages_of, trl_rows
+from .examples import KIND_OF, KINDS_IN_ORDER, Selection, key_of, round_due, select_feedback, stages_of, trl_rows
 from .reward_model import save as save_reward_model
 from .reward_model import train_reward_model, warm_start_from
+from .rl import prompt_rows, reward_function
 from .stages import Stage, lora_config, stage_steps
 
 log = logging.getLogger(__name__)
@@ -65,7 +66,7 @@ def run_round(
     # Warm start from the parent, unless the settings changed the adapter's shape since (its weights would not fit).
     fresh_because = adapter_shape_change(parent_path, config) if parent_path else None
     hyperparams |= _start(parent, not parent_path or bool(fresh_because), fresh_because, settings)
-    keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KIND_OF.values()}
+    keys = {kind: [key_of(kind, row) for row in selection.rows(kind)] for kind in KINDS_IN_ORDER}
     round_id = store.start_round(
         parent,
         keys["pairs"],
@@ -79,6 +80,14 @@ def run_round(
     log.info("Round %d: %s, parent v%d, %d steps.", round_id, _described(selection), parent, steps_total)
     work = Path(tempfile.mkdtemp(prefix=f".round-{round_id}-", dir=_ensure(Path(adapters_dir))))
     try:
+        reward = None  # the rlhf route: (reward model, its tokenizer, figures), trained before the policy loads
+        if "grpo" in sizes:
+            cores = SpareCores(settings.train_threads, settings.idle_train_threads)
+            cores.adjust()
+            pairs = trl_rows("pairs", selection.rows("pairs"), load_tokenizer(sft_dir), settings.max_length)
+            reward = train_reward_model(
+                pairs, sft_dir, settings, work / "reward", warm_start_from(parent_path, settings), []
+            )
         model, tokenizer = load_policy(sft_dir)
         set_seed(settings.train_seed)  # the LoRA initialisation
         peft_model = get_peft_model(model, config)
@@ -103,7 +112,11 @@ def run_round(
         fit_start, done, figures = time.perf_counter(), 0, {}
         cores = SpareCores(settings.train_threads, settings.idle_train_threads)
         for name in sizes:
-            stage = Stage(name, trl_rows(KIND_OF[name], selection.rows(KIND_OF[name]), tokenizer, settings.max_length))
+            rows = trl_rows(KIND_OF[name], selection.rows(KIND_OF[name]), tokenizer, settings.max_length)
+            if name == "grpo":
+                stage = Stage(name, prompt_rows(rows, settings), reward=reward_function(*reward[:2]))
+            else:
+                stage = Stage(name, rows)
             cores.adjust()  # the reference log-probs are computed before the first step
             callbacks = [_progress(store, round_id, name, done, steps_total), spare_cores_callback(cores)]
             figures[name] = stage.train(peft_model, tokenizer, settings, work / name, callbacks)
@@ -114,6 +127,10 @@ def run_round(
         final = Path(adapters_dir) / f"round-{round_id:04d}"
         staging = work / "adapter"
         peft_model.save_pretrained(staging)  # PEFT's standard format: adapter_config.json + adapter_model.safetensors
+        if reward is not None:  # published with the version it rewarded
+            save_reward_model(reward[0], reward_models.folder_of(staging), reward[2], sft_hub_id)
+            metrics["reward_model"] = reward[2]
+            reward = None
         if sft_hub_id:
             # Named after saving: PEFT would look the Hub id up while saving, which an offline machine cannot.
             config_file = staging / "adapter_config.json"
@@ -201,7 +218,7 @@ def adapter_shape_change(parent_path: str | Path, config) -> str | None:
 def _described(selection: Selection) -> str:
     return ", ".join(
         f"{len(selection.new.get(kind, []))} new + {len(selection.replay.get(kind, []))} replayed {kind}"
-        for kind in KIND_OF.values()
+        for kind in KINDS_IN_ORDER
         if selection.rows(kind)
     )
 
@@ -230,7 +247,9 @@ def _metrics(steps: list[dict], figures: dict[str, dict], fit_seconds: float) ->
     }
     dpo = last.get("dpo", {})
     final = dpo or (steps[-1] if steps else {})
-    main = figures.get("dpo") or list(figures.values())[-1]  # the stage the version's headline figures come from
+    # The stage the version's headline figures come from: the preference stage of its route.
+    main = figures.get("dpo") or figures.get("grpo") or list(figures.values())[-1]
+    rl = (last.get("grpo") or {}).get("extra") or {}
     return {
         "train_loss": main["train_loss"],
         "steps": sum(f["steps"] for f in figures.values()),
@@ -241,6 +260,8 @@ def _metrics(steps: list[dict], figures: dict[str, dict], fit_seconds: float) ->
         **{f"final_loss_{stage}": row["loss"] for stage, row in last.items()},
         "final_reward_margin": dpo.get("reward_margin"),
         "final_reward_accuracy": dpo.get("reward_accuracy"),
+        # rlhf: the reward model's mean score of the last step's samples, and their KL to the SFT model
+        **({"final_rl_reward": rl.get("reward"), "final_kl": rl.get("kl")} if "grpo" in last else {}),
     }
 
 

@@ -5,7 +5,8 @@ its kind of feedback (nothing hand-written):
   given its conversation (the prompt's tokens are not trained);
 - dpo: `DPOTrainer` on pairs: DPO's sigmoid loss with β;
 - kto: `KTOTrainer` on ratings: 👍 answers pushed up and 👎 down, each against a KL baseline trl estimates from the
-  other examples of its batch (so a batch holds at least 2: `KTO_MIN_BATCH`).
+  other examples of its batch (so a batch holds at least 2: `KTO_MIN_BATCH`);
+- grpo (the `rlhf` route, instead of dpo): `GRPOTrainer` on prompts, rewarded by the round's reward model (rl.py).
 
 References. DPO and KTO measure against a reference model, which `--dpo-reference` chooses (`reference_for`). trl
 computes the reference log-probs once, when its trainer is made, from a frozen copy ("ref") of the adapter as it is
@@ -132,11 +133,12 @@ def kto_config(settings: RoundSettings, output_dir: Path, labels: list[bool]):
 
 
 @contextlib.contextmanager
-def reference_for(peft_model, reference: str):
+def reference_for(peft_model, reference: str, keep_copy: bool = False):
     """While a preference trainer is made: the adapter as its reference should see it. `sft`: LoRA's B matrices at
     zero, so the adapter adds nothing and the frozen "ref" copy trl takes (and the log-probs it computes from it) are
     the SFT model's; the weights go back after. `previous`: the adapter as it is, the round's starting point. Either
-    way the copy is deleted after (it would be saved with the adapter)."""
+    way the copy is deleted after (it would be saved with the adapter), unless `keep_copy`: RL reads it at every
+    step, and Stage.train deletes it once the stage has trained."""
     import torch
 
     saved = (
@@ -155,7 +157,7 @@ def reference_for(peft_model, reference: str):
     try:
         yield
     finally:
-        if "ref" in peft_model.peft_config:
+        if "ref" in peft_model.peft_config and not keep_copy:
             peft_model.delete_adapter("ref")
         params = dict(peft_model.named_parameters())
         with torch.no_grad():
@@ -165,16 +167,20 @@ def reference_for(peft_model, reference: str):
 
 def stage_steps(name: str, examples: int, settings: RoundSettings) -> int:
     """Optimizer steps of a stage on `examples` examples (what trl's trainer will take)."""
+    if name == "grpo":
+        return settings.rl_steps
     batch, accumulation = kto_batches(settings) if name == "kto" else (settings.batch_size, settings.grad_accumulation)
     return settings.epochs * -(-examples // (batch * accumulation))
 
 
 @dataclass
 class Stage:
-    """One stage of a round: its name (sft, dpo, kto) and its examples in trl's format."""
+    """One stage of a round: its name (sft, dpo, kto, grpo) and its examples in trl's format (grpo: prompts);
+    `reward`: grpo's reward function (rl.reward_function)."""
 
     name: str
     rows: list[dict]
+    reward: object = None
 
     def trainer(self, peft_model, tokenizer, settings: RoundSettings, output_dir: Path, callbacks: list):
         """The trl trainer of this stage, made just before it trains (each trainer fits the model's forward pass to
@@ -188,6 +194,15 @@ class Stage:
             from trl import SFTTrainer
 
             return SFTTrainer(args=sft_config(settings, output_dir), **given)
+        if self.name == "grpo":
+            from trl import GRPOTrainer
+
+            from .rl import grpo_config
+
+            # KL to the SFT model, whichever reference the DPO stages use: the reward model's over-optimization is
+            # what the penalty holds back, measured from where people's judgments were made.
+            with reference_for(peft_model, "sft", keep_copy=True):
+                return GRPOTrainer(args=grpo_config(settings, output_dir), reward_funcs=self.reward, **given)
         with reference_for(peft_model, settings.dpo_reference):
             if self.name == "dpo":
                 from trl import DPOTrainer
@@ -201,7 +216,12 @@ class Stage:
         """Train this stage; its figures: steps, train loss, seconds (including making the trainer, which
         tokenizes and computes the reference log-probs)."""
         started = time.perf_counter()
-        output = self.trainer(peft_model, tokenizer, settings, output_dir, callbacks).train()
+        try:
+            output = self.trainer(peft_model, tokenizer, settings, output_dir, callbacks).train()
+        finally:
+            if "ref" in peft_model.peft_config:  # RL's reference copy, kept while it trained
+                peft_model.delete_adapter("ref")
+                peft_model.set_adapter("default")
         return {
             "steps": output.global_step,
             "train_loss": output.training_loss,
