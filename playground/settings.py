@@ -318,8 +318,9 @@ class RoundSettings:
     reward_model: bool = field(
         default=True,
         metadata=_help(
-            "train a reward model on each round's pairs (trl's RewardTrainer; the `rlhf` route needs it): it scores "
-            "answers on the page and is tested on every new vote before it trains on it"
+            "train a reward model on each round's pairs (trl's RewardTrainer): it scores answers on the page and is "
+            "tested on every new vote before it trains on it; `false` turns it off for `dpo` rounds (an `rlhf` round "
+            "always trains the one it is rewarded by)"
         ),
     )
     reward_learning_rate: float = field(
@@ -431,8 +432,6 @@ class RoundSettings:
             problems.append(
                 f"preference_route must be one of {', '.join(PREFERENCE_ROUTES)} (got {self.preference_route!r})"
             )
-        elif self.preference_route == "rlhf" and not self.reward_model:
-            problems.append("the rlhf route trains against the round's reward model: it needs reward_model on")
         if self.dpo_reference not in DPO_REFERENCES:
             problems.append(f"dpo_reference must be one of {', '.join(DPO_REFERENCES)} (got {self.dpo_reference!r})")
         if problems:

@@ -304,6 +304,15 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
         sft_weight=0.5,
         rating_weight=2.0,
         dpo_reference="previous",
+        preference_route="rlhf",
+        reward_model=False,  # dpo rounds only: the rlhf route trains the reward model it is rewarded by
+        reward_learning_rate=1e-3,
+        rl_beta=0.1,
+        rl_prompts=str(prompts),
+        rl_steps=2,
+        rl_generations=2,
+        rl_completion_tokens=8,
+        checkpoint_steps=1,
     )
     assert all(getattr(custom, f.name) != getattr(defaults, f.name) for f in dataclasses.fields(RoundSettings))
     playground.round_settings = custom
@@ -332,14 +341,20 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
         "demonstrations": 1,
         "pairs": 1 + 1,
     }
-    assert recorded["stages"] == ["sft", "dpo", "kto"] and rnd["learned_from"] == {
+    assert recorded["stages"] == ["sft", "grpo", "kto"] and rnd["learned_from"] == {
         "demonstrations": 1,
         "pairs": 2,
         "ratings": 2,
     }
     # Each weight scales its stage's learning rate.
-    rates = {s["stage"]: s["learning_rate"] for s in store.round_steps(rnd["id"])}
-    assert rates == pytest.approx({"sft": 3e-3 * 0.5, "dpo": 3e-3, "kto": 3e-3 * 2.0})
+    steps = store.round_steps(rnd["id"])
+    rates = {s["stage"]: s["learning_rate"] for s in steps}
+    assert rates == pytest.approx({"sft": 3e-3 * 0.5, "grpo": 3e-3, "kto": 3e-3 * 2.0})
+    rl = [s for s in steps if s["stage"] == "grpo"]
+    assert len(rl) == 2 and all(s["extra"]["completions/max_length"] <= 8 for s in rl)
+    assert all("kl" in s["extra"] and "reward" in s["extra"] for s in rl), "β > 0: trl logs the KL term"
+    reward_model = json.loads((Path(store.version(1)["path"]) / "reward_model" / "reward_model.json").read_text())
+    assert reward_model["pairs"] == 2
     config = json.loads((Path(playground.store.version(1)["path"]) / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"], config["lora_dropout"]) == (4, 8, 0.05)
     assert set(config["target_modules"]) == {"q_proj", "k_proj", "v_proj"}
