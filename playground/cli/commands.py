@@ -255,6 +255,7 @@ BENCH_SUITES = {
     "load": "load",
     "soak": "soak",
     "votes": "votes",
+    "routes": "routes",
 }
 
 
