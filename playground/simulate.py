@@ -1,8 +1,9 @@
 """A rule-based voter that drives the real loop (generation → votes → trainer process → hot swap) and then
 measures, on held-out prompts, whether the preference-tuned model moved the way the votes asked.
 
-Oracles: `shorter` (prefers the shorter answer), `no-word:WORD` (prefers answers without WORD), `contains:WORD`
-(prefers answers with WORD). Equal scores are a tie (no DPO pair). Besides voting, the voter can give the other two
+Oracles: `shorter` (prefers the shorter answer), `plain` (prefers the answer a layperson reads more easily: Flesch
+reading ease by textstat, ties within PLAIN_MARGIN points), `no-word:WORD` (prefers answers without WORD),
+`contains:WORD` (prefers answers with WORD). Equal scores are a tie (no DPO pair). Besides voting, the voter can give the other two
 kinds of feedback: every K-th turn a better answer (`corrections`: the answer it likes best, improved by its rule:
 `Oracle.improve`), and single ratings of every answer (`ratings`: 👍 above the median score of the answers it has
 seen so far, 👎 below it, none at the median). `simulate --ablation` (ablation.py) trains what it recorded under
@@ -40,14 +41,18 @@ class Oracle:
         kind, _, word = spec.partition(":")
         if kind == "shorter" and not word:
             return cls("shorter")
+        if kind == "plain" and not word:
+            return cls("plain")
         if kind in ("no-word", "contains") and word.strip():
             return cls(kind, word.strip().lower())
-        raise UserError(f"Unknown oracle '{spec}': use shorter, no-word:WORD or contains:WORD.")
+        raise UserError(f"Unknown oracle '{spec}': use shorter, plain, no-word:WORD or contains:WORD.")
 
     def score(self, text: str) -> float:
         """Higher is better."""
         if self.kind == "shorter":
             return -len(text.strip())
+        if self.kind == "plain":
+            return plainness(text)
         hits = len(re.findall(rf"\b{re.escape(self.word)}\b", text.lower()))
         return -hits if self.kind == "no-word" else hits
 
@@ -58,7 +63,8 @@ class Oracle:
 
     def compare(self, a: str, b: str) -> str:
         sa, sb = self.score(a), self.score(b)
-        return "tie" if sa == sb else ("a" if sa > sb else "b")
+        margin = PLAIN_MARGIN if self.kind == "plain" else 0
+        return "tie" if abs(sa - sb) <= margin else ("a" if sa > sb else "b")
 
     def rank(self, texts: dict[str, str]) -> list[str]:
         """Keys best first (equal scores keep their order; identical texts then give no pair)."""
@@ -70,10 +76,26 @@ class Oracle:
         text = text.strip()
         if self.kind == "shorter":
             return re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0].strip()
+        if self.kind == "plain":
+            return " ".join(re.split(r"(?<=[.!?])\s+", text, maxsplit=2)[:2]).strip()
         if self.kind == "contains":
             return f"{text} {self.word}".strip()
         without = re.sub(rf"\b{re.escape(self.word)}\b", "", text, flags=re.IGNORECASE)
         return re.sub(r"[ \t]{2,}", " ", without).strip()
+
+
+# `plain`: two answers whose Flesch reading ease differs by this much or less read the same to a layperson (a tie).
+PLAIN_MARGIN = 5.0
+
+
+def plainness(text: str) -> float:
+    """How easily a layperson reads `text`: its Flesch reading ease (textstat; higher is plainer: short sentences of
+    short words). An empty answer reads as nothing at all: the lowest score."""
+    if not re.search(r"\w", text):
+        return -1000.0
+    import textstat
+
+    return float(textstat.flesch_reading_ease(text))
 
 
 class Rater:

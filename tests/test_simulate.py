@@ -26,7 +26,16 @@ def test_oracles_score_as_named():
     assert no_sorry.compare("Sorrysome is not the word", "fine") == "tie", "whole words only"
     contains = Oracle.parse("contains:please")
     assert contains.compare("Please sit.", "Sit.") == "a"
-    for bad in ("longer", "no-word:", "contains", ""):
+    plain = Oracle.parse("plain")
+    lay = "Quantum computers use qubits. A qubit can be 0 and 1 at once. So they try many answers together."
+    expert = (
+        "Quantum computation leverages superposition and entanglement to manipulate probability amplitudes across "
+        "exponentially large Hilbert spaces, enabling asymptotically superior algorithms."
+    )
+    assert plain.compare(lay, expert) == "a" and plain.compare(expert, lay) == "b"
+    assert plain.compare(lay, lay.replace("So", "Thus")) == "tie", "within the margin: reads the same"
+    assert plain.compare("", lay) == "b", "no answer is not plain"
+    for bad in ("longer", "no-word:", "contains", "plain:x", ""):
         with pytest.raises(ValueError, match="Unknown oracle"):
             Oracle.parse(bad)
 
@@ -35,6 +44,7 @@ def test_an_oracle_writes_the_better_answer_its_rule_prefers_and_rates_against_i
     shorter = Oracle.parse("shorter")
     assert shorter.improve("First sentence. Second one! Third?") == "First sentence."
     assert shorter.improve("Only one sentence") == "Only one sentence"
+    assert Oracle.parse("plain").improve("First. Second! Third? Fourth.") == "First. Second!"
     contains, without = Oracle.parse("contains:please"), Oracle.parse("no-word:sorry")
     assert contains.improve("Sit down.") == "Sit down. please"
     assert contains.score(contains.improve("Sit down.")) > contains.score("Sit down.")

@@ -177,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
         temperature=0.8,
         top_p=0.95,
     )
-    sim.add_argument("--oracle", required=True, help="shorter | no-word:WORD | contains:WORD")
+    sim.add_argument("--oracle", required=True, help="shorter | plain | no-word:WORD | contains:WORD")
     sim.add_argument("--votes", type=int, default=64)
     sim.add_argument("--mode", choices=("pairwise", "best-of-three"), default="pairwise")
     sim.add_argument("--prompts", default=None, help="prompt file (JSONL); default assets/prompts.jsonl")
@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         metavar="K",
         help="every K-th turn the oracle also writes a better answer (a demonstration): for shorter, "
-        "the first sentence of the answer it likes best; for contains:W / no-word:W, that answer "
+        "the first sentence of the answer it likes best; for plain, its first two sentences; for contains:W / "
+        "no-word:W, that answer "
         "with W added / removed; 0 = none",
     )
     sim.add_argument(
