@@ -3,7 +3,8 @@ each result measured on held-out prompts (`simulate --ablation`).
 
 The simulated voter first records its feedback on the SFT model's own answers (no trainer runs meanwhile, so every
 objective starts from version 0 and sees the same data). Then, for each objective of `training.OBJECTIVES` (`dpo`:
-preference only; `sft`: instruction only; `sft+dpo`: both; `sft+dpo+kto`: both and the ratings), a copy of that
+preference only; `sft`: instruction only; `sft+dpo`: both; `sft+dpo+kto`: both and the ratings; `rm+rl`: preference
+through a reward model and RL; `sft+rm+rl`: the SFT stage first, then that), a copy of that
 store trains one round of only that objective's stages, in this process, with the real round code. An objective one
 of whose stages has no feedback of its kind recorded is skipped, with a note in its place (`{"skipped": why}`): it
 would train what a smaller objective trains, under a name that claims more; so is one whose round made no version.
@@ -12,7 +13,9 @@ seeds for all of them: drift.py's sampler), and per objective:
 - win_rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt and seed (ties ½),
   with `ties` (their share), `win_rate_decided` and the standard errors beside it (verdicts.py says what they mean);
 - ppl_sft: the perplexity of its answers under the SFT model; kl: KL to the SFT model, nats per answer (drift.py);
-- mean_length: answer length in tokens; seconds: the round, from its start to its published version.
+- mean_length: answer length in tokens; seconds: the round, from its start to its published version;
+- reward_model_agreement (the RL objectives): of the held-out answer pairs the oracle decides, the share the
+  version's reward model orders as the oracle does (`reward_model_agreement`).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from . import drift, verdicts
+from . import drift, reward_models, verdicts
 from .models import load_policy
 from .settings import RoundSettings
 from .store import Store
@@ -40,6 +43,7 @@ FIGURES = (
     ("ppl_sft", ".2f"),
     ("kl", ".2f"),
     ("mean_length", ".1f"),
+    ("reward_model_agreement", ".2f"),
     ("seconds", ".0f"),
 )
 
@@ -102,6 +106,26 @@ def figures(samples: list[dict], baseline: list[dict], oracle, max_new_tokens: i
     }
 
 
+def reward_model_agreement(
+    sft_dir: str, version_path: str, prompts, answers: list[dict], baseline: list[dict], oracle
+) -> float | None:
+    """Of the held-out answer pairs (the version's answer and the SFT model's to the same prompt and seed) the oracle
+    decides, the share the version's reward model orders as the oracle does: how far the surrogate RL optimized
+    stands for the truth on answers it never saw. None when the oracle decided none."""
+    base, tokenizer = reward_models.load_base(sft_dir)
+    model = reward_models.attach(base, reward_models.folder_of(version_path))
+    conversations = lambda samples: [([{"role": "user", "content": p}], s["text"]) for p, s in zip(prompts, samples)]  # noqa: E731
+    mine, theirs = (reward_models.score(model, tokenizer, conversations(x)) for x in (answers, baseline))
+    agreed = [
+        (m > t) == (verdict == "a")
+        for m, t, verdict in zip(
+            mine, theirs, (oracle.compare(a["text"], b["text"]) for a, b in zip(answers, baseline))
+        )
+        if verdict != "tie"
+    ]
+    return sum(agreed) / len(agreed) if agreed else None
+
+
 def ablate(
     store: Store,
     sft_dir: str,
@@ -138,11 +162,16 @@ def ablate(
             log.warning("Ablation %s: %s.", name, NO_VERSION)
             continue
         row = copy.version(version)
-        results[name] = figures(sample(sft_dir, row["path"], plan), baseline, oracle, max_new_tokens) | {
+        answers = sample(sft_dir, row["path"], plan)
+        results[name] = figures(answers, baseline, oracle, max_new_tokens) | {
             "seconds": seconds,
             "learned_from": row["learned_from"],
             "steps": (row["metrics"] or {}).get("steps"),
         }
+        if "grpo" in OBJECTIVES[name]:
+            results[name]["reward_model_agreement"] = reward_model_agreement(
+                sft_dir, row["path"], plan.prompts, answers, baseline, oracle
+            )
         made[name] = row["path"]
         log.info("Ablation %s: %s", name, {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)})
     return {
@@ -161,8 +190,8 @@ def table(result: dict) -> str:
     """The ablation as a Markdown table (the README and docs/performance.md quote it)."""
     lines = [
         "| objective | held-out win rate vs SFT | ties | perplexity under SFT | KL to SFT (nats/answer) | "
-        "mean length (tokens) | round seconds |",
-        "|---|---|---|---|---|---|---|",
+        "mean length (tokens) | reward model agrees with the oracle | round seconds |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     rows = [("SFT model (v0)", result["baseline"])] + list(result["ablation"].items())
     for name, f in rows:

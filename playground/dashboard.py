@@ -94,6 +94,7 @@ def compute(store: Store) -> dict[str, Any]:
         "win_rates": rates,
         "trainer": store.trainer_state(),
         "ablation": store.latest_ablation(),
+        "overoptimization": store.latest_overoptimization(),
     }
 
 

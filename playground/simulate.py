@@ -1,10 +1,8 @@
 """A rule-based voter that drives the real loop (generation → votes → trainer process → hot swap) and then
 measures, on held-out prompts, whether the preference-tuned model moved the way the votes asked.
 
-Oracles: `shorter` (prefers the shorter answer), `plain` (prefers the answer a layperson reads more easily: Flesch
-reading ease by textstat, ties within PLAIN_MARGIN points), `no-word:WORD` (prefers answers without WORD),
-`contains:WORD` (prefers answers with WORD). Equal scores are a tie (no DPO pair). Besides voting, the voter can give the other two
-kinds of feedback: every K-th turn a better answer (`corrections`: the answer it likes best, improved by its rule:
+The oracles are in oracles.py (`shorter`, `plain`, `no-word:WORD`, `contains:WORD`); equal scores are a tie (no DPO
+pair). Besides voting, the voter can give the other two kinds of feedback: every K-th turn a better answer (`corrections`: the answer it likes best, improved by its rule:
 `Oracle.improve`), and single ratings of every answer (`ratings`: 👍 above the median score of the answers it has
 seen so far, 👎 below it, none at the median). `simulate --ablation` (ablation.py) trains what it recorded under
 each objective.
@@ -12,104 +10,22 @@ each objective.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
-import re
-import statistics
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import drift, verdicts
 from .core import Playground
 from .errors import UserError
+from .oracles import Oracle, Rater
 from .processes import wait_for
 from .settings import Sampling
 
 log = logging.getLogger(__name__)
 SESSION = "simulated-voter"
-
-
-@dataclass(frozen=True)
-class Oracle:
-    kind: str
-    word: str | None = None
-
-    @classmethod
-    def parse(cls, spec: str) -> Oracle:
-        kind, _, word = spec.partition(":")
-        if kind == "shorter" and not word:
-            return cls("shorter")
-        if kind == "plain" and not word:
-            return cls("plain")
-        if kind in ("no-word", "contains") and word.strip():
-            return cls(kind, word.strip().lower())
-        raise UserError(f"Unknown oracle '{spec}': use shorter, plain, no-word:WORD or contains:WORD.")
-
-    def score(self, text: str) -> float:
-        """Higher is better."""
-        if self.kind == "shorter":
-            return -len(text.strip())
-        if self.kind == "plain":
-            return plainness(text)
-        hits = len(re.findall(rf"\b{re.escape(self.word)}\b", text.lower()))
-        return -hits if self.kind == "no-word" else hits
-
-    @property
-    def spec(self) -> str:
-        """The oracle as `--oracle` spells it."""
-        return f"{self.kind}:{self.word}" if self.word else self.kind
-
-    def compare(self, a: str, b: str) -> str:
-        sa, sb = self.score(a), self.score(b)
-        margin = PLAIN_MARGIN if self.kind == "plain" else 0
-        return "tie" if abs(sa - sb) <= margin else ("a" if sa > sb else "b")
-
-    def rank(self, texts: dict[str, str]) -> list[str]:
-        """Keys best first (equal scores keep their order; identical texts then give no pair)."""
-        return sorted(texts, key=lambda key: -self.score(texts[key]))
-
-    def improve(self, text: str) -> str:
-        """The better answer this oracle would write from `text`: `shorter`, its first sentence; `contains:W`, the
-        text with W added; `no-word:W`, the text with every W removed ("" when nothing is left)."""
-        text = text.strip()
-        if self.kind == "shorter":
-            return re.split(r"(?<=[.!?])\s+", text, maxsplit=1)[0].strip()
-        if self.kind == "plain":
-            return " ".join(re.split(r"(?<=[.!?])\s+", text, maxsplit=2)[:2]).strip()
-        if self.kind == "contains":
-            return f"{text} {self.word}".strip()
-        without = re.sub(rf"\b{re.escape(self.word)}\b", "", text, flags=re.IGNORECASE)
-        return re.sub(r"[ \t]{2,}", " ", without).strip()
-
-
-# `plain`: two answers whose Flesch reading ease differs by this much or less read the same to a layperson (a tie).
-PLAIN_MARGIN = 5.0
-
-
-def plainness(text: str) -> float:
-    """How easily a layperson reads `text`: its Flesch reading ease (textstat; higher is plainer: short sentences of
-    short words). An empty answer reads as nothing at all: the lowest score."""
-    if not re.search(r"\w", text):
-        return -1000.0
-    import textstat
-
-    return float(textstat.flesch_reading_ease(text))
-
-
-class Rater:
-    """Single ratings by an oracle: 👍 for an answer scoring above the median of every answer it has scored so far
-    (this one included), 👎 below, None (no rating) at the median."""
-
-    def __init__(self, oracle: Oracle):
-        self.oracle, self.scores = oracle, []
-
-    def rate(self, text: str) -> bool | None:
-        score = self.oracle.score(text)
-        self.scores.append(score)
-        median = statistics.median(self.scores)
-        return None if score == median else score > median
 
 
 def split_prompts(prompts: list[dict], every: int = 4) -> tuple[list[dict], list[dict]]:
@@ -410,3 +326,53 @@ def workspace(data_dir: Path) -> Path:
     models_dir(data_dir).mkdir(parents=True, exist_ok=True)
     (path / "models").symlink_to(models_dir(data_dir).resolve(), target_is_directory=True)
     return path
+
+
+def rl_prompts_without(heldout: list[dict], settings, folder: Path) -> Path:
+    """The `rlhf` route's unvoted prompts (`--rl-prompts`) without the held-out ones, written to `folder`: RL never
+    trains on a prompt the win rate is measured on."""
+    from .training.rl import read_prompts
+
+    held = {same_text(p["prompt"]) for p in heldout}
+    path = Path(folder) / "rl_prompts.jsonl"
+    kept = [p for p in read_prompts(settings.rl_prompts) if same_text(p) not in held]
+    path.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in kept))
+    return path
+
+
+def measure_overoptimization(playground: Playground, oracle: Oracle, heldout: list[dict], sampling: Sampling) -> dict:
+    """After an `rlhf` simulation: RL against the last version's reward model for longer than a round (4 rounds' worth
+    of steps), from the SFT model, with a checkpoint every `--checkpoint-steps` steps (overoptimization.py)."""
+    from . import overoptimization, reward_models
+    from .models import model_folder
+    from .training.examples import trl_rows
+
+    settings = playground.round_settings
+    version = next((v for v in reversed(playground.store.versions()) if reward_models.exists(v["path"])), None)
+    if version is None:
+        return {"skipped": "no version with a reward model"}
+    sft_dir = model_folder(playground.preset.sft, playground.data_dir, playground.models.trust_remote_code)
+    pairs = trl_rows("pairs", playground.store.pairs(), playground.engine.sft.tokenizer, settings.max_length)
+    steps = max(4 * settings.rl_steps, 4 * settings.checkpoint_steps)
+    started = time.perf_counter()
+    curve = overoptimization.run(
+        sft_dir,
+        reward_models.folder_of(version["path"]),
+        pairs,
+        settings,
+        lambda policy, sft: oracle.compare(policy, sft),
+        [p["prompt"] for p in heldout],
+        steps=steps,
+        every=settings.checkpoint_steps,
+        max_new_tokens=sampling.max_new_tokens,
+        work=playground.data_dir / "overoptimization",
+    )
+    return {
+        "reward_model_version": version["version"],
+        "steps": steps,
+        "rl_beta": settings.rl_beta,
+        "oracle": oracle.spec,
+        "heldout_prompts": len(heldout),
+        "curve": curve,
+        "seconds": round(time.perf_counter() - started, 1),
+    }

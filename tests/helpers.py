@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 from playground.generation import final
 from playground.settings import RoundSettings
@@ -126,3 +131,23 @@ def pragmas(store: Store) -> dict:
 def newest_ready(store: Store) -> int:
     """The newest version in state ready (0: none)."""
     return max((v["version"] for v in store.versions() if v["state"] == "ready"), default=0)
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def simulate_json(tiny_models, data_dir: Path, *args: str) -> dict:
+    """`simulate ... --json` on the tiny models, in its own process, one training thread: the report."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    models = ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir", str(data_dir)]
+    tiny = ["--epochs", "1", "--train-threads", "1", "--learning-rate", "5e-2"]
+    result = subprocess.run(
+        [sys.executable, "-m", "playground", "-q", "simulate", *args, *tiny, *models, "--json"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)

@@ -36,13 +36,14 @@ def test_objectives_without_feedback_of_a_stages_kind_are_skipped_with_a_note(tm
         "sft": "no demonstrations recorded",
         "sft+dpo": "no demonstrations recorded",
         "sft+dpo+kto": "no demonstrations or ratings recorded",
+        "sft+rm+rl": "no demonstrations recorded",
     }
     assert result["adapters"] == {}
     table = ablation.table(result).splitlines()
     # The SFT model against itself: every comparison a tie, none decided.
-    assert table[2].startswith("| SFT model (v0) | 0.50 | 100% | 2.72 | 0.00 | 5.0 | 0 |"), table
+    assert table[2].startswith("| SFT model (v0) | 0.50 | 100% | 2.72 | 0.00 | 5.0 | – | 0 |"), table
     assert result["baseline"]["ties"] == 1.0 and result["baseline"]["win_rate_decided"] is None
-    assert table[3] == "| sft | skipped: no demonstrations recorded | – | – | – | – | – |"
+    assert table[3] == "| sft | skipped: no demonstrations recorded | – | – | – | – | – | – |"
     assert len({line.count("|") for line in table}) == 1, "every row has the table's columns"
 
 
@@ -52,7 +53,7 @@ def test_an_objective_whose_round_makes_no_version_is_reported_as_such(tmp_path,
     rounds = []
     monkeypatch.setattr(ablation, "run_round", lambda *args, **kwargs: rounds.append(kwargs["stages"]))
     result = ablate(store, tmp_path, monkeypatch)
-    assert rounds == [("dpo",)], "only the objective with feedback for every stage trains"
-    assert list(result["ablation"]) == ["dpo", "sft", "sft+dpo", "sft+dpo+kto"]
+    assert rounds == [("dpo",), ("grpo",)], "only the objectives with feedback for every stage train"
+    assert list(result["ablation"]) == ["dpo", "sft", "sft+dpo", "sft+dpo+kto", "rm+rl", "sft+rm+rl"]
     assert result["ablation"]["dpo"] == {"skipped": ablation.NO_VERSION}
     assert f"| dpo | skipped: {ablation.NO_VERSION} |" in ablation.table(result)

@@ -24,7 +24,13 @@ LAYERS = {
         "playground.judging",
         "playground.reward_export",
     ),
-    5: ("playground.training", "playground.drift", "playground.explain", "playground.ablation"),  # learning
+    5: (
+        "playground.training",
+        "playground.drift",
+        "playground.explain",
+        "playground.ablation",
+        "playground.overoptimization",
+    ),  # learning
     4: ("playground.generation", "playground.scoring", "playground.reward_scoring", "playground.leases"),  # generation
     3: (
         "playground.models",
@@ -42,6 +48,7 @@ LAYERS = {
         "playground.prompting",
         "playground.leaderboard",
         "playground.verdicts",
+        "playground.oracles",
         "playground.voters",
         "playground.settings",
         "playground.options",

@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import torch
-from helpers import add_short_vs_long_votes, tiny_round
+from helpers import add_short_vs_long_votes, simulate_json, tiny_round
 from peft import PeftModel
 from safetensors.torch import load_file
 
@@ -104,3 +104,30 @@ def test_a_dpo_rounds_adapter_is_bit_for_bit_the_same_with_the_reward_model_besi
         adapters[reward_model] = load_file(str(path / "adapter_model.safetensors"))
     assert adapters[True].keys() == adapters[False].keys()
     assert all(torch.equal(adapters[True][k], adapters[False][k]) for k in adapters[True])
+
+
+def test_simulate_rlhf_records_the_surrogate_and_the_truth_at_checkpoints(tiny_models, tmp_path):
+    """`simulate --preference-route rlhf --checkpoint-steps N`: the loop on the rlhf route, then RL against the last
+    reward model for longer than a round, measured every N steps; the real data set's Stages view gets the curve."""
+    from playground.data_sets import DataSet
+
+    args = "--oracle shorter --votes 4 --min-pairs 2 --heldout-limit 2 --max-new-tokens 8 --eval-tokens 0 "
+    args += "--preference-route rlhf --rl-steps 2 --rl-completion-tokens 8 --checkpoint-steps 2 "
+    args += "--reward-learning-rate 2e-2"
+    report = simulate_json(tiny_models, tmp_path, *args.split())
+    assert {r["status"] for r in report["rounds"]} == {"done"}
+    assert all(s["stage"] == "grpo" for r in report["rounds"] for s in r["steps"])
+    measured = report["overoptimization"]
+    assert measured["steps"] == 8 and measured["heldout_prompts"] == 2
+    curve = measured["curve"]
+    assert [c["step"] for c in curve] == [0, 2, 4, 6, 8]
+    assert all({"step", "kl", "reward", "win_rate"} <= set(c) for c in curve)
+    # Step 0 is the SFT model itself (a fresh adapter): every answer ties with the SFT model's, nothing moved.
+    assert curve[0]["win_rate"] == 0.5 and curve[0]["ties"] == 1.0 and abs(curve[0]["kl"]) < 1e-6
+    assert curve[-1]["kl"] > 0
+    # RL never trained on a held-out prompt.
+    unvoted = Path(report["workspace"]) / "rl_prompts.jsonl"
+    held = {a["prompt"] for a in report["after"]["answers"]}
+    assert unvoted.is_file() and not held & set(read_prompts(unvoted))
+    real = DataSet.for_models(tmp_path, str(tiny_models["base"]), str(tiny_models["sft"])).open_store()
+    assert real.latest_overoptimization()["curve"] == curve

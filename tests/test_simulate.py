@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import simulate_json
 
 from playground.errors import UserError
 from playground.simulate import Oracle, Rater, choose_heldout, split_prompts
@@ -109,23 +110,6 @@ def test_simulate_refuses_a_heldout_file_that_holds_only_prompts_to_vote_on(tmp_
     assert not (tmp_path / "data").exists(), "refused before anything was made or loaded"
 
 
-def simulate_json(tiny_models, data_dir: Path, *args: str) -> dict:
-    """`simulate ... --json` on the tiny models, in its own process, one training thread: the report."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    models = ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir", str(data_dir)]
-    tiny = ["--epochs", "1", "--train-threads", "1", "--learning-rate", "5e-2"]
-    result = subprocess.run(
-        [sys.executable, "-m", "playground", "-q", "simulate", *args, *tiny, *models, "--json"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return json.loads(result.stdout)
-
-
 @pytest.mark.slow
 def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path):
     args = (
@@ -178,7 +162,7 @@ def test_an_ablation_trains_the_same_feedback_under_each_objective(tiny_models, 
 
     args = "--oracle shorter --votes 6 --corrections 2 --ratings --ablation --heldout-limit 2 --max-new-tokens 10"
     report = simulate_json(tiny_models, tmp_path, *args.split())
-    assert list(report["ablation"]) == ["dpo", "sft", "sft+dpo", "sft+dpo+kto"]
+    assert list(report["ablation"]) == ["dpo", "sft", "sft+dpo", "sft+dpo+kto", "rm+rl", "sft+rm+rl"]
     assert all(report["feedback"][kind]["total"] for kind in ("demonstrations", "pairs", "ratings"))
     # The same recorded feedback, each objective taking all of its own kinds and nothing else.
     assert {name: f["learned_from"] for name, f in report["ablation"].items()} == learned_by_objective(report)
@@ -186,7 +170,9 @@ def test_an_ablation_trains_the_same_feedback_under_each_objective(tiny_models, 
         assert {"win_rate", "ppl_sft", "kl", "mean_length", "seconds"} <= figures.keys(), name
         # Each version is its own adapter, and what it answers is its own: KL is 0 only for the SFT model itself.
         assert figures["kl"] > 0 and figures["steps"] > 0, (name, figures)
-    assert len(set(report["adapters"].values())) == 4 and all(Path(p).is_dir() for p in report["adapters"].values())
+        # The RL objectives: how often their reward model orders held-out answers as the oracle does.
+        assert ("reward_model_agreement" in figures) == name.endswith("rm+rl"), name
+    assert len(set(report["adapters"].values())) == 6 and all(Path(p).is_dir() for p in report["adapters"].values())
     assert report["baseline"]["kl"] == 0 and report["baseline"]["win_rate"] == 0.5
     assert report["heldout_prompts"] == 2 and report["heldout_overlap_dropped"] == 0
     # The real data set of these models keeps it for its Stages view; the simulated feedback stays in the workspace.
@@ -208,14 +194,16 @@ def test_an_ablation_on_votes_alone_trains_dpo_and_notes_the_objectives_it_canno
     report = simulate_json(tiny_models, tmp_path / "data", *args.split())
     assert report["heldout_prompts"] == 2 and report["heldout_overlap_dropped"] == 1
     assert report["feedback"]["pairs"]["total"] > 0 and report["votes"]["corrections"] == 0
-    dpo = report["ablation"].pop("dpo")
+    dpo, rl = report["ablation"].pop("dpo"), report["ablation"].pop("rm+rl")
     assert report["ablation"] == {
         "sft": {"skipped": "no demonstrations recorded"},
         "sft+dpo": {"skipped": "no demonstrations recorded"},
         "sft+dpo+kto": {"skipped": "no demonstrations or ratings recorded"},
+        "sft+rm+rl": {"skipped": "no demonstrations recorded"},
     }
-    assert dpo["learned_from"] == {"demonstrations": 0, "pairs": report["feedback"]["pairs"]["total"], "ratings": 0}
-    assert dpo["kl"] > 0 and list(report["adapters"]) == ["dpo"]
+    pairs_only = {"demonstrations": 0, "pairs": report["feedback"]["pairs"]["total"], "ratings": 0}
+    assert dpo["learned_from"] == rl["learned_from"] == pairs_only
+    assert dpo["kl"] > 0 and rl["kl"] > 0 and list(report["adapters"]) == ["dpo", "rm+rl"]
     # The Stages view shows the note where the figures would be.
     real = DataSet.for_models(tmp_path / "data", str(tiny_models["base"]), str(tiny_models["sft"])).open_store()
     view = ablation_markdown(real.latest_ablation())

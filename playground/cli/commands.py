@@ -178,7 +178,15 @@ def cmd_simulate(args) -> int:
     from ..core import Playground
     from ..data_sets import DataSet
     from ..prompting import load_prompts
-    from ..simulate import Oracle, choose_heldout, record_and_ablate, simulate, workspace
+    from ..simulate import (
+        Oracle,
+        choose_heldout,
+        measure_overoptimization,
+        record_and_ablate,
+        rl_prompts_without,
+        simulate,
+        workspace,
+    )
 
     oracle = Oracle.parse(args.oracle)
     if args.heldout_samples < 1:
@@ -192,6 +200,8 @@ def cmd_simulate(args) -> int:
     models = replace(models, data_dir=str(workspace(real_data_dir)), persist="off", hub_dataset=None)
     # The simulated voter is one source by design: a cap per voter would only slice its votes into more rounds.
     rounds = replace(settings_from(args, RoundSettings), pairs_per_voter=0)
+    if rounds.preference_route == "rlhf" or args.ablation:  # RL never trains on a held-out prompt
+        rounds = replace(rounds, rl_prompts=str(rl_prompts_without(heldout, rounds, Path(models.data_dir))))
     playground = opened(Playground(models, rounds))
     playground.load_models()
     run = record_and_ablate if args.ablation else simulate
@@ -210,6 +220,10 @@ def cmd_simulate(args) -> int:
             ratings=args.ratings,
             **({} if args.ablation else {"heldout_samples": args.heldout_samples}),
         )
+        if not args.ablation and rounds.preference_route == "rlhf" and rounds.checkpoint_steps:
+            result["overoptimization"] = measure_overoptimization(
+                playground, oracle, heldout, settings_from(args, Sampling)
+            )
     result["workspace"] = str(playground.data_dir)
     result["heldout_overlap_dropped"] = overlap
     if args.ablation:
@@ -231,6 +245,9 @@ def cmd_simulate(args) -> int:
                 )
             }
         )
+    if "overoptimization" in result:
+        real = DataSet.for_models(real_data_dir, playground.preset.base, playground.preset.sft).open_store()
+        real.save_overoptimization(result["overoptimization"] | {"workspace": result["workspace"]})
     if args.json:
         print(json.dumps(result, indent=2, default=str))
         return 0

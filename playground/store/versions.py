@@ -204,3 +204,16 @@ class Versions:
         with self.read() as conn:
             value = self.meta(conn, "ablation")
         return json.loads(value) if value else None
+
+    # -- reward over-optimization (overoptimization.py) ---------------------------------------------------
+
+    def save_overoptimization(self, summary: dict) -> None:
+        """The latest over-optimization curve measured on this data set's models (`simulate --preference-route rlhf
+        --checkpoint-steps N`, on feedback of its own): what the Stages view plots."""
+        with self.write() as conn:
+            self.set_meta(conn, "overoptimization", to_json(summary | {"saved_at": time.time()}))
+
+    def latest_overoptimization(self) -> dict | None:
+        with self.read() as conn:
+            value = self.meta(conn, "overoptimization")
+        return json.loads(value) if value else None

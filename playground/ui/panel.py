@@ -25,6 +25,7 @@ from .training_panels import (
     DRIFT_PLOTS,
     agreement_frame,
     drift_frame,
+    overoptimization_frame,
     plot_frame,
     progress_html,
     steps_frame,
@@ -42,6 +43,8 @@ OUTPUTS = (
     "accuracy",
     "versions",
     "agreement",
+    "surrogate",
+    "truth",
     *(p[0] for p in DRIFT_PLOTS),
     "leaderboard",
     "leaderboard_plot",
@@ -122,6 +125,7 @@ class Panel:
         stats = self.stats(facts)
         steps = steps_frame(facts["steps"], facts["rounds"])
         drift = drift_frame(facts)
+        overoptimization = overoptimization_frame(facts)
         return {
             "status": stats["status"],
             "training": training_status(
@@ -134,6 +138,8 @@ class Panel:
             "accuracy": plot_frame(steps, "step", "round", "reward_accuracy"),
             "versions": versions_table(facts),
             "agreement": agreement_frame(facts),
+            "surrogate": plot_frame(overoptimization, "KL to SFT", "reward model score"),
+            "truth": plot_frame(overoptimization, "KL to SFT", "true win rate"),
             **{name: plot_frame(drift, "version", column) for name, column, _ in DRIFT_PLOTS},
             "leaderboard": leaderboard.table(facts["standings"]),
             "leaderboard_plot": leaderboard.interval_plot(facts["standings"]),

@@ -17,6 +17,17 @@ INTRO = (
     "the written answers, then the preferences, building on them. Single ratings (**Good** / **Bad** under an "
     "answer, and **All three are bad**) train a third, unpaired preference loss (KTO)."
 )
+ROUTES = (
+    "**Two routes for the preferences.** *Directly* (`--preference-route dpo`, the default): DPO turns each pair "
+    "into a push on the model itself; there is no separate judge, only the implicit reward *Why this answer?* "
+    "shows. *Through a reward model* (`--preference-route rlhf`): every round first trains a **reward model** on "
+    "the same pairs, a learned stand-in for people's judgment that scores any answer, on prompts nobody voted on "
+    "too; then reinforcement learning (GRPO) makes the model write answers that reward model scores higher, on the "
+    "voted prompts and on new ones, held near the SFT model by a KL penalty (`--rl-beta`). Every round trains the "
+    "reward model either way: its score shows under each answer, and each new vote tests it before it learns from "
+    "it (its *agreement*). Pushed too hard, RL finds what the reward model over-rewards: its score keeps rising "
+    "while people's real preference stops following (*over-optimization*, the plots below)."
+)
 
 
 def _latest_learner(versions: list[dict], kind: str) -> str:
@@ -50,7 +61,40 @@ def stages_markdown(facts: dict, settings: RoundSettings) -> str:
         f"| weight | {_weight(settings.sft_weight, '--sft-weight')} | pairs 1; ratings "
         f"{_weight(settings.rating_weight, '--rating-weight')} |",
     ]
-    return "\n\n".join([INTRO, "\n".join(rows), ablation_markdown(facts.get("ablation"))])
+    route = f"This server's route: **{settings.preference_route}**" + (
+        f" (RL β {settings.rl_beta:g}, {settings.rl_steps} steps a round)."
+        if settings.preference_route == "rlhf"
+        else "."
+    )
+    return "\n\n".join(
+        [
+            INTRO,
+            "\n".join(rows),
+            ROUTES,
+            route,
+            ablation_markdown(facts.get("ablation")),
+            overoptimization_markdown(facts),
+        ]
+    )
+
+
+def overoptimization_markdown(facts: dict) -> str:
+    measured = facts.get("overoptimization")
+    if not measured or not measured.get("curve"):
+        return (
+            "**The surrogate and the truth** have not been measured for these models yet: `python -m playground "
+            "simulate --oracle shorter --votes 32 --preference-route rlhf --checkpoint-steps 8` runs RL against the "
+            "last reward model for longer than a round and plots its score and the oracle's win rate against KL."
+        )
+    first, last = measured["curve"][0], measured["curve"][-1]
+    peak = max(measured["curve"], key=lambda c: c["win_rate"])
+    return (
+        f"**The surrogate and the truth** (oracle `{measured['oracle']}`, reward model v{measured['reward_model_version']}, "
+        f"β {measured['rl_beta']:g}, {measured['steps']} RL steps, {measured['heldout_prompts']} held-out prompts): "
+        f"reward-model score {first['reward']:+.2f} → {last['reward']:+.2f}, true win rate against SFT "
+        f"{first['win_rate']:.2f} → {last['win_rate']:.2f} (highest {peak['win_rate']:.2f} at KL {peak['kl']:.1f}), "
+        f"KL to SFT {first['kl']:.1f} → {last['kl']:.1f} nats per answer."
+    )
 
 
 def ablation_markdown(ablation: dict | None) -> str:
@@ -67,14 +111,16 @@ def ablation_markdown(ablation: dict | None) -> str:
         f"{v['corrections']} better answers, {v['ratings']} ratings; each objective trained from the SFT model "
         f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts):",
         "",
-        "| objective | stages | win rate vs SFT | ties | perplexity under SFT | KL to SFT | mean length | round s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| objective | stages | win rate vs SFT | ties | perplexity under SFT | KL to SFT | mean length | "
+        "reward model agrees | round s |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, f in ablation["ablation"].items():
         lines.append(f"| {name} | {OBJECTIVE_TITLES.get(name, name)} | {' | '.join(cells(f))} |")
     lines.append(
         "\nWin rate: the oracle's verdict on each answer against the SFT model's answer to the same prompt "
         "and seed, ties ½ (0.5 = no change). Ties: the share the oracle could not tell apart (mostly the same "
-        "answer). KL: how far the version moved from the SFT model (nats per answer)."
+        "answer). KL: how far the version moved from the SFT model (nats per answer). Reward model agrees (RL "
+        "objectives): the share of the decided held-out pairs its reward model orders as the oracle does."
     )
     return "\n".join(lines)

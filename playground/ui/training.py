@@ -150,6 +150,28 @@ class TrainingTab:
             y_lim=[0, 1],
             elem_id="rm-agreement",
         )
+        with gr.Row():
+            surrogate = gr.LinePlot(
+                x="KL to SFT",
+                y="reward model score",
+                title="The surrogate: reward-model score",
+                height=220,
+                elem_id="overopt-reward",
+            )
+            truth = gr.LinePlot(
+                x="KL to SFT",
+                y="true win rate",
+                title="The truth: oracle's win rate vs SFT",
+                height=220,
+                y_lim=[0, 1],
+                elem_id="overopt-truth",
+            )
+        gr.Markdown(
+            "**The surrogate and the truth**: RL against a reward model for longer than a round, from the SFT model "
+            "(the latest `simulate --preference-route rlhf --checkpoint-steps N`). Both plotted against how far RL "
+            "moved the model (KL to SFT): where the reward model's score keeps rising and the oracle's win rate "
+            "does not, RL is optimizing the stand-in, not the preference."
+        )
         gr.Markdown(
             "**Reward model per version** (trained on the same pairs as the round, after the version is published): "
             "its agreement is the share of people's later votes where it scored their choice higher, each vote "
@@ -190,5 +212,7 @@ class TrainingTab:
             **plots,
             "versions": versions,
             "agreement": agreement,
+            "surrogate": surrogate,
+            "truth": truth,
             **drift_plots,
         }

@@ -185,3 +185,10 @@ def agreement_frame(facts: dict) -> pd.DataFrame:
         if (rm := v.get("reward_model")) and rm["judged"]
     ]
     return pd.DataFrame(rows, columns=["pairs learned from", "agreement", "version", "judged"])
+
+
+def overoptimization_frame(facts: dict) -> pd.DataFrame:
+    """The latest over-optimization curve: one row per checkpoint (KL to SFT, reward-model score, true win rate)."""
+    curve = (facts.get("overoptimization") or {}).get("curve") or []
+    rows = [{"KL to SFT": c["kl"], "reward model score": c["reward"], "true win rate": c["win_rate"]} for c in curve]
+    return pd.DataFrame(rows, columns=["KL to SFT", "reward model score", "true win rate"])
