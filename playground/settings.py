@@ -326,6 +326,13 @@ class RoundSettings:
     reward_learning_rate: float = field(
         default=5e-4, metadata=_help("learning rate of the reward model (its LoRA and its scalar head)")
     )
+    rl_learning_rate: float = field(
+        default=1e-3,
+        metadata=_help(
+            "`rlhf` route: constant learning rate of the RL stage (a round's few RL steps move the model far less "
+            "per step than DPO's: see docs/performance.md)"
+        ),
+    )
     rl_beta: float = field(
         default=0.04, metadata=_help("`rlhf` route: the KL penalty to the SFT model (GRPO's β; 0 lets RL drift freely)")
     )
@@ -426,8 +433,8 @@ class RoundSettings:
             problems.append(f"lora_dropout must be in [0, 1) (got {self.lora_dropout})")
         if not self.target_modules:
             problems.append("target_modules must name at least one layer")
-        if not self.reward_learning_rate > 0 or not self.rl_beta >= 0:
-            problems.append("reward_learning_rate must be positive and rl_beta 0 or more")
+        if not self.reward_learning_rate > 0 or not self.rl_learning_rate > 0 or not self.rl_beta >= 0:
+            problems.append("reward_learning_rate and rl_learning_rate must be positive, rl_beta 0 or more")
         if self.preference_route not in PREFERENCE_ROUTES:
             problems.append(
                 f"preference_route must be one of {', '.join(PREFERENCE_ROUTES)} (got {self.preference_route!r})"

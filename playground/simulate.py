@@ -99,6 +99,8 @@ def collect_votes(
             )
         counts["votes"] += 1
         counts["pairs"] += receipt.pairs_created
+        if follow:  # as the page does after a vote: the serving reward model judges it before a round can take it
+            playground.judging.judge_pending()
         texts = {key: answer.text for key, answer in answers.items()}
         if corrections and (i + 1) % corrections == 0:
             better = oracle.improve(texts[oracle.rank(texts)[0]])
@@ -249,6 +251,13 @@ def simulate(
         # Each version's drift as the trainer measured it (KL to SFT, perplexity under SFT, distinct-2, length) on
         # the drift prompts, at temperature 1: the fluency price of what the votes taught.
         "drift": {f"v{v}": {k: measured[v].get(k) for k in drift.METRICS} for v in sorted(measured)},
+        # Each version's reward model: the pairs it learned from, and its agreement with the votes it judged before
+        # any round trained on them (the last version's judged none: no vote came after it).
+        "reward_models": {
+            f"v{v['version']}": v["reward_model"]
+            for v in playground.dashboard.facts()["versions"]
+            if v.get("reward_model")
+        },
         "before": before,
         "after": after,
         "rounds": rounds,

@@ -23,6 +23,7 @@ RLHF = tiny_round(
     epochs=4,
     eval_tokens=0,
     preference_route="rlhf",
+    rl_learning_rate=5e-2,
     rl_steps=8,
     rl_generations=4,
     rl_completion_tokens=16,

@@ -307,6 +307,7 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
         preference_route="rlhf",
         reward_model=False,  # dpo rounds only: the rlhf route trains the reward model it is rewarded by
         reward_learning_rate=1e-3,
+        rl_learning_rate=4e-3,
         rl_beta=0.1,
         rl_prompts=str(prompts),
         rl_steps=2,
@@ -349,7 +350,7 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
     # Each weight scales its stage's learning rate.
     steps = store.round_steps(rnd["id"])
     rates = {s["stage"]: s["learning_rate"] for s in steps}
-    assert rates == pytest.approx({"sft": 3e-3 * 0.5, "grpo": 3e-3, "kto": 3e-3 * 2.0})
+    assert rates == pytest.approx({"sft": 3e-3 * 0.5, "grpo": 4e-3, "kto": 3e-3 * 2.0})
     rl = [s for s in steps if s["stage"] == "grpo"]
     assert len(rl) == 2 and all(s["extra"]["completions/max_length"] <= 8 for s in rl)
     assert all("kl" in s["extra"] and "reward" in s["extra"] for s in rl), "β > 0: trl logs the KL term"

@@ -38,7 +38,7 @@ def grpo_config(settings: RoundSettings, output_dir: Path):
         num_generations=settings.rl_generations,
         max_completion_length=settings.rl_completion_tokens,
         max_steps=settings.rl_steps,
-        learning_rate=settings.learning_rate,
+        learning_rate=settings.rl_learning_rate,
         lr_scheduler_type="constant",
         beta=settings.rl_beta,
         temperature=1.0,
