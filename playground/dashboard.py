@@ -91,6 +91,8 @@ def compute(store: Store) -> dict[str, Any]:
         "sft_win_rate": win_rate("sft"),  # version 0: the SFT model plays the preference arm
         "sft_drift": drift_of(0, win_rate("sft")),  # the baseline every version's drift is read against
         "standings": standings,
+        # Each player's mean score by the newest reward model that scored answers (the Leaderboard's last column).
+        "mean_rewards": store.mean_rewards_by_player(),
         "win_rates": rates,
         "trainer": store.trainer_state(),
         "ablation": store.latest_ablation(),

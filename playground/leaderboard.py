@@ -163,13 +163,27 @@ def _elo(theta: float) -> float:
     return CENTRE + ELO_SCALE * float(theta)
 
 
-TABLE_HEADERS = ["rank", "player", "rating", "95% CI", "comparisons", "win rate"]
+TABLE_HEADERS = ["rank", "player", "rating", "95% CI", "comparisons", "win rate", "mean reward-model score"]
 
 
-def table(rows: Sequence[Standing]) -> list[list]:
-    """Rows for a UI table (see TABLE_HEADERS)."""
+def table(rows: Sequence[Standing], mean_rewards: Mapping[str, Mapping] | None = None) -> list[list]:
+    """Rows for a UI table (see TABLE_HEADERS); mean_rewards: {player: {"mean_reward", "answers"}} by one reward
+    model (Store.mean_rewards_by_player), "–" for a player it did not score."""
+    scored = mean_rewards or {}
+
+    def mean(player: str) -> str:
+        return f"{scored[player]['mean_reward']:+.2f} ({scored[player]['answers']})" if player in scored else "–"
+
     return [
-        [rank, s.player, round(s.rating), f"{s.ci_low:.0f} – {s.ci_high:.0f}", s.comparisons, f"{s.win_rate:.0%}"]
+        [
+            rank,
+            s.player,
+            round(s.rating),
+            f"{s.ci_low:.0f} – {s.ci_high:.0f}",
+            s.comparisons,
+            f"{s.win_rate:.0%}",
+            mean(s.player),
+        ]
         for rank, s in enumerate(rows, 1)
     ]
 

@@ -96,12 +96,22 @@ class Rewards:
             ).fetchall()
         return {r["reward_version"]: {"agreement": r["agreement"], "judged": r["judged"]} for r in rows}
 
-    def mean_rewards_by_player(self, reward_version: int) -> dict[str, dict]:
-        """{arm: {"mean_reward", "answers"}} of the answers `reward_version`'s reward model scored."""
+    def mean_rewards_by_player(self) -> dict:
+        """{"reward_version", "players": {player: {"mean_reward", "answers"}}}: the mean score of each leaderboard
+        player's answers (leaderboard.player: base, sft, pref vN) by the newest reward model that scored answers, so
+        every player is scored by the same one; reward_version None when none has."""
         with self.read() as conn:
+            version = conn.execute("SELECT max(reward_version) FROM answer_rewards").fetchone()[0]
+            if version is None:
+                return {"reward_version": None, "players": {}}
             rows = conn.execute(
-                "SELECT a.arm, avg(r.score) AS mean_reward, count(*) AS answers FROM answer_rewards r "
-                "JOIN answers a ON a.id = r.answer_id WHERE r.reward_version = ? GROUP BY a.arm",
-                (reward_version,),
+                "SELECT CASE WHEN a.arm = 'pref' AND a.adapter_version > 0 THEN 'pref v' || a.adapter_version "
+                "WHEN a.arm = 'base' THEN 'base' ELSE 'sft' END AS player, avg(r.score) AS mean_reward, "
+                "count(*) AS answers FROM answer_rewards r JOIN answers a ON a.id = r.answer_id "
+                "WHERE r.reward_version = ? AND a.arm <> 'human' GROUP BY player",
+                (version,),
             ).fetchall()
-        return {r["arm"]: {"mean_reward": r["mean_reward"], "answers": r["answers"]} for r in rows}
+        return {
+            "reward_version": version,
+            "players": {r["player"]: {"mean_reward": r["mean_reward"], "answers": r["answers"]} for r in rows},
+        }

@@ -43,7 +43,8 @@ class DataTab:
         self.page, self.panel = page, panel
 
     def leaderboard(self):
-        return leaderboard.table(self.page.playground.dashboard.facts()["standings"])
+        facts = self.page.playground.dashboard.facts()
+        return leaderboard.table(facts["standings"], facts["mean_rewards"]["players"])
 
     def stats(self) -> dict:
         return self.panel.stats()
@@ -94,7 +95,9 @@ class DataTab:
             "answer, a full ranking gives every implied pair, a duel vote is one game and a tie half a win each way; "
             "all-bad, both-bad, thumbs and identical answers are left out. The preference-tuned arm at version 0 is "
             "the SFT model, so it counts as **sft**. 95% intervals: 200 bootstrap resamples of the votes. The "
-            "training pairs come from the same games (a tie makes none)."
+            "training pairs come from the same games (a tie makes none). Mean reward-model score: the mean score "
+            "of each player's answers by the newest reward model that scored them (answers in brackets), the "
+            "learned surrogate beside people's own verdicts."
         )
         with gr.Row():
             with gr.Column(scale=1):

@@ -141,7 +141,7 @@ class Panel:
             "surrogate": plot_frame(overoptimization, "KL to SFT", "reward model score"),
             "truth": plot_frame(overoptimization, "KL to SFT", "true win rate"),
             **{name: plot_frame(drift, "version", column) for name, column, _ in DRIFT_PLOTS},
-            "leaderboard": leaderboard.table(facts["standings"]),
+            "leaderboard": leaderboard.table(facts["standings"], facts["mean_rewards"]["players"]),
             "leaderboard_plot": leaderboard.interval_plot(facts["standings"]),
             "counts": counts_table(facts["counts"], facts["feedback"]),
             "stats": stats,
