@@ -122,6 +122,8 @@ def test_three_answers_stream_and_a_vote_is_counted(page, tmp_path):
     lengths = [n for n in page.evaluate("window.__lengths") if n > 0]
     assert len(lengths) >= 2 and lengths[-1] == len(texts[2]), f"no intermediate states seen: {lengths}"
     assert [h.split(" · ")[0] for h in headers(page)] == ["Base", "SFT", "Preference-tuned v0"]
+    # Scored once written: before any round there is no reward model to score with, and the page says so.
+    expect(page.locator("#meta-3")).to_contain_text("no reward model yet", timeout=ANSWER)
 
     page.locator("#best-1").click()
     expect(page.locator("#vote-status")).to_contain_text("Thanks! Your vote added", timeout=ANSWER)
@@ -270,6 +272,22 @@ def test_votes_start_a_round_and_the_panel_shows_the_new_version(app, page, tmp_
     )
     expect(page.locator("#drift-kl canvas, #drift-kl svg").first).to_be_visible(timeout=ANSWER)
     page.screenshot(path=str(tmp_path / "drift.png"), full_page=True)
+
+
+def test_the_reward_models_score_shows_under_each_answer_and_it_judges_the_vote(app, page, tmp_path):
+    """Once a round trained a reward model: its score under each answer after streaming, its verdict on the vote."""
+    client = Client(app.url, verbose=False)
+    wait_until(lambda: client.predict(api_name="/stats")["reward_agreement"], SLOW / 1000, "a reward model")
+    ask(page, "Name a fruit.")
+    for column in (1, 2, 3):
+        expect(page.locator(f"#meta-{column}")).to_contain_text(
+            re.compile(r"reward model v\d+: [+-]\d+\.\d\d"), timeout=ANSWER
+        )
+    page.locator("#best-2").click()
+    expect(page.locator("#vote-status")).to_contain_text(
+        re.compile(r"The reward model \(v\d+\) agreed with \d of the 2")
+    )
+    page.screenshot(path=str(tmp_path / "reward.png"), full_page=True)
 
 
 def test_why_this_answer_reads_in_the_dark_theme(app, browser, tmp_path):

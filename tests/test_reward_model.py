@@ -70,7 +70,18 @@ def test_agreement_is_measured_only_on_votes_no_round_has_trained_on(tiny_models
         assert {row["reward_version"] for row in judged.values()} == {1}
         agreement = store.reward_agreement()[1]
         assert agreement["judged"] == 4 and agreement["agreement"] >= 0.75
-        assert playground.dashboard.facts()["versions"][0]["reward_model"]["judged"] == 4
+        facts = playground.dashboard.facts()
+        assert facts["versions"][0]["reward_model"]["judged"] == 4
+        # The Leaderboard's column: the mean score of each player's answers by that reward model (8 answers of the
+        # preference arm at version 0, which is the player "sft").
+        assert facts["mean_rewards"]["reward_version"] == 1
+        assert facts["mean_rewards"]["players"]["sft"]["answers"] == 8
+        from playground import leaderboard
+
+        row = leaderboard.table(
+            [leaderboard.Standing("sft", 1000, 990, 1010, 3, 1.5)], facts["mean_rewards"]["players"]
+        )[0]
+        assert row[-1].endswith("(8)") and row[-1][0] in "+-"
 
         # A judgment of a pair a round has taken is refused, even when asked for directly.
         pair = min(trained)
