@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from . import reward_models
 from .prompting import base_prompt, context_budget, fit_conversation
 from .settings import RoundSettings
 from .store import Store, StoreError
@@ -53,6 +54,9 @@ class Explanation:
     reference: str = "the SFT model"  # what total_reward and each token's reward are relative to
     trained_reference: int = 0  # the version this version's last round measured against (0: the SFT model)
     round_reward: float | None = None  # β · (log π_θ − log π_trained_reference), when that is not the SFT model
+    # The explicit reward beside the implicit one: the score of this answer by `version`'s reward model (None when
+    # that version has none), on its own scale (a Bradley-Terry logit, not β-scaled log-probabilities).
+    reward_model_score: float | None = None
 
     @property
     def top_up(self) -> list[dict]:
@@ -176,6 +180,10 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
             prompt_ids, ids, trained_reference["version"], trained_reference["path"]
         )
         round_reward = beta * (sum(policy) - sum(parent))
+    reward_model_score = None
+    if version and reward_models.exists(path):
+        scored = engine.rewards.score(version, reward_models.folder_of(path), [(messages, answer_text)])
+        reward_model_score = scored[0]
     texts = token_texts(tokenizer, ids)
     tokens = [
         {"text": text, "reward": beta * (p - r), "logprob_policy": p, "logprob_sft": r}
@@ -195,6 +203,7 @@ def explain(engine, store: Store, comparison_id: int, arm: str, version: int | N
         dropped_turns=dropped,
         trained_reference=trained_reference["version"] if trained_reference else 0,
         round_reward=round_reward,
+        reward_model_score=reward_model_score,
     )
 
 
@@ -226,6 +235,12 @@ def summary(explanation: Explanation) -> str:
             f"v{e.trained_reference} (`--dpo-reference previous`): relative to v{e.trained_reference} its reward "
             f"is {e.round_reward:+.3f}.  \n"
             if e.trained_reference
+            else ""
+        )
+        + (
+            f"The reward model of v{e.version} scores it {e.reward_model_score:+.2f} (an explicit reward, on its own "
+            "scale).  \n"
+            if e.reward_model_score is not None
             else ""
         )
         + f"**Pushed up most:** {listed(e.top_up)}  \n**Pushed down most:** {listed(e.top_down)}"

@@ -48,6 +48,19 @@ def test_a_round_trains_a_reward_model_that_ranks_the_chosen_answers_first(tiny_
         prompt = [{"role": "user", "content": "Question number 99: tell me about topic 99."}]
         version_scored, (short, long) = playground.judging.score([(prompt, SHORT), (prompt, LONG)])
         assert version_scored == 1 and short > long
+
+        # explain gives the explicit reward beside DPO's implicit one: the same score the page shows.
+        explained = playground.explain(1, "a", version=1)
+        comparison = store.comparison(1)
+        answer = next(a for a in comparison["answers"] if a["id"] == explained.answer_id)
+        messages = [{"role": "user", "content": comparison["prompt"]}]
+        assert explained.reward_model_score == pytest.approx(
+            playground.judging.score([(messages, answer["text"])])[1][0]
+        )
+        assert (
+            "reward_model_score" in explained.to_dict()
+            and playground.explain(1, "a", version=0).reward_model_score is None
+        )
     finally:
         playground.close()
 
