@@ -136,11 +136,15 @@ def ablate(
     folder: Path,
     seed: int = 0,
     objectives: list[str] | None = None,
+    progress=None,
 ) -> dict:
     """{"ablation": {objective: figures, or {SKIPPED: why}}, "baseline": the SFT model's figures, ...}: each objective
     (default: all of `OBJECTIVES`) trained from the same start on a copy of `store` (under `folder/<objective>`),
-    measured on the held-out prompts."""
+    measured on the held-out prompts. `progress(done, total, current)`: called before each objective and at the end.
+    Each copy forgets what rounds trained on (all of its feedback pending, version 0 serving), so every objective
+    starts from the SFT model, also on a data set that has trained rounds."""
     objectives = objectives or list(OBJECTIVES)
+    progress = progress or (lambda done, total, current: None)
     notes = skipped_objectives(store)
     plan = drift.EvalPlan(tuple(heldout) * SAMPLES, max_new_tokens, seed)
     # Every piece of feedback in one round; no drift evaluation (this measures its own, on the held-out prompts).
@@ -148,12 +152,14 @@ def ablate(
     started = time.perf_counter()
     baseline = sample(sft_dir, None, plan)
     results, made = {}, {}
-    for name in objectives:
+    for done, name in enumerate(objectives):
+        progress(done, len(objectives), name)
         if name in notes:
             results[name] = {SKIPPED: notes[name]}
             log.info("Ablation %s: skipped, %s.", name, notes[name])
             continue
         copy = copy_store(store, folder / name)
+        copy.forget_training()
         began = time.perf_counter()
         version = run_round(copy, copy.root / "adapters", sft_dir, one_round, force=True, stages=OBJECTIVES[name])
         seconds = time.perf_counter() - began
@@ -174,6 +180,7 @@ def ablate(
             )
         made[name] = row["path"]
         log.info("Ablation %s: %s", name, {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)})
+    progress(len(objectives), len(objectives), None)
     return {
         "ablation": results,
         "baseline": figures(baseline, baseline, oracle, max_new_tokens) | {"seconds": 0.0},

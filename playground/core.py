@@ -9,7 +9,10 @@ comparison) stays with the caller and holds only ids.
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +26,7 @@ from .recording import ChatTurn, Recorded, continue_after, record, recorded
 from .serving import Serving, open_engine
 from .settings import ModelSettings, RoundSettings, Sampling
 from .store import Store, StoreError, durable
-from .trainer_process import TrainerProcess, trainer_command
+from .trainer_process import REPO, TrainerProcess, ablation_command, trainer_command
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,7 @@ class Playground:
         self.judging = Judging(self.store, lambda: self.serving.engine if self.serving.ready else None)
         self.trainer = TrainerProcess(self.trainer_command, self.data_set.trainer_log)
         self._lock = threading.Lock()
+        self._ablation: subprocess.Popen | None = None
         if engine is not None:
             self.attach(engine)
 
@@ -227,6 +231,33 @@ class Playground:
         per-voter cap only an admin's request starts one early (training.request_honoured)."""
         self.store.request_round(admin=admin)
 
+    def start_ablation(self, oracle: str) -> str:
+        """Start the ablation of this data set's recorded feedback in a process of its own (`ablate`: each objective
+        trained from the SFT model on a copy of the store, so chatting goes on and no feedback mixes); its progress
+        and result reach the Stages view through the store. Returns what happened, in words."""
+        from .oracles import Oracle
+        from .processes import pid_alive
+
+        Oracle.parse(oracle)  # a bad oracle is refused here, not in the child
+        running = self.store.ablation_progress() or {}
+        if (self._ablation is not None and self._ablation.poll() is None) or (
+            running.get("current") and pid_alive(running.get("pid"))
+        ):
+            return "An ablation is already running: its progress shows in the Stages view."
+        totals = self.store.feedback_totals()
+        if not totals["pairs"]["total"] and not totals["demonstrations"]["total"]:
+            return "⚠ No feedback recorded yet: vote or write a better answer first."
+        command = ablation_command(self.models, self.preset, self.data_dir, self.round_settings, oracle)
+        log_file = self.data_set.root / "ablation.log"
+        with open(log_file, "ab") as handle:
+            self._ablation = subprocess.Popen(
+                command, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=os.environ.copy()
+            )
+        self.store.set_ablation_progress(
+            {"pid": self._ablation.pid, "done": 0, "total": None, "current": "starting", "started_at": time.time()}
+        )
+        return f"✓ The ablation started (oracle `{oracle}`, log: {log_file.name}); it takes minutes, chat meanwhile."
+
     # ---- data out -----------------------------------------------------------------------------------------
     def export(self, what: str = "pairs", path: str | Path | None = None) -> tuple[Path, int]:
         """'pairs', 'demonstrations' or 'ratings' (TRL's formats) or 'votes' (raw) as JSONL (publishing.py), to
@@ -310,6 +341,8 @@ class Playground:
             self.serving.stop()  # a load still running starts nothing
         self.judging.stop()
         self.trainer.stop()
+        if self._ablation is not None and self._ablation.poll() is None:
+            self._ablation.terminate()
         if self.durable is not None:
             self.durable.stop(flush=True)  # what the trainer wrote last is copied too
         self.serving.close()

@@ -97,6 +97,7 @@ def compute(store: Store) -> dict[str, Any]:
         "trainer": store.trainer_state(),
         "ablation": store.latest_ablation(),
         "overoptimization": store.latest_overoptimization(),
+        "ablation_progress": store.ablation_progress(),
     }
 
 

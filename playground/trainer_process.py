@@ -35,6 +35,14 @@ def trainer_command(models: ModelSettings, preset: Preset, data_dir: Path, round
     return [*command, "--settings-json", json.dumps(settings)]
 
 
+def ablation_command(
+    models: ModelSettings, preset: Preset, data_dir: Path, rounds: RoundSettings, oracle: str
+) -> list[str]:
+    """The ablation on the data set's recorded feedback (`ablate`), with the app's complete settings."""
+    command = trainer_command(models, preset, data_dir, rounds)
+    return [sys.executable, "-m", "playground", "-q", "ablate", "--oracle", oracle, *command[-2:]]
+
+
 class TrainerProcess:
     def __init__(self, command: Callable[[], list[str]], log_file: Path, restart_backoff: float = 30.0):
         self.command, self.log_file = command, Path(log_file)

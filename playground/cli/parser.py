@@ -7,6 +7,7 @@ import argparse
 
 from ..options import add_settings, parser_class
 from ..settings import ModelSettings, RoundSettings, Sampling
+from .ablate_command import cmd_ablate
 from .commands import (
     BENCH_SUITES,
     cmd_bench,
@@ -85,6 +86,22 @@ def build_parser() -> argparse.ArgumentParser:
         help='{"models": {...}, "rounds": {...}}: complete settings, replacing the options above '
         "(how the app starts its trainer)",
     )
+
+    ab = command(
+        "ablate",
+        cmd_ablate,
+        "what each objective (dpo, sft, sft+dpo, ..., rm+rl) makes of this data set's recorded feedback, each trained "
+        "from the SFT model on a copy and judged by an oracle on held-out prompts (the Stages view's button)",
+        ModelSettings,
+        RoundSettings,
+    )
+    ab.add_argument("--oracle", default="shorter", help="the judge of the held-out answers: shorter | plain | ...")
+    ab.add_argument(
+        "--heldout", default=None, help="held-out prompts (JSONL); default: assets/drift_prompts.jsonl, voted ones out"
+    )
+    ab.add_argument("--max-new-tokens", type=int, default=64, help="tokens of each held-out answer")
+    ab.add_argument("--json", action="store_true")
+    ab.add_argument("--settings-json", default=None, help="complete settings, as for train (how the app starts it)")
 
     ver = command(
         "versions", cmd_versions, "adapter versions with their round metrics and vote win rates", ModelSettings

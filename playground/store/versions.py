@@ -217,3 +217,28 @@ class Versions:
         with self.read() as conn:
             value = self.meta(conn, "overoptimization")
         return json.loads(value) if value else None
+
+    # -- an ablation on the recorded feedback (`ablate`, the Stages view's button) ----------------------------
+
+    def forget_training(self) -> None:
+        """Every piece of feedback pending again and no adapter serving: for a COPY of a data set that trains each
+        objective from the SFT model on all of it (ablation.py); never called on a live data set."""
+        with self.write() as conn:
+            conn.execute("UPDATE pairs SET round_id = NULL")
+            for table in ("round_pairs", "round_demonstrations", "round_ratings"):
+                conn.execute(f"DELETE FROM {table}")
+            conn.execute(
+                "UPDATE rounds SET status = 'failed', error = 'forgotten by an ablation copy' WHERE status = 'running'"
+            )
+            set_serving(conn, 0)
+
+    def set_ablation_progress(self, progress: dict | None) -> None:
+        """How far the running ablation is ({"pid", "done", "total", "current", "started_at", "error"}); None when
+        none runs."""
+        with self.write() as conn:
+            self.set_meta(conn, "ablation_progress", to_json(progress) if progress else "")
+
+    def ablation_progress(self) -> dict | None:
+        with self.read() as conn:
+            value = self.meta(conn, "ablation_progress")
+        return json.loads(value) if value else None

@@ -6,6 +6,7 @@ sentences: this is where a student sees the two stages.
 from __future__ import annotations
 
 from ..ablation import cells
+from ..processes import pid_alive
 from ..settings import RoundSettings
 from ..training import OBJECTIVE_TITLES
 
@@ -72,10 +73,26 @@ def stages_markdown(facts: dict, settings: RoundSettings) -> str:
             "\n".join(rows),
             ROUTES,
             route,
+            ablation_progress_markdown(facts.get("ablation_progress")),
             ablation_markdown(facts.get("ablation")),
             overoptimization_markdown(facts),
         ]
     )
+
+
+def ablation_progress_markdown(progress: dict | None) -> str:
+    """The running ablation's progress bar (objectives done of all), or why it stopped; "" when none runs."""
+    if not progress:
+        return ""
+    if progress.get("error"):
+        return f"**The last ablation failed:** {progress['error']}"
+    if not pid_alive(progress.get("pid")):
+        return "**The last ablation stopped before it finished** (its process is gone); run it again."
+    done, total = int(progress.get("done") or 0), int(progress.get("total") or 0)
+    if not total:
+        return "**Ablation starting…** (loading the models)"
+    bar = "▓" * done + "░" * (total - done)
+    return f"**Ablation running:** `{bar}` {done} of {total} objectives done; now training `{progress['current']}`."
 
 
 def overoptimization_markdown(facts: dict) -> str:
@@ -101,13 +118,15 @@ def ablation_markdown(ablation: dict | None) -> str:
     """What each stage contributed in the latest ablation of these models, or how to measure it."""
     if not ablation:
         return (
-            "**What each stage contributes** has not been measured for these models yet: `python -m playground "
-            "simulate --oracle shorter --votes 32 --corrections 4 --ratings --ablation` trains the same simulated "
-            "feedback under each objective and compares them here."
+            "**What each stage contributes** has not been measured for these models yet: **Run the ablation** below "
+            "trains this data set's recorded feedback under each objective (`python -m playground ablate`), and "
+            "`python -m playground simulate --oracle shorter --votes 32 --corrections 4 --ratings --ablation` does the "
+            "same with a simulated voter's; both compare them here."
         )
     v = ablation["votes"]
     lines = [
-        f"**What each stage contributes** (latest ablation: oracle `{ablation['oracle']}`, {v['votes']} votes, "
+        f"**What each stage contributes** (latest ablation, {ablation.get('mode', 'simulated')}: oracle "
+        f"`{ablation['oracle']}`, {v['votes']} votes, "
         f"{v['corrections']} better answers, {v['ratings']} ratings; each objective trained from the SFT model "
         f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts):",
         "",

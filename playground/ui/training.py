@@ -18,6 +18,17 @@ class TrainingTab:
     def __init__(self, page: Page):
         self.page = page
 
+    def run_ablation(self, oracle="shorter", admin_token=None):
+        """Start the ablation of the recorded feedback in a process of its own; on a Space only with the admin token
+        (it trains six rounds: one visitor must not take the machine's cores)."""
+        refusal = self.page.admin_refusal(admin_token, "Running the ablation")
+        if refusal:
+            return refusal
+        try:
+            return self.page.playground.start_ablation(str(oracle or "shorter"))
+        except ValueError as error:
+            return f"⚠ {error}"
+
     def train_now(self, admin_token=None):
         pg = self.page.playground
         settings = pg.round_settings
@@ -93,6 +104,13 @@ class TrainingTab:
         training = gr.Markdown(elem_id="training-status", label="training status")
         with gr.Accordion("Stages: what each kind of feedback trains", open=True, elem_id="stages-view"):
             stages = gr.Markdown(elem_id="stages", label="stages")
+            with gr.Row():
+                oracle = gr.Dropdown(
+                    ["shorter", "plain"], value="shorter", label="Judge of the held-out answers", scale=1
+                )
+                ablate_btn = gr.Button("Run the ablation on this data set's feedback", elem_id="run-ablation", scale=2)
+                ablate_token = gr.Textbox(label="Admin token", type="password", visible=self.page.admin_gated, scale=1)
+            ablate_message = gr.Markdown(elem_id="ablation-message")
         progress = gr.HTML(progress_html(None), elem_id="progress", label="progress")
         with gr.Row():
             train_btn = gr.Button("Train now", elem_id="train-now")
@@ -204,6 +222,7 @@ class TrainingTab:
         rollback_message = gr.Markdown(label="message")
 
         train_btn.click(self.train_now, [token], [train_message], api_name="train_now", **VOTES)
+        ablate_btn.click(self.run_ablation, [oracle, ablate_token], [ablate_message], api_name="ablate", **VOTES)
         rollback_btn.click(self.rollback, [version, token], [rollback_message], api_name="rollback", **VOTES)
         return {
             "training": training,
