@@ -148,9 +148,26 @@ class TrainingTab:
                     y_lim=[0, 1],
                 ),
             }
+        with gr.Row():
+            plots["rl_reward"] = gr.LinePlot(
+                x="step",
+                y="rl_reward",
+                color="round",
+                title="RL (rlhf route): reward-model score of its samples",
+                height=220,
+                x_title="step (all rounds)",
+            )
+            plots["rl_kl"] = gr.LinePlot(
+                x="step",
+                y="rl_kl",
+                color="round",
+                title="RL: KL to SFT (per token)",
+                height=220,
+                x_title="step (all rounds)",
+            )
         gr.Markdown(
             "Loss: each stage's own (SFT: negative log-likelihood of the demonstrations; DPO: its sigmoid "
-            "loss on pairs; KTO: its loss on single ratings). Reward margin: how much more the adapter "
+            "loss on pairs; KTO: its loss on single ratings; RL: GRPO's loss against the reward model). Reward margin: how much more the adapter "
             "prefers a pair's chosen answer than the SFT model does (in β-scaled log-probability); accuracy: "
             "the share of pairs where it prefers the chosen one. Both are measured on the round's own "
             "training pairs. Vote win rate: the share of games a version won in the votes (ties half), the "

@@ -121,12 +121,12 @@ def progress_html(running: dict | None) -> str:
     )
 
 
-STEP_COLUMNS = ["step", "round", "stage", "loss", "reward_margin", "reward_accuracy"]
+STEP_COLUMNS = ["step", "round", "stage", "loss", "reward_margin", "reward_accuracy", "rl_reward", "rl_kl"]
 
 
 def steps_frame(steps: list[dict], rounds: list[dict]) -> pd.DataFrame:
     """One row per logged step, x = step index across all rounds, with its round (and the version it made) and its
-    stage. Reward margin and accuracy are DPO's: the other stages' rows have none."""
+    stage. Reward margin and accuracy are DPO's, rl_reward and rl_kl the RL stage's: the other stages' rows have none."""
     made = {r["id"]: r["version"] for r in rounds}
     rows = []
     for index, s in enumerate(steps, 1):
@@ -141,6 +141,9 @@ def steps_frame(steps: list[dict], rounds: list[dict]) -> pd.DataFrame:
                 "loss": s["loss"],
                 "reward_margin": s["reward_margin"] if dpo else None,
                 "reward_accuracy": s["reward_accuracy"] if dpo else None,
+                # The rlhf route's RL stage: the reward model's mean score of its samples, their KL to SFT.
+                "rl_reward": (s.get("extra") or {}).get("reward") if s["stage"] == "grpo" else None,
+                "rl_kl": (s.get("extra") or {}).get("kl") if s["stage"] == "grpo" else None,
             }
         )
     return pd.DataFrame(rows, columns=STEP_COLUMNS)
