@@ -430,3 +430,24 @@ def test_a_broken_target_shows_on_the_status_line_and_the_copy_recovers(store, t
     again = fresh_store(tmp_path)
     durable.restore(again, copy.folder)
     assert dump(again) == dump(store)
+
+
+def test_a_reward_model_written_after_its_version_reaches_the_copy_and_is_restored(store, tmp_path):
+    """A dpo round's reward model lands in its version's folder after the version is published (and after the copy
+    took the folder): recording its figures brings it into the copy too."""
+    copy = copy_of(store, tmp_path / "target")
+    copy.bind()
+    add_short_vs_long_votes(store, 4)
+    version = a_round(store)
+    copy.copy_pending()  # the version's folder is copied, without a reward model yet
+    folder = Path(store.version(version)["path"])
+    fake_adapter(folder / "reward_model")
+    store.set_reward_model(version, {"pairs": 4, "accuracy_train": 1.0})
+    copy.copy_pending()
+    again = fresh_store(tmp_path)
+    durable.restore(again, copy.folder)
+    restored = Path(again.version(version)["path"]) / "reward_model"
+    assert (restored / "adapter_model.safetensors").read_bytes() == (
+        folder / "reward_model" / "adapter_model.safetensors"
+    ).read_bytes()
+    assert again.version(version)["metrics"]["reward_model"] == {"pairs": 4, "accuracy_train": 1.0}
