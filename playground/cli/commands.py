@@ -273,6 +273,7 @@ BENCH_SUITES = {
     "soak": "soak",
     "votes": "votes",
     "routes": "routes",
+    "agreement": "agreement",
 }
 
 
