@@ -166,3 +166,21 @@ def test_shared_base_refuses_weights_it_cannot_share(tiny_models):
     model, tokenizer = load_policy(str(tiny_models["sft"]))
     model.to(torch.bfloat16)
     assert reward_models.shared_base(model, tokenizer) is None
+
+
+def test_a_round_leaves_its_reward_model_for_later_when_another_round_waits(tiny_models, tmp_path):
+    """A round is what people wait for: with a round due, the reward model waits, and the idle trainer trains the
+    newest version's (watch.py) on the pairs its round trained on."""
+    from dataclasses import replace
+
+    from playground.store import Store
+    from playground.training.runner import reward_model_missing, train_missing_reward_model
+
+    store = Store.open(tmp_path)
+    add_short_vs_long_votes(store, 8)
+    busy = replace(SETTINGS, max_new_pairs=4)  # 4 of the 8 pairs: 4 more wait, a round is due
+    assert run_round(store, tmp_path / "adapters", str(tiny_models["sft"]), busy) == 1
+    assert not reward_models.exists(store.version(1)["path"]) and reward_model_missing(store) == 1
+    train_missing_reward_model(store, 1, str(tiny_models["sft"]), busy)
+    assert reward_models.exists(store.version(1)["path"]) and reward_model_missing(store) is None
+    assert store.version(1)["metrics"]["reward_model"]["pairs"] == 4

@@ -22,7 +22,17 @@ from ..models import load_policy, load_tokenizer
 from ..settings import RoundSettings
 from ..store import Store
 from .cores import SpareCores, spare_cores_callback
-from .examples import KIND_OF, KINDS_IN_ORDER, Selection, key_of, round_due, select_feedback, stages_of, trl_rows
+from .examples import (
+    KIND_OF,
+    KINDS_IN_ORDER,
+    Selection,
+    eligible_counts,
+    key_of,
+    round_due,
+    select_feedback,
+    stages_of,
+    trl_rows,
+)
 from .reward_model import save as save_reward_model
 from .reward_model import train_reward_model, warm_start_from
 from .rl import prompt_rows, reward_function
@@ -178,9 +188,14 @@ def run_round(
     # trained it before its RL stage, inside the version.
     del peft_model, model  # its memory is the reward model's now
     if settings.reward_model and not reward_models.exists(final) and selection.rows("pairs"):
-        cores.adjust()
-        rows = trl_rows("pairs", selection.rows("pairs"), tokenizer, settings.max_length)
-        _publish_reward_model(store, version, final, rows, sft_dir, parent_path, settings, sft_hub_id)
+        # Only while no round waits: a round is what people wait for, the reward model can follow it (the idle
+        # trainer trains the newest version's when it is missing: watch.py).
+        if round_due(sum(eligible_counts(store, settings).values()), settings.min_pairs):
+            log.info("Version %d's reward model waits: a round is due first.", version)
+        else:
+            cores.adjust()
+            rows = trl_rows("pairs", selection.rows("pairs"), tokenizer, settings.max_length)
+            _publish_reward_model(store, version, final, rows, sft_dir, parent_path, settings, sft_hub_id)
     torch.set_num_threads(settings.train_threads)
     return version
 
@@ -277,6 +292,30 @@ def _evaluate_published(store: Store, version: int, peft_model, tokenizer, setti
             drift.evaluate_and_store(store, version, peft_model, tokenizer, plan, adapter=True)
     except Exception as error:  # never lose a trained round over a measurement
         log.warning("Could not measure the drift of v%d now (the idle trainer retries): %s", version, error)
+
+
+def reward_model_missing(store: Store) -> int | None:
+    """The newest ready version that learned from pairs and has no reward model (its round left it for later), or
+    None. Older versions are not caught up: the newest one's reward model learned from what they did (replay)."""
+    ready = [v for v in store.versions() if v["state"] == "ready"]
+    newest = ready[-1] if ready else None
+    if newest and newest["learned_from"]["pairs"] and not reward_models.exists(newest["path"]):
+        return newest["version"]
+    return None
+
+
+def train_missing_reward_model(
+    store: Store, version: int, sft_dir: str, settings: RoundSettings, sft_hub_id: str | None = None
+) -> None:
+    """Train a published version's reward model on the pairs its round trained on (the idle trainer's catch-up)."""
+    row = store.version(version)
+    trained = json.loads((Path(row["path"]) / "playground.json").read_text())
+    parent = store.version(row["parent_version"]) if row["parent_version"] else None
+    rows = trl_rows("pairs", store.pairs(trained["pairs"]), load_tokenizer(sft_dir), settings.max_length)
+    if rows:
+        _publish_reward_model(
+            store, version, Path(row["path"]), rows, sft_dir, parent["path"] if parent else None, settings, sft_hub_id
+        )
 
 
 def _publish_reward_model(

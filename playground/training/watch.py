@@ -1,5 +1,6 @@
 """The trainer process's loop (`python -m playground train --watch`): a round whenever enough feedback waits or one
-is requested, drift measurements while idle, and an end when the app that started it is gone.
+is requested, drift measurements and a reward model a round left for later while idle, and an end when the app that
+started it is gone.
 
 The trainer runs in its own OS process, so a round never competes with the server's Python interpreter and a crash
 or kill -9 of the trainer cannot take the server down. It communicates only through the store and the adapter
@@ -17,7 +18,7 @@ from pathlib import Path
 from ..settings import RoundSettings
 from ..store import Store
 from .examples import eligible_counts, request_honoured, round_due
-from .runner import run_round
+from .runner import reward_model_missing, run_round, train_missing_reward_model
 
 log = logging.getLogger(__name__)
 # A round that fails this many times in a row with the same error stops being retried: a deterministic failure (a
@@ -67,6 +68,7 @@ def watch(
 
     failures, last_error = 0, None
     said: dict = {}
+    tried: set[int] = set()  # versions whose missing reward model the idle trainer already trained (or tried)
     torch.set_num_threads(settings.train_threads)
     try:
         plan = drift.plan_of(settings)
@@ -138,6 +140,12 @@ def watch(
                     drift.evaluate_one_missing(store, sft_dir, plan, interrupt=round_waits)
                 except drift.EvaluationInterrupted:
                     log.info("Drift evaluation interrupted: a round is due (the version is measured later).")
+                continue
+            elif settings.reward_model and (version := reward_model_missing(store)) and version not in tried:
+                # Idle: the newest version's reward model, left for later by a round that had another waiting.
+                tried.add(version)  # once: a failure is logged and not retried on every poll
+                say("training reward model", pending=pending, waiting=waiting, version=version)
+                train_missing_reward_model(store, version, sft_dir, settings, sft_hub_id)
                 continue
             elif stuck:
                 say("stuck", pending=pending, waiting=waiting, failures=failures, error=last_error)

@@ -86,6 +86,7 @@ def training_status(
         "training": "training",
         "stopped": "stopped",
         "evaluating": "measuring a version's drift",
+        "training reward model": "training the newest version's reward model",
         "stuck": "not retrying a failing round",
     }.get(state, "not seen yet")
     lines.append(
