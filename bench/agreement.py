@@ -67,9 +67,11 @@ def run(args) -> dict:
         rows = trl_rows("pairs", pairs, tokenizer, settings.max_length)
         test = rows[-args.test :]
         figures = {"pairs": len(rows), "test_pairs": len(test), "voting_s": round(voting_s, 1), "by_size": {}}
-        for n in sizes:
-            if n + len(test) > len(rows):
-                figures["by_size"][str(n)] = {"skipped": f"only {len(rows)} pairs: {n} + {len(test)} needed"}
+        for size in sizes:
+            # Ties make no pair: the largest size takes what is left before the test block, and says how many.
+            n = min(size, len(rows) - len(test))
+            if n < 2:
+                figures["by_size"][str(size)] = {"skipped": f"only {len(rows)} pairs"}
                 continue
             with contextlib.redirect_stdout(sys.stderr):  # trl prints its logs
                 model, rm_tokenizer, trained = train_reward_model(
@@ -79,7 +81,8 @@ def run(args) -> dict:
             scores = reward_models.score(model, rm_tokenizer, chosen + rejected)
             agreed = [c > r for c, r in zip(scores[: len(test)], scores[len(test) :])]
             share = sum(agreed) / len(agreed)
-            figures["by_size"][str(n)] = {
+            figures["by_size"][str(size)] = {
+                "trained_on": n,
                 "agreement": round(share, 3),
                 "agreement_se": round(math.sqrt(share * (1 - share) / len(agreed)), 3),
                 "accuracy_train": trained["accuracy_train"],
