@@ -183,3 +183,44 @@ def test_trls_own_reward_cli_trains_a_reward_model_on_the_pairs_export_unchanged
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "'train_loss'" in result.stdout + result.stderr, "trl trained and reported its loss"
+
+
+def test_a_push_with_a_reward_model_repo_uploads_the_versions_reward_model_with_its_card(tmp_path):
+    """`push --reward-model-repo`: the version's reward model folder (PEFT, its head) with a model card, to its own
+    repo; the adapter upload leaves it out."""
+    store = DataSet.for_models(tmp_path, "base", "sft").open_store()
+    feedback(store)
+    round_id = store.start_round(None, [p["id"] for p in store.pending_pairs()], {"beta": 0.1}, pid=os.getpid())
+    folder = tmp_path / "adapters" / "round-0001"
+    (folder / "reward_model").mkdir(parents=True)
+    for part in (folder, folder / "reward_model"):
+        (part / "adapter_config.json").write_text(json.dumps({"r": 4, "base_model_name_or_path": "sft"}))
+        (part / "adapter_model.safetensors").write_bytes(b"weights")
+    version = store.finish_round(round_id, folder, {})
+    store.set_reward_model(version, {"pairs": 16, "accuracy_train": 0.9})
+    uploads = {}
+
+    class Api(RecordingHubApi):
+        def upload_folder(self, folder_path, repo_id, commit_message):
+            uploads[repo_id] = sorted(p.name for p in Path(folder_path).iterdir())
+            if repo_id == "me/rm":
+                uploads["card"] = (Path(folder_path) / "README.md").read_text()
+
+    message = publishing.push_to_hub(
+        store,
+        "hf_token",
+        "me/feedback",
+        "me/adapter",
+        version,
+        sft_hub_id="org/sft",
+        api=Api(),
+        reward_model_repo="me/rm",
+    )
+    assert message.endswith(f"adapter v{version} to `me/adapter` and its reward model to `me/rm`."), message
+    assert "reward_model" not in uploads["me/adapter"]
+    assert uploads["me/rm"] == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert (
+        "org/sft" in uploads["card"]
+        and "16" in uploads["card"]
+        and "AutoModelForSequenceClassification" in uploads["card"]
+    )
