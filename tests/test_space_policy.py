@@ -171,8 +171,8 @@ def test_without_an_admin_token_the_raw_votes_are_disabled_and_the_pairs_stay_op
 def test_the_admin_boxes_show_and_the_page_says_what_happens_to_votes(closed):
     shown = components(closed)
     admin_boxes = [c for c in shown if str(c["props"].get("label", "")).startswith("Admin token")]
-    assert len(admin_boxes) == 3 and all(c["props"]["visible"] is True for c in admin_boxes), (
-        "rollback, push and raw export each have a visible admin token box"
+    assert len(admin_boxes) == 4 and all(c["props"]["visible"] is True for c in admin_boxes), (
+        "rollback, push, raw export and the ablation each have a visible admin token box"
     )
     notice = next(c for c in shown if c["props"].get("elem_id") == "data-notice")["props"]["value"]
     assert "stored" in notice and "used to train the preference-tuned model" in notice
@@ -192,6 +192,13 @@ def test_with_the_admin_token_rollback_needs_it_and_rolls_back(guarded):
     after = stats(client)
     assert after["serving_version"] == 0 and after["engine_version"] == 0
     assert "Now serving version 1" in client.predict(1, ADMIN, api_name="/rollback")
+
+
+def test_on_a_space_the_ablation_needs_the_admin_token(closed, guarded):
+    """Six rounds of training on the Space's cores: never one visitor's to start."""
+    assert "disabled on this Space" in client_of(closed).predict("shorter", "", api_name="/ablate")
+    assert "requires the admin token" in client_of(guarded).predict("shorter", "", api_name="/ablate")
+    assert "Wrong admin token" in client_of(guarded).predict("shorter", "guess", api_name="/ablate")
 
 
 def test_with_the_admin_token_the_raw_votes_need_it(guarded):
