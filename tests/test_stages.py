@@ -319,7 +319,7 @@ def test_the_stages_view_says_what_each_dataset_trains_and_what_the_latest_ablat
     )
     view = stages_markdown(compute(store), RoundSettings())
     assert "latest ablation: oracle `shorter`, 32 votes, 8 better answers, 20 ratings" in view
-    assert "| dpo | preference only | 0.75 | 25% | 9.50 | 0.30 | 40.0 | 61 |" in view
+    assert "| dpo | preference only | 0.75 | 25% | 9.50 | 0.30 | 40.0 | – | 61 |" in view
     assert "| sft | instruction only | 0.50 |" in view
     assert "| sft+dpo | both | skipped: no demonstrations recorded | – | – | – | – | – |" in view
     # An ablation saved before ties were counted shows them as not measured.
@@ -342,6 +342,8 @@ def test_feedback_given_before_the_upgrade_trains_too(tmp_path):
     store.vote_all_bad("s", other)
     conn = sqlite3.connect(store.path)  # back to schema 6, as a store from before this migration was
     for statement in (
+        "DROP TABLE answer_rewards",  # schema 8 (reward models), after the one this test is about
+        "DROP TABLE reward_judgments",
         "DROP VIEW demonstrations",
         "DROP VIEW ratings",
         "DROP TABLE round_demonstrations",

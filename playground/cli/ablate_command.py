@@ -67,6 +67,7 @@ def cmd_ablate(args) -> int:
     summary = {
         "oracle": oracle.spec,
         "mode": "recorded feedback",
+        "source": "recorded",  # people's votes on this data set, not a simulated voter's
         "votes": {
             "votes": counts["votes"],
             "corrections": totals["demonstrations"]["total"],

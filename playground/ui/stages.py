@@ -124,11 +124,12 @@ def ablation_markdown(ablation: dict | None) -> str:
             "same with a simulated voter's; both compare them here."
         )
     v = ablation["votes"]
+    source = "this data set's own" if ablation.get("source") == "recorded" else "a simulated voter's"
     lines = [
-        f"**What each stage contributes** (latest ablation, {ablation.get('mode', 'simulated')}: oracle "
-        f"`{ablation['oracle']}`, {v['votes']} votes, "
+        f"**What each stage contributes** (latest ablation: oracle `{ablation['oracle']}`, {v['votes']} votes, "
         f"{v['corrections']} better answers, {v['ratings']} ratings; each objective trained from the SFT model "
-        f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts):",
+        f"on the same feedback, then compared on {ablation['heldout_prompts']} held-out prompts; the feedback: "
+        f"{source}):",
         "",
         "| objective | stages | win rate vs SFT | ties | perplexity under SFT | KL to SFT | mean length | "
         "reward model agrees | round s |",
