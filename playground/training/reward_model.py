@@ -17,22 +17,13 @@ from pathlib import Path
 
 from .. import reward_models
 from ..settings import RoundSettings
-from .stages import _common
+from .stages import _common, lora_config
 
 SCORE_HEAD = ["score"]  # the scalar head: trained in full and saved with the adapter (PEFT modules_to_save)
 
 
 def reward_lora_config(settings: RoundSettings):
-    from peft import LoraConfig
-
-    return LoraConfig(
-        r=settings.lora_r,
-        lora_alpha=settings.lora_alpha,
-        lora_dropout=settings.lora_dropout,
-        target_modules=list(settings.target_modules),
-        modules_to_save=list(SCORE_HEAD),
-        task_type="SEQ_CLS",
-    )
+    return lora_config(settings, task_type="SEQ_CLS", modules_to_save=list(SCORE_HEAD))
 
 
 def reward_config(settings: RoundSettings, output_dir: Path):

@@ -22,36 +22,27 @@ from pathlib import Path
 
 from .. import reward_models
 from ..settings import RoundSettings
+from .stages import _common
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_RL_PROMPTS = ASSETS / "prompts.jsonl"
 
 
 def grpo_config(settings: RoundSettings, output_dir: Path):
-    import torch
     from trl import GRPOConfig
 
+    common = _common(settings, output_dir)
+    del common["num_train_epochs"], common["max_length"]  # RL runs `rl_steps` steps; its lengths are its own
     return GRPOConfig(
-        output_dir=str(output_dir),
         per_device_train_batch_size=settings.rl_generations,  # one prompt's group per step
         gradient_accumulation_steps=1,
         num_generations=settings.rl_generations,
         max_completion_length=settings.rl_completion_tokens,
         max_steps=settings.rl_steps,
         learning_rate=settings.rl_learning_rate,
-        lr_scheduler_type="constant",
         beta=settings.rl_beta,
         temperature=1.0,
-        bf16=False,
-        fp16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
-        disable_tqdm=True,
-        use_cpu=not torch.cuda.is_available(),
-        dataloader_num_workers=0,
-        seed=settings.train_seed,
+        **common,
     )
 
 

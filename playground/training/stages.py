@@ -38,7 +38,8 @@ from ..settings import RoundSettings
 KTO_MIN_BATCH = 2
 
 
-def lora_config(settings: RoundSettings):
+def lora_config(settings: RoundSettings, task_type: str = "CAUSAL_LM", modules_to_save: list[str] | None = None):
+    """The round's LoRA (a reward model's: task_type SEQ_CLS, its scalar head in modules_to_save)."""
     from peft import LoraConfig
 
     return LoraConfig(
@@ -46,7 +47,8 @@ def lora_config(settings: RoundSettings):
         lora_alpha=settings.lora_alpha,
         lora_dropout=settings.lora_dropout,
         target_modules=list(settings.target_modules),
-        task_type="CAUSAL_LM",
+        modules_to_save=modules_to_save,
+        task_type=task_type,
     )
 
 
