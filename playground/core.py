@@ -301,8 +301,9 @@ class Playground:
         return self.judging.score_comparison(comparison_id)
 
     def judge_vote(self, vote_id: int) -> str | None:
-        """Judge the votes waiting (this one among them) and say whether the reward model agreed with this one."""
-        self.judging.judge_pending()
+        """Judge this vote's pairs now (the background judge takes the others) and say whether the reward model agreed
+        with it: a vote's reply waits for its own two or three scores at most."""
+        self.judging.judge_pending(vote_id=vote_id)
         return self.judging.verdict_of_vote(vote_id)
 
     def _win_rate(self, version: int) -> dict | None:

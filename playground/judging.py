@@ -85,10 +85,11 @@ class Judging:
                 known |= fresh
         return {"reward_version": version, "scores": known}
 
-    def judge_pending(self, limit: int = 64) -> int:
-        """Judge the pairs no reward model judged and no round took yet, with the serving reward model; returns how
-        many judgments were recorded (a pair a round takes meanwhile is left unjudged: store/rewards.py)."""
-        pending = self.store.unjudged_pairs(limit)
+    def judge_pending(self, limit: int = 64, vote_id: int | None = None) -> int:
+        """Judge the pairs no reward model judged and no round took yet (of one vote, or all), with the serving reward
+        model; returns how many judgments were recorded (a pair a round takes meanwhile is left unjudged:
+        store/rewards.py)."""
+        pending = self.store.unjudged_pairs(limit, vote_id)
         if not pending or self.serving() is None:
             return 0
         by_comparison = {}

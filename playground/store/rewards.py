@@ -50,14 +50,15 @@ class Rewards:
             ).fetchall()
         return {r["answer_id"]: r["score"] for r in rows}
 
-    def unjudged_pairs(self, limit: int = 64) -> list[dict]:
-        """Pairs no reward model judged and no round took, oldest first: {id, chosen_answer_id, rejected_answer_id}."""
+    def unjudged_pairs(self, limit: int = 64, vote_id: int | None = None) -> list[dict]:
+        """Pairs no reward model judged and no round took (of one vote, or all), oldest first: {id,
+        chosen_answer_id, rejected_answer_id}."""
         with self.read() as conn:
             rows = conn.execute(
                 "SELECT p.id, p.chosen_answer_id, p.rejected_answer_id FROM pairs p "
                 f"WHERE {_UNTAKEN} AND NOT EXISTS (SELECT 1 FROM reward_judgments j WHERE j.pair_id = p.id) "
-                "ORDER BY p.id LIMIT ?",
-                (limit,),
+                "AND (? IS NULL OR p.vote_id = ?) ORDER BY p.id LIMIT ?",
+                (vote_id, vote_id, limit),
             ).fetchall()
         return [from_row(r) for r in rows]
 
