@@ -341,49 +341,52 @@ def push_to_hub(
             f"✓ Pushed {counts['pairs']} pairs, {counts['demonstrations']} demonstrations and "
             f"{counts['ratings']} ratings to the dataset `{dataset_repo}`"
         )
-        if model_repo:
-            step = "preparing the adapter"
-            with tempfile.TemporaryDirectory() as work:
-                folder = adapter_folder(
+        from .reward_export import reward_model_folder
+
+        # (repo, what it is, its commit's name, how its folder is made, what the message adds)
+        uploads = [
+            (
+                model_repo,
+                "the adapter",
+                f"adapter v{version}",
+                lambda out: adapter_folder(
                     store,
                     version,
-                    Path(work) / "adapter",
+                    out,
                     sft_spec=sft_spec,
                     sft_hub_id=sft_hub_id,
                     dataset_repo=dataset_repo,
                     model_repo=model_repo,
                     win_rate=win_rate,
-                )
-                step = "uploading the adapter"
-                api.create_repo(model_repo, exist_ok=True, private=private)
-                api.upload_folder(
-                    folder_path=str(folder),
-                    repo_id=model_repo,
-                    commit_message=f"Alignment Playground adapter v{version}",
-                )
-            done += f" and adapter v{version} to `{model_repo}`"
-        if reward_model_repo:
-            from .reward_export import reward_model_folder
-
-            step = "preparing the reward model"
-            with tempfile.TemporaryDirectory() as work:
-                folder = reward_model_folder(
+                ),
+                f" and adapter v{version} to `{model_repo}`",
+            ),
+            (
+                reward_model_repo,
+                "the reward model",
+                f"reward model v{version}",
+                lambda out: reward_model_folder(
                     store,
                     version,
-                    Path(work) / "reward-model",
+                    out,
                     sft_spec=sft_spec,
                     sft_hub_id=sft_hub_id,
                     dataset_repo=dataset_repo,
                     repo=reward_model_repo,
-                )
-                step = "uploading the reward model"
-                api.create_repo(reward_model_repo, exist_ok=True, private=private)
-                api.upload_folder(
-                    folder_path=str(folder),
-                    repo_id=reward_model_repo,
-                    commit_message=f"Alignment Playground reward model v{version}",
-                )
-            done += f" and its reward model to `{reward_model_repo}`"
+                ),
+                f" and its reward model to `{reward_model_repo}`",
+            ),
+        ]
+        for repo, what, name, make_folder, said in uploads:
+            if not repo:
+                continue
+            step = f"preparing {what}"
+            with tempfile.TemporaryDirectory() as work:
+                folder = make_folder(Path(work) / "folder")
+                step = f"uploading {what}"
+                api.create_repo(repo, exist_ok=True, private=private)
+                api.upload_folder(folder_path=str(folder), repo_id=repo, commit_message=f"Alignment Playground {name}")
+            done += said
         return done + "."
     except Exception as error:  # network, auth, permissions: all end in one readable line
         detail = " ".join(str(error).split())[:300] or type(error).__name__

@@ -22,28 +22,9 @@ from pathlib import Path
 
 from .. import reward_models
 from ..settings import RoundSettings
-from .stages import _common
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 DEFAULT_RL_PROMPTS = ASSETS / "prompts.jsonl"
-
-
-def grpo_config(settings: RoundSettings, output_dir: Path):
-    from trl import GRPOConfig
-
-    common = _common(settings, output_dir)
-    del common["num_train_epochs"], common["max_length"]  # RL runs `rl_steps` steps; its lengths are its own
-    return GRPOConfig(
-        per_device_train_batch_size=settings.rl_generations,  # one prompt's group per step
-        gradient_accumulation_steps=1,
-        num_generations=settings.rl_generations,
-        max_completion_length=settings.rl_completion_tokens,
-        max_steps=settings.rl_steps,
-        learning_rate=settings.rl_learning_rate,
-        beta=settings.rl_beta,
-        temperature=1.0,
-        **common,
-    )
 
 
 def read_prompts(path: str | Path | None) -> list[str]:

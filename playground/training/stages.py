@@ -101,6 +101,25 @@ def sft_config(settings: RoundSettings, output_dir: Path):
     )
 
 
+def grpo_config(settings: RoundSettings, output_dir: Path):
+    """trl's GRPOConfig for the rlhf route's RL stage (sizes: rl.py says why)."""
+    from trl import GRPOConfig
+
+    common = _common(settings, output_dir)
+    del common["num_train_epochs"], common["max_length"]  # RL runs `rl_steps` steps; its lengths are its own
+    return GRPOConfig(
+        per_device_train_batch_size=settings.rl_generations,  # one prompt's group per step
+        gradient_accumulation_steps=1,
+        num_generations=settings.rl_generations,
+        max_completion_length=settings.rl_completion_tokens,
+        max_steps=settings.rl_steps,
+        learning_rate=settings.rl_learning_rate,
+        beta=settings.rl_beta,
+        temperature=1.0,
+        **common,
+    )
+
+
 def kto_batches(settings: RoundSettings) -> tuple[int, int]:
     """(examples per pass, passes per step) of the rating stage: at least KTO_MIN_BATCH a pass, about the same
     examples per optimizer step as the other stages."""
@@ -198,8 +217,6 @@ class Stage:
             return SFTTrainer(args=sft_config(settings, output_dir), **given)
         if self.name == "grpo":
             from trl import GRPOTrainer
-
-            from .rl import grpo_config
 
             # KL to the SFT model, whichever reference the DPO stages use: the reward model's over-optimization is
             # what the penalty holds back, measured from where people's judgments were made.
