@@ -85,13 +85,15 @@ def llama_cpp_python(given: str | None) -> str | None:
     return sys.executable if importlib.util.find_spec("llama_cpp") is not None else None
 
 
-def llama_cpp_single_stream(python: str, gguf: str, prompt: str, tokens: int, threads: int) -> dict:
-    """llama.cpp's decode speed on the same GGUF file, in a child process (bench/llama_cpp_stream.py says why)."""
+def llama_cpp_single_stream(python: str, gguf: str, prompt: str, tokens: int, threads: int, raw=False) -> dict:
+    """llama.cpp's decode speed on the same GGUF file, in a child process (bench/llama_cpp_stream.py says why).
+    raw: a plain completion that ignores the end of text (a base model has no chat template)."""
     import json
     import subprocess
 
     script = Path(__file__).resolve().parent / "llama_cpp_stream.py"
     command = [python, str(script), gguf, "--tokens", str(tokens), "--threads", str(threads), "--prompt", prompt]
+    command += ["--raw"] if raw else []
     try:
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
@@ -128,6 +130,8 @@ def run(args) -> dict:
         configs["torch_int8_weights"] = ("torch", "int8", None)
         configs["torch_float_weights"] = ("torch", "float", None)
         if serving_runtime.onnx_installed():
+            # The SFT model's fp32 copy beside the int8 base model: the app default before calibration chose int4.
+            configs["onnx_sft_fp32"] = ("onnx", "int8", None)
             configs["onnx_two_chat_workers"] = ("onnx", "auto", None, 2)
             configs["onnx_all_cores_per_worker"] = ("onnx", "auto", os.cpu_count())
     if args.runtime == "vllm":
@@ -223,6 +227,7 @@ def run(args) -> dict:
             figures[f"{prefix}{arm}_tokens_per_s"] = round(statistics.median(stats["tok_s"]), 2)
             figures[f"{prefix}{arm}_new_tokens"] = int(statistics.median(stats["tokens"]))
         figures[f"{prefix}precision"] = f"base {engine.base.precision}, sft {engine.sft.precision}"
+        figures[f"{prefix}precisions"] = engine.precisions()
         figures[f"{prefix}threads"] = threads_for(name)
         figures[f"{prefix}runtimes"] = engine.describe()
         if name in swaps:
@@ -244,6 +249,7 @@ def run(args) -> dict:
         figures["onnx_fidelity"] = onnx_fidelity(
             onnx_engine, plain.model, torch_pref, torch_base.model, prompts, args.tokens
         )
+        figures["fidelity"] = {arm: f["next_token_agreement"] for arm, f in figures["onnx_fidelity"].items()}
         from playground.runtimes.onnx import adapters as onnx_adapters
 
         figures["onnx_adapter_disk_bytes"] = os.path.getsize(Path(adapter_dir) / onnx_adapters.ADAPTER_FILE)
@@ -264,13 +270,20 @@ def run(args) -> dict:
         else:
             from playground.models import EMBEDDED
 
-            gguf = str(EMBEDDED["smollm2-135m-instruct"].gguf_path(Path(tempfile.mkdtemp())))
-            single = llama_cpp_single_stream(python, gguf, PROMPT, args.tokens, os.cpu_count())
-            figures["llama_cpp_sft_single_stream"] = single
-            if "tokens_per_s" in single and "app" in engines:
-                for arm in ("base", "sft", "pref"):
-                    ratio = figures[f"{arm}_tokens_per_s"] / single["tokens_per_s"]
-                    figures[f"ratio_{arm}_arm_to_llama_cpp"] = round(ratio, 2)
+            # Each arm against llama.cpp on its own model's GGUF: the SFT and preference arms the SFT file (chat),
+            # the base arm the base file (plain completion, end of text ignored like the bench's base arm).
+            scratch = Path(tempfile.mkdtemp())
+            ggufs = {
+                "sft": (str(EMBEDDED["smollm2-135m-instruct"].gguf_path(scratch)), False),
+                "base": (str(EMBEDDED["gemma-3-270m"].gguf_path(scratch)), True),
+            }
+            for role, (gguf, raw) in ggufs.items():
+                single = llama_cpp_single_stream(python, gguf, PROMPT, args.tokens, os.cpu_count(), raw=raw)
+                figures[f"llama_cpp_{role}_single_stream"] = single
+                if "tokens_per_s" in single and "app" in engines:
+                    for arm in ("base",) if role == "base" else ("sft", "pref"):
+                        ratio = figures[f"{arm}_tokens_per_s"] / single["tokens_per_s"]
+                        figures[f"ratio_{arm}_arm_to_llama_cpp"] = round(ratio, 2)
     if plain_int8 is not None and {"torch_float_weights", "torch_int8_weights"} <= set(engines):
         figures["int8_fidelity_sft"] = int8_fidelity(plain, plain_int8, PROMPT, args.tokens, chat=True)
         figures["int8_fidelity_base"] = int8_fidelity(
@@ -278,6 +291,9 @@ def run(args) -> dict:
         )
     for engine in built.values():
         engine.close()
+    from playground.runtimes.onnx.calibration import cpu_identity
+
+    figures["cpu"] = cpu_identity()
     settings = {
         "preset": preset.name,
         "prompt": PROMPT,

@@ -21,6 +21,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompt", required=True)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--raw", action="store_true", help="a plain completion, end of text ignored (base models)")
     args = parser.parse_args()
     from llama_cpp import Llama
 
@@ -29,7 +30,13 @@ def main() -> None:
     runs = []
     for _ in range(args.repeats + 1):  # the first is a warm-up
         start, first, count = time.perf_counter(), None, 0
-        for _chunk in llm.create_chat_completion(messages, max_tokens=args.tokens, temperature=0, stream=True):
+        if args.raw:
+            stream = llm.create_completion(
+                args.prompt, max_tokens=args.tokens, temperature=0, stream=True, logit_bias={llm.token_eos(): -1e9}
+            )
+        else:
+            stream = llm.create_chat_completion(messages, max_tokens=args.tokens, temperature=0, stream=True)
+        for _chunk in stream:
             count += 1
             first = first or time.perf_counter()
         runs.append({"tok_s": (count - 1) / (time.perf_counter() - first), "tokens": count, "ttft": first - start})

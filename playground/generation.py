@@ -145,6 +145,7 @@ class Engine:
             trust_remote_code=trust_remote_code,
             device=device,
             int8=int8_roles(precision, device),
+            precision=precision,
             threads=threads,
             adapter_targets=adapter_targets,
             runtime=runtime,
@@ -216,6 +217,14 @@ class Engine:
     def describe(self) -> dict:
         """Which runtime serves each model (the status line, `generate --json`)."""
         return {role: runtime.name for role, runtime in self.runtimes.items()}
+
+    def precisions(self) -> dict:
+        """The weights each model decodes with and, where a runtime chose among copies, why (`generate --json`)."""
+        loaded = {"base": self.base, "sft": self.sft}
+        return {
+            role: {"precision": runtime.precision or getattr(loaded[role], "precision", None), "why": runtime.precision_why}
+            for role, runtime in self.runtimes.items()
+        }
 
     # ---- adapters (hot swap, leases.py) -----------------------------------------------------------------
     def use_adapter(self, version: int, path: str | None) -> None:

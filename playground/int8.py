@@ -27,9 +27,11 @@ def int8_roles(precision: str, device: str) -> set[str]:
     if precision not in PRECISIONS:
         raise PrecisionError(f"Unknown precision '{precision}'. Fix: use one of {', '.join(PRECISIONS)}.")
     on_cpu = device == "cpu"
-    if precision == "int8" and not on_cpu:
-        raise PrecisionError(f"int8 weights run on the CPU only, not on '{device}'. Fix: --precision auto or float.")
-    return {"auto": {"base"}, "int8": {"base", "sft"}, "float": set()}[precision] if on_cpu else set()
+    if precision in ("int8", "int4") and not on_cpu:
+        raise PrecisionError(
+            f"{precision} weights run on the CPU only, not on '{device}'. Fix: --precision auto or float."
+        )
+    return {"auto": {"base"}, "int4": {"base"}, "int8": {"base", "sft"}, "float": set()}[precision] if on_cpu else set()
 
 
 def quantize_int8(model, keep_float: tuple[str, ...] = ()) -> None:

@@ -22,7 +22,7 @@ from .errors import UserError
 
 ENV_PREFIX = "PLAYGROUND_"
 ADMIN_TOKEN_ENV = "PLAYGROUND_ADMIN_TOKEN"
-PRECISIONS = ("auto", "int8", "float")
+PRECISIONS = ("auto", "int4", "int8", "float")
 RUNTIMES = ("auto", "torch", "onnx", "vllm")
 DPO_REFERENCES = ("sft", "previous")  # RoundSettings.dpo_reference: what the preference stages measure against
 # RoundSettings.preference_route: how pairs train the policy: directly (DPO), or through a reward model and RL
@@ -105,8 +105,10 @@ class ModelSettings:
     precision: str = field(
         default="auto",
         metadata=_help(
-            "`auto`: on a CPU the base model runs with int8 weights, the SFT model in float; `int8`: both; `float`: "
-            "neither (the onnx runtime keeps the SFT model float); on a GPU `auto` is float (docs/performance.md)",
+            "`auto`: on a CPU the base model runs with int8 weights, and the SFT model with whichever of fp32 and int4 "
+            "the first start measured fastest on this CPU within the fidelity bound (onnx runtime; torch: float); "
+            "`int4`: the SFT model's 4-bit ONNX copy (onnx only); `int8`: both models int8 (the onnx runtime keeps "
+            "the SFT model float); `float`: neither; on a GPU `auto` is float (docs/performance.md)",
             choices=PRECISIONS,
         ),
     )

@@ -64,6 +64,7 @@ def cmd_generate(args) -> int:
             "history_turns": len(history) // 2,
             "runtime": playground.engine.runtime,
             "runtimes": playground.engine.describe(),
+            "precisions": playground.engine.precisions(),
         }
         print(json.dumps(report, indent=2))
         return 0

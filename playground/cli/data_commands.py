@@ -26,6 +26,9 @@ def info(args) -> dict:
             "needs_conversion": needs_conversion(spec) and not cached,
         }
     counts = playground.store.counts()
+    from ..models import models_dir
+    from ..runtimes.onnx.calibration import cpu_identity, cpu_key, recorded
+
     return {
         "preset": preset.name,
         "requested_preset": args.preset,
@@ -45,6 +48,9 @@ def info(args) -> dict:
         "embedded_packages_installed": embedded_available(),
         "embedded_models": {name: m.description for name, m in EMBEDDED.items()},
         "presets": {name: {"base": p.base, "sft": p.sft} for name, p in PRESETS.items()},
+        # What `--precision auto` serves the SFT model with on this CPU (measured on the first start here).
+        "cpu": cpu_identity(),
+        "calibration": recorded(models_dir(data_dir)).get(cpu_key(), {}),
     }
 
 

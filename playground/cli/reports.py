@@ -68,6 +68,12 @@ def info_text(facts: dict) -> str:
             "start with those models to move it into their data set"
         )
     lines.append(f"embedded packages installed: {facts['embedded_packages_installed']}")
+    cpu = facts["cpu"]
+    lines.append(f"this CPU:  {cpu['model']} ({' '.join(cpu['flags']) or 'no flags read'})")
+    for copy, record in facts["calibration"].items():
+        lines.append(f"  SFT weights on the onnx runtime ({copy}): {record['precision']}, {record['why']}")
+    if not facts["calibration"]:
+        lines.append("  SFT weights on the onnx runtime: not measured on this CPU yet (the first start measures them)")
     return "\n".join(lines)
 
 

@@ -50,6 +50,8 @@ class ModelRuntime:
     concurrent = False  # True: requests run at once (a server batches them); False: the Engine runs one at a time
     max_context: int | None = None  # prompt + answer tokens the runtime takes, when less than the model's own
     problem: str | None = None  # the latest serving failure, until a request succeeds again
+    precision: str | None = None  # the weights it decodes, where the runtime chose among copies ("fp32", "int4", ...)
+    precision_why: str | None = None  # why that copy (asked for, or measured on this CPU)
 
     def decode(self, ids: list[int], rows: list[DecodeRow], sampling, streamer, cancel: threading.Event) -> None:
         raise NotImplementedError

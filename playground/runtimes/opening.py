@@ -1,7 +1,8 @@
 """Opening the models on a runtime: which runtime serves which model, with what weights.
 
 - `torch`: both models' weights in this process (int8 where `int8` names the role, int8.int8_roles).
-- `onnx`: ONNX copies in worker processes; here only tokenizers and configs (the SFT weights load for scoring).
+- `onnx`: ONNX copies in worker processes; here only tokenizers and configs (the SFT weights load for scoring). The
+  SFT copy is fp32 or int4: `--precision auto` takes what calibrating this CPU chose (onnx/calibration.py).
 - `vllm`: the SFT model (both chat arms) from a vLLM server (started here without a URL); the base model from
   its own vLLM server with `base_url`, else on the local runtime `auto` picks (onnx on a CPU).
 """
@@ -38,6 +39,7 @@ def open_runtimes(
     trust_remote_code=False,
     device="cpu",
     int8: set[str] = frozenset(),
+    precision: str = "auto",
     threads: int | None = None,
     adapter_targets: tuple[str, ...] | None = None,
     runtime="torch",
@@ -62,6 +64,7 @@ def open_runtimes(
         trust_remote_code=trust_remote_code,
         device=device,
         int8=int8,
+        precision=precision,
         threads=threads,
         targets=targets,
         chat_workers=chat_workers,
@@ -131,17 +134,22 @@ def _open_both(opened: dict, preset: Preset, runtime: str, local: dict) -> None:
             opened[role] = _local(role, spec, runtime, **local)
 
 
-def _local(role, spec, runtime, *, data_dir, trust_remote_code, device, int8, threads, targets, chat_workers, later):
+def _local(
+    role, spec, runtime, *, data_dir, trust_remote_code, device, int8, precision, threads, targets, chat_workers, later
+):
     """One model on the torch or onnx runtime. On a first start the base model's ONNX copy (an int8 build of tens of
     seconds) is not in the way of the first answers: the base model serves from its torch weights meanwhile, and
     the copy is built after (`later`), to take over when it is ready."""
     slots = targets if role == "sft" else ()
-    options = dict(data_dir=data_dir, trust_remote_code=trust_remote_code, device=device, int8=int8, threads=threads)
+    options = dict(
+        data_dir=data_dir, trust_remote_code=trust_remote_code, device=device, int8=int8, precision=precision,
+        threads=threads,
+    )  # fmt: skip
     if runtime == "onnx":
         if role == "base" and later is not None and not _onnx_copy_built(spec, slots, **options):
             later[role] = lambda: _onnx(role, spec, slots, chat_workers, **options)
             log.info("The base model serves with torch until its ONNX copy is built (once, in the background).")
-            return _torch(role, spec, slots, **(options | {"int8": frozenset()}))
+            return _torch(role, spec, slots, **(options | {"int8": frozenset(), "precision": "auto"}))
         return _onnx(role, spec, slots, chat_workers, **options)
     return _torch(role, spec, slots, **options)
 
@@ -162,21 +170,47 @@ def _onnx_copy_built(spec, slots, *, data_dir, trust_remote_code, int8, **_) -> 
     ).is_file()
 
 
-def _onnx(role, spec, slots, chat_workers, *, data_dir, trust_remote_code, int8, threads, **_):
+def _onnx(role, spec, slots, chat_workers, *, data_dir, trust_remote_code, int8, precision, threads, **_):
     from .onnx.client import OnnxRuntime
 
     loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
-    precision = _onnx_precision(role, int8)
+    chosen, why = _onnx_precision(role, int8), None
+    if role == "sft":
+        chosen, why = _sft_precision(precision, loaded, slots, threads, data_dir)
     served = OnnxRuntime.open(
-        loaded.source, models_dir(data_dir), precision, slots, threads, chat_workers if role == "sft" else 1, role
+        loaded.source, models_dir(data_dir), chosen, slots, threads, chat_workers if role == "sft" else 1, role
     )
-    loaded.precision = "int8" if precision == "int8" else "float32"
+    served.precision, served.precision_why = chosen, why
+    loaded.precision = {"fp32": "float32"}.get(chosen, chosen)
     return loaded, served
 
 
-def _torch(role, spec, slots, *, data_dir, trust_remote_code, device, int8, **_):
+def _sft_precision(precision: str, loaded: LoadedModel, slots, threads: int, data_dir) -> tuple[str, str]:
+    """The SFT model's ONNX copy and why: `float`/`int8` fp32 (exact), `int4` as asked, `auto` what calibrating
+    this CPU chose (measured now on the first start here)."""
+    if precision == "int4":
+        return "int4", "--precision int4"
+    if precision != "auto":
+        return "fp32", f"--precision {precision}"
+    from .onnx.calibration import calibrated_precision
+    from ..prompting import chat_prompt
+
+    def prompt_ids():
+        from .onnx.calibration import PROMPTS
+
+        tokenizer = loaded.tokenizer
+        return [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids for p in PROMPTS]
+
+    record = calibrated_precision(loaded.source, models_dir(data_dir), slots, threads, prompt_ids)
+    return record["precision"], f"calibrated on this CPU ({record['at']}): {record['why']}"
+
+
+def _torch(role, spec, slots, *, data_dir, trust_remote_code, device, int8, precision="auto", **_):
+    from ..int8 import PrecisionError
     from .torch_runtime import TorchRuntime
 
+    if precision == "int4":
+        raise PrecisionError("--precision int4 needs the onnx runtime. Fix: --runtime onnx (or auto on a CPU).")
     loaded = load_model(
         spec, data_dir, role, trust_remote_code=trust_remote_code, device=device, int8=role in int8, keep_float=slots
     )

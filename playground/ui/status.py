@@ -23,6 +23,10 @@ def status_line(pg: Playground, loading: str) -> str:
     base, sft = (code(short_model(m.name)) for m in (engine.base, engine.sft))
     runtimes = engine.describe()
     runtime = f"runtime {code(engine.runtime)}" + (" (onnx unavailable, see the log)" if engine.runtime_note else "")
+    sft_copy = engine.runtimes["sft"]
+    if sft_copy.precision_why:  # the onnx runtime chose the SFT copy: say which and why
+        how = "measured fastest on this CPU" if sft_copy.precision_why.startswith("calibrated") else "as asked"
+        runtime += f" · SFT weights {code(sft_copy.precision)} ({how})"
     if runtimes.get("base") != engine.runtime:
         building = " until its ONNX copy is built" if engine.preparing_roles() == ["base"] else ""
         runtime += f" (base arm: {code(runtimes.get('base'))}{building})"

@@ -7,6 +7,8 @@
   weights serves both the SFT row (no adapter: the zeros) and the preference row (a version's adapter). Each LoRA
   branch is multiplied by a per-row scale (`ROW_SCALE`, a graph input of shape [rows, 1, 1]): a batch of two rows
   with one adapter active and scales 0 and 1 decodes the SFT and the preference answer in one pass over the weights.
+- **int4** (`prepare_model(..., "int4")`): the fp32 copy above, its layers then 4-bit by ONNX Runtime's quantizer
+  (quantize.py; exact for the embedded SFT model, whose weights are 4-bit already), LoRA slots and gate unchanged.
 The adapters of each version are converted in adapters.py.
 """
 
@@ -34,6 +36,8 @@ LORA_SLOTS_FILE = "lora_slots.json"
 SLOT_RANK = "lora_rank"  # the symbolic dimension that lets an adapter of any rank fill a slot
 ROW_SCALE = "lora_row_scale"  # per row: 1 applies the active adapter, 0 leaves the row the SFT model
 GRAPH_REVISION = 2  # of what _lora_slots_as_inputs makes; a new one builds again instead of serving an old graph
+QUANTIZE_REVISION = 1  # of what quantize.py makes from the fp32 copy
+PRECISIONS = ("fp32", "int8", "int4")
 
 
 # ---- building ---------------------------------------------------------------------------------------------
@@ -61,6 +65,8 @@ def built_dir(models_dir: Path, folder: str, precision: str, lora_targets: tuple
     ]
     if lora_targets:  # the graph with slots changed since; a plain model's key (and cache) stays as it was
         key.append(GRAPH_REVISION)
+    if precision == "int4":
+        key.append(QUANTIZE_REVISION)
     key = json.dumps(key)
     name = re.sub(r"[^A-Za-z0-9_.-]+", "-", folder.name)[:60]
     return Path(models_dir) / f"{name}-onnx-{precision}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
@@ -68,26 +74,25 @@ def built_dir(models_dir: Path, folder: str, precision: str, lora_targets: tuple
 
 def prepare_model(source: str, models_dir: Path, precision: str = "fp32", lora_targets: tuple[str, ...] = ()) -> Path:
     """The ONNX folder for a transformers model, built on first use (seconds to a minute; later starts load it).
-    precision: `fp32`, or `int8` (int8 weights in blocks of 32, int8 activations)."""
+    precision: `fp32`; `int8` (the builder's int8 weights in blocks of 32, int8 activations); `int4` (the fp32 copy
+    with 4-bit layers, quantize.py)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown ONNX precision {precision!r}")
     folder = local_folder(source)  # a Hub id asks the Hub (or its cache) once
     target = built_dir(models_dir, folder, precision, lora_targets)
     if (target / "genai_config.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    if precision == "int4":
+        fp32 = prepare_model(source, models_dir, "fp32", lora_targets)
+        step = ["quantize", str(fp32)]
+    else:
+        step = ["build", folder]
     scratch = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    command = [
-        sys.executable,
-        "-m",
-        "playground.runtimes.onnx.worker",
-        "build",
-        folder,
-        str(scratch / "model"),
-        "--precision",
-        precision,
-        "--lora-targets",
-        ",".join(lora_targets),
-    ]
-    log.info("Building the ONNX copy of %s once into %s ...", source, target)
+    command = [sys.executable, "-m", "playground.runtimes.onnx.worker", *step, str(scratch / "model")]
+    if precision != "int4":
+        command += ["--precision", precision, "--lora-targets", ",".join(lora_targets)]
+    log.info("Building the %s ONNX copy of %s once into %s ...", precision, source, target)
     try:
         done = subprocess.run(command, capture_output=True, text=True, env=child_env())
         if done.returncode != 0:

@@ -191,6 +191,12 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("out")
     build.add_argument("--precision", default="fp32", choices=("fp32", "int8"))
     build.add_argument("--lora-targets", default="")
+    quantize = sub.add_parser("quantize", help="the int4 copy of an fp32 ONNX folder (quantize.py)")
+    quantize.add_argument("source")
+    quantize.add_argument("out")
+    calibrate = sub.add_parser("calibrate", help="time each ONNX copy and check it against the first (calibration.py)")
+    calibrate.add_argument("folders", nargs="+", help="the reference (fp32) first")
+    calibrate.add_argument("--threads", type=int, default=1)
     serve = sub.add_parser("serve", help="a decode worker (started by DecodeWorker)")
     serve.add_argument("model_dir")
     serve.add_argument("--threads", type=int, default=1)
@@ -201,6 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         from .build import _build
 
         _build(args.source, args.out, args.precision, [t for t in args.lora_targets.split(",") if t])
+    elif args.command == "quantize":
+        from .quantize import quantize_folder
+
+        quantize_folder(args.source, args.out)
+    elif args.command == "calibrate":
+        from .calibration import measure
+
+        print(json.dumps(measure(args.folders, args.threads, json.loads(sys.stdin.read()))))
     else:
         read_fd, write_fd = (int(fd) for fd in args.fds.split(","))
         _serve(Duplex(write_fd, read_fd), args.model_dir, args.threads, args.row_scale)
