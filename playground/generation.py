@@ -222,7 +222,10 @@ class Engine:
         """The weights each model decodes with and, where a runtime chose among copies, why (`generate --json`)."""
         loaded = {"base": self.base, "sft": self.sft}
         return {
-            role: {"precision": runtime.precision or getattr(loaded[role], "precision", None), "why": runtime.precision_why}
+            role: {
+                "precision": runtime.precision or getattr(loaded[role], "precision", None),
+                "why": runtime.precision_why,
+            }
             for role, runtime in self.runtimes.items()
         }
 

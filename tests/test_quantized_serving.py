@@ -65,7 +65,9 @@ def adapters(tmp_path_factory, tiny) -> dict[int, Path]:
 
 @pytest.fixture(scope="module")
 def int4_engine(tmp_path_factory, preset):
-    engine = Engine.from_preset(preset, tmp_path_factory.mktemp("int4-data"), precision="int4", runtime="onnx", threads=1)
+    engine = Engine.from_preset(
+        preset, tmp_path_factory.mktemp("int4-data"), precision="int4", runtime="onnx", threads=1
+    )
     yield engine
     engine.close()
 
@@ -242,7 +244,10 @@ def test_the_calibration_measures_once_per_cpu_and_yields_to_the_flags(preset, t
         again.close()
     forced = Engine.from_preset(preset, tmp_path, precision="float", runtime="onnx", threads=1)
     try:
-        assert forced.runtimes["sft"].precision == "fp32" and "-onnx-fp32-" in forced.runtimes["sft"].workers[0].model_dir.name
+        assert (
+            forced.runtimes["sft"].precision == "fp32"
+            and "-onnx-fp32-" in forced.runtimes["sft"].workers[0].model_dir.name
+        )
     finally:
         forced.close()
     on_torch = Engine.from_preset(preset, tmp_path, precision="auto", runtime="torch", threads=1)
@@ -251,7 +256,13 @@ def test_the_calibration_measures_once_per_cpu_and_yields_to_the_flags(preset, t
 
     other = {"model": "Some Other CPU", "flags": ["avx2"]}
     monkeypatch.setattr(calibration, "cpu_identity", lambda: other)
-    monkeypatch.setattr(calibration, "_run_measure", lambda folders, *_: {f: {"tokens_per_s": 10.0 * (i + 1), "agreement": 1.0, "positions": 96} for i, f in enumerate(folders)})
+    monkeypatch.setattr(
+        calibration,
+        "_run_measure",
+        lambda folders, *_: {
+            f: {"tokens_per_s": 10.0 * (i + 1), "agreement": 1.0, "positions": 96} for i, f in enumerate(folders)
+        },
+    )
     elsewhere = Engine.from_preset(preset, tmp_path, precision="auto", runtime="onnx", threads=1)
     try:
         assert elsewhere.runtimes["sft"].precision == "int4"  # the (fake) faster copy on the other CPU
@@ -269,9 +280,7 @@ def test_a_crashed_decode_process_fails_only_its_arms(int4_engine):
     stream = int4_engine.stream(PROMPTS[1], Sampling(temperature=0, max_new_tokens=400, seed=1))
     next(stream)
     worker.process.kill()
-    final = None
-    for final in stream:
-        pass
+    *_, final = stream
     assert final["sft"].error and final["pref"].error and "exited" in final["sft"].error
     assert final["base"].error is None and final["base"].text.strip()
     after = _texts(int4_engine, PROMPTS[0])

@@ -192,8 +192,8 @@ def _sft_precision(precision: str, loaded: LoadedModel, slots, threads: int, dat
         return "int4", "--precision int4"
     if precision != "auto":
         return "fp32", f"--precision {precision}"
-    from .onnx.calibration import calibrated_precision
     from ..prompting import chat_prompt
+    from .onnx.calibration import calibrated_precision
 
     def prompt_ids():
         from .onnx.calibration import PROMPTS

@@ -139,7 +139,15 @@ def decide(measured: dict) -> dict:
 
 
 def _run_measure(folders: list[str], threads: int, prompts: list[list[int]]) -> dict:
-    command = [sys.executable, "-m", "playground.runtimes.onnx.worker", "calibrate", *folders, "--threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "playground.runtimes.onnx.worker",
+        "calibrate",
+        *folders,
+        "--threads",
+        str(threads),
+    ]
     request = json.dumps({"prompts": prompts, "agreement_tokens": AGREEMENT_TOKENS, "speed_tokens": SPEED_TOKENS})
     done = subprocess.run(command, input=request, capture_output=True, text=True, env=child_env(), timeout=600)
     if done.returncode != 0:
@@ -157,54 +165,69 @@ def measure(folders: list[str], threads: int, request: dict) -> dict:
     import numpy as np
     import onnxruntime_genai as og
 
-    from .build import ROW_SCALE, lora_slots
-
     results, references = {}, None
     for folder in folders:
         config = og.Config(folder)
         options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
         config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
-        model = og.Model(config)
-        gated = lora_slots(Path(folder)) is not None
-
-        def generator(rows: int, prefix: list[int]):
-            params = og.GeneratorParams(model)
-            params.set_search_options(do_sample=False, max_length=1024, batch_size=rows)
-            made = og.Generator(model, params)
-            scales = np.asarray([float(i % 2) for i in range(rows)], dtype=np.float32).reshape(-1, 1, 1)
-            if gated:
-                made.set_model_input(ROW_SCALE, scales)
-            made.append_tokens(np.asarray([prefix] * rows, dtype=np.int32))
-            return made, scales  # the caller keeps the scales as long as the generator (worker.gate_rows)
-
+        model = _Model(og.Model(config), folder, og, np)
         prompts = request["prompts"]
-        made, scales = generator(2, prompts[0])
+        made, scales = model.generator(2, prompts[0])
         for _ in range(4):  # warm-up
             made.generate_next_token()
         start = time.perf_counter()
         for _ in range(request["speed_tokens"]):
             made.generate_next_token()
-        speed = 2 * request["speed_tokens"] / (time.perf_counter() - start)
+        results[folder] = {"tokens_per_s": round(2 * request["speed_tokens"] / (time.perf_counter() - start), 1)}
         del made, scales
         if references is None:  # the reference's own greedy answers
-            references = []
-            for prefix in prompts:
-                made, scales = generator(1, prefix)
-                answer = []
-                for _ in range(request["agreement_tokens"]):
-                    made.generate_next_token()
-                    answer.append(int(made.get_next_tokens()[0]))
-                references.append((prefix, answer))
-                del made, scales
-            results[folder] = {"tokens_per_s": round(speed, 1)}
+            references = [(prefix, model.greedy(prefix, request["agreement_tokens"])) for prefix in prompts]
             continue
         agree = total = 0
         for prefix, answer in references:
-            made, scales = generator(1, prefix)
-            for token in answer:
-                agree += int(np.asarray(made.get_logits())[0, -1].argmax() == token)
-                total += 1
-                made.append_tokens(np.asarray([[token]], dtype=np.int32))
-            del made, scales
-        results[folder] = {"tokens_per_s": round(speed, 1), "agreement": round(agree / total, 4), "positions": total}
+            agree += model.agreeing(prefix, answer)
+            total += len(answer)
+        results[folder] |= {"agreement": round(agree / total, 4), "positions": total}
     return results
+
+
+class _Model:
+    def __init__(self, model, folder: str, og, np):
+        from .build import lora_slots
+
+        self.model, self.og, self.np = model, og, np
+        self.gated = lora_slots(Path(folder)) is not None
+
+    def generator(self, rows: int, prefix: list[int]):
+        """A generator over `rows` copies of `prefix`, odd rows gated on; the caller keeps the scales as long as
+        the generator (worker.gate_rows says why)."""
+        from .build import ROW_SCALE
+
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(do_sample=False, max_length=1024, batch_size=rows)
+        made = self.og.Generator(self.model, params)
+        scales = self.np.asarray([float(i % 2) for i in range(rows)], dtype=self.np.float32).reshape(-1, 1, 1)
+        if self.gated:
+            made.set_model_input(ROW_SCALE, scales)
+        made.append_tokens(self.np.asarray([prefix] * rows, dtype=self.np.int32))
+        return made, scales
+
+    def greedy(self, prefix: list[int], tokens: int) -> list[int]:
+        made, scales = self.generator(1, prefix)
+        answer = []
+        for _ in range(tokens):
+            made.generate_next_token()
+            answer.append(int(made.get_next_tokens()[0]))
+        del made, scales
+        return answer
+
+    def agreeing(self, prefix: list[int], answer: list[int]) -> int:
+        """Teacher forcing on `answer`: how many of its tokens are this model's greedy choice after the tokens
+        before them."""
+        made, scales = self.generator(1, prefix)
+        agree = 0
+        for token in answer:
+            agree += int(self.np.asarray(made.get_logits())[0, -1].argmax() == token)
+            made.append_tokens(self.np.asarray([[token]], dtype=self.np.int32))
+        del made, scales
+        return agree

@@ -73,12 +73,7 @@ def _quantize(model, bits: int, exclude: list[str]):
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
     quantizer = MatMulNBitsQuantizer(
-        model,
-        bits=bits,
-        block_size=BLOCK,
-        is_symmetric=True,
-        accuracy_level=ACCURACY_LEVEL,
-        nodes_to_exclude=exclude,
+        model, bits=bits, block_size=BLOCK, is_symmetric=True, accuracy_level=ACCURACY_LEVEL, nodes_to_exclude=exclude
     )
     quantizer.process()
     return quantizer.model.model
@@ -110,7 +105,9 @@ def _add_block_offsets(graph, offsets: dict) -> None:
             sums[x] = f"{x}/block_sums"
             nodes += [
                 onnx.helper.make_node("Reshape", [x, shape], [f"{x}/blocks"], name=f"{original}/Blocks"),
-                onnx.helper.make_node("ReduceSum", [f"{x}/blocks", axes], [sums[x]], keepdims=0, name=f"{original}/BlockSums"),
+                onnx.helper.make_node(
+                    "ReduceSum", [f"{x}/blocks", axes], [sums[x]], keepdims=0, name=f"{original}/BlockSums"
+                ),
             ]
         table = f"{original}/block_offsets"
         graph.initializer.append(numpy_helper.from_array(offset, table))
