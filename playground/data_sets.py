@@ -150,12 +150,13 @@ def _count(path: Path, table: str) -> int | None:
 
 
 def _answer_models(path: Path) -> dict[str, list[str]]:
-    """{"base": [...], "sft": [...]}: the model names a store's answers record, without the "(int8)" mark."""
+    """{"base": [...], "sft": [...]}: the model names a store's answers record, without the "(int8)" / "(int4)"
+    mark."""
     with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as conn:
         rows = conn.execute("SELECT DISTINCT arm, model FROM answers").fetchall()
     models: dict[str, set[str]] = {"base": set(), "sft": set()}
     for arm, model in rows:
-        models["base" if arm == "base" else "sft"].add(model.removesuffix(" (int8)"))
+        models["base" if arm == "base" else "sft"].add(model.removesuffix(" (int8)").removesuffix(" (int4)"))
     return {role: sorted(names) for role, names in models.items()}
 
 

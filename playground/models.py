@@ -148,6 +148,9 @@ def describe_source(spec: str) -> str:
     return "Hugging Face Hub id"
 
 
+QUANTIZED = ("int8", "int4")  # the precisions an answer's model name carries: "smollm2-135m-instruct (int4)"
+
+
 @dataclass
 class LoadedModel:
     """A model with its tokenizer and the spec it came from (recorded with every answer)."""
@@ -165,7 +168,7 @@ class LoadedModel:
     @property
     def name(self) -> str:
         name = self.spec.removeprefix("embedded:")
-        return f"{name} (int8)" if self.precision == "int8" else name
+        return f"{name} ({self.precision})" if self.precision in QUANTIZED else name
 
 
 def models_dir(data_dir: Path) -> Path:

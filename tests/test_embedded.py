@@ -85,10 +85,11 @@ def test_generate_cli_prints_three_answers_as_json_offline(embedded_data_dir):
 
 
 def test_the_onnx_runtime_answers_as_the_torch_model_does(embedded_data_dir):
-    """The fidelity rule on the real models: greedy SFT and preference answers from the onnx runtime equal torch's
-    token for token; the base model is int8 in both (each runtime's own int8), so only its label is compared."""
+    """The fidelity rule on the real models: with the SFT model's fp32 copy (`--precision float`), greedy SFT and
+    preference answers from the onnx runtime equal torch's token for token. The default (`auto`) measures this CPU
+    once, serves the copy it chose and says why; the base model is int8 in both (each runtime's own int8)."""
     reports = {}
-    for runtime in ("onnx", "torch"):
+    for runtime, precision in (("onnx", "float"), ("torch", "auto"), ("onnx", "auto")):
         result = run_cli(
             "generate",
             "Give me three tips for sleeping better.",
@@ -101,18 +102,35 @@ def test_the_onnx_runtime_answers_as_the_torch_model_does(embedded_data_dir):
             "embedded",
             "--runtime",
             runtime,
+            "--precision",
+            precision,
             data_dir=embedded_data_dir,
         )
         assert result.returncode == 0, result.stderr[-2000:]
-        reports[runtime] = json.loads(result.stdout)
-        assert reports[runtime]["runtime"] == runtime
-    onnx, torch = reports["onnx"], reports["torch"]
+        reports[runtime, precision] = json.loads(result.stdout)
+        assert reports[runtime, precision]["runtime"] == runtime
+    onnx, torch = reports["onnx", "float"], reports["torch", "auto"]
     for arm in ("sft", "pref"):
         assert (onnx[arm]["text"], onnx[arm]["new_tokens"]) == (torch[arm]["text"], torch[arm]["new_tokens"]), arm
         assert onnx[arm]["text"].strip()
-    assert onnx["base"]["model"] == torch["base"]["model"] == "gemma-3-270m (int8)" and onnx["base"]["text"].strip()
-    built = sorted(p.name for p in models.models_dir(embedded_data_dir).iterdir() if "-onnx-" in p.name)
-    assert [name.split("-onnx-")[1].split("-")[0] for name in built] == ["int8", "fp32"]  # base int8, SFT float
+    default = reports["onnx", "auto"]
+    assert torch["base"]["model"] == default["base"]["model"] == "gemma-3-270m (int8)" and onnx["base"]["text"].strip()
+    assert onnx["base"]["model"] == "gemma-3-270m"  # --precision float: both models float
+    assert onnx["precisions"]["sft"] == {"precision": "fp32", "why": "--precision float"}
+    chosen = reports["onnx", "auto"]["precisions"]["sft"]
+    assert chosen["precision"] in ("fp32", "int4") and chosen["why"].startswith("calibrated on this CPU")
+    assert default["sft"]["text"].strip()
+    suffix = " (int4)" if chosen["precision"] == "int4" else ""  # every answer names the weights that wrote it
+    assert default["sft"]["model"] == default["pref"]["model"] == f"smollm2-135m-instruct{suffix}"
+    built = sorted(
+        (p.name.split("-")[0], p.name.split("-onnx-")[1].split("-")[0])
+        for p in models.models_dir(embedded_data_dir).iterdir()
+        if "-onnx-" in p.name
+    )  # base int8 (auto) and fp32 (float); the SFT model's fp32 and int4 copies, both measured by `auto`
+    assert built == [("gemma", "fp32"), ("gemma", "int8"), ("smollm2", "fp32"), ("smollm2", "int4")]
+    facts = json.loads(run_cli("info", "--json", data_dir=embedded_data_dir).stdout)
+    (record,) = facts["calibration"].values()  # `info` says what this CPU serves and why
+    assert record["precision"] == chosen["precision"] and record["cpu"] == facts["cpu"]
 
 
 def test_info_reports_preset_and_cache_state(embedded_data_dir):
