@@ -4,33 +4,31 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import threading
 import time
 
 
 def machine() -> dict:
+    """cpu: {"model", "flags"}, the CPU's name and the instruction sets that change which kernels run (figures
+    compare only within one kind: the same code ran at 0.66x on one and 1.37x on another)."""
     import torch
 
-    facts = {
+    from playground.runtimes.onnx.calibration import cpu_identity
+
+    return {
         "date": time.strftime("%Y-%m-%d %H:%M"),
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_identity(),
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        with open("/proc/cpuinfo") as info:
-            facts["cpu"] = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    return facts
 
 
 def versions() -> dict:
     from importlib.metadata import version
 
-    return {name: version(name) for name in ("torch", "transformers", "peft", "trl", "gradio")}
+    names = ("torch", "transformers", "peft", "trl", "gradio", "onnxruntime", "onnxruntime-genai")
+    return {name: version(name) for name in names}
 
 
 def report(suite: str, settings: dict, figures: dict, as_json: bool) -> dict:

@@ -220,12 +220,22 @@ def test_the_decision_takes_the_fastest_copy_within_the_bound():
 def test_the_calibration_measures_once_per_cpu_and_yields_to_the_flags(preset, tmp_path, monkeypatch):
     """`--precision auto` on a fresh model cache measures the copies, serves the choice and keeps it keyed by
     this CPU; a restart reads it; a CPU of another kind measures again; `--precision` and `--runtime` override."""
+    from helpers import tiny_round
+
+    from playground.core import Playground
+    from playground.settings import ModelSettings
+    from playground.ui.status import status_line
+
     engine = Engine.from_preset(preset, tmp_path, precision="auto", runtime="onnx", threads=1)
+    models = ModelSettings(base=preset.base, sft=preset.sft, data_dir=str(tmp_path))
+    pg = Playground(models, tiny_round(), engine=engine)
     try:
         served = engine.runtimes["sft"]
         assert served.precision in calibration.CANDIDATES and served.precision_why.startswith("calibrated")
         assert engine.precisions()["sft"]["precision"] == served.precision
+        assert f"SFT weights `{served.precision}` (measured fastest on this CPU)" in status_line(pg, "")
     finally:
+        pg.close()
         engine.close()
     kept = json.loads((models_dir(tmp_path) / calibration.FILE).read_text())
     (record,) = kept[calibration.cpu_key()].values()

@@ -44,16 +44,15 @@ KERNEL_FLAGS = (
 
 def cpu_identity() -> dict:
     """{"model", "flags"}: the CPU's model name and the kernel-relevant instruction sets it has."""
-    model, flags = platform.processor() or platform.machine(), set()
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
-            if key.strip() == "model name" and model in ("", platform.machine(), platform.processor()):
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
+            fields.setdefault(key.strip(), value.strip())  # the first processor's
     except OSError:
         pass  # not Linux: the model from platform, no flags
+    flags = set(fields.get("flags", "").split())
+    model = fields.get("model name") or platform.processor() or platform.machine()
     return {"model": model, "flags": [flag for flag in KERNEL_FLAGS if flag in flags]}
 
 
