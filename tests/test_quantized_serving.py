@@ -241,6 +241,8 @@ def test_the_calibration_measures_once_per_cpu_and_yields_to_the_flags(preset, t
     (record,) = kept[calibration.cpu_key()].values()
     assert record["precision"] == served.precision and set(record["measured"]) == {"fp32", "int4"}
     assert record["measured"]["fp32"]["tokens_per_s"] > 0 and 0 <= record["measured"]["int4"]["agreement"] <= 1
+    assert record["threads"] == 1 and set(record["measured"]["int4"]["by_threads"]) == {"1"}  # threads=1: one layout
+    assert served.workers[0].threads == record["threads"]
     assert record["cpu"] == calibration.cpu_identity()
 
     def measured_again(*_):
@@ -269,13 +271,20 @@ def test_the_calibration_measures_once_per_cpu_and_yields_to_the_flags(preset, t
     monkeypatch.setattr(
         calibration,
         "_run_measure",
-        lambda folders, *_: {
-            f: {"tokens_per_s": 10.0 * (i + 1), "agreement": 1.0, "positions": 96} for i, f in enumerate(folders)
+        lambda folders, *_: {  # figures of a (fake) CPU where int4 with 2 threads per process is fastest
+            f: {
+                "tokens_per_s_by_threads": {"1": 10.0 * (i + 1), "2": 15.0 * (i + 1)},
+                "agreement": 1.0,
+                "positions": 96,
+            }
+            for i, f in enumerate(folders)
         },
     )
-    elsewhere = Engine.from_preset(preset, tmp_path, precision="auto", runtime="onnx", threads=1)
+    elsewhere = Engine.from_preset(preset, tmp_path, precision="auto", runtime="onnx")
     try:
-        assert elsewhere.runtimes["sft"].precision == "int4"  # the (fake) faster copy on the other CPU
+        assert elsewhere.runtimes["sft"].precision == "int4"
+        assert elsewhere.runtimes["sft"].workers[0].threads == 2  # the thread layout measured fastest
+        assert "with 2 threads" in elsewhere.runtimes["sft"].precision_why
     finally:
         elsewhere.close()
     kept = json.loads((models_dir(tmp_path) / calibration.FILE).read_text())

@@ -53,6 +53,7 @@ def open_runtimes(
     adapter_targets: the layers LoRA adapters attach to (default: the trainer's); they stay float in an int8 SFT
     model and are the onnx SFT model's LoRA slots. serve_while_building: on a first start the base model serves
     with torch while its ONNX copy builds (the server wants its first answers soon; a command can wait)."""
+    threads_given = threads is not None  # --serve-threads: else the calibration may pick the SFT process's
     threads = threads or half_the_cores()
     if device == "cpu":
         import torch
@@ -66,6 +67,7 @@ def open_runtimes(
         int8=int8,
         precision=precision,
         threads=threads,
+        threads_given=threads_given,
         targets=targets,
         chat_workers=chat_workers,
         later={} if serve_while_building else None,
@@ -135,7 +137,20 @@ def _open_both(opened: dict, preset: Preset, runtime: str, local: dict) -> None:
 
 
 def _local(
-    role, spec, runtime, *, data_dir, trust_remote_code, device, int8, precision, threads, targets, chat_workers, later
+    role,
+    spec,
+    runtime,
+    *,
+    data_dir,
+    trust_remote_code,
+    device,
+    int8,
+    precision,
+    threads,
+    threads_given,
+    targets,
+    chat_workers,
+    later,
 ):
     """One model on the torch or onnx runtime. On a first start the base model's ONNX copy (an int8 build of tens of
     seconds) is not in the way of the first answers: the base model serves from its torch weights meanwhile, and
@@ -143,7 +158,7 @@ def _local(
     slots = targets if role == "sft" else ()
     options = dict(
         data_dir=data_dir, trust_remote_code=trust_remote_code, device=device, int8=int8, precision=precision,
-        threads=threads,
+        threads=threads, threads_given=threads_given,
     )  # fmt: skip
     if runtime == "onnx":
         if role == "base" and later is not None and not _onnx_copy_built(spec, slots, **options):
@@ -170,13 +185,16 @@ def _onnx_copy_built(spec, slots, *, data_dir, trust_remote_code, int8, **_) -> 
     ).is_file()
 
 
-def _onnx(role, spec, slots, chat_workers, *, data_dir, trust_remote_code, int8, precision, threads, **_):
+def _onnx(
+    role, spec, slots, chat_workers, *, data_dir, trust_remote_code, int8, precision, threads, threads_given, **_
+):
     from .onnx.client import OnnxRuntime
 
     loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
     chosen, why = _onnx_precision(role, int8), None
     if role == "sft":
-        chosen, why = _sft_precision(precision, loaded, slots, threads, data_dir)
+        chosen, why, calibrated_threads = _sft_precision(precision, loaded, slots, threads, data_dir)
+        threads = threads if threads_given else calibrated_threads or threads
     served = OnnxRuntime.open(
         loaded.source, models_dir(data_dir), chosen, slots, threads, chat_workers if role == "sft" else 1, role
     )
@@ -185,13 +203,13 @@ def _onnx(role, spec, slots, chat_workers, *, data_dir, trust_remote_code, int8,
     return loaded, served
 
 
-def _sft_precision(precision: str, loaded: LoadedModel, slots, threads: int, data_dir) -> tuple[str, str]:
-    """The SFT model's ONNX copy and why: `float`/`int8` fp32 (exact), `int4` as asked, `auto` what calibrating
-    this CPU chose (measured now on the first start here)."""
+def _sft_precision(precision: str, loaded: LoadedModel, slots, threads: int, data_dir) -> tuple[str, str, int | None]:
+    """The SFT model's ONNX copy, why, and the threads its process runs (None: the default): `float`/`int8` fp32
+    (exact), `int4` as asked, `auto` what calibrating this CPU chose (measured now on the first start here)."""
     if precision == "int4":
-        return "int4", "--precision int4"
+        return "int4", "--precision int4", None
     if precision != "auto":
-        return "fp32", f"--precision {precision}"
+        return "fp32", f"--precision {precision}", None
     from ..prompting import chat_prompt
     from .onnx.calibration import calibrated_precision
 
@@ -202,7 +220,7 @@ def _sft_precision(precision: str, loaded: LoadedModel, slots, threads: int, dat
         return [tokenizer(chat_prompt(tokenizer, p), add_special_tokens=False).input_ids for p in PROMPTS]
 
     record = calibrated_precision(loaded.source, models_dir(data_dir), slots, threads, prompt_ids)
-    return record["precision"], f"calibrated on this CPU ({record['at']}): {record['why']}"
+    return record["precision"], f"calibrated on this CPU ({record['at']}): {record['why']}", record.get("threads")
 
 
 def _torch(role, spec, slots, *, data_dir, trust_remote_code, device, int8, precision="auto", **_):

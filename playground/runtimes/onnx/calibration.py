@@ -4,9 +4,11 @@ The same code ran three columns at 0.66x one plain generate on an AMD EPYC and 1
 depends on the CPU's kernels (AVX2, AVX-512 VNNI, AMX) and memory, so `--precision auto` does not guess. On the first
 start with a model on a CPU, `calibrate` builds the candidates (the fp32 copy, exact today, and the int4 copy,
 quantize.py), then a child process (`worker calibrate`, so a kernel that crashes takes only it) times each one
-decoding the SFT and preference rows as one batch, with the thread count they will serve with, and checks each
+decoding the SFT and preference rows as one batch, with 1 thread and with its share of the cores (half: the base
+model decodes on the other half; more threads per process can lose to spinning, issue 22), and checks each
 against the fp32 copy by teacher forcing (the fp32 copy gives torch fp32's next tokens: docs/performance.md). The
-fastest candidate whose next-token agreement is not significantly below FIDELITY_BOUND serves. The choice is stored
+fastest candidate (copy and thread count) whose next-token agreement is not significantly below FIDELITY_BOUND
+serves. The choice is stored
 in `<data dir>/models/calibration.json`, keyed by the CPU's model and instruction-set flags and by the model's copy,
 so a machine of another kind measures again and a restart does not. `--precision float|int4` skip it.
 """
@@ -84,8 +86,9 @@ def _keep(models_dir: Path, model_key: str, record: dict) -> None:
 
 
 def calibrated_precision(source: str, models_dir: Path, slots: tuple[str, ...], threads: int, prompt_ids) -> dict:
-    """The record of the SFT copy to serve on this CPU ({"precision", "why", ...}), measured now if this CPU and
-    model have none. prompt_ids: () -> token ids of the calibration prompts (the chat template applied)."""
+    """The record of the SFT copy to serve on this CPU ({"precision", "threads", "why", ...}), measured now if this
+    CPU and model have none. threads: the most a decode process may use (half the cores); prompt_ids: () -> token
+    ids of the calibration prompts (the chat template applied)."""
     from .build import built_dir, local_folder, prepare_model
 
     folder = local_folder(source)
@@ -96,13 +99,19 @@ def calibrated_precision(source: str, models_dir: Path, slots: tuple[str, ...], 
     start = time.perf_counter()
     folders = {precision: prepare_model(source, models_dir, precision, slots) for precision in ("fp32", *CANDIDATES)}
     built_s = time.perf_counter() - start
-    measured = _run_measure([str(folders["fp32"])] + [str(folders[p]) for p in CANDIDATES if p != "fp32"], threads,
+    layouts = sorted({1, threads})
+    measured = _run_measure([str(folders["fp32"])] + [str(folders[p]) for p in CANDIDATES if p != "fp32"], layouts,
                             prompt_ids())  # fmt: skip
-    by_precision = {p: measured[str(folder)] for p, folder in folders.items()}
+    by_precision = {}
+    for precision, folder in folders.items():
+        figures = measured[str(folder)]
+        speeds = {int(t): speed for t, speed in figures.pop("tokens_per_s_by_threads").items()}
+        fastest = max(speeds, key=speeds.get)
+        by_precision[precision] = figures | {"tokens_per_s": speeds[fastest], "threads": fastest, "by_threads": speeds}
     record = decide(by_precision)
     record |= {
         "cpu": cpu_identity(),
-        "threads": threads,
+        "threads": by_precision[record["precision"]]["threads"],
         "build_s": round(built_s, 1),
         "measure_s": round(time.perf_counter() - start - built_s, 1),
         "at": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -130,14 +139,16 @@ def decide(measured: dict) -> dict:
         if p != best
     )
     agreement = measured[best].get("agreement", 1.0)
+    threads = measured[best].get("threads")
+    layout = f" with {threads} thread{'s' if threads != 1 else ''}" if threads else ""
     why = (
-        f"fastest here: {measured[best]['tokens_per_s']:.0f} tok/s for the SFT and preference rows against {others}; "
-        f"next-token agreement with fp32 {agreement:.3f}"
+        f"fastest here: {measured[best]['tokens_per_s']:.0f} tok/s{layout} for the SFT and preference rows against "
+        f"{others}; next-token agreement with fp32 {agreement:.3f}"
     )
     return {"precision": best, "why": why, "measured": measured}
 
 
-def _run_measure(folders: list[str], threads: int, prompts: list[list[int]]) -> dict:
+def _run_measure(folders: list[str], layouts: list[int], prompts: list[list[int]]) -> dict:
     command = [
         sys.executable,
         "-m",
@@ -145,7 +156,7 @@ def _run_measure(folders: list[str], threads: int, prompts: list[list[int]]) -> 
         "calibrate",
         *folders,
         "--threads",
-        str(threads),
+        ",".join(str(t) for t in layouts),
     ]
     request = json.dumps({"prompts": prompts, "agreement_tokens": AGREEMENT_TOKENS, "speed_tokens": SPEED_TOKENS})
     done = subprocess.run(command, input=request, capture_output=True, text=True, env=child_env(), timeout=600)
@@ -158,27 +169,31 @@ def _run_measure(folders: list[str], threads: int, prompts: list[list[int]]) -> 
 
 
 # ---- the child process (`worker calibrate`): ONNX Runtime GenAI and numpy only -----------------------------
-def measure(folders: list[str], threads: int, request: dict) -> dict:
+def measure(folders: list[str], layouts: list[int], request: dict) -> dict:
     """Per folder: tokens/s of a two-row batch (one row gated on, one off, as the SFT and preference answers
-    decode) and the share of next tokens equal to the first folder's greedy choice after the same prefixes."""
+    decode) with each thread count in `layouts`, and the share of next tokens equal to the first folder's greedy
+    choice after the same prefixes."""
     import numpy as np
     import onnxruntime_genai as og
 
     results, references = {}, None
+    prompts = request["prompts"]
     for folder in folders:
-        config = og.Config(folder)
-        options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
-        config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
-        model = _Model(og.Model(config), folder, og, np)
-        prompts = request["prompts"]
-        made, scales = model.generator(2, prompts[0])
-        for _ in range(4):  # warm-up
-            made.generate_next_token()
-        start = time.perf_counter()
-        for _ in range(request["speed_tokens"]):
-            made.generate_next_token()
-        results[folder] = {"tokens_per_s": round(2 * request["speed_tokens"] / (time.perf_counter() - start), 1)}
-        del made, scales
+        speeds = {}
+        for threads in layouts:
+            config = og.Config(folder)
+            options = {"intra_op_num_threads": threads, "inter_op_num_threads": 1}
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": options}}}))
+            model = _Model(og.Model(config), folder, og, np)
+            made, scales = model.generator(2, prompts[0])
+            for _ in range(4):  # warm-up
+                made.generate_next_token()
+            start = time.perf_counter()
+            for _ in range(request["speed_tokens"]):
+                made.generate_next_token()
+            speeds[threads] = round(2 * request["speed_tokens"] / (time.perf_counter() - start), 1)
+            del made, scales
+        results[folder] = {"tokens_per_s_by_threads": speeds}
         if references is None:  # the reference's own greedy answers
             references = [(prefix, model.greedy(prefix, request["agreement_tokens"])) for prefix in prompts]
             continue

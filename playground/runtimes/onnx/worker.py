@@ -196,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     quantize.add_argument("out")
     calibrate = sub.add_parser("calibrate", help="time each ONNX copy and check it against the first (calibration.py)")
     calibrate.add_argument("folders", nargs="+", help="the reference (fp32) first")
-    calibrate.add_argument("--threads", type=int, default=1)
+    calibrate.add_argument("--threads", default="1", help="thread counts to time, e.g. 1,4")
     serve = sub.add_parser("serve", help="a decode worker (started by DecodeWorker)")
     serve.add_argument("model_dir")
     serve.add_argument("--threads", type=int, default=1)
@@ -214,7 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "calibrate":
         from .calibration import measure
 
-        print(json.dumps(measure(args.folders, args.threads, json.loads(sys.stdin.read()))))
+        layouts = [int(t) for t in args.threads.split(",")]
+        print(json.dumps(measure(args.folders, layouts, json.loads(sys.stdin.read()))))
     else:
         read_fd, write_fd = (int(fd) for fd in args.fds.split(","))
         _serve(Duplex(write_fd, read_fd), args.model_dir, args.threads, args.row_scale)
