@@ -191,10 +191,11 @@ def _onnx(
     from .onnx.client import OnnxRuntime
 
     loaded = load_model(spec, data_dir, role, trust_remote_code=trust_remote_code, weights=False)
-    chosen, why = _onnx_precision(role, int8), None
     if role == "sft":
         chosen, why, calibrated_threads = _sft_precision(precision, loaded, slots, threads, data_dir)
         threads = threads if threads_given else calibrated_threads or threads
+    else:
+        chosen, why = _onnx_precision(role, int8), None
     served = OnnxRuntime.open(
         loaded.source, models_dir(data_dir), chosen, slots, threads, chat_workers if role == "sft" else 1, role
     )
