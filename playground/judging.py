@@ -13,6 +13,7 @@ import threading
 
 from . import reward_models
 from .store import Store
+from .votes import is_cut
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class Judging:
         missing = [a for a in answers if a["id"] not in known]
         if missing:
             messages = list(comparison["history"]) + [{"role": "user", "content": comparison["prompt"]}]
-            scored = self.score([(messages, a["text"]) for a in missing])
+            scored = self.score([(messages, a["text"], not is_cut(a.get("finish_reason"))) for a in missing])
             if scored is not None and scored[0] == version:
                 fresh = dict(zip((a["id"] for a in missing), scored[1]))
                 self.store.save_answer_rewards(version, fresh)

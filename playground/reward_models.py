@@ -95,21 +95,30 @@ def attach(base_model, path: str | Path):
     return PeftModel.from_pretrained(base_model, str(path)).eval()
 
 
-def sequence(tokenizer, messages: list[dict], answer: str) -> list[int]:
-    """Token ids of a conversation ending in `answer`, as `RewardTrainer` tokenizes a conversational pair."""
+def sequence(tokenizer, messages: list[dict], answer: str, finished: bool = True) -> list[int]:
+    """Token ids of a conversation ending in `answer`, as `RewardTrainer` tokenizes a conversational pair. An answer
+    cut at the token limit (`finished` false) leaves its turn open, as the reward model was trained to read one
+    (training/unfinished.py)."""
     conversation = list(messages) + [{"role": "assistant", "content": answer}]
     if getattr(tokenizer, "chat_template", None):
+        if not finished:
+            return list(
+                tokenizer.apply_chat_template(
+                    conversation, tokenize=True, return_dict=True, continue_final_message=True
+                )["input_ids"]
+            )
         return list(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
+    # Without a chat template no turn closes (training leaves such answers as trl makes them): `finished` is moot.
     text = "".join(m["content"] + "\n" for m in messages) + answer + (tokenizer.eos_token or "")
     return tokenizer(text).input_ids
 
 
 @torch.inference_mode()
-def score(model, tokenizer, conversations: list[tuple[list[dict], str]], batch: int = 4) -> list[float]:
-    """The reward model's score of each (messages, answer)."""
+def score(model, tokenizer, conversations: list[tuple], batch: int = 4) -> list[float]:
+    """The reward model's score of each (messages, answer) or (messages, answer, finished)."""
     out = []
     for start in range(0, len(conversations), batch):
-        rows = [sequence(tokenizer, messages, answer) for messages, answer in conversations[start : start + batch]]
+        rows = [sequence(tokenizer, *conversation) for conversation in conversations[start : start + batch]]
         padded = tokenizer.pad({"input_ids": rows}, padding=True, return_tensors="pt")
         logits = model(input_ids=padded["input_ids"], attention_mask=padded["attention_mask"]).logits
         out += [float(x) for x in logits[:, 0]]

@@ -298,6 +298,13 @@ class RoundSettings:
     )
     learning_rate: float = field(default=2e-4, metadata=_help("constant learning rate"))
     beta: float = field(default=0.1, metadata=_help("DPO β: the strength of the pull to the reference"))
+    rpo_weight: float = field(
+        default=0.0,
+        metadata=_help(
+            "weight of the chosen answer's negative log-likelihood beside DPO's loss (RPO: trl's loss_type "
+            "[sigmoid, sft]): keeps what people preferred likely as the margin grows; 0 = plain DPO"
+        ),
+    )
     dpo_reference: str = field(
         default="sft",
         metadata=_help(
@@ -428,7 +435,7 @@ class RoundSettings:
             problems.append("learning_rate and beta must be positive")
         problems += [
             f"{name} must be 0 (off) or more (got {getattr(self, name)})"
-            for name in ("sft_weight", "rating_weight")
+            for name in ("sft_weight", "rating_weight", "rpo_weight")
             if not getattr(self, name) >= 0
         ]
         if not 0 <= self.lora_dropout < 1:

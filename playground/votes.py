@@ -113,6 +113,16 @@ def outcomes_of(vote: Mapping) -> list[Outcome]:
     return outcomes(vote["kind"], named, vote["outcome"], answers)
 
 
+# The finish reason of an answer stopped by the token limit (generation.Answer.finish_reason): an unfinished answer,
+# which trains and is scored with its turn left open (training/unfinished.py).
+CUT = "length"
+
+
+def is_cut(finish_reason: str | None) -> bool:
+    """Whether an answer with this finish reason stopped at the token limit (a person's answer never does)."""
+    return finish_reason == CUT
+
+
 def to_trl(pair: Mapping[str, Any]) -> dict[str, list[dict[str, str]]]:
     """A store pair (with history / prompt_text / chosen_text / rejected_text) in TRL's conversational preference
     format, so DPOTrainer applies the model's chat template itself. The prompt is the whole conversation up to and

@@ -60,9 +60,9 @@ _PAIR_SELECT = """
     SELECT p.id, p.vote_id, v.kind AS vote_kind, v.session_id, v.voter, p.comparison_id, p.round_id,
            p.created_at, pr.text AS prompt_text, pr.category, cm.history,
            p.chosen_answer_id, c.text AS chosen_text, c.arm AS chosen_arm,
-           c.adapter_version AS chosen_adapter_version,
+           c.adapter_version AS chosen_adapter_version, c.finish_reason AS chosen_finish_reason,
            p.rejected_answer_id, r.text AS rejected_text, r.arm AS rejected_arm,
-           r.adapter_version AS rejected_adapter_version
+           r.adapter_version AS rejected_adapter_version, r.finish_reason AS rejected_finish_reason
     FROM pairs p
     JOIN votes v ON v.id = p.vote_id
     JOIN comparisons cm ON cm.id = p.comparison_id
@@ -82,7 +82,7 @@ _DEMONSTRATION_SELECT = f"""
 
 _RATING_SELECT = f"""
     SELECT g.vote_id, g.answer_id, g.label, g.comparison_id, g.session_id, g.voter, g.created_at,
-           pr.text AS prompt_text, pr.category, cm.history, a.text, a.arm, a.adapter_version,
+           pr.text AS prompt_text, pr.category, cm.history, a.text, a.arm, a.adapter_version, a.finish_reason,
            {_TRAINED_RATING} AS trained
     FROM ratings g
     JOIN answers a ON a.id = g.answer_id

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from ..prompting import PromptError, fit_conversation
 from ..settings import RoundSettings
 from ..store import Store
-from ..votes import demonstration_to_trl, rating_to_trl, to_trl
+from ..votes import demonstration_to_trl, is_cut, rating_to_trl, to_trl
 
 # The stages of a round, in the order they train, with the kind of feedback each learns from and the trl format
 # of that kind. Instruction alignment first; preference alignment (pairs, then single ratings) builds on it.
@@ -146,5 +146,16 @@ def fit_to_length(row: dict, tokenizer, max_length: int) -> dict:
 
 
 def trl_rows(kind: str, rows: list[dict], tokenizer, max_length: int) -> list[dict]:
-    """The examples of one stage in its trl format, fitted to the training length."""
-    return [fit_to_length(TO_TRL[kind](row), tokenizer, max_length) for row in rows]
+    """The examples of one stage in its trl format, fitted to the training length; pairs and ratings also say which
+    answers were cut at the token limit (`chosen_cut`, `rejected_cut`; `cut`), so they train as unfinished
+    (unfinished.py)."""
+    return [fit_to_length(TO_TRL[kind](row) | cut_flags(kind, row), tokenizer, max_length) for row in rows]
+
+
+def cut_flags(kind: str, row: dict) -> dict:
+    """Which answers of a store row stopped at the token limit (people's written answers never did)."""
+    if kind == "pairs":
+        return {side + "_cut": is_cut(row.get(side + "_finish_reason")) for side in ("chosen", "rejected")}
+    if kind == "ratings":
+        return {"cut": is_cut(row.get("finish_reason"))}
+    return {}

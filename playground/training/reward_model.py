@@ -44,9 +44,9 @@ def reward_config(settings: RoundSettings, output_dir: Path):
 
 
 def conversations_of(rows: list[dict]) -> tuple[list, list]:
-    """(chosen, rejected) conversations of trl pair rows, as reward_models.score takes them."""
-    chosen = [(row["prompt"], row["chosen"][0]["content"]) for row in rows]
-    rejected = [(row["prompt"], row["rejected"][0]["content"]) for row in rows]
+    """(chosen, rejected) conversations of trl pair rows, as reward_models.score takes them (a cut answer unfinished)."""
+    chosen = [(row["prompt"], row["chosen"][0]["content"], not row.get("chosen_cut")) for row in rows]
+    rejected = [(row["prompt"], row["rejected"][0]["content"], not row.get("rejected_cut")) for row in rows]
     return chosen, rejected
 
 
@@ -61,6 +61,8 @@ def train_reward_model(
     from transformers import set_seed
     from trl import RewardTrainer
 
+    from .unfinished import trainer_class
+
     started = time.perf_counter()
     set_seed(settings.train_seed)  # the head's and the LoRA's initialisation
     model, tokenizer = reward_models.load_base(sft_dir)
@@ -69,7 +71,7 @@ def train_reward_model(
     else:
         peft_model = get_peft_model(model, reward_lora_config(settings))
     dataset = Dataset.from_list(rows).shuffle(seed=settings.train_seed)
-    trainer = RewardTrainer(
+    trainer = trainer_class(RewardTrainer)(
         model=peft_model,
         args=reward_config(settings, work),
         train_dataset=dataset,

@@ -57,13 +57,26 @@ def prompt_rows(pair_rows: list[dict], settings: RoundSettings, exclude: set[str
 
 
 def reward_function(reward_model, tokenizer):
-    """trl's reward-function interface over the round's reward model: (prompts, completions) → scores."""
+    """trl's reward-function interface over the round's reward model: (prompts, completions) → scores. A sample
+    that ends in neither end-of-sequence nor padding was cut at `--rl-completion-tokens` (trl's own test): it is
+    scored with its turn open, as the reward model learned to read a cut answer; trl masks it from the loss
+    (`mask_truncated_completions`), so it counts only in its group's baseline."""
+    ends = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
 
-    def reward_model_score(prompts, completions, **_) -> list[float]:
+    def reward_model_score(prompts, completions, completion_ids=None, **_) -> list[float]:
+        ids = completion_ids or [None] * len(completions)
         return reward_models.score(
             reward_model,
             tokenizer,
-            [(prompt, completion[0]["content"]) for prompt, completion in zip(prompts, completions)],
+            [
+                (prompt, completion[0]["content"], not cut_sample(sample, ends))
+                for prompt, completion, sample in zip(prompts, completions, ids)
+            ],
         )
 
     return reward_model_score
+
+
+def cut_sample(ids, ends: set[int]) -> bool:
+    """Whether a sampled completion's token ids stop without an end token (trl's `is_truncated`)."""
+    return bool(ids is not None and len(ids) and int(ids[-1]) not in ends)

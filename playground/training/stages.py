@@ -78,12 +78,18 @@ def dpo_config(settings: RoundSettings, output_dir: Path):
     """trl's DPOConfig for a round's DPO stage, the reference log-probs computed once up front."""
     from trl import DPOConfig
 
+    # RPO: DPO's sigmoid loss plus the chosen answer's negative log-likelihood, which keeps what people preferred
+    # likely while the margin grows (so more steps per pair cost less fluency).
+    losses = (
+        {"loss_type": ["sigmoid", "sft"], "loss_weights": [1.0, settings.rpo_weight]} if settings.rpo_weight else {}
+    )
     return DPOConfig(
         per_device_train_batch_size=settings.batch_size,
         gradient_accumulation_steps=settings.grad_accumulation,
         learning_rate=settings.learning_rate,
         beta=settings.beta,
         precompute_ref_log_probs=True,
+        **losses,
         **_common(settings, output_dir),
     )
 
@@ -116,6 +122,9 @@ def grpo_config(settings: RoundSettings, output_dir: Path):
         learning_rate=settings.rl_learning_rate,
         beta=settings.rl_beta,
         temperature=1.0,
+        # A sample cut at `rl_completion_tokens` is not a finished answer: it teaches nothing (trl's default scores it
+        # as if it were finished, a signal the reward model never saw).
+        mask_truncated_completions=True,
         **common,
     )
 
@@ -211,6 +220,8 @@ class Stage:
         # KTO reads its batches in order (its KL term pairs each prompt with a neighbour's answer): shuffled here.
         dataset = Dataset.from_list(self.rows).shuffle(seed=settings.train_seed)
         given = dict(model=peft_model, train_dataset=dataset, processing_class=tokenizer, callbacks=callbacks)
+        from .unfinished import trainer_class
+
         if self.name == "sft":
             from trl import SFTTrainer
 
@@ -226,10 +237,12 @@ class Stage:
             if self.name == "dpo":
                 from trl import DPOTrainer
 
-                return DPOTrainer(args=dpo_config(settings, output_dir), **given)
+                return trainer_class(DPOTrainer)(args=dpo_config(settings, output_dir), **given)
             from trl import KTOTrainer
 
-            return KTOTrainer(args=kto_config(settings, output_dir, [row["label"] for row in self.rows]), **given)
+            return trainer_class(KTOTrainer)(
+                args=kto_config(settings, output_dir, [row["label"] for row in self.rows]), **given
+            )
 
     def train(self, peft_model, tokenizer, settings: RoundSettings, output_dir: Path, callbacks: list) -> dict:
         """Train this stage; its figures: steps, train loss, seconds (including making the trainer, which
