@@ -6,6 +6,10 @@ pair). Besides voting, the voter can give the other two kinds of feedback: every
 `Oracle.improve`), and single ratings of every answer (`ratings`: 👍 above the median score of the answers it has
 seen so far, 👎 below it, none at the median). `simulate --ablation` (ablation.py) trains what it recorded under
 each objective.
+
+The voter's pace (`--vote-seconds S`): it reads each turn's answers for S seconds before it votes, as a person would,
+while the trainer process goes on training; 0 (the default) votes as soon as the answers are written, like a class
+voting at once.
 """
 
 from __future__ import annotations
@@ -64,6 +68,18 @@ def choose_heldout(
     return prompts, kept, dropped
 
 
+def check_pace(vote_seconds: float) -> float:
+    """The voter's seconds of reading before each vote: a finite number, 0 or more."""
+    if not math.isfinite(vote_seconds) or vote_seconds < 0:
+        raise UserError(f"--vote-seconds must be 0 or more seconds, not {vote_seconds}.")
+    return vote_seconds
+
+
+def read_answers(seconds: float) -> None:
+    """The voter reads the turn's answers before it votes (the trainer process keeps training meanwhile)."""
+    time.sleep(seconds)
+
+
 def collect_votes(
     playground: Playground,
     oracle: Oracle,
@@ -76,9 +92,12 @@ def collect_votes(
     corrections: int = 0,
     ratings: bool = False,
     follow: bool = True,
+    vote_seconds: float = 0.0,
 ) -> dict:
     """`votes` turns, each voted on; every `corrections`-th turn also gets a better answer, and with `ratings` every
-    answer a single rating. `follow`: serve each new version as it appears (off: every answer is the SFT model's)."""
+    answer a single rating. `follow`: serve each new version as it appears (off: every answer is the SFT model's).
+    `vote_seconds`: the voter reads each turn's answers that long before it votes (`read_answers`)."""
+    check_pace(vote_seconds)
     counts = {"votes": 0, "pairs": 0, "ties": 0, "corrections": 0, "ratings": 0}
     rater = Rater(oracle)
     for i in range(votes):
@@ -86,6 +105,8 @@ def collect_votes(
         settings = Sampling(sampling.temperature, sampling.top_p, sampling.max_new_tokens, rng.randrange(2**31))
         if mode == "pairwise":
             *_, (answers, recorded) = playground.duel(row["prompt"], settings, SESSION, row.get("category"))
+            if vote_seconds:
+                read_answers(vote_seconds)
             outcome = oracle.compare(answers["a"].text, answers["b"].text)
             receipt = playground.store.vote_pairwise(
                 SESSION, recorded.comparison_id, recorded.answer_ids["a"], recorded.answer_ids["b"], outcome
@@ -93,6 +114,8 @@ def collect_votes(
             counts["ties"] += outcome == "tie"
         else:
             *_, (answers, recorded) = playground.compare(row["prompt"], settings, SESSION, row.get("category"))
+            if vote_seconds:
+                read_answers(vote_seconds)
             order = oracle.rank({key: answer.text for key, answer in answers.items()})
             receipt = playground.store.vote_best(
                 SESSION, recorded.comparison_id, [recorded.answer_ids[key] for key in order]
@@ -125,8 +148,9 @@ def evaluate(
 ) -> dict:
     """Preference-tuned vs SFT on held-out prompts, `samples` answers per prompt (seeds `seed + i + k * prompts`),
     the two arms with the same seed: the oracle's verdicts (verdicts.summarize: the win rate with ties ½, the tie
-    share, the win rate among decided comparisons, their standard errors) and each arm's answers' mean length and
-    perplexity under the SFT model."""
+    share, the win rate among decided comparisons, their standard errors) and each arm's answers' mean length,
+    perplexity under the SFT model and distinct-2; `ppl_ratio`: the preference-tuned answers' perplexity under SFT
+    over the SFT answers' own (1: as fluent as SFT to SFT's eye; higher: stranger text)."""
     if samples < 1:
         raise UserError(f"--heldout-samples must be at least 1, not {samples}.")
     outcomes, prompt_of = [], []
@@ -151,6 +175,7 @@ def evaluate(
                 if value is not None:
                     nll[arm].append(value)
     mean = lambda xs: sum(xs) / len(xs) if xs else None  # noqa: E731
+    perplexity = {arm: (math.exp(mean(v)) if v else None) for arm, v in nll.items()}
     return {
         **verdicts.summarize(outcomes, prompt_of),
         "prompts": len(heldout),
@@ -160,9 +185,30 @@ def evaluate(
         # Answers cut at --max-new-tokens: between two cut answers `shorter` compares characters per token, not
         # where the model chose to stop.
         "hit_limit": {arm: mean(v) for arm, v in cut.items()},
-        "fluency_sft_perplexity": {arm: (math.exp(mean(v)) if v else None) for arm, v in nll.items()},
+        "fluency_sft_perplexity": perplexity,
+        "ppl_ratio": perplexity_ratio(perplexity),
+        "distinct_2": {arm: drift.distinct_n([t[arm] for t in texts], 2) for arm in ("sft", "pref")},
         "adapter_version": playground.engine.adapter_version,
         "answers": texts,  # same seeds before and after: what changed is the adapter's doing
+    }
+
+
+def perplexity_ratio(perplexity: dict) -> float | None:
+    """The preference-tuned answers' perplexity under SFT / the SFT answers' own; None where either is unmeasured."""
+    pref, sft = perplexity.get("pref"), perplexity.get("sft")
+    return pref / sft if pref is not None and sft else None
+
+
+def fluency(after: dict, drift_of: dict) -> dict:
+    """What the votes cost in fluency, after the rounds: the held-out `ppl_ratio`, the preference-tuned answers'
+    distinct-2, the serving version's KL to SFT as the trainer measured it on the drift prompts (None: not
+    measured), and per arm the mean new tokens and the share cut at the token limit."""
+    return {
+        "ppl_ratio": after["ppl_ratio"],
+        "distinct_2": after["distinct_2"]["pref"],
+        "kl": drift_of.get(f"v{after['adapter_version']}", {}).get("kl_to_sft"),
+        "mean_new_tokens": after["mean_new_tokens"],
+        "hit_limit": after["hit_limit"],
     }
 
 
@@ -180,10 +226,13 @@ def simulate(
     corrections: int = 0,
     ratings: bool = False,
     heldout_samples: int = 1,
+    vote_seconds: float = 0.0,
 ) -> dict:
-    """Held-out figures before, `votes` turns of the oracle's feedback while the trainer runs, one last round on what
-    is left, the held-out figures after. seconds: `voting` (the turns), `loop` (the turns and the last round: what a
-    person waits for), `evaluation` (both held-out measures), `total`."""
+    """Held-out figures before, `votes` turns of the oracle's feedback while the trainer runs (each read for
+    `vote_seconds` before its vote), one last round on what is left, the held-out figures after. seconds: `voting`
+    (the turns, reading included), `loop` (the turns and the last round: what a person waits for), `evaluation`
+    (both held-out measures), `total`."""
+    check_pace(vote_seconds)
     sampling = sampling or Sampling(temperature=0.8, top_p=0.95, max_new_tokens=128)
     kinds = playground.round_settings.feedback_kinds()
     plan = drift.plan_of(playground.round_settings)  # the trainer's drift evaluation of each version
@@ -194,7 +243,16 @@ def simulate(
     playground.start_trainer()
     try:
         counts = collect_votes(
-            playground, oracle, votes, prompts, mode, sampling, rng, corrections=corrections, ratings=ratings
+            playground,
+            oracle,
+            votes,
+            prompts,
+            mode,
+            sampling,
+            rng,
+            corrections=corrections,
+            ratings=ratings,
+            vote_seconds=vote_seconds,
         )
         voting_s = time.perf_counter() - loop_started
         # The votes left over after the last automatic round get one final round, so every vote counts.
@@ -243,14 +301,17 @@ def simulate(
     measured = {
         e["version"]: e["metrics"] for e in playground.store.version_evals() if plan and e["eval_set"] == plan.key
     }
+    # Each version's drift as the trainer measured it (KL to SFT, perplexity under SFT, distinct-2, length) on the
+    # drift prompts, at temperature 1: the fluency price of what the votes taught.
+    drift_of = {f"v{v}": {k: measured[v].get(k) for k in drift.METRICS} for v in sorted(measured)}
     return {
         "oracle": oracle.spec,
         "mode": mode,
+        "vote_seconds": vote_seconds,
         "votes": counts,
         "win_rate": after["win_rate"],
-        # Each version's drift as the trainer measured it (KL to SFT, perplexity under SFT, distinct-2, length) on
-        # the drift prompts, at temperature 1: the fluency price of what the votes taught.
-        "drift": {f"v{v}": {k: measured[v].get(k) for k in drift.METRICS} for v in sorted(measured)},
+        "fluency": fluency(after, drift_of),
+        "drift": drift_of,
         # Each version's reward model: the pairs it learned from, and its agreement with the votes it judged before
         # any round trained on them (the last version's judged none: no vote came after it).
         "reward_models": {
@@ -283,6 +344,7 @@ def record_and_ablate(
     *,
     corrections: int = 0,
     ratings: bool = False,
+    vote_seconds: float = 0.0,
 ) -> dict:
     """`simulate --ablation`: the voter's feedback on the SFT model's own answers (no trainer runs meanwhile), then
     each objective trained on it from that same start and measured on the held-out prompts (ablation.py)."""
@@ -302,6 +364,7 @@ def record_and_ablate(
         corrections=corrections,
         ratings=ratings,
         follow=False,
+        vote_seconds=vote_seconds,
     )
     voting_s = time.perf_counter() - started
     sft_dir = model_folder(playground.preset.sft, playground.data_dir, playground.models.trust_remote_code)
@@ -318,6 +381,7 @@ def record_and_ablate(
     return {
         "oracle": oracle.spec,
         "mode": mode,
+        "vote_seconds": vote_seconds,
         "votes": counts,
         **result,
         "seconds": {"voting": round(voting_s, 1), "total": round(time.perf_counter() - started, 1)},

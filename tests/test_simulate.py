@@ -128,6 +128,21 @@ def test_simulate_cli_runs_the_real_loop_and_reports_json(tiny_models, tmp_path)
         wins = sum(len(x["pref"].strip()) < len(x["sft"].strip()) for x in decided)
         assert a["win_rate_decided"] == wins / len(decided)
     assert set(a["mean_new_tokens"]) == {"sft", "pref"}
+    # Fluency: distinct-2 of each arm's held-out answers, the perplexity ratio, the serving version's KL.
+    from playground.drift import distinct_n
+
+    assert a["distinct_2"] == {arm: distinct_n([x[arm] for x in after], 2) for arm in ("sft", "pref")}
+    ppl = a["fluency_sft_perplexity"]
+    assert ppl["sft"] and ppl["pref"] and a["ppl_ratio"] == pytest.approx(ppl["pref"] / ppl["sft"])
+    kl = report["drift"].get(f"v{a['adapter_version']}", {}).get("kl_to_sft")
+    assert report["fluency"] == {
+        "ppl_ratio": a["ppl_ratio"],
+        "distinct_2": a["distinct_2"]["pref"],
+        "kl": kl,
+        "mean_new_tokens": a["mean_new_tokens"],
+        "hit_limit": a["hit_limit"],
+    }
+    assert report["vote_seconds"] == 0, "flat out by default"
     seconds = report["seconds"]
     assert 0 < seconds["voting"] <= seconds["loop"] and seconds["loop"] + seconds["evaluation"] <= seconds["total"]
     # Same seeds before and after: the SFT answers repeat, the preference-tuned ones changed with the adapter.
@@ -213,11 +228,12 @@ def test_an_ablation_on_votes_alone_trains_dpo_and_notes_the_objectives_it_canno
 
 @pytest.mark.slow
 def test_bench_votes_runs_simulate_per_seed_and_says_whether_the_goal_was_met(tiny_models, tmp_path):
-    """`bench votes`: the real simulate command, one run per seed, its held-out figures and loop time per run."""
+    """`bench votes`: the real simulate command, one run per seed at the pace asked, its held-out figures, fluency
+    and loop time per run."""
     sim = f"--base {tiny_models['base']} --sft {tiny_models['sft']} --max-new-tokens 8 --min-pairs 2 --epochs 1 "
     sim += "--train-threads 1 --learning-rate 5e-2 --eval-tokens 0 --heldout-limit 2"
     command = [sys.executable, "-m", "playground", "bench", "votes", "--runs", "2", "--votes", "3"]
-    command += ["--runtime", "torch", "--sim-args", sim, "--data-dir", str(tmp_path), "--json"]
+    command += ["--runtime", "torch", "--vote-seconds", "0.5", "--sim-args", sim, "--data-dir", str(tmp_path), "--json"]
     done = subprocess.run(
         command, cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1"}, capture_output=True, text=True, timeout=900
     )
@@ -228,7 +244,240 @@ def test_bench_votes_runs_simulate_per_seed_and_says_whether_the_goal_was_met(ti
     assert len(runs) == 2 and runs[0]["workspace"] != runs[1]["workspace"]
     for run in runs:
         assert {"win_rate", "win_rate_se", "ties", "win_rate_decided", "mean_new_tokens", "hit_limit"} <= run.keys()
+        assert {"ppl_ratio", "distinct_2", "kl"} <= run.keys() and run["vote_seconds"] == 0.5
         assert run["seconds"]["loop"] > 0 and run["pairs"] >= 1
     assert figures["win_rate"] == pytest.approx((runs[0]["win_rate"] + runs[1]["win_rate"]) / 2)
+    # No goal of issue 37 at this pace: issue 29's (win rate ≥ 0.75 with the loop within 8 minutes).
+    assert figures["goal"] == {"win_rate": 0.75, "loop_s": 480, "ppl_ratio": None, "distinct_2": None}
     met = figures["win_rate"] >= 0.75 and figures["loop_s"] <= 480
     assert figures["goal_met"] is met
+
+
+class FakeAnswer:
+    def __init__(self, text: str, finish_reason: str = "eos"):
+        self.text, self.finish_reason, self.new_tokens = text, finish_reason, len(text.split())
+
+
+class FakeStore:
+    """What simulate() asks of the store: votes are logged, no round is pending, version 1 serves at the end."""
+
+    def __init__(self, events: list, evals: list[dict]):
+        self.events, self.evals = events, evals
+
+    def vote_pairwise(self, session, comparison, a, b, outcome):
+        self.events.append(("vote", comparison))
+        return _receipt(outcome != "tie")
+
+    def vote_best(self, session, comparison, order):
+        self.events.append(("vote", comparison))
+        return _receipt(len(order) - 1)
+
+    def pending_counts(self, kinds):
+        return dict.fromkeys(kinds, 0)
+
+    def running_round(self):
+        return None
+
+    def serving_version(self):
+        return 1
+
+    def versions_missing_eval(self, key):
+        return []
+
+    def rounds(self):
+        return []
+
+    def version_evals(self):
+        return self.evals
+
+
+def _receipt(pairs: int):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(pairs_created=int(pairs))
+
+
+# Known held-out answers (before the rounds the preference-tuned arm answers as SFT does) and their NLL under SFT.
+SFT_TEXTS = {"Why is the sky blue?": "the cat sat down", "Name a river.": "the cat ran"}
+PREF_TEXTS = {"Why is the sky blue?": "yes yes yes", "Name a river.": "no"}
+NLL = {"the cat sat down": 1.0, "the cat ran": 2.0, "yes yes yes": 3.0, "no": 3.0}
+
+
+class FakePlayground:
+    """A playground whose answers are known texts: version 0 serves until the first sync after a vote, then v1,
+    whose drift the trainer measured (KL 0.25)."""
+
+    def __init__(self, events: list):
+        from types import SimpleNamespace
+
+        from playground import drift
+        from playground.settings import RoundSettings
+
+        self.events = events
+        self.round_settings = RoundSettings()
+        eval_key = drift.plan_of(self.round_settings).key
+        evals = [
+            {"version": 0, "eval_set": eval_key, "metrics": {"kl_to_sft": 0.0}},
+            {"version": 1, "eval_set": eval_key, "metrics": {"kl_to_sft": 0.25, "distinct_2": 0.8}},
+        ]
+        self.store = FakeStore(events, evals)
+        self.engine = SimpleNamespace(adapter_version=0, generate=self.generate, scoring=self)
+        self.judging = SimpleNamespace(judge_pending=lambda: events.append(("judge",)))
+        self.dashboard = SimpleNamespace(facts=lambda: {"versions": []})
+        self.turns = 0
+
+    def _turn(self, keys):
+        from types import SimpleNamespace
+
+        self.turns += 1
+        self.events.append(("answers", self.turns))
+        answers = {k: FakeAnswer("word " * (i + 1)) for i, k in enumerate(keys)}
+        return [
+            (answers, SimpleNamespace(comparison_id=self.turns, answer_ids={k: 10 + i for i, k in enumerate(keys)}))
+        ]
+
+    def duel(self, prompt, settings, session, category=None):
+        return self._turn("ab")
+
+    def compare(self, prompt, settings, session, category=None):
+        return self._turn(("base", "sft", "pref"))
+
+    def sync_adapter(self):
+        self.events.append(("sync",))
+        self.engine.adapter_version = 1
+        return 1
+
+    def generate(self, prompt, settings, arms):
+        pref = PREF_TEXTS[prompt] if self.engine.adapter_version else SFT_TEXTS[prompt]
+        return {"sft": FakeAnswer(SFT_TEXTS[prompt]), "pref": FakeAnswer(pref, "length" if "yes" in pref else "eos")}
+
+    def sft_nll(self, prompt, text):
+        return NLL[text]
+
+    def start_trainer(self):
+        self.events.append(("trainer", "start"))
+
+    def stop_trainer(self):
+        self.events.append(("trainer", "stop"))
+
+    def train_now(self):
+        raise AssertionError("nothing was pending")
+
+
+def read_log(monkeypatch, events: list) -> None:
+    """The voter's reading, logged instead of slept."""
+    import playground.simulate as simulation
+
+    monkeypatch.setattr(simulation, "read_answers", lambda seconds: events.append(("read", seconds)))
+
+
+@pytest.mark.parametrize("mode", ["pairwise", "best-of-three"])
+def test_a_paced_voter_reads_each_turns_answers_before_its_vote(monkeypatch, mode):
+    import random
+
+    from playground.settings import Sampling
+    from playground.simulate import collect_votes
+
+    events: list = []
+    read_log(monkeypatch, events)
+    playground = FakePlayground(events)
+    prompts = rows("What is a cat?", "Name three rivers.")
+    args = (Oracle.parse("shorter"), 3, prompts, mode, Sampling(max_new_tokens=8), random.Random(0))
+    counts = collect_votes(playground, *args, vote_seconds=12.5)
+    assert counts["votes"] == 3
+    # Each turn: the answers, the reading, the vote, then what a page does after a vote (judge, follow the version).
+    turn = lambda i: [("answers", i), ("read", 12.5), ("vote", i), ("judge",), ("sync",)]  # noqa: E731
+    assert events == turn(1) + turn(2) + turn(3)
+    # Flat out (the default): no reading at all.
+    events.clear()
+    collect_votes(FakePlayground(events), *args)
+    assert ("read", 12.5) not in events and not [e for e in events if e[0] == "read"]
+    assert [e[0] for e in events].count("vote") == 3
+
+
+def test_a_negative_or_endless_pace_is_refused(tmp_path, capsys, monkeypatch):
+    import random
+
+    from playground.cli import main
+    from playground.settings import Sampling
+    from playground.simulate import collect_votes
+
+    events: list = []
+    read_log(monkeypatch, events)
+    for bad in (-1.0, float("nan"), float("inf")):
+        with pytest.raises(UserError, match="--vote-seconds must be 0 or more"):
+            collect_votes(
+                FakePlayground(events),
+                Oracle.parse("shorter"),
+                2,
+                rows("Hi?"),
+                "pairwise",
+                Sampling(),
+                random.Random(0),
+                vote_seconds=bad,
+            )
+    assert events == [], "refused before the first turn"
+    argv = ["-q", "simulate", "--oracle", "shorter", "--votes", "1", "--vote-seconds", "-2"]
+    code = main([*argv, "--data-dir", str(tmp_path / "data"), "--sft", "no-such-model"])
+    assert code == 2 and "--vote-seconds must be 0 or more seconds, not -2.0" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists(), "refused before anything was made or loaded"
+
+
+def test_simulate_reports_its_pace_and_the_fluency_of_the_heldout_answers(monkeypatch):
+    import math
+
+    from playground.settings import Sampling
+    from playground.simulate import simulate
+
+    events: list = []
+    read_log(monkeypatch, events)
+    playground = FakePlayground(events)
+    heldout = rows(*SFT_TEXTS)
+    report = simulate(
+        playground,
+        Oracle.parse("shorter"),
+        2,
+        rows("What is a cat?"),
+        heldout,
+        sampling=Sampling(max_new_tokens=3),
+        vote_seconds=4,
+    )
+    assert report["vote_seconds"] == 4 and events.count(("read", 4)) == 2
+    assert events.index(("trainer", "start")) < events.index(("read", 4)) < events.index(("trainer", "stop"))
+    before, after = report["before"], report["after"]
+    # Before: the preference-tuned arm is the SFT model, so it reads exactly as SFT does.
+    assert before["ppl_ratio"] == pytest.approx(1.0) and before["distinct_2"] == {"sft": 0.8, "pref": 0.8}
+    # After: SFT's bigrams (the cat)x2 (cat sat) (sat down) (cat ran): 4 of 5 distinct; pref's (yes yes)x2: 1 of 2.
+    assert after["distinct_2"] == {"sft": 0.8, "pref": 0.5}
+    assert after["fluency_sft_perplexity"]["sft"] == pytest.approx(math.exp(1.5))
+    assert after["ppl_ratio"] == pytest.approx(math.exp(3.0) / math.exp(1.5))
+    assert after["mean_new_tokens"] == {"sft": 3.5, "pref": 2.0} and after["hit_limit"] == {"sft": 0.0, "pref": 0.5}
+    assert report["fluency"] == {
+        "ppl_ratio": after["ppl_ratio"],
+        "distinct_2": 0.5,
+        "kl": 0.25,  # the serving version's (v1), not v0's
+        "mean_new_tokens": {"sft": 3.5, "pref": 2.0},
+        "hit_limit": {"sft": 0.0, "pref": 0.5},
+    }
+    assert report["win_rate"] == after["win_rate"] == 1.0
+    # The text report prints them.
+    from playground.cli.reports import simulation_text
+
+    text = simulation_text(report | {"workspace": "w"}, "pairwise")
+    assert "each read 4 s before its vote" in text
+    assert "(ratio 4.48); distinct-2 sft 0.80  pref 0.50; KL to SFT (v1, drift prompts) 0.250" in text
+    assert "cut at the token limit: sft 0%  pref 50%" in text
+
+
+def test_fluency_without_a_measured_perplexity_or_drift_is_none():
+    from playground.simulate import fluency, perplexity_ratio
+
+    assert perplexity_ratio({"sft": None, "pref": 3.0}) is None and perplexity_ratio({"sft": 2.0, "pref": 3.0}) == 1.5
+    after = {
+        "ppl_ratio": None,
+        "distinct_2": {"sft": None, "pref": None},
+        "adapter_version": 2,
+        "mean_new_tokens": {"sft": 1.0, "pref": 1.0},
+        "hit_limit": {"sft": 0.0, "pref": 0.0},
+    }
+    assert fluency(after, {"v1": {"kl_to_sft": 0.3}})["kl"] is None, "v2 serves: v1's KL is not its"

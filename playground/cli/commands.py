@@ -181,6 +181,7 @@ def cmd_simulate(args) -> int:
     from ..prompting import load_prompts
     from ..simulate import (
         Oracle,
+        check_pace,
         choose_heldout,
         measure_overoptimization,
         record_and_ablate,
@@ -192,6 +193,7 @@ def cmd_simulate(args) -> int:
     oracle = Oracle.parse(args.oracle)
     if args.heldout_samples < 1:
         raise UserError(f"--heldout-samples must be at least 1, not {args.heldout_samples}.")
+    check_pace(args.vote_seconds)
     prompts, heldout, overlap = choose_heldout(
         load_prompts(args.prompts), load_prompts(args.heldout) if args.heldout else None, args.heldout_limit
     )
@@ -219,6 +221,7 @@ def cmd_simulate(args) -> int:
             seed=args.seed or 0,
             corrections=args.corrections,
             ratings=args.ratings,
+            vote_seconds=args.vote_seconds,
             **({} if args.ablation else {"heldout_samples": args.heldout_samples}),
         )
         if not args.ablation and rounds.preference_route == "rlhf" and rounds.checkpoint_steps:

@@ -197,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--oracle", required=True, help="shorter | plain | no-word:WORD | contains:WORD")
     sim.add_argument("--votes", type=int, default=64)
     sim.add_argument("--mode", choices=("pairwise", "best-of-three"), default="pairwise")
+    sim.add_argument(
+        "--vote-seconds",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="the voter's pace: it reads each turn's answers S seconds before it votes, while the trainer keeps "
+        "training (a person's reading time); 0 = votes as soon as the answers are written, like a class voting at once",
+    )
     sim.add_argument("--prompts", default=None, help="prompt file (JSONL); default assets/prompts.jsonl")
     sim.add_argument(
         "--heldout",

@@ -121,15 +121,16 @@ def explanation_text(summary: str, tokens: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _or_dash(value: float | None) -> str:
-    return "–" if value is None else f"{value:.2f}"
+def _or_dash(value: float | None, spec: str = ".2f") -> str:
+    return "–" if value is None else format(value, spec)
 
 
 def simulation_text(result: dict, mode: str) -> str:
     """`simulate`: held-out win rates before and after the rounds the simulated votes drove."""
     b, a = result["before"], result["after"]
     lines = [
-        f"oracle {result['oracle']}, {result['votes']['votes']} {mode} votes -> {result['votes']['pairs']} pairs, "
+        f"oracle {result['oracle']}, {result['votes']['votes']} {mode} votes"
+        f" ({pace_words(result.get('vote_seconds', 0))}) -> {result['votes']['pairs']} pairs, "
         f"{len(result['rounds'])} rounds, serving v{a['adapter_version']}",
         f"held-out win rate of preference-tuned vs SFT (ties 1/2): {b['win_rate']:.2f} before -> "
         f"{a['win_rate']:.2f} ± {_or_dash(a['win_rate_se'])} after, over {a['comparisons']} comparisons "
@@ -138,8 +139,7 @@ def simulation_text(result: dict, mode: str) -> str:
         f"mean chars  sft {a['mean_chars']['sft']:.0f}  pref {b['mean_chars']['pref']:.0f} -> "
         f"{a['mean_chars']['pref']:.0f}; mean tokens sft {a['mean_new_tokens']['sft']:.1f}  pref "
         f"{a['mean_new_tokens']['pref']:.1f}",
-        f"fluency (perplexity under SFT) sft {a['fluency_sft_perplexity']['sft']:.2f}  "
-        f"pref {a['fluency_sft_perplexity']['pref']:.2f}",
+        *fluency_lines(result),
     ]
     for r in result["rounds"]:
         last = r["steps"][-1] if r["steps"] else {}
@@ -149,6 +149,23 @@ def simulation_text(result: dict, mode: str) -> str:
         )
     lines.append(f"time: {result['seconds']}; workspace: {result['workspace']}")
     return "\n".join(lines)
+
+
+def pace_words(vote_seconds: float) -> str:
+    return f"each read {vote_seconds:g} s before its vote" if vote_seconds else "each voted at once"
+
+
+def fluency_lines(result: dict) -> list[str]:
+    """`simulate`'s fluency figures after the rounds: held-out perplexity under SFT per arm and their ratio,
+    distinct-2 per arm, the serving version's KL to SFT (drift prompts), tokens and the share cut at the limit."""
+    a, f = result["after"], result["fluency"]
+    ppl, d2, cut = a["fluency_sft_perplexity"], a["distinct_2"], f["hit_limit"]
+    return [
+        f"fluency: perplexity under SFT sft {_or_dash(ppl['sft'])}  pref {_or_dash(ppl['pref'])} (ratio "
+        f"{_or_dash(f['ppl_ratio'])}); distinct-2 sft {_or_dash(d2['sft'])}  pref {_or_dash(f['distinct_2'])}; "
+        f"KL to SFT (v{a['adapter_version']}, drift prompts) {_or_dash(f['kl'], '.3f')}",
+        f"  cut at the token limit: sft {_or_dash(cut['sft'], '.0%')}  pref {_or_dash(cut['pref'], '.0%')}",
+    ]
 
 
 def ablation_text(result: dict, mode: str, table: str) -> str:
