@@ -14,6 +14,7 @@ from ..options import from_dict, options_table, settings_from
 from ..prompting import PromptError
 from ..settings import ModelSettings, RoundSettings, Sampling
 from ..store import StoreError
+from ..votes import is_cut
 from . import reports
 from .session import opened, playground_from
 
@@ -51,7 +52,9 @@ def cmd_generate(args) -> int:
     serving = playground.store.serving_version()
     messages = [*history, {"role": "user", "content": args.prompt}]
     written = [arm for arm, answer in answers.items() if answer.text.strip()]
-    scored = playground.judging.score([(messages, answers[arm].text) for arm in written])
+    scored = playground.judging.score(
+        [(messages, answers[arm].text, not is_cut(answers[arm].finish_reason)) for arm in written]
+    )
     for arm, answer in answers.items():  # the serving reward model's score (reward_version 0: none yet)
         answer.reward_version = scored[0] if scored else 0
         answer.reward = dict(zip(written, scored[1])).get(arm) if scored else None
