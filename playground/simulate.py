@@ -187,7 +187,11 @@ def evaluate(
         "hit_limit": {arm: mean(v) for arm, v in cut.items()},
         "fluency_sft_perplexity": perplexity,
         "ppl_ratio": perplexity_ratio(perplexity),
-        "distinct_2": {arm: drift.distinct_n([t[arm] for t in texts], 2) for arm in ("sft", "pref")},
+        # Per answer (each answer's distinct word bigrams over its bigrams, averaged): what a degenerate answer
+        # ("Malt:) Malt:)") drags down. Over all answers together (`_corpus`) it also falls with how alike the
+        # answers to different prompts are, which the SFT model's own answers already are (about 0.86 on 16 prompts).
+        "distinct_2": {arm: per_answer_distinct_2([t[arm] for t in texts]) for arm in ("sft", "pref")},
+        "distinct_2_corpus": {arm: drift.distinct_n([t[arm] for t in texts], 2) for arm in ("sft", "pref")},
         "adapter_version": playground.engine.adapter_version,
         "answers": texts,  # same seeds before and after: what changed is the adapter's doing
     }
@@ -197,6 +201,12 @@ def perplexity_ratio(perplexity: dict) -> float | None:
     """The preference-tuned answers' perplexity under SFT / the SFT answers' own; None where either is unmeasured."""
     pref, sft = perplexity.get("pref"), perplexity.get("sft")
     return pref / sft if pref is not None and sft else None
+
+
+def per_answer_distinct_2(texts: list[str]) -> float | None:
+    """The mean of each answer's distinct-2 (answers of fewer than two words left out); None without any."""
+    values = [v for v in (drift.distinct_n([t], 2) for t in texts) if v is not None]
+    return sum(values) / len(values) if values else None
 
 
 def fluency(after: dict, drift_of: dict) -> dict:
