@@ -446,9 +446,11 @@ def test_simulate_reports_its_pace_and_the_fluency_of_the_heldout_answers(monkey
     assert events.index(("trainer", "start")) < events.index(("read", 4)) < events.index(("trainer", "stop"))
     before, after = report["before"], report["after"]
     # Before: the preference-tuned arm is the SFT model, so it reads exactly as SFT does.
-    assert before["ppl_ratio"] == pytest.approx(1.0) and before["distinct_2"] == {"sft": 0.8, "pref": 0.8}
-    # After: SFT's bigrams (the cat)x2 (cat sat) (sat down) (cat ran): 4 of 5 distinct; pref's (yes yes)x2: 1 of 2.
-    assert after["distinct_2"] == {"sft": 0.8, "pref": 0.5}
+    assert before["ppl_ratio"] == pytest.approx(1.0) and before["distinct_2"] == {"sft": 1.0, "pref": 1.0}
+    # After, per answer: each SFT answer repeats no bigram (1.0); pref's "yes yes yes" has (yes yes)x2, 1 of 2, and
+    # "no" no bigram at all (left out). Over all answers: SFT's (the cat)x2 (cat sat) (sat down) (cat ran), 4 of 5.
+    assert after["distinct_2"] == {"sft": 1.0, "pref": 0.5}
+    assert after["distinct_2_corpus"] == {"sft": 0.8, "pref": 0.5} and before["distinct_2_corpus"]["pref"] == 0.8
     assert after["fluency_sft_perplexity"]["sft"] == pytest.approx(math.exp(1.5))
     assert after["ppl_ratio"] == pytest.approx(math.exp(3.0) / math.exp(1.5))
     assert after["mean_new_tokens"] == {"sft": 3.5, "pref": 2.0} and after["hit_limit"] == {"sft": 0.0, "pref": 0.5}

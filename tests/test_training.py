@@ -290,6 +290,7 @@ def test_every_round_setting_reaches_the_trainer_process(playground, tiny_models
         grad_accumulation=2,
         learning_rate=3e-3,
         beta=0.25,
+        rpo_weight=0.7,
         max_length=96,
         lora_r=4,
         lora_alpha=8,

@@ -156,11 +156,12 @@ def test_the_reward_model_trains_and_scores_a_cut_answer_open(tiny_models, token
     assert figures["pairs"] == len(rows)
 
 
-def test_rl_masks_cut_samples_and_scores_them_open(tokenizer, tmp_path):
+def test_rl_scores_cut_samples_open(tokenizer, tmp_path):
     from playground.training.rl import cut_sample, reward_function
     from playground.training.stages import grpo_config
 
-    assert grpo_config(tiny_round(), tmp_path).mask_truncated_completions
+    # Cut samples stay in the loss (most of the SFT model's are cut), scored as what they are.
+    assert not grpo_config(tiny_round(), tmp_path).mask_truncated_completions
     ends = {tokenizer.eos_token_id}
     assert cut_sample([5, 6, 7], ends) and not cut_sample([5, tokenizer.eos_token_id], ends)
 

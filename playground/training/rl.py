@@ -59,8 +59,7 @@ def prompt_rows(pair_rows: list[dict], settings: RoundSettings, exclude: set[str
 def reward_function(reward_model, tokenizer):
     """trl's reward-function interface over the round's reward model: (prompts, completions) → scores. A sample
     that ends in neither end-of-sequence nor padding was cut at `--rl-completion-tokens` (trl's own test): it is
-    scored with its turn open, as the reward model learned to read a cut answer; trl masks it from the loss
-    (`mask_truncated_completions`), so it counts only in its group's baseline."""
+    scored with its turn open, as the reward model learned to read a cut answer (not as if it had ended there)."""
     ends = {i for i in (tokenizer.eos_token_id, tokenizer.pad_token_id) if i is not None}
 
     def reward_model_score(prompts, completions, completion_ids=None, **_) -> list[float]:

@@ -26,9 +26,9 @@ from .examples import (
     KIND_OF,
     KINDS_IN_ORDER,
     Selection,
-    eligible_counts,
     key_of,
     round_due,
+    round_waiting,
     select_feedback,
     stages_of,
     trl_rows,
@@ -190,7 +190,7 @@ def run_round(
     if settings.reward_model and not reward_models.exists(final) and selection.rows("pairs"):
         # Only while no round waits: a round is what people wait for, the reward model can follow it (the idle
         # trainer trains the newest version's when it is missing: watch.py).
-        if round_due(sum(eligible_counts(store, settings).values()), settings.min_pairs):
+        if round_waiting(store, settings):
             log.info("Version %d's reward model waits: a round is due first.", version)
         else:
             cores.adjust()
@@ -289,7 +289,11 @@ def _evaluate_published(store: Store, version: int, peft_model, tokenizer, setti
         plan = drift.plan_of(settings)
         if plan is not None:
             peft_model.set_adapter("default")  # trl may leave another adapter active after a round
-            drift.evaluate_and_store(store, version, peft_model, tokenizer, plan, adapter=True)
+            drift.evaluate_and_store(
+                store, version, peft_model, tokenizer, plan, adapter=True, interrupt=lambda: round_waiting(store, settings)
+            )
+    except drift.EvaluationInterrupted:
+        log.info("The drift of v%d is measured later: a round is due first.", version)
     except Exception as error:  # never lose a trained round over a measurement
         log.warning("Could not measure the drift of v%d now (the idle trainer retries): %s", version, error)
 
@@ -306,16 +310,18 @@ def reward_model_missing(store: Store) -> int | None:
 
 def train_missing_reward_model(
     store: Store, version: int, sft_dir: str, settings: RoundSettings, sft_hub_id: str | None = None
-) -> None:
-    """Train a published version's reward model on the pairs its round trained on (the idle trainer's catch-up)."""
+) -> str:
+    """Train a published version's reward model on the pairs its round trained on (the idle trainer's catch-up);
+    what became of it (`_publish_reward_model`)."""
     row = store.version(version)
     trained = json.loads((Path(row["path"]) / "playground.json").read_text())
     parent = store.version(row["parent_version"]) if row["parent_version"] else None
     rows = trl_rows("pairs", store.pairs(trained["pairs"]), load_tokenizer(sft_dir), settings.max_length)
-    if rows:
-        _publish_reward_model(
-            store, version, Path(row["path"]), rows, sft_dir, parent["path"] if parent else None, settings, sft_hub_id
-        )
+    if not rows:
+        return "published"  # nothing to learn from: nothing to retry either
+    return _publish_reward_model(
+        store, version, Path(row["path"]), rows, sft_dir, parent["path"] if parent else None, settings, sft_hub_id
+    )
 
 
 def _publish_reward_model(
@@ -327,23 +333,49 @@ def _publish_reward_model(
     parent_path: str | None,
     settings: RoundSettings,
     sft_hub_id: str | None,
-) -> None:
+) -> str:
     """Train the version's reward model on the round's pairs (trl rows) and put it in the version's folder
-    (atomically); a failure is logged and the version stays as it is."""
+    (atomically); "published", "interrupted" (a round became due: it stopped between steps, and the idle trainer
+    trains it later) or "failed" (logged; the version stays as it is)."""
     work = Path(tempfile.mkdtemp(prefix=f".reward-v{version}-", dir=final.parent))
+    give_way = _GiveWay(lambda: round_waiting(store, settings))
     try:
         model, _, figures = train_reward_model(
-            rows, sft_dir, settings, work / "reward", warm_start_from(parent_path, settings), []
+            rows, sft_dir, settings, work / "reward", warm_start_from(parent_path, settings), [give_way.callback()]
         )
+        if give_way.stopped:
+            log.info("Version %d's reward model stopped: a round is due first (trained later).", version)
+            return "interrupted"
         staging = work / "reward-model"
         save_reward_model(model, staging, figures, sft_hub_id)
         os.replace(staging, reward_models.folder_of(final))
         store.set_reward_model(version, figures)
         log.info("Version %d: reward model trained (%s).", version, figures)
+        return "published"
     except Exception as error:  # never lose a published version over its reward model
         log.warning("Could not train the reward model of v%d: %s", version, error)
+        return "failed"
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+class _GiveWay:
+    """A trl callback that ends training between two steps once `waiting()` says a round is due."""
+
+    def __init__(self, waiting):
+        self.waiting, self.stopped = waiting, False
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class GiveWay(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                if outer.waiting():
+                    outer.stopped = control.should_training_stop = True
+
+        return GiveWay()
 
 
 def _prepare_for_serving(adapter_dir: Path) -> None:

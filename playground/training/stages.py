@@ -124,9 +124,11 @@ def grpo_config(settings: RoundSettings, output_dir: Path):
         learning_rate=settings.rl_learning_rate,
         beta=settings.rl_beta,
         temperature=1.0,
-        # A sample cut at `rl_completion_tokens` is not a finished answer: it teaches nothing (trl's default scores it
-        # as if it were finished, a signal the reward model never saw).
-        mask_truncated_completions=True,
+        # A sample cut at `rl_completion_tokens` is scored as unfinished, its turn open, as the reward model learned
+        # to read cut answers (rl.reward_function), not as if it had ended. It stays in the loss: masking cut samples
+        # (trl's mask_truncated_completions) would leave RL almost nothing here, since about 9 in 10 of the SFT
+        # model's answers run past 64 tokens (docs/performance.md, issue 37).
+        mask_truncated_completions=False,
         **common,
     )
 

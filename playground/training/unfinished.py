@@ -9,8 +9,8 @@ trl has no per-example switch for this, so each trainer that learns from model a
 gets a thin subclass: after trl has tokenized its data set (and before DPO and KTO compute their reference
 log-probs from it), the tokens that close the turn are taken off the sides marked cut. What closes a turn is the
 chat template's own business: it is read from the template (`continue_final_message`, transformers' way of leaving
-the last message open), not hard-coded. Demonstrations are written by people and always finished; GRPO masks its
-own cut samples (`mask_truncated_completions`, rl.py).
+the last message open), not hard-coded. Demonstrations are written by people and always finished; GRPO rewards its
+cut samples by asking the reward model about them with their turn open (rl.py).
 
 KTO's KL estimate pairs each prompt with a neighbour's completion inside trl; those mismatched samples keep trl's
 tokenization (they estimate a baseline, they are not trained towards).

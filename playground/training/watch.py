@@ -143,9 +143,9 @@ def watch(
                 continue
             elif settings.reward_model and (version := reward_model_missing(store)) and version not in tried:
                 # Idle: the newest version's reward model, left for later by a round that had another waiting.
-                tried.add(version)  # once: a failure is logged and not retried on every poll
                 say("training reward model", pending=pending, waiting=waiting, version=version)
-                train_missing_reward_model(store, version, sft_dir, settings, sft_hub_id)
+                if train_missing_reward_model(store, version, sft_dir, settings, sft_hub_id) != "interrupted":
+                    tried.add(version)  # once: a failure is logged and not retried on every poll
                 continue
             elif stuck:
                 say("stuck", pending=pending, waiting=waiting, failures=failures, error=last_error)
