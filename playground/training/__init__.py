@@ -3,8 +3,10 @@ arrives.
 
 - examples.py: which feedback a round takes (the kinds its weights turn on, oldest first, capped per voter, plus a
   replay of earlier examples), each example fitted to the training length in its trl format;
-- stages.py: the stages (SFT on demonstrations, DPO on pairs, KTO on ratings), one trl trainer each, their
-  references (the SFT model) and weights;
+- stages.py: the stages (SFT on demonstrations, DPO with RPO's NLL term on pairs, KTO on ratings, GRPO on the
+  rlhf route), one trl trainer each, their references (the SFT model) and weights;
+- unfinished.py: answers cut at the token limit train with their turn left open (DPO, KTO, the reward model);
+- reward_model.py, rl.py: the round's reward model (trl's RewardTrainer) and RL against it (GRPO's reward);
 - runner.py: one round: the stages in order on one LoRA adapter, warm-started from the serving version, published
   atomically as the next version, then measured (drift.py);
 - watch.py: the trainer process's loop.
