@@ -305,7 +305,7 @@ class RoundSettings:
     )
     beta: float = field(default=0.1, metadata=_help("DPO β: the strength of the pull to the reference"))
     rpo_weight: float = field(
-        default=0.3,
+        default=1.0,
         metadata=_help(
             "weight of the chosen answer's negative log-likelihood beside DPO's loss (RPO: trl's loss_type "
             "[sigmoid, sft]): keeps what people preferred likely as the margin grows; 0 = plain DPO"

@@ -108,8 +108,9 @@ def test_dpo_leaves_a_cut_answers_turn_open_and_its_reference_sees_the_same_toke
 def test_a_round_trains_with_rpo_when_its_weight_is_set(tiny_models, tokenizer, tmp_path):
     from playground.training.stages import dpo_config
 
-    plain = dpo_config(tiny_round(), tmp_path)
+    plain = dpo_config(tiny_round(rpo_weight=0), tmp_path)
     rpo = dpo_config(tiny_round(rpo_weight=0.5), tmp_path)
+    assert dpo_config(tiny_round(), tmp_path).loss_weights == [1.0, 1.0], "RPO by default"
     assert plain.loss_type == ["sigmoid"]
     assert (rpo.loss_type, rpo.loss_weights) == (["sigmoid", "sft"], [1.0, 0.5])
 
