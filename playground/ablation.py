@@ -106,15 +106,28 @@ def figures(samples: list[dict], baseline: list[dict], oracle, max_new_tokens: i
     }
 
 
+def finished(sample: dict, max_new_tokens: int | None) -> bool:
+    """Whether a drift sample ended before the token limit (the reward model reads a cut one with its turn open)."""
+    return not max_new_tokens or sample.get("tokens", 0) < max_new_tokens
+
+
 def reward_model_agreement(
-    sft_dir: str, version_path: str, prompts, answers: list[dict], baseline: list[dict], oracle
+    sft_dir: str,
+    version_path: str,
+    prompts,
+    answers: list[dict],
+    baseline: list[dict],
+    oracle,
+    max_new_tokens: int | None = None,
 ) -> float | None:
     """Of the held-out answer pairs (the version's answer and the SFT model's to the same prompt and seed) the oracle
     decides, the share the version's reward model orders as the oracle does: how far the surrogate RL optimized
     stands for the truth on answers it never saw. None when the oracle decided none."""
     base, tokenizer = reward_models.load_base(sft_dir)
     model = reward_models.attach(base, reward_models.folder_of(version_path))
-    conversations = lambda samples: [([{"role": "user", "content": p}], s["text"]) for p, s in zip(prompts, samples)]  # noqa: E731
+    conversations = lambda samples: [  # noqa: E731
+        ([{"role": "user", "content": p}], s["text"], finished(s, max_new_tokens)) for p, s in zip(prompts, samples)
+    ]
     mine, theirs = (reward_models.score(model, tokenizer, conversations(x)) for x in (answers, baseline))
     agreed = [
         (m > t) == (verdict == "a")
@@ -176,7 +189,7 @@ def ablate(
         }
         if "grpo" in OBJECTIVES[name]:
             results[name]["reward_model_agreement"] = reward_model_agreement(
-                sft_dir, row["path"], plan.prompts, answers, baseline, oracle
+                sft_dir, row["path"], plan.prompts, answers, baseline, oracle, max_new_tokens
             )
         made[name] = row["path"]
         log.info("Ablation %s: %s", name, {k: round(v, 3) for k, v in results[name].items() if isinstance(v, float)})

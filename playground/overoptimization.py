@@ -39,7 +39,12 @@ def checkpoint(model, tokenizer, plan: drift.EvalPlan, reward, judge, sft_texts:
         model.train(was_training)
     texts = [s["text"] for s in samples]
     scores = reward_models.score(
-        reward[0], reward[1], [([{"role": "user", "content": p}], t) for p, t in zip(plan.prompts, texts)]
+        reward[0],
+        reward[1],
+        [
+            ([{"role": "user", "content": p}], s["text"], s["tokens"] < plan.max_new_tokens)
+            for p, s in zip(plan.prompts, samples)
+        ],
     )
     outcomes = [judge(text, sft) for text, sft in zip(texts, sft_texts)]
     summary = verdicts.summarize(outcomes, list(range(len(outcomes))))
