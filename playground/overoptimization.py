@@ -103,3 +103,40 @@ def run(
     stage.train(peft_model, tokenizer, long_run, work, [Checkpoints()])
     log.info("Over-optimization run: %d steps in %.0f s.", steps, time.perf_counter() - started)
     return curve
+
+
+def after_simulation(playground, oracle, heldout: list[dict], sampling) -> dict:
+    """After an `rlhf` simulation: RL against the last version's reward model for longer than a round (4 rounds' worth
+    of steps), from the SFT model, with a checkpoint every `--checkpoint-steps` steps (overoptimization.py)."""
+    from .models import model_folder
+    from .training.examples import trl_rows
+
+    settings = playground.round_settings
+    version = next((v for v in reversed(playground.store.versions()) if reward_models.exists(v["path"])), None)
+    if version is None:
+        return {"skipped": "no version with a reward model"}
+    sft_dir = model_folder(playground.preset.sft, playground.data_dir, playground.models.trust_remote_code)
+    pairs = trl_rows("pairs", playground.store.pairs(), playground.engine.sft.tokenizer, settings.max_length)
+    steps = max(4 * settings.rl_steps, 4 * settings.checkpoint_steps)
+    started = time.perf_counter()
+    curve = run(
+        sft_dir,
+        reward_models.folder_of(version["path"]),
+        pairs,
+        settings,
+        lambda policy, sft: oracle.compare(policy, sft),
+        [p["prompt"] for p in heldout],
+        steps=steps,
+        every=settings.checkpoint_steps,
+        max_new_tokens=sampling.max_new_tokens,
+        work=playground.data_dir / "overoptimization",
+    )
+    return {
+        "reward_model_version": version["version"],
+        "steps": steps,
+        "rl_beta": settings.rl_beta,
+        "oracle": oracle.spec,
+        "heldout_prompts": len(heldout),
+        "curve": curve,
+        "seconds": round(time.perf_counter() - started, 1),
+    }

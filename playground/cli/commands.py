@@ -186,7 +186,6 @@ def cmd_simulate(args) -> int:
         Oracle,
         check_pace,
         choose_heldout,
-        measure_overoptimization,
         record_and_ablate,
         rl_prompts_without,
         simulate,
@@ -228,9 +227,9 @@ def cmd_simulate(args) -> int:
             **({} if args.ablation else {"heldout_samples": args.heldout_samples}),
         )
         if not args.ablation and rounds.preference_route == "rlhf" and rounds.checkpoint_steps:
-            result["overoptimization"] = measure_overoptimization(
-                playground, oracle, heldout, settings_from(args, Sampling)
-            )
+            from ..overoptimization import after_simulation
+
+            result["overoptimization"] = after_simulation(playground, oracle, heldout, settings_from(args, Sampling))
     result["workspace"] = str(playground.data_dir)
     result["heldout_overlap_dropped"] = overlap
     if args.ablation:

@@ -290,7 +290,13 @@ def _evaluate_published(store: Store, version: int, peft_model, tokenizer, setti
         if plan is not None:
             peft_model.set_adapter("default")  # trl may leave another adapter active after a round
             drift.evaluate_and_store(
-                store, version, peft_model, tokenizer, plan, adapter=True, interrupt=lambda: round_waiting(store, settings)
+                store,
+                version,
+                peft_model,
+                tokenizer,
+                plan,
+                adapter=True,
+                interrupt=lambda: round_waiting(store, settings),
             )
     except drift.EvaluationInterrupted:
         log.info("The drift of v%d is measured later: a round is due first.", version)
