@@ -15,9 +15,20 @@ from playground.settings import RoundSettings
 from playground.store import Store
 
 # A round that visibly moves a tiny model in seconds: a large learning rate, one short epoch. Tests change what
-# they need with `dataclasses.replace`.
+# they need with `dataclasses.replace`. Plain DPO, ratings at the full rate and the old replay: at this learning rate
+# RPO's NLL term makes a random tiny model end every answer at once; RPO and the app's defaults are tested in
+# test_unfinished.py and on the embedded models by `bench votes`.
 TINY_ROUND = RoundSettings(
-    min_pairs=4, epochs=1, batch_size=4, grad_accumulation=1, learning_rate=5e-2, max_length=64, train_threads=1
+    min_pairs=4,
+    epochs=1,
+    batch_size=4,
+    grad_accumulation=1,
+    learning_rate=5e-2,
+    max_length=64,
+    train_threads=1,
+    rpo_weight=0.0,
+    rating_weight=1.0,
+    replay_pairs=32,
 )
 
 

@@ -181,6 +181,11 @@ def test_a_round_leaves_its_reward_model_for_later_when_another_round_waits(tiny
     busy = replace(SETTINGS, max_new_pairs=4)  # 4 of the 8 pairs: 4 more wait, a round is due
     assert run_round(store, tmp_path / "adapters", str(tiny_models["sft"]), busy) == 1
     assert not reward_models.exists(store.version(1)["path"]) and reward_model_missing(store) == 1
-    train_missing_reward_model(store, 1, str(tiny_models["sft"]), busy)
+    # While the round is still due, a reward model gives way between two steps and is left for later ...
+    assert train_missing_reward_model(store, 1, str(tiny_models["sft"]), busy) == "interrupted"
+    assert not reward_models.exists(store.version(1)["path"]) and reward_model_missing(store) == 1
+    # ... and once nothing waits (here: a round needs more than waits), the idle trainer trains it.
+    idle = replace(busy, min_pairs=100)
+    assert train_missing_reward_model(store, 1, str(tiny_models["sft"]), idle) == "published"
     assert reward_models.exists(store.version(1)["path"]) and reward_model_missing(store) is None
     assert store.version(1)["metrics"]["reward_model"]["pairs"] == 4

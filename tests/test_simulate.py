@@ -467,7 +467,7 @@ def test_simulate_reports_its_pace_and_the_fluency_of_the_heldout_answers(monkey
 
     text = simulation_text(report | {"workspace": "w"}, "pairwise")
     assert "each read 4 s before its vote" in text
-    assert "(ratio 4.48); distinct-2 sft 0.80  pref 0.50; KL to SFT (v1, drift prompts) 0.250" in text
+    assert "(ratio 4.48); distinct-2 sft 1.00  pref 0.50; KL to SFT (v1, drift prompts) 0.250" in text
     assert "cut at the token limit: sft 0%  pref 50%" in text
 
 

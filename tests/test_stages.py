@@ -148,7 +148,7 @@ def test_a_round_on_ratings_only_moves_thumbs_up_up_and_thumbs_down_down(tiny_mo
         comparison, ids = rated_turn(store, i, f"rater{i}")
         store.vote_thumb(f"rater{i}", ids["sft"], True)
         store.vote_thumb(f"rater{i}", ids["pref"], False)
-    settings = dataclasses.replace(FAST, sft_weight=0)
+    settings = dataclasses.replace(FAST, sft_weight=0, rating_weight=1.0)  # the tiny models' learning rate in full
     assert eligible_counts(store, settings) == {"pairs": 0, "ratings": 8}, "someone who only rates gets a round"
     version = run_round(store, tmp_path / "adapters", str(tiny_models["sft"]), settings)
     row = store.version(version)

@@ -8,6 +8,7 @@ from dataclasses import replace
 import pytest
 from helpers import tiny_round
 
+from playground.settings import RoundSettings
 from playground.store import Store
 from playground.training.examples import trl_rows
 from playground.training.unfinished import closing_ids, open_turn, trainer_class
@@ -110,7 +111,7 @@ def test_a_round_trains_with_rpo_when_its_weight_is_set(tiny_models, tokenizer, 
 
     plain = dpo_config(tiny_round(rpo_weight=0), tmp_path)
     rpo = dpo_config(tiny_round(rpo_weight=0.5), tmp_path)
-    assert dpo_config(tiny_round(), tmp_path).loss_weights == [1.0, 1.0], "RPO by default"
+    assert dpo_config(RoundSettings(), tmp_path).loss_weights == [1.0, 1.0], "RPO by default"
     assert plain.loss_type == ["sigmoid"]
     assert (rpo.loss_type, rpo.loss_weights) == (["sigmoid", "sft"], [1.0, 0.5])
 
