@@ -152,6 +152,7 @@ def simulate_json(tiny_models, data_dir: Path, *args: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     models = ["--base", str(tiny_models["base"]), "--sft", str(tiny_models["sft"]), "--data-dir", str(data_dir)]
     tiny = ["--epochs", "1", "--train-threads", "1", "--learning-rate", "5e-2"]
+    tiny += ["--rpo-weight", "0", "--rating-weight", "1", "--replay-pairs", "32"]  # as TINY_ROUND says why
     result = subprocess.run(
         [sys.executable, "-m", "playground", "-q", "simulate", *args, *tiny, *models, "--json"],
         cwd=ROOT,

@@ -30,7 +30,9 @@ def app(tiny_models, tmp_path_factory):
     # 48 new tokens: long enough that the answers visibly stream in several steps.
     # A large learning rate: one round of two pairs visibly changes the tiny model (the explain view colours it).
     app = start_app(
-        tiny_models, data_dir, args=["--min-pairs", "2", "--max-new-tokens", "48", "--learning-rate", "0.05"]
+        tiny_models,
+        data_dir,
+        args=["--min-pairs", "2", "--max-new-tokens", "48", "--learning-rate", "0.05", "--rpo-weight", "0"],
     )
     yield app
     app.stop()
