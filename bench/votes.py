@@ -130,6 +130,8 @@ def figures_of(report: dict) -> dict:
         "win_rate_decided": after["win_rate_decided"],
         "ppl_ratio": fluency["ppl_ratio"],
         "distinct_2": fluency["distinct_2"],
+        # The SFT model's own answers to the same prompts and seeds: what distinct-2 is to be read against.
+        "distinct_2_sft": after["distinct_2"]["sft"],
         "kl": fluency["kl"],
         "mean_new_tokens": after["mean_new_tokens"],
         "hit_limit": after["hit_limit"],

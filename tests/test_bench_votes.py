@@ -29,6 +29,7 @@ def fake_report(oracle: str, vote_seconds: float, seed: int) -> dict:
         "mean_new_tokens": {"sft": 40.0, "pref": 20.0 + seed},
         "hit_limit": {"sft": 0.5, "pref": 0.0},
         "fluency_sft_perplexity": {"sft": 2.0, "pref": 2.0 * ppl},
+        "distinct_2": {"sft": 0.93, "pref": d2},
         "adapter_version": 3,
     }
     return {
@@ -110,6 +111,7 @@ def test_one_oracle_and_pace_keeps_its_summary_with_the_fluency_keys_and_the_goa
     assert calls == [("plain", 10.0, 0)], "one run by default"
     assert {"runs", "win_rate", "win_rate_spread", "ties", "loop_s", "goal_met"} <= figures.keys()
     assert figures["ppl_ratio"] == 1.1 and figures["distinct_2"] == 0.92 and figures["kl"] is None
+    assert all(run["distinct_2_sft"] == 0.93 for run in figures["runs"]), "SFT's own, to read distinct-2 against"
     assert figures["mean_new_tokens"] == {"sft": 40.0, "pref": 20.0} and figures["hit_limit"]["sft"] == 0.5
     assert figures["goal"] == votes.GOALS[("plain", 10)]._asdict() and figures["goal_met"] is True
     # An oracle without an entry: issue 29's goal (win rate ≥ 0.75, loop ≤ 480 s), no fluency clause.
