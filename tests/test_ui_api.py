@@ -3,6 +3,7 @@ API endpoints with gradio_client, the way a script or another Space would use it
 
 import json
 import re
+import time
 
 import pytest
 from app_process import start_app, wait_until
@@ -263,11 +264,16 @@ def test_votes_start_a_round_and_the_new_version_serves(client):
     # min-pairs is 2: a best-of-three vote for the base answer makes two pairs (it beats SFT and preference).
     compare(client, "How do I boil an egg?")
     assert "2 training pairs" in vote_best(client, "1")[0]
-    served = wait_until(
-        lambda: (s := settled(client)) and s["serving_version"] >= 1 and s,
-        180,
-        "a round to train the pairs and its version to serve",
-    )
+
+    def settled_twice():  # quiet on two reads 3 s apart: between two rounds the trainer may not have looked yet
+        first = settled(client)
+        if not first or first["serving_version"] < 1:
+            return None
+        time.sleep(3)
+        again = settled(client)
+        return again if again and again["serving_version"] == first["serving_version"] else None
+
+    served = wait_until(settled_twice, 180, "a round to train the pairs and its version to serve")
     version = served["serving_version"]
     done = [r for r in served["rounds"] if r["status"] == "done"]
     assert done and done[-1]["steps_done"] == done[-1]["steps_total"] > 0
