@@ -101,13 +101,11 @@ def sequence(tokenizer, messages: list[dict], answer: str, finished: bool = True
     (training/unfinished.py)."""
     conversation = list(messages) + [{"role": "assistant", "content": answer}]
     if getattr(tokenizer, "chat_template", None):
-        if not finished:
-            return list(
-                tokenizer.apply_chat_template(
-                    conversation, tokenize=True, return_dict=True, continue_final_message=True
-                )["input_ids"]
-            )
-        return list(tokenizer.apply_chat_template(conversation, tokenize=True, return_dict=True)["input_ids"])
+        return list(
+            tokenizer.apply_chat_template(
+                conversation, tokenize=True, return_dict=True, continue_final_message=not finished
+            )["input_ids"]
+        )
     # Without a chat template no turn closes (training leaves such answers as trl makes them): `finished` is moot.
     text = "".join(m["content"] + "\n" for m in messages) + answer + (tokenizer.eos_token or "")
     return tokenizer(text).input_ids

@@ -174,6 +174,7 @@ def test_a_round_leaves_its_reward_model_for_later_when_another_round_waits(tiny
     from dataclasses import replace
 
     from playground.store import Store
+    from playground.training.examples import round_waiting
     from playground.training.runner import reward_model_missing, train_missing_reward_model
 
     store = Store.open(tmp_path)
@@ -184,6 +185,11 @@ def test_a_round_leaves_its_reward_model_for_later_when_another_round_waits(tiny
     # While the round is still due, a reward model gives way between two steps and is left for later ...
     assert train_missing_reward_model(store, 1, str(tiny_models["sft"]), busy) == "interrupted"
     assert not reward_models.exists(store.version(1)["path"]) and reward_model_missing(store) == 1
+    # A trainer whose rounds keep failing ("stuck") gives way only to a round asked for, not to the feedback waiting.
+    assert round_waiting(store, busy) and not round_waiting(store, busy, stuck=True)
+    store.request_round()
+    assert round_waiting(store, busy, stuck=True)
+    store.take_round_request()
     # ... and once nothing waits (here: a round needs more than waits), the idle trainer trains it.
     idle = replace(busy, min_pairs=100)
     assert train_missing_reward_model(store, 1, str(tiny_models["sft"]), idle) == "published"

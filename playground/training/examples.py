@@ -119,12 +119,13 @@ def request_honoured(request: dict | None, settings: RoundSettings) -> bool:
     return request is not None and (bool(request.get("admin")) or not settings.pairs_per_voter)
 
 
-def round_waiting(store: Store, settings: RoundSettings) -> bool:
-    """Whether a round waits to start now (one asked for that the trainer honours, or enough feedback): what work
-    that can come later (a version's drift, its reward model) asks between steps, to give way. At a person's pace a
-    round is due every few votes; a reward model trained in that gap would hold back the round people wait for."""
-    return request_honoured(store.round_requested(), settings) or round_due(
-        sum(eligible_counts(store, settings).values()), settings.min_pairs
+def round_waiting(store: Store, settings: RoundSettings, stuck: bool = False) -> bool:
+    """Whether a round waits to start now (one asked for that the trainer honours, or enough feedback; a `stuck`
+    trainer, whose rounds keep failing, starts one only when asked): what work that can come later (a version's
+    drift, its reward model) asks between steps, to give way. At a person's pace a round is due every few votes; a
+    reward model trained in that gap would hold back the round people wait for."""
+    return request_honoured(store.round_requested(), settings) or (
+        not stuck and round_due(sum(eligible_counts(store, settings).values()), settings.min_pairs)
     )
 
 

@@ -315,7 +315,12 @@ def reward_model_missing(store: Store) -> int | None:
 
 
 def train_missing_reward_model(
-    store: Store, version: int, sft_dir: str, settings: RoundSettings, sft_hub_id: str | None = None
+    store: Store,
+    version: int,
+    sft_dir: str,
+    settings: RoundSettings,
+    sft_hub_id: str | None = None,
+    stuck: bool = False,
 ) -> str:
     """Train a published version's reward model on the pairs its round trained on (the idle trainer's catch-up);
     what became of it (`_publish_reward_model`)."""
@@ -326,7 +331,15 @@ def train_missing_reward_model(
     if not rows:
         return "published"  # nothing to learn from: nothing to retry either
     return _publish_reward_model(
-        store, version, Path(row["path"]), rows, sft_dir, parent["path"] if parent else None, settings, sft_hub_id
+        store,
+        version,
+        Path(row["path"]),
+        rows,
+        sft_dir,
+        parent["path"] if parent else None,
+        settings,
+        sft_hub_id,
+        lambda: round_waiting(store, settings, stuck),
     )
 
 
@@ -339,12 +352,13 @@ def _publish_reward_model(
     parent_path: str | None,
     settings: RoundSettings,
     sft_hub_id: str | None,
+    waiting=None,
 ) -> str:
     """Train the version's reward model on the round's pairs (trl rows) and put it in the version's folder
     (atomically); "published", "interrupted" (a round became due: it stopped between steps, and the idle trainer
     trains it later) or "failed" (logged; the version stays as it is)."""
     work = Path(tempfile.mkdtemp(prefix=f".reward-v{version}-", dir=final.parent))
-    give_way = _GiveWay(lambda: round_waiting(store, settings))
+    give_way = _GiveWay(waiting or (lambda: round_waiting(store, settings)))
     try:
         model, _, figures = train_reward_model(
             rows, sft_dir, settings, work / "reward", warm_start_from(parent_path, settings), [give_way.callback()]

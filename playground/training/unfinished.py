@@ -21,14 +21,10 @@ from __future__ import annotations
 from functools import lru_cache
 
 
+@lru_cache(maxsize=8)
 def closing_ids(tokenizer) -> tuple[int, ...]:
     """The token ids the chat template puts after an assistant message's content to close its turn (empty without a
     chat template, or when the template cannot leave a turn open)."""
-    return _closing_ids(tokenizer)
-
-
-@lru_cache(maxsize=8)
-def _closing_ids(tokenizer) -> tuple[int, ...]:
     if not getattr(tokenizer, "chat_template", None):
         return ()
     conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello there"}]

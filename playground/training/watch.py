@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..settings import RoundSettings
 from ..store import Store
-from .examples import eligible_counts, request_honoured, round_due
+from .examples import eligible_counts, request_honoured, round_due, round_waiting
 from .runner import reward_model_missing, run_round, train_missing_reward_model
 
 log = logging.getLogger(__name__)
@@ -131,20 +131,18 @@ def watch(
                 # from before, one whose evaluation was interrupted), one a turn, so a round never waits long.
                 say("evaluating", pending=pending, waiting=waiting)
 
-                def round_waits(stuck: bool = stuck) -> bool:
-                    return request_honoured(store.round_requested(), settings) or (
-                        not stuck and round_due(sum(eligible_counts(store, settings).values()), settings.min_pairs)
-                    )
-
                 try:
-                    drift.evaluate_one_missing(store, sft_dir, plan, interrupt=round_waits)
+                    drift.evaluate_one_missing(
+                        store, sft_dir, plan, interrupt=lambda stuck=stuck: round_waiting(store, settings, stuck)
+                    )
                 except drift.EvaluationInterrupted:
                     log.info("Drift evaluation interrupted: a round is due (the version is measured later).")
                 continue
             elif settings.reward_model and (version := reward_model_missing(store)) and version not in tried:
                 # Idle: the newest version's reward model, left for later by a round that had another waiting.
                 say("training reward model", pending=pending, waiting=waiting, version=version)
-                if train_missing_reward_model(store, version, sft_dir, settings, sft_hub_id) != "interrupted":
+                # (a stuck trainer's reward model gives way only to a round asked for, or it would restart for ever)
+                if train_missing_reward_model(store, version, sft_dir, settings, sft_hub_id, stuck) != "interrupted":
                     tried.add(version)  # once: a failure is logged and not retried on every poll
                 continue
             elif stuck:
